@@ -1,0 +1,34 @@
+"""tcpc_data: the preprocessing engine (readers, normalisation, SLIC, candidates, U-path shards).
+
+Public functions are imported lazily so ``import tcpc_data`` stays cheap (Numba
+and Dask load only when a stage runs).
+"""
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_API = {
+    "ingest": "tcpc_data.ingest",
+    "IngestConfig": "tcpc_data.ingest",
+    "slic": "tcpc_data.slic",
+    "supervoxels": "tcpc_data.supervoxels",
+    "SupervoxelConfig": "tcpc_data.supervoxels",
+    "write_shards": "tcpc_data.shards",
+    "ShardConfig": "tcpc_data.shards",
+    "write_labelled_shards": "tcpc_data.labelled",
+    "preprocess": "tcpc_data.preprocess",
+    "inspect_path": "tcpc_data.inspect",
+    "make_phantom": "tcpc_data.phantom",
+    "write_archive": "tcpc_data.phantom",
+}
+
+__all__ = sorted(_API)
+
+
+def __getattr__(name: str):
+    if name in _API:
+        return getattr(importlib.import_module(_API[name]), name)
+    raise AttributeError(f"module 'tcpc_data' has no attribute {name!r}")

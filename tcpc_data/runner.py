@@ -1,0 +1,180 @@
+"""Parallel runner over cases: Dask (local cluster or a running scheduler), progress, failures report.
+
+Every stage (ingest, supervoxels, shards) is a function applied to one case at
+a time. The runner maps it over cases, shows live progress (done, skipped,
+failed, cases/s), catches each case's error into a JSON-lines failures
+report, and never lets one bad case stop the run.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+DONE, SKIPPED = "done", "skipped"
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """One unit of work: a case id, where it came from, and what the stage function needs."""
+
+    case: str
+    source: str
+    payload: Any
+
+
+@dataclasses.dataclass
+class RunReport:
+    """What a stage run did: case ids per outcome and failure records."""
+
+    stage: str
+    done: list[str] = dataclasses.field(default_factory=list)
+    skipped: list[str] = dataclasses.field(default_factory=list)
+    failures: list[dict] = dataclasses.field(default_factory=list)
+    results: dict[str, Any] = dataclasses.field(default_factory=dict)
+    seconds: float = 0.0
+    failures_path: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    def summary(self) -> str:
+        rate = (len(self.done) + len(self.skipped)) / self.seconds if self.seconds > 0 else 0.0
+        s = (f"{self.stage}: {len(self.done)} done, {len(self.skipped)} skipped (digest matched), "
+             f"{len(self.failures)} failed in {self.seconds:.1f} s ({rate:.2f} cases/s)")
+        if self.failures and self.failures_path:
+            s += f"; failures in {self.failures_path}"
+        return s
+
+
+def _call(fn: Callable[[Any], tuple[str, Any]], task: Task) -> tuple[str, str, Any]:
+    """Run one task; turn any exception into a failure record (runs on the worker)."""
+    try:
+        status, result = fn(task.payload)
+        return task.case, status, result
+    except Exception as exc:  # noqa: BLE001 - every case error is reported, none stops the run
+        msg = f"{type(exc).__name__}: {exc}"
+        return task.case, "failed", {"case": task.case, "source": task.source, "error": msg,
+                                     "traceback": traceback.format_exc(limit=8)}
+
+
+class _Progress:
+    """A rich progress bar with done/skipped/failed counts; silent when disabled."""
+
+    def __init__(self, stage: str, total: int, enabled: bool):
+        self.counts = {DONE: 0, SKIPPED: 0, "failed": 0}
+        self.bar = None
+        if enabled and total:
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                       TimeElapsedColumn, TimeRemainingColumn)
+            self.bar = Progress(TextColumn(f"[bold]{stage}"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("{task.fields[counts]}"), TimeElapsedColumn(),
+                                TimeRemainingColumn(), transient=False)
+            self.task = self.bar.add_task(stage, total=total, counts="")
+            self.bar.start()
+
+    def update(self, case: str, status: str, error: str | None = None) -> None:
+        self.counts[status] += 1
+        if self.bar is not None:
+            c = self.counts
+            self.bar.update(self.task, advance=1,
+                            counts=f"done {c[DONE]} · skipped {c[SKIPPED]} · failed {c['failed']}")
+            if error:
+                self.bar.console.print(f"[red]failed[/red] {case}: {error}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def default_workers(n_tasks: int) -> int:
+    """One worker process per core, never more than there are cases."""
+    return max(1, min(os.cpu_count() or 1, n_tasks))
+
+
+def run_cases(stage: str, tasks: Sequence[Task], fn: Callable[[Any], tuple[str, Any]], *,
+              workers: int | None = None, scheduler: str | None = None,
+              failures_path: str | os.PathLike | None = None, progress: bool = False) -> RunReport:
+    """Apply ``fn`` to every task's payload in parallel and collect a report.
+
+    Parameters
+    ----------
+    stage
+        Name shown in progress and the report ("ingest", "supervoxels", ...).
+    tasks
+        Cases to process; ``fn(task.payload)`` must return ``(status, result)``
+        with status ``"done"`` or ``"skipped"``. It must be picklable (a
+        module-level function or ``functools.partial`` of one).
+    workers
+        Local worker processes; None = one per core (capped at the number of
+        tasks). 1 runs in this process without starting a cluster.
+    scheduler
+        Address of a running ``dask.distributed`` scheduler
+        (``tcp://host:8786``); overrides ``workers``.
+    failures_path
+        JSON-lines file that receives one record per failed case
+        (``case``, ``source``, ``error``, ``traceback``); written only when
+        something failed.
+    progress
+        Show a live progress display on the terminal.
+    """
+    if workers is not None and workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    report = RunReport(stage=stage, failures_path=str(failures_path) if failures_path else None)
+    t0 = time.perf_counter()
+    bar = _Progress(stage, len(tasks), progress)
+
+    def record(case: str, status: str, result: Any) -> None:
+        if status == "failed":
+            report.failures.append({k: result[k] for k in ("case", "source", "error", "traceback")})
+            bar.update(case, status, result["error"])
+            return
+        getattr(report, status).append(case)
+        report.results[case] = result
+        bar.update(case, status)
+
+    try:
+        n = workers or default_workers(len(tasks))
+        if scheduler is None and n <= 1:
+            for t in tasks:
+                record(*_call(fn, t))
+        else:
+            from distributed import Client, LocalCluster, as_completed
+            if scheduler is not None:
+                client, cluster = Client(scheduler), None
+            else:
+                # Processes, one thread each: Numba parallelises inside a case.
+                cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                                       dashboard_address=None)
+                client = Client(cluster)
+            try:
+                futures = [client.submit(_call, fn, t, key=f"{stage}-{t.case}-{i}", pure=False)
+                           for i, t in enumerate(tasks)]
+                for fut in as_completed(futures):
+                    record(*fut.result())
+            finally:
+                client.close()
+                if cluster is not None:
+                    cluster.close()
+    finally:
+        bar.close()
+        report.seconds = time.perf_counter() - t0
+    report.done.sort()
+    report.skipped.sort()
+    report.failures.sort(key=lambda r: r["case"])
+    if failures_path is not None and report.failures:
+        _write_failures(failures_path, report.failures)
+    return report
+
+
+def _write_failures(path: str | os.PathLike, failures: list[dict]) -> None:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    with open(p, "w") as f:
+        for rec in failures:
+            f.write(json.dumps(rec) + "\n")

@@ -1,0 +1,172 @@
+"""The Zarr v3 volume store: opening it, listing complete cases, committing arrays atomically.
+
+Layout (``DESIGN.md``): one group per case; ``image``, ``supervoxels``,
+``candidates``... arrays inside. A stage output is *complete* when its array
+carries a ``digest`` attribute; the digest is written last, so readers treat
+arrays without one as absent.
+
+On a local store, arrays are first written to a staging store beside the
+volume store (``.<name>.staging``) and renamed into place, so a crash never
+leaves a half-written case visible. On fsspec URLs (``s3://``, ``memory://``),
+where rename is not atomic, arrays are written in place and the digest
+attribute is the completion marker.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import zarr
+
+_CASE_RE = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+def sanitize_case_id(name: str) -> str:
+    """Map any name to the store's case-id alphabet ``[A-Za-z0-9_-]``.
+
+    >>> sanitize_case_id("LIDC-IDRI-0001/1.3.6 series")
+    'LIDC-IDRI-0001_1_3_6_series'
+    """
+    cid = _CASE_RE.sub("_", name).strip("_")
+    if not cid:
+        raise ValueError(f"cannot make a case id from {name!r}")
+    return cid
+
+
+def is_local(url: str | os.PathLike) -> bool:
+    """True for plain paths and ``file://`` URLs."""
+    s = str(url)
+    return "://" not in s or s.startswith("file://")
+
+
+def _local_path(url: str | os.PathLike) -> Path:
+    s = str(url)
+    return Path(s[len("file://"):] if s.startswith("file://") else s)
+
+
+def open_store(url: str | os.PathLike, mode: str = "a") -> zarr.Group:
+    """Open (``mode='a'`` creates) the root group of a volume store."""
+    if mode == "r" and is_local(url) and not _local_path(url).exists():
+        raise FileNotFoundError(f"no volume store at {url}")
+    return zarr.open_group(str(url), mode=mode, zarr_format=3)
+
+
+def array_digest(group: zarr.Group, name: str) -> str | None:
+    """The digest of array ``name`` in ``group``, or None when absent or incomplete."""
+    try:
+        arr = group[name]
+    except KeyError:
+        return None
+    return arr.attrs.get("digest")
+
+
+def list_cases(url: str | os.PathLike, require: tuple[str, ...] = ("image",)) -> list[str]:
+    """Sorted ids of cases whose arrays ``require`` are all complete."""
+    root = open_store(url, mode="r")
+    out = []
+    for cid, grp in root.groups():
+        if all(array_digest(grp, name) for name in require):
+            out.append(cid)
+    return sorted(out)
+
+
+def _chunks_for(shape: tuple[int, ...]) -> tuple[int, ...]:
+    # 64^3 chunks read crops cheaply; 1-D/2-D tables stay one chunk.
+    if len(shape) == 3:
+        return tuple(min(64, max(1, s)) for s in shape)
+    return tuple(max(1, s) for s in shape)
+
+
+def _write_arrays(group: zarr.Group, arrays: Mapping[str, np.ndarray],
+                  attrs: Mapping[str, Mapping[str, Any]]) -> None:
+    for name, data in arrays.items():
+        data = np.asarray(data)
+        chunks = _chunks_for(data.shape)
+        # One shard holds the whole array: each task writes whole shards only.
+        shards = tuple(-(-s // c) * c for s, c in zip(data.shape, chunks)) if data.ndim == 3 else None
+        arr = group.create_array(name, shape=data.shape, dtype=data.dtype, chunks=chunks,
+                                 shards=shards, overwrite=True)
+        arr[...] = data
+        a = dict(attrs.get(name, {}))
+        digest = a.pop("digest", None)
+        arr.attrs.update(a)
+        if digest is not None:
+            arr.attrs["digest"] = digest  # last: the completion marker
+
+
+def commit_arrays(url: str | os.PathLike, case_id: str, arrays: Mapping[str, np.ndarray],
+                  attrs: Mapping[str, Mapping[str, Any]] | None = None,
+                  case_attrs: Mapping[str, Any] | None = None) -> None:
+    """Write ``arrays`` into group ``case_id`` so that no partial array is ever visible.
+
+    Parameters
+    ----------
+    url
+        Volume store path or fsspec URL.
+    case_id
+        Sanitised case id; the group is created when missing.
+    arrays
+        Name -> array. Existing arrays of the same name are replaced.
+    attrs
+        Name -> attributes of that array; its ``"digest"`` is written last.
+    case_attrs
+        Attributes merged into the case group.
+    """
+    attrs = attrs or {}
+    if case_id != sanitize_case_id(case_id):
+        raise ValueError(f"case id {case_id!r} has characters outside [A-Za-z0-9_-]")
+    root = open_store(url, mode="a")
+    if not is_local(url):
+        case = root.require_group(case_id)
+        for name in arrays:  # unmark first: a crash mid-write leaves it absent, not stale
+            if name in case and "digest" in case[name].attrs:
+                del case[name].attrs["digest"]
+        _write_arrays(case, arrays, attrs)
+        if case_attrs:
+            case.attrs.update(dict(case_attrs))
+        return
+
+    store_dir = _local_path(url).resolve()
+    staging_root = store_dir.parent / f".{store_dir.name}.staging"
+    staging = staging_root / f"{case_id}-{uuid.uuid4().hex}"
+    try:
+        sgroup = zarr.open_group(str(staging), mode="w", zarr_format=3)
+        _write_arrays(sgroup, arrays, attrs)
+        case_dir = store_dir / case_id
+        if not (case_dir / "zarr.json").exists():
+            if case_attrs:
+                sgroup.attrs.update(dict(case_attrs))
+            shutil.rmtree(case_dir, ignore_errors=True)
+            os.replace(staging, case_dir)  # whole new case appears at once
+            return
+        case = root[case_id]
+        for name in arrays:
+            target = case_dir / name
+            if target.exists():
+                # Drop the completion marker first, then swap directories.
+                if name in case and "digest" in case[name].attrs:
+                    del case[name].attrs["digest"]
+                trash = staging_root / f"trash-{uuid.uuid4().hex}"
+                os.replace(target, trash)
+                shutil.rmtree(trash, ignore_errors=True)
+            os.replace(staging / name, target)
+        if case_attrs:
+            case.attrs.update(dict(case_attrs))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        try:
+            staging_root.rmdir()
+        except OSError:
+            pass
+
+
+def remove_case(url: str | os.PathLike, case_id: str) -> None:
+    """Delete one case group (no error when absent)."""
+    root = open_store(url, mode="a")
+    if case_id in root:
+        del root[case_id]

@@ -1,0 +1,54 @@
+import json
+
+import numpy as np
+import pytest
+
+from tcpc_data import store
+from tcpc_data.runner import DONE, SKIPPED, Task, run_cases
+
+
+def test_commit_arrays_round_trip_and_replace(tmp_path):
+    url = tmp_path / "v.zarr"
+    store.commit_arrays(url, "c1", {"image": np.ones((70, 9, 9), "f4")},
+                        {"image": {"spacing_zyx": [1, 2, 3], "digest": "d1"}}, {"source": "x"})
+    store.commit_arrays(url, "c1", {"supervoxels": np.full((70, 9, 9), 2, "i4")}, {"supervoxels": {"digest": "s1"}})
+    store.commit_arrays(url, "c1", {"supervoxels": np.full((70, 9, 9), 3, "i4")}, {"supervoxels": {"digest": "s2"}})
+    root = store.open_store(url, "r")
+    assert root["c1/image"].attrs["spacing_zyx"] == [1, 2, 3]
+    assert int(root["c1/supervoxels"][0, 0, 0]) == 3 and root["c1/supervoxels"].attrs["digest"] == "s2"
+    assert store.list_cases(url, ("image", "supervoxels")) == ["c1"]
+    assert not (tmp_path / ".v.zarr.staging").exists()
+
+
+def test_arrays_without_digest_count_as_absent(tmp_path):
+    url = tmp_path / "v.zarr"
+    store.commit_arrays(url, "c1", {"image": np.ones((4, 4, 4), "f4")}, {"image": {}})
+    assert store.list_cases(url) == []
+
+
+def test_case_ids_are_sanitised():
+    assert store.sanitize_case_id("a b/c.d") == "a_b_c_d"
+    with pytest.raises(ValueError):
+        store.commit_arrays("memory://x", "bad id", {"image": np.ones((2, 2, 2))})
+
+
+def _work(x):
+    if x < 0:
+        raise ValueError(f"negative input {x}")
+    return (DONE if x % 2 else SKIPPED), x * 10
+
+
+def test_runner_collects_failures_and_goes_on(tmp_path):
+    tasks = [Task(f"c{i}", f"src{i}", v) for i, v in enumerate([1, 2, -1, 3])]
+    rep = run_cases("t", tasks, _work, workers=1, failures_path=tmp_path / "f.jsonl")
+    assert rep.done == ["c0", "c3"] and rep.skipped == ["c1"] and rep.results["c3"] == 30
+    recs = [json.loads(line) for line in (tmp_path / "f.jsonl").read_text().splitlines()]
+    assert [(r["case"], r["source"]) for r in recs] == [("c2", "src2")]
+    assert "negative input -1" in recs[0]["error"] and not rep.ok
+
+
+def test_runner_with_two_dask_processes_equals_serial():
+    tasks = [Task(f"c{i}", "s", i) for i in range(6)]
+    serial = run_cases("t", tasks, _work, workers=1)
+    dask = run_cases("t", tasks, _work, workers=2)
+    assert (serial.done, serial.skipped, serial.results) == (dask.done, dask.skipped, dask.results)

@@ -203,6 +203,8 @@ def _dicom_series(src: str, fs, base: str, files: list[str], found: Discovery):
             with fs.open(f, "rb") as fh:
                 ds = pydicom.dcmread(fh, stop_before_pixels=True, specific_tags=_HEADER_TAGS,
                                      force=not _has_dicom_magic(fs, f))
+            if not any(ds.get(t) for t in ("SeriesInstanceUID", "Modality", "SOPClassUID")):
+                raise ValueError("no DICOM image header (no SeriesInstanceUID, Modality or SOPClassUID)")
         except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, AttributeError, TypeError) as exc:
             rel = posixpath.relpath(f, base)
             found.failures.append({"case": sanitize_case_id(rel), "source": _url(fs, f, src),

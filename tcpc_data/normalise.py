@@ -47,10 +47,12 @@ def normalise(hu: np.ndarray, what: str = "volume") -> tuple[np.ndarray, tuple[f
     if not hi > lo:
         raise ValueError(f"{what}: the image is constant ({lo} HU) after windowing; "
                          f"min/max normalisation is undefined")
-    scale = np.float32(2.0 / (hi - lo))
-    out = (hu - np.float32(lo)) * scale - np.float32(1.0)
-    np.clip(out, -1.0, 1.0, out=out)  # float rounding may step just outside
-    return out.astype(np.float32, copy=False), (lo, hi)
+    scale = 2.0 / (hi - lo)
+    out = np.empty(hu.shape, dtype=np.float32)
+    for z in range(0, hu.shape[0], 16):  # float64 slabs: min and max land exactly on -1 and 1
+        slab = (hu[z:z + 16].astype(np.float64) - lo) * scale - 1.0
+        out[z:z + 16] = np.clip(slab, -1.0, 1.0)
+    return out, (lo, hi)
 
 
 def to_hu(values: np.ndarray, intensity_range) -> np.ndarray:

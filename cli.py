@@ -73,7 +73,7 @@ def main():
 def ingest(sources, out, clip, spacing, npy_spacing, dtype, irregular, max_voxels, workers, scheduler,
            failures, progress):
     """Read CT archives (DICOM, NIfTI, MetaImage, NRRD, NumPy) into a normalised Zarr volume store."""
-    from tcpc_data.ingest import IngestConfig, ingest as run_ingest
+    from tcpc_data.ingestion import IngestConfig, ingest as run_ingest
 
     config = IngestConfig(clip=_floats(clip, (2,), "--clip"), spacing_zyx=_floats(spacing, (1, 3), "--spacing"),
                           npy_spacing_zyx=_floats(npy_spacing, (1, 3), "--npy-spacing"), dtype=dtype,

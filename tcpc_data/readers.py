@@ -53,6 +53,8 @@ def read_nifti(path: str | Path, *, max_voxels: int, what: str) -> Volume:
         raise ValueError(f"{what}: cannot read the voxels of NIfTI {path}: {exc}") from exc
     affine = img.affine
     spacing, origin, direction = _geometry_from_xyz(affine[:3, :3].T, affine[:3, 3], _RAS_TO_LPS, what)
+    # NIfTI holds float32: record the decimal it was written from (1.4, not 1.399999976)
+    spacing, origin = (tuple(float(str(np.float32(v))) for v in t) for t in (spacing, origin))
     return Volume(np.ascontiguousarray(data.transpose(2, 1, 0)), spacing, origin, direction)
 
 

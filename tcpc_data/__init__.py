@@ -11,8 +11,8 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it
 _API = {
-    "ingest": "tcpc_data.ingest",
-    "IngestConfig": "tcpc_data.ingest",
+    "ingest": "tcpc_data.ingestion",
+    "IngestConfig": "tcpc_data.ingestion",
     "slic": "tcpc_data.slic",
     "supervoxels": "tcpc_data.supervoxels",
     "SupervoxelConfig": "tcpc_data.supervoxels",

@@ -134,13 +134,14 @@ def _discover_one(src: str, fs, root: str, found: Discovery) -> list[tuple[list[
 
     out: list[tuple[list[str], CaseSource]] = []
     claimed: set[str] = set()
-    dicom_files: list[str] = []
+    dicom_files: list[tuple[str, bool]] = []  # (path, has the DICM preamble)
     ignored: list[str] = []
     for f in files:
         stem, fmt = _strip_suffix(posixpath.basename(f))
         if fmt is None:
-            if f.lower().endswith(_DICOM_SUFFIXES) or _has_dicom_magic(fs, f):
-                dicom_files.append(f)
+            magic = _has_dicom_magic(fs, f)
+            if magic or f.lower().endswith(_DICOM_SUFFIXES):
+                dicom_files.append((f, magic))
             else:
                 ignored.append(f)
             continue
@@ -191,18 +192,17 @@ def _levels(rel_dir: str) -> list[str]:
     return [p for p in rel_dir.split("/") if p not in ("", ".") and not _UID_NAME.fullmatch(p)]
 
 
-def _dicom_series(src: str, fs, base: str, files: list[str], found: Discovery):
+def _dicom_series(src: str, fs, base: str, files: list[tuple[str, bool]], found: Discovery):
     import pydicom
     from pydicom.errors import InvalidDicomError
 
     series: dict[str, list[str]] = defaultdict(list)
     meta: dict[str, dict] = {}
     skipped: dict[tuple[str, str], int] = defaultdict(int)
-    for f in files:
+    for f, magic in files:
         try:
             with fs.open(f, "rb") as fh:
-                ds = pydicom.dcmread(fh, stop_before_pixels=True, specific_tags=_HEADER_TAGS,
-                                     force=not _has_dicom_magic(fs, f))
+                ds = pydicom.dcmread(fh, stop_before_pixels=True, specific_tags=_HEADER_TAGS, force=not magic)
             if not any(ds.get(t) for t in ("SeriesInstanceUID", "Modality", "SOPClassUID")):
                 raise ValueError("no DICOM image header (no SeriesInstanceUID, Modality or SOPClassUID)")
         except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, AttributeError, TypeError) as exc:

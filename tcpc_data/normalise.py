@@ -6,6 +6,7 @@ to -1 and 1), so a stored value ``v`` maps back to HU as
 """
 from __future__ import annotations
 
+import numba
 import numpy as np
 
 
@@ -47,12 +48,19 @@ def normalise(hu: np.ndarray, what: str = "volume") -> tuple[np.ndarray, tuple[f
     if not hi > lo:
         raise ValueError(f"{what}: the image is constant ({lo} HU) after windowing; "
                          f"min/max normalisation is undefined")
-    scale = 2.0 / (hi - lo)
     out = np.empty(hu.shape, dtype=np.float32)
-    for z in range(0, hu.shape[0], 16):  # float64 slabs: min and max land exactly on -1 and 1
-        slab = (hu[z:z + 16].astype(np.float64) - lo) * scale - 1.0
-        out[z:z + 16] = np.clip(slab, -1.0, 1.0)
+    _normalise_kernel(np.ascontiguousarray(hu, dtype=np.float32), lo, 2.0 / (hi - lo), out)
     return out, (lo, hi)
+
+
+@numba.njit(cache=True, parallel=True)
+def _normalise_kernel(hu, lo, scale, out):  # pragma: no cover - compiled
+    # float64 per voxel, so the minimum and maximum land exactly on -1 and 1
+    for z in numba.prange(hu.shape[0]):
+        for y in range(hu.shape[1]):
+            for x in range(hu.shape[2]):
+                v = (np.float64(hu[z, y, x]) - lo) * scale - 1.0
+                out[z, y, x] = min(max(v, -1.0), 1.0)
 
 
 def to_hu(values: np.ndarray, intensity_range) -> np.ndarray:

@@ -80,6 +80,8 @@ def _resample_kernel(src, off, pix, start, step, fill, out):  # pragma: no cover
         s = min(max(s, 0), S - 2)
         w = (d - off[s, 0]) / (off[s + 1, 0] - off[s, 0])
         w = min(max(w, 0.0), 1.0)
+        if w > 1.0 - 1e-9:
+            w = 1.0
         for j in range(Yo):
             ymm = start[1] + j * step[1]
             for i in range(Xo):
@@ -88,7 +90,7 @@ def _resample_kernel(src, off, pix, start, step, fill, out):  # pragma: no cover
                 inside = True
                 for t in range(2):
                     wt = (1.0 - w) if t == 0 else w
-                    if wt == 0.0:
+                    if wt < 1e-9:  # a plane through a slice needs no neighbour (which may not cover it)
                         continue
                     sl = s + t
                     r = (ymm - off[sl, 1]) / pix[0]

@@ -70,6 +70,7 @@ class _Progress:
     def __init__(self, stage: str, total: int, enabled: bool):
         self.counts = {DONE: 0, SKIPPED: 0, "failed": 0}
         self.bar = None
+        self.t0 = time.perf_counter()
         if enabled and total:
             from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                        TimeElapsedColumn, TimeRemainingColumn)
@@ -83,8 +84,10 @@ class _Progress:
         self.counts[status] += 1
         if self.bar is not None:
             c = self.counts
+            rate = sum(c.values()) / max(time.perf_counter() - self.t0, 1e-9)
             self.bar.update(self.task, advance=1,
-                            counts=f"done {c[DONE]} · skipped {c[SKIPPED]} · failed {c['failed']}")
+                            counts=f"done {c[DONE]} · skipped {c[SKIPPED]} · failed {c['failed']} · "
+                                   f"{rate:.2f} cases/s")
             if error:
                 self.bar.console.print(f"[red]failed[/red] {case}: {error}")
 

@@ -152,11 +152,17 @@ def test_numpy_metaimage_spacing_and_float16(tmp_path):
         np.testing.assert_allclose(back, hu[::2, ::2, ::2], atol=tol)
 
 
-def test_two_dask_workers_equal_one_in_process_run(archive, tmp_path):
+def test_two_dask_workers_and_a_running_scheduler_equal_one_in_process_run(archive, tmp_path):
+    from distributed import LocalCluster
+
     one = ingest(archive, tmp_path / "one.zarr", workers=1)
     two = ingest(archive, tmp_path / "two.zarr", workers=2)
     assert one.done == two.done and len(two.done) == 3
     _assert_stores_equal(tmp_path / "one.zarr", tmp_path / "two.zarr")
+    with LocalCluster(n_workers=1, processes=False, dashboard_address=None) as cluster:
+        remote = ingest(archive, tmp_path / "sched.zarr", scheduler=cluster.scheduler_address)
+    assert remote.done == one.done
+    _assert_stores_equal(tmp_path / "one.zarr", tmp_path / "sched.zarr")
 
 
 def test_memory_urls_for_source_and_store(tmp_path):

@@ -196,7 +196,8 @@ def _case_samples(payload) -> list[Sample]:
     return samples
 
 
-def _members(config: ShardConfig) -> dict:
+def pretrain_members(config: ShardConfig) -> dict:
+    """The manifest's member schema of pretraining samples cut with ``config``."""
     n = len(P.path_positions(config.path, (0, 0, 0), *config.variants()[0], config.path_size))
     c = config.cube_size
     return {"cubes.npy": {"shape": [n, c, c, c], "dtype": "float16", "order": "path order, target last"},
@@ -251,6 +252,6 @@ def write_shards(store, out_dir, config: ShardConfig = ShardConfig(), *, cases=N
     payloads = {c: (str(store), c, config) for c in ready}
     return build_shard_set("shards", out_dir, name=config.name, shard_size=config.shard_size,
                            config=config, inputs=inputs, payloads=payloads,
-                           make_samples=_case_samples, members=_members(config),
+                           make_samples=_case_samples, members=pretrain_members(config),
                            extra={"kind": "pretrain", "source": str(store)}, workers=workers,
                            scheduler=scheduler, progress=progress, failures_path=failures_path)

@@ -53,5 +53,134 @@ def main():
     """
 
 
+
+def _shard_options(fn):
+    """Options of the shard stage (shared by `tcpc shards` and `tcpc preprocess`)."""
+    opts = [
+        click.option("--crop-size", type=int, default=None,
+                     help="Crop side S in voxels [64; an npz's image side]."),
+        click.option("--cube-size", type=int, default=None,
+                     help="Cube side c in voxels [16; 8 for 28^3 npz images]."),
+        click.option("--overlap", type=float, default=0.5, show_default=True,
+                     help="Fraction of a cube shared with its grid neighbour."),
+        click.option("--path", "path_kind", type=click.Choice(["u", "straight", "block"]), default="u",
+                     show_default=True, help="Path kind: u (TCPC), straight (3D CPC), block (Rubik/Jigsaw)."),
+        click.option("--path-size", type=int, default=None,
+                     help="U radius, straight length or block step in cubes [1, 3, 1]."),
+        click.option("--plane", type=click.Choice(["axial", "coronal", "sagittal"]), default=None,
+                     help="Fix the path plane (default: drawn per sample)."),
+        click.option("--opening", type=click.Choice(["up", "down", "left", "right"]), default=None,
+                     help="Fix the path opening (default: drawn per sample)."),
+        click.option("--targets-per-crop", type=int, default=4, show_default=True,
+                     help="Path samples drawn per crop."),
+        click.option("--target-radius", type=int, default=1, show_default=True,
+                     help="Targets within this many cubes of the crop centre (-1: anywhere the path fits)."),
+        click.option("--candidates-per-case", type=int, default=None,
+                     help="Use the best K candidates of each case [all]."),
+        click.option("--background", type=float, default=-1.0, show_default=True,
+                     help="Value of crop voxels outside the volume."),
+        click.option("--shard-size", type=int, default=1000, show_default=True, help="Samples per shard."),
+        click.option("--name", default=None, help="Shard file prefix [tcpc; labelled]."),
+        click.option("--seed", type=int, default=0, show_default=True, help="Seed of every draw."),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+def _run_options(fn):
+    """Parallelism, failures report and progress (shared by the stage commands)."""
+    opts = [
+        click.option("--workers", type=int, default=None, help="Worker processes [one per core]."),
+        click.option("--scheduler", default=None, help="Address of a running dask scheduler (tcp://host:8786)."),
+        click.option("--failures", "failures_path", type=click.Path(dir_okay=False), default=None,
+                     help="JSON-lines failures report [OUT/failures-<stage>.jsonl]."),
+        click.option("--progress/--no-progress", default=True, show_default=True, help="Live progress display."),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+def _shard_config(kw: dict, side: int | None = None):
+    """Build a ShardConfig from the shard options; ``side`` is an npz image side (crop = image)."""
+    from tcpc_data.labelled import pretrain_config_for
+    from tcpc_data.shards import ShardConfig
+    fields = dict(overlap=kw["overlap"], path=kw["path_kind"], path_size=kw["path_size"], plane=kw["plane"],
+                  opening=kw["opening"], targets_per_crop=kw["targets_per_crop"],
+                  target_radius=None if kw["target_radius"] < 0 else kw["target_radius"],
+                  candidates_per_case=kw["candidates_per_case"], background=kw["background"],
+                  shard_size=kw["shard_size"], name=kw["name"] or "tcpc", seed=kw["seed"])
+    if kw["crop_size"] is not None:
+        fields["crop_size"] = kw["crop_size"]
+    if kw["cube_size"] is not None:
+        fields["cube_size"] = kw["cube_size"]
+    return pretrain_config_for(side, **fields) if side is not None else ShardConfig(**fields)
+
+
+def _print_run(report, manifest, out) -> None:
+    click.echo(report.summary())
+    t = manifest["totals"]
+    click.echo(f"{out}: {t['samples']} samples in {t['shards']} shards from {t['cases']} cases "
+               f"(manifest {manifest['digest'][:12]})")
+
+
+@main.command()
+@click.argument("source")
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Shard directory.")
+@click.option("--labels", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="CSV case,z,y,x,label: labelled crops for fine-tuning instead of path samples.")
+@click.option("--task", type=click.Choice(["pretrain", "finetune"]), default=None,
+              help="npz only: finetune (labelled split sets, default) or pretrain (path samples of train images).")
+@click.option("--cases", default=None, help="Comma-separated case ids [all complete cases].")
+@_shard_options
+@_run_options
+@_friendly
+def shards(source, out, labels, task, cases, workers, scheduler, failures_path, progress, **kw):
+    """Write WebDataset shards from a volume STORE or a MedMNIST .npz SOURCE.
+
+    A store gives U-path (or straight/block) pretraining samples around each
+    candidate, or with --labels, labelled crops. An .npz gives one labelled
+    shard set per official split in OUT/train, OUT/val, OUT/test.
+    """
+    from pathlib import Path
+
+    failures_path = failures_path or str(Path(out) / "failures-shards.jsonl")
+    run = dict(workers=workers, progress=progress, failures_path=failures_path)
+    if str(source).endswith(".npz"):
+        run["workers"] = workers or 1  # arrays travel in the payloads: processes rarely pay off
+        from tcpc_data.labelled import LabelledConfig, load_npz_split, write_npz_shards
+        if labels or cases:
+            raise click.UsageError("--labels and --cases apply to a volume store, not an .npz")
+        if (task or "finetune") == "pretrain":
+            side = load_npz_split(source, "train")[0].shape[1]
+            results = write_npz_shards(source, out, task="pretrain", config=_shard_config(kw, side), **run)
+        else:
+            cfg = LabelledConfig(crop_size=kw["crop_size"] or 64, background=kw["background"],
+                                 shard_size=kw["shard_size"], name=kw["name"] or "labelled")
+            results = write_npz_shards(source, out, config=cfg, **run)
+        for split, (rep, man) in results.items():
+            _print_run(rep, man, Path(out) / split if split != "pretrain" else out)
+        ok = all(rep.ok for rep, _ in results.values())
+    elif labels:
+        from tcpc_data.labelled import LabelledConfig, write_labelled_shards
+        if task == "pretrain":
+            raise click.UsageError("--labels writes fine-tuning shards; drop --task pretrain")
+        cfg = LabelledConfig(crop_size=kw["crop_size"] or 64, background=kw["background"],
+                             shard_size=kw["shard_size"], name=kw["name"] or "labelled")
+        rep, man = write_labelled_shards(source, labels, out, cfg, scheduler=scheduler, **run)
+        _print_run(rep, man, out)
+        ok = rep.ok
+    else:
+        from tcpc_data.shards import write_shards
+        if task == "finetune":
+            raise click.UsageError("fine-tuning shards from a store need --labels CSV")
+        case_list = [c.strip() for c in cases.split(",")] if cases else None
+        rep, man = write_shards(source, out, _shard_config(kw), cases=case_list, scheduler=scheduler, **run)
+        _print_run(rep, man, out)
+        ok = rep.ok
+    if not ok:
+        sys.exit(1)
+
 if __name__ == "__main__":
     main()

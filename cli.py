@@ -182,5 +182,19 @@ def shards(source, out, labels, task, cases, workers, scheduler, failures_path, 
     if not ok:
         sys.exit(1)
 
+
+@main.command()
+@click.argument("path")
+@click.option("--png", type=click.Path(dir_okay=False), default=None,
+              help="Write a montage: a slice with supervoxels and candidate boxes, or a sample's cubes.")
+@click.option("--sample", type=int, default=0, show_default=True, help="Which shard sample to show.")
+@_friendly
+def inspect(path, png, sample):
+    """Summarise a volume STORE, one case (STORE/<case>) or a shard directory."""
+    from tcpc_data.inspect import inspect_path
+    click.echo(inspect_path(path, png=png, sample=sample))
+    if png:
+        click.echo(f"montage written to {png}")
+
 if __name__ == "__main__":
     main()

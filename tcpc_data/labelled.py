@@ -59,8 +59,9 @@ class LabelledConfig:
                 raise ValueError(f"{field} must be >= 1, got {getattr(self, field)}")
 
 
-_MEMBERS_NOTE = {"cls": {"dtype": "int", "encoding": "decimal text"},
-                 "json": {"keys": ["case", "label", "centre", "crop_box", "row"]}}
+def _members(side: int, json_keys: list[str]) -> dict:
+    return {"volume.npy": {"shape": [side] * 3, "dtype": "float16"},
+            "cls": {"dtype": "int", "encoding": "decimal text"}, "json": {"keys": json_keys}}
 
 
 def _labelled_sample(key: str, volume: np.ndarray, label: int, meta: dict) -> Sample:
@@ -148,7 +149,7 @@ def write_labelled_shards(store, labels_csv, out_dir, config: LabelledConfig = L
     inputs = {c: digest(root[c]["image"].attrs["digest"] if c in complete else "absent", r,
                         dataclasses.replace(config, shard_size=1, name="x")) for c, r in rows.items()}
     payloads = {c: (str(store), c, r, config, Path(labels_csv).name) for c, r in rows.items()}
-    members = {"volume.npy": {"shape": [config.crop_size] * 3, "dtype": "float16"}, **_MEMBERS_NOTE}
+    members = _members(config.crop_size, ["case", "label", "centre", "crop_box", "row", "background"])
     classes = sorted({lab for r in rows.values() for _, _, lab in r})
     return build_shard_set("labelled", out_dir, name=config.name, shard_size=config.shard_size,
                            config=config, inputs=inputs, payloads=payloads,
@@ -267,9 +268,11 @@ def write_npz_shards(npz, out_dir, *, task: str = "finetune", config=None, worke
                                              "intensity_map": how},
             workers=workers, progress=progress, failures_path=failures_path)}
 
-    config = LabelledConfig() if config is None else config
-    config.validate()
     loaded = {s: load_npz_split(npz, s) for s in SPLITS}  # all splits checked before writing any
+    side = loaded["train"][0].shape[1]
+    # The images are the volumes: record their side as the crop size.
+    config = dataclasses.replace(LabelledConfig() if config is None else config, crop_size=side)
+    config.validate()
     results = {}
     for split, (images, labels) in loaded.items():
         unit, how = to_unit_range(images, str(npz))
@@ -277,8 +280,7 @@ def write_npz_shards(npz, out_dir, *, task: str = "finetune", config=None, worke
         payloads = {c: (split, a, unit[a:b], labels[a:b]) for c, (a, b) in chunks.items()}
         inputs = {c: digest(src, a, b, dataclasses.replace(config, shard_size=1, name="x"))
                   for c, (a, b) in chunks.items()}
-        side = images.shape[1]
-        members = {"volume.npy": {"shape": [side] * 3, "dtype": "float16"}, **_MEMBERS_NOTE}
+        members = _members(images.shape[1], ["case", "label", "index", "split"])
         results[split] = build_shard_set(
             f"labelled {split}", out / split, name=config.name, shard_size=config.shard_size,
             config=config, inputs=inputs, payloads=payloads, make_samples=_npz_finetune_samples,

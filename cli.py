@@ -196,5 +196,130 @@ def inspect(path, png, sample):
     if png:
         click.echo(f"montage written to {png}")
 
+
+def _field_help(cls, name: str) -> str:
+    """The numpydoc 'Attributes' description of field ``name`` of config class ``cls``."""
+    lines = (cls.__doc__ or "").splitlines()
+    for i, line in enumerate(lines):
+        if line.strip() == name:
+            indent = len(line) - len(line.lstrip())
+            desc = []
+            for nxt in lines[i + 1:]:
+                if not nxt.strip() or len(nxt) - len(nxt.lstrip()) <= indent:
+                    break
+                desc.append(nxt.strip())
+            return " ".join(desc)
+    return ""
+
+
+def _config_options(cls, stage: str, taken: set[str]) -> list[click.Option]:
+    """One option per field of the frozen dataclass ``cls``; unset options keep the config's default.
+
+    Tuples are given as comma-separated numbers; an option name already
+    ``taken`` by another stage gets the stage as prefix.
+    """
+    import dataclasses
+    import types
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        hint = hints[f.name]
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        optional = typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1
+        base = args[0] if optional else hint  # X | None -> X
+        flag = f.name.replace("_", "-")
+        if f"--{flag}" in taken:
+            flag = f"{stage}-{flag}"
+        taken.add(f"--{flag}")
+        default = f.default if f.default is not dataclasses.MISSING else None
+        help_ = f"{_field_help(cls, f.name)} [{stage}; default: {default}]"
+        dest = f"{stage}__{f.name}"
+        if base is bool:
+            out.append(click.Option([f"--{flag}/--no-{flag}", dest], default=None, help=help_))
+        elif typing.get_origin(base) is tuple:
+            out.append(click.Option([f"--{flag}", dest], default=None, metavar="A,B,..", help=help_))
+        elif base in (int, float):
+            out.append(click.Option([f"--{flag}", dest], type=base, default=None, help=help_))
+        else:
+            out.append(click.Option([f"--{flag}", dest], type=str, default=None, help=help_))
+    return out
+
+
+def _config_from(cls, stage: str, kw: dict):
+    """Build ``cls`` from the options of ``stage`` that were given (tuples parsed from 'a,b,c')."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    given = {}
+    for f in dataclasses.fields(cls):
+        v = kw.pop(f"{stage}__{f.name}", None)
+        if v is None:
+            continue
+        if "tuple" in str(hints[f.name]) and isinstance(v, str):
+            elem = int if "tuple[int" in str(hints[f.name]) else float
+            try:
+                v = tuple(elem(x) for x in v.split(","))
+            except ValueError:
+                raise click.BadParameter(f"{f.name} takes numbers separated by commas, got {v!r}")
+        given[f.name] = v
+    return cls(**given)
+
+
+class _StageOptionsCommand(click.Command):
+    """A command that also takes every field of other stages' configs as options.
+
+    The options are generated from the config dataclasses on first use, so
+    ``tcpc --help`` and the other commands do not import those stages.
+    """
+
+    stage_configs = {"ingest": ("tcpc_data.ingest", "IngestConfig"),
+                     "supervoxels": ("tcpc_data.supervoxels", "SupervoxelConfig")}
+
+    def get_params(self, ctx):
+        if not getattr(self, "_stage_options", False):
+            import importlib
+            self._stage_options = True
+            taken = {o for p in self.params for o in p.opts}
+            for stage, (module, name) in self.stage_configs.items():
+                cls = getattr(importlib.import_module(module), name)
+                self.params.extend(_config_options(cls, stage, taken))
+        return super().get_params(ctx)
+
+
+@main.command(cls=_StageOptionsCommand)
+@click.argument("sources", nargs=-1, required=True)
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False),
+              help="Output directory: volumes.zarr, shards/, labelled/, failures-<stage>.jsonl.")
+@click.option("--candidates-csv", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Crop centres from a CSV instead of SLIC's ranking.")
+@click.option("--labels", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="CSV case,z,y,x,label: also write labelled crops to OUT/labelled.")
+@_shard_options
+@click.option("--workers", type=int, default=None, help="Worker processes [one per core].")
+@click.option("--scheduler", default=None, help="Address of a running dask scheduler (tcp://host:8786).")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Live progress display.")
+@_friendly
+def preprocess(sources, out, candidates_csv, labels, workers, scheduler, progress, **kw):
+    """Ingest SOURCES, find supervoxels and candidates, and write shards: one command.
+
+    Every option of `tcpc ingest` and the supervoxels stage is available too
+    (see the options marked [ingest] and [supervoxels]).
+    """
+    from tcpc_data.ingest import IngestConfig
+    from tcpc_data.preprocess import preprocess as run_preprocess
+    from tcpc_data.supervoxels import SupervoxelConfig
+
+    ingest_config = _config_from(IngestConfig, "ingest", kw)
+    supervoxel_config = _config_from(SupervoxelConfig, "supervoxels", kw)
+    report = run_preprocess(list(sources), out, ingest_config=ingest_config,
+                            supervoxel_config=supervoxel_config, shard_config=_shard_config(kw),
+                            candidates_csv=candidates_csv, labels_csv=labels, workers=workers,
+                            scheduler=scheduler, progress=progress)
+    click.echo(report.summary())
+    sys.exit(0 if report.ok else 1)
+
 if __name__ == "__main__":
     main()

@@ -70,3 +70,23 @@ def test_npz_finetune_and_pretrain(tmp_path):
     assert r.exit_code == 0, r.output
     man = json.loads((tmp_path / "pre" / "manifest.json").read_text())
     assert man["config"]["crop_size"] == 28 and man["config"]["cube_size"] == 8 and man["totals"]["samples"] == 12
+
+
+def test_config_options_are_generated_from_a_config_dataclass():
+    import click
+
+    from cli import _config_from, _config_options
+    from tcpc_data.shards import ShardConfig
+
+    got = {}
+
+    @click.command(params=_config_options(ShardConfig, "shards", {"--seed"}))
+    def cmd(**kw):
+        got["cfg"] = _config_from(ShardConfig, "shards", kw)
+
+    r = CliRunner().invoke(cmd, ["--crop-size", "32", "--plane", "coronal", "--shards-seed", "5",
+                                 "--overlap", "0.25"])
+    assert r.exit_code == 0, r.output
+    assert got["cfg"] == ShardConfig(crop_size=32, plane="coronal", seed=5, overlap=0.25)
+    help_text = CliRunner().invoke(cmd, ["--help"]).output
+    assert "Crop side S in voxels around each candidate." in help_text and "--shards-seed" in help_text

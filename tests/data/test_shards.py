@@ -144,3 +144,27 @@ def test_stock_webdataset_reads_the_shards_without_tcpc(store, tmp_path):
                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "24"
+
+
+def test_real_ct_torso_end_to_end(shared_data, tmp_path):
+    """A real CT (torso NIfTI, 3 mm): crops at the border and inside, read back by stock webdataset."""
+    import nibabel as nib
+    import webdataset as wds
+
+    img = nib.load(str(shared_data / "ct" / "robustness" / "torso-3mm.nii.gz"))
+    hu = np.asarray(img.dataobj, dtype=np.float32).transpose(2, 1, 0)  # (x, y, z) -> (z, y, x)
+    unit = ((np.clip(hu, -1024, 3071) + 1024) / 4095 * 2 - 1).astype(np.float32)
+    cands = np.array([np.array(unit.shape) // 2, (0, 0, 0), (unit.shape[0] - 1, 10, 50)], np.int32)
+    url = tmp_path / "v.zarr"
+    commit_arrays(url, "torso", {"image": unit, "candidates": cands},
+                  {"image": {"spacing_zyx": [3.0, 3.0, 3.0], "digest": "torso"},
+                   "candidates": {"crop_size": 64, "source": "csv", "digest": "c"}})
+    rep, man = write_shards(url, tmp_path / "o", ShardConfig(targets_per_crop=2), workers=1)
+    assert rep.ok and man["totals"]["samples"] == 6
+    ds = wds.WebDataset(str(tmp_path / "o" / "tcpc-000000.tar"), shardshuffle=False).decode()
+    for s in ds:
+        cubes, meta = s["cubes.npy"], s["json"]
+        assert cubes.shape == (8, 16, 16, 16) and cubes.min() >= -1 and cubes.max() <= 1
+        cr, _ = crop(unit, meta["centre"], 64, -1.0)
+        target = s["path.npy"][-1]
+        np.testing.assert_array_equal(cubes[-1], cr[P.cube_slices(target, 8, 16)].astype(np.float16))

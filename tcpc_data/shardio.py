@@ -231,6 +231,9 @@ def build_shard_set(stage: str, out_dir: str | os.PathLike, *, name: str, shard_
                        failures_path=failures_path)
     failed = sorted(f["case"] for f in report.failures)
     good = [c for c in sorted(inputs) if c not in failed]
+    # The manifest marks a complete set: drop it before shards are replaced, so a kill
+    # mid-assembly leaves no manifest vouching for mixed shards.
+    (out / MANIFEST).unlink(missing_ok=True)
     shards = ShardWriter(out, name, shard_size).write(
         s for c in good for s in read_samples(parts[c]))
     manifest = {

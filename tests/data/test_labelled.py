@@ -37,7 +37,7 @@ def test_store_and_csv_give_crops_with_classes(store, tmp_path):
     csv = tmp_path / "labels.csv"
     rows = [(c, *les.centre_zyx, les.cls) for c, ph in phantoms.items() for les in ph.lesions]
     csv.write_text("case,z,y,x,label\n" + "".join(",".join(map(str, r)) + "\n" for r in rows))
-    rep, man = write_labelled_shards(url, csv, tmp_path / "o", LabelledConfig(crop_size=24, shard_size=4))
+    rep, man = write_labelled_shards(url, csv, tmp_path / "o", LabelledConfig(crop_size=24, shard_size=4), workers=1)
     assert rep.ok and man["totals"]["samples"] == len(rows) and man["kind"] == "finetune"
     got = _samples(tmp_path / "o")
     root = open_store(url, "r")
@@ -54,7 +54,7 @@ def test_csv_case_missing_from_store_fails_only_that_case(store, tmp_path):
     url, phantoms = store
     csv = tmp_path / "labels.csv"
     csv.write_text("case,z,y,x,label\nph-00,16,32,32,1\nnot-there,1,1,1,0\n")
-    rep, man = write_labelled_shards(url, csv, tmp_path / "o", LabelledConfig(crop_size=16))
+    rep, man = write_labelled_shards(url, csv, tmp_path / "o", LabelledConfig(crop_size=16), workers=1)
     assert [f["case"] for f in rep.failures] == ["not-there"] and "labels.csv" in rep.failures[0]["error"]
     assert man["totals"]["samples"] == 1 and man["failed_cases"] == ["not-there"]
 

@@ -168,3 +168,21 @@ def test_real_ct_torso_end_to_end(shared_data, tmp_path):
         cr, _ = crop(unit, meta["centre"], 64, -1.0)
         target = s["path.npy"][-1]
         np.testing.assert_array_equal(cubes[-1], cr[P.cube_slices(target, 8, 16)].astype(np.float16))
+
+
+def test_a_kill_during_assembly_leaves_no_manifest(store, tmp_path, monkeypatch):
+    import tcpc_data.shardio as sio
+
+    write_shards(store, tmp_path / "o", CFG, workers=1)
+
+    def killed(self, samples):
+        raise KeyboardInterrupt  # the process dies while shards are being replaced
+
+    monkeypatch.setattr(sio.ShardWriter, "write", killed)
+    with pytest.raises(KeyboardInterrupt):
+        write_shards(store, tmp_path / "o", ShardConfig(**{**CFG.__dict__, "seed": 3}), workers=1)
+    assert not (tmp_path / "o" / "manifest.json").exists()
+    monkeypatch.undo()
+    rep, man = write_shards(store, tmp_path / "o", ShardConfig(**{**CFG.__dict__, "seed": 3}), workers=1)
+    assert rep.skipped == ["ph-00", "ph-01"]  # parts written before the kill are reused
+    assert man["config"]["seed"] == 3 and man["totals"]["samples"] == 24

@@ -53,6 +53,43 @@ def main():
     """
 
 
+@main.command()
+@click.argument("sources", nargs=-1, required=True)
+@click.option("--out", "out", required=True, help="Volume store to write (path or fsspec URL), e.g. volumes.zarr.")
+@click.option("--clip", default=None, metavar="LO,HI",
+              help="HU window applied before min/max normalisation, e.g. -1024,3071.")
+@click.option("--spacing", default=None, metavar="S|Z,Y,X", help="Resample to this voxel size in mm.")
+@click.option("--npy-spacing", default=None, metavar="Z,Y,X", help="Voxel size in mm of .npy/.npz inputs.")
+@click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True)
+@click.option("--irregular", type=click.Choice(["resample", "refuse"]), default="resample", show_default=True,
+              help="Tilted or unevenly spaced DICOM series: resample onto a regular grid, or refuse.")
+@click.option("--max-voxels", type=int, default=1 << 30, show_default=True, help="Refuse larger volumes.")
+@click.option("--workers", type=int, default=None, help="Local worker processes (default: one per core).")
+@click.option("--scheduler", default=None, metavar="ADDRESS", help="A running dask.distributed scheduler.")
+@click.option("--failures", "failures", default=None, metavar="PATH",
+              help="Failures report (JSON lines); default <STORE>.failures.jsonl.")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Live progress display.")
+@_friendly
+def ingest(sources, out, clip, spacing, npy_spacing, dtype, irregular, max_voxels, workers, scheduler,
+           failures, progress):
+    """Read CT archives (DICOM, NIfTI, MetaImage, NRRD, NumPy) into a normalised Zarr volume store."""
+    from tcpc_data.ingestion import IngestConfig, ingest as run_ingest
+
+    config = IngestConfig(clip=_floats(clip, (2,), "--clip"), spacing_zyx=_floats(spacing, (1, 3), "--spacing"),
+                          npy_spacing_zyx=_floats(npy_spacing, (1, 3), "--npy-spacing"), dtype=dtype,
+                          irregular=irregular, max_voxels=max_voxels)
+    failures = failures or f"{str(out).rstrip('/')}.failures.jsonl"
+    report = run_ingest(list(sources), out, config, workers=workers, scheduler=scheduler,
+                        progress=progress, failures_path=failures)
+    for note in report.notes:
+        click.echo(f"note: {note}")
+    if not progress:  # the live display already named each failure as it happened
+        for rec in report.failures:
+            click.echo(f"failed {rec['case']}: {rec['error']}", err=True)
+    click.echo(report.summary())
+    sys.exit(0 if report.ok else 1)
+
+
 
 def _shard_options(fn):
     """Options of the shard stage (shared by `tcpc shards` and `tcpc preprocess`)."""
@@ -275,7 +312,7 @@ class _StageOptionsCommand(click.Command):
     ``tcpc --help`` and the other commands do not import those stages.
     """
 
-    stage_configs = {"ingest": ("tcpc_data.ingest", "IngestConfig"),
+    stage_configs = {"ingest": ("tcpc_data.ingestion", "IngestConfig"),
                      "supervoxels": ("tcpc_data.supervoxels", "SupervoxelConfig")}
 
     def get_params(self, ctx):
@@ -308,8 +345,8 @@ def preprocess(sources, out, candidates_csv, labels, workers, scheduler, progres
     Every option of `tcpc ingest` and the supervoxels stage is available too
     (see the options marked [ingest] and [supervoxels]).
     """
-    from tcpc_data.ingest import IngestConfig
-    from tcpc_data.preprocess import preprocess as run_preprocess
+    from tcpc_data.ingestion import IngestConfig
+    from tcpc_data.preprocessing import preprocess as run_preprocess
     from tcpc_data.supervoxels import SupervoxelConfig
 
     ingest_config = _config_from(IngestConfig, "ingest", kw)

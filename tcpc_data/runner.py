@@ -38,6 +38,7 @@ class RunReport:
     results: dict[str, Any] = dataclasses.field(default_factory=dict)
     seconds: float = 0.0
     failures_path: str | None = None
+    notes: list[str] = dataclasses.field(default_factory=list)  # stage remarks for the user (skipped files...)
 
     @property
     def ok(self) -> bool:

@@ -54,7 +54,7 @@ def preprocess(sources, out, *, ingest_config=None, supervoxel_config=None,
     Parameters
     ----------
     sources
-        CT folders, files or fsspec URLs (see ``tcpc_data.ingest.ingest``).
+        CT folders, files or fsspec URLs (see ``tcpc_data.ingestion.ingest``).
     out
         Output directory (created).
     ingest_config, supervoxel_config
@@ -75,7 +75,7 @@ def preprocess(sources, out, *, ingest_config=None, supervoxel_config=None,
     -------
     PreprocessReport
     """
-    from .ingest import IngestConfig, ingest
+    from .ingestion import IngestConfig, ingest
     from .supervoxels import SupervoxelConfig, supervoxels
 
     shard_config.validate()  # fail on a bad shard config before hours of ingest

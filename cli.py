@@ -350,6 +350,8 @@ def preprocess(sources, out, candidates_csv, labels, workers, scheduler, progres
     from tcpc_data.supervoxels import SupervoxelConfig
 
     ingest_config = _config_from(IngestConfig, "ingest", kw)
+    if kw.get("supervoxels__crop_size") is None and kw["crop_size"] is not None:
+        kw["supervoxels__crop_size"] = kw["crop_size"]  # candidates spaced for the crops cut from them
     supervoxel_config = _config_from(SupervoxelConfig, "supervoxels", kw)
     report = run_preprocess(list(sources), out, ingest_config=ingest_config,
                             supervoxel_config=supervoxel_config, shard_config=_shard_config(kw),

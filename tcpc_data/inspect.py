@@ -5,6 +5,7 @@
   attributes, and the best candidates; the montage shows an axial and a
   coronal slice through the best candidate with supervoxel boundaries and
   candidate crop boxes;
+- a split directory (``train``, ``val``, ``test`` shard sets): each one;
 - shard directory (``manifest.json``): config, digest, per-shard counts and
   one sample's members; the montage lays a pretraining sample's cubes out at
   their grid positions with the path order drawn (target in red), or shows a
@@ -20,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .digest import to_json
+from .labelled import SPLITS
 from .shardio import MANIFEST, read_manifest, read_samples
 from .store import is_local, open_store
 
@@ -33,6 +35,8 @@ def _kind(path: str) -> str:
             raise FileNotFoundError(f"nothing to inspect at {p}")
         if (p / MANIFEST).exists() or (p.is_dir() and any(p.glob("*.tar"))):
             return "shards"
+        if p.is_dir() and any((p / s / MANIFEST).exists() for s in SPLITS):
+            return "splits"
         if not (p / "zarr.json").exists():
             raise ValueError(f"{p} is neither a volume store, a case of one, nor a shard directory "
                              "(no zarr.json or manifest.json)")
@@ -62,6 +66,11 @@ def inspect_path(path: str | os.PathLike, *, png: str | os.PathLike | None = Non
     """
     path = str(path)
     kind = _kind(path)
+    if kind == "splits":  # <out>/train, /val, /test of a labelled .npz
+        texts = [_shards_text(Path(path) / s, 0)[0] for s in SPLITS if (Path(path) / s / MANIFEST).exists()]
+        if png is not None:
+            inspect_path(Path(path) / "train", png=png, sample=sample)
+        return "\n".join(texts)
     if kind == "shards":
         text, record = _shards_text(Path(path), sample)
         if png is not None:

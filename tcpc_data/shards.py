@@ -13,6 +13,7 @@ import dataclasses
 import os
 import zlib
 from functools import lru_cache
+from typing import Iterator
 
 import numpy as np
 
@@ -176,8 +177,8 @@ def crop_samples(crop_arr: np.ndarray, config: ShardConfig, case: str, candidate
     return out
 
 
-def _case_samples(payload) -> list[Sample]:
-    """All samples of one store case (runs on a worker)."""
+def _case_samples(payload) -> Iterator[Sample]:
+    """All samples of one store case, crop by crop (runs on a worker)."""
     url, case, config = payload
     grp = open_store(url, mode="r")[case]
     cands = np.asarray(grp["candidates"][...])
@@ -187,13 +188,11 @@ def _case_samples(payload) -> list[Sample]:
               else np.full(len(cands), np.nan, dtype=np.float32))
     k = len(cands) if config.candidates_per_case is None else min(len(cands), config.candidates_per_case)
     image = np.asarray(grp["image"][...])  # one read; crops are views of memory
-    samples = []
     for i in range(k):
         arr, box = crop(image, cands[i], config.crop_size, config.background)
         info = {"centre": cands[i].tolist(), "crop_box": box.tolist(),
                 "score": None if np.isnan(scores[i]) else float(scores[i])}
-        samples += crop_samples(arr, config, case, i, info)
-    return samples
+        yield from crop_samples(arr, config, case, i, info)
 
 
 def pretrain_members(config: ShardConfig) -> dict:

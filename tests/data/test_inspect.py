@@ -52,6 +52,8 @@ def test_labelled_shard_montage(tmp_path):
     write_npz_shards(tmp_path / "m.npz", tmp_path / "o")
     text = inspect_path(tmp_path / "o" / "test", png=tmp_path / "l.png", sample=1)
     assert "cls: 1" in text and "finetune set" in text and (tmp_path / "l.png").stat().st_size > 1000
+    text = inspect_path(tmp_path / "o")  # the split root: every split summarised
+    assert all(f"split: {s}" in text for s in ("train", "val", "test"))
 
 
 def test_bad_paths_are_clear_errors(made, tmp_path):

@@ -186,3 +186,10 @@ def test_a_kill_during_assembly_leaves_no_manifest(store, tmp_path, monkeypatch)
     rep, man = write_shards(store, tmp_path / "o", ShardConfig(**{**CFG.__dict__, "seed": 3}), workers=1)
     assert rep.skipped == ["ph-00", "ph-01"]  # parts written before the kill are reused
     assert man["config"]["seed"] == 3 and man["totals"]["samples"] == 24
+
+
+def test_a_store_behind_an_fsspec_url(tmp_path):
+    url = f"memory://shards-{tmp_path.name}/v.zarr"
+    phantom_store(url, n_cases=1)
+    rep, man = write_shards(url, tmp_path / "o", CFG, workers=1)
+    assert rep.ok and man["totals"]["samples"] == 12 and man["source"] == url

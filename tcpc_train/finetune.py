@@ -27,8 +27,8 @@ import torch.nn.functional as F
 import webdataset as wds
 
 from tcpc_train.checkpoint import load_checkpoint, save_checkpoint
-from tcpc_train.loader import (ShardSet, ShardStream, augment_volume, decode_labelled_sample, labelled_splits,
-                               make_loader, open_shards, read_label, sample_rng)
+from tcpc_train.loader import (ShardSet, ShardStream, augment_volume, decode_labelled_sample, first_sample,
+                               labelled_splits, make_loader, open_shards, read_label, sample_rng)
 from tcpc_train.metrics import classification_metrics
 from tcpc_train.models import ARCHS, Classifier, build_encoder
 from tcpc_train.plots import plot_curves, plot_roc
@@ -187,6 +187,8 @@ def finetune(labelled: str | Path, out: str | Path, config: FinetuneConfig = Fin
     splits = labelled_splits(labelled)
     out = Path(out)
     device = resolve_device(config.device)
+    for split in splits.values():  # wrong layout: a clear error before workers start
+        VolumeSample(False, 0)(first_sample(split), 0)
     train_labels = read_labels(splits["train"])
     n_classes = max(train_labels.values()) + 1
     if len(set(train_labels.values())) < 2:

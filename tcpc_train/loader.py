@@ -188,6 +188,14 @@ def augment_volume(volume: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(volume, int(rng.integers(4)), axes=(a, b)))
 
 
+def first_sample(data: ShardSet) -> dict:
+    """The first raw sample of the first shard: lets a caller check the layout in-process, where
+    an error reads clearly, before loader workers start."""
+    for raw in wds.tarfile_to_samples()(iter([{"url": data.urls[0]}])):
+        return raw
+    raise ValueError(f"{data.urls[0]}: holds no samples although {data.root}/{MANIFEST} counts some")
+
+
 def _collate(items: list[dict]) -> dict:
     out = {}
     for k in items[0]:

@@ -27,7 +27,8 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from tcpc_train.checkpoint import load_checkpoint, save_checkpoint
-from tcpc_train.loader import ShardStream, augment_path, decode_path_sample, make_loader, open_shards, sample_rng
+from tcpc_train.loader import (ShardStream, augment_path, decode_path_sample, first_sample, make_loader, open_shards,
+                               sample_rng)
 from tcpc_train.models import ARCHS, build_encoder
 from tcpc_train.plots import plot_curves
 from tcpc_train.proxy import BlockPuzzle, permutation_set, shuffle_block
@@ -172,6 +173,8 @@ def pretrain(shards: str | Path, out: str | Path, config: PretrainConfig = Pretr
     """
     config.validate()
     data = open_shards(shards)
+    sample_fn = TaskSample(config)
+    sample_fn(first_sample(data), 0)  # wrong layout or path kind: a clear error before workers start
     out = Path(out)
     device = resolve_device(config.device)
     rank, world = init_distributed(device)
@@ -200,7 +203,7 @@ def pretrain(shards: str | Path, out: str | Path, config: PretrainConfig = Pretr
         return {"kind": "pretrain", "model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
                 "config": dataclasses.asdict(config), "data_digest": data.digest}
 
-    stream = ShardStream(data, TaskSample(config), config.batch_size, seed=config.seed,
+    stream = ShardStream(data, sample_fn, config.batch_size, seed=config.seed,
                          shuffle_buffer=config.shuffle_buffer, start_batch=start)
     batches = iter(make_loader(stream, config.workers, pin_memory=device.type == "cuda"))
     net.train()

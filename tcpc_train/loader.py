@@ -9,7 +9,8 @@ from a generator seeded by (seed, epoch, sample key), so skipping the first
 batches on resume reproduces the uninterrupted order exactly, without decoding
 what it skips. With several workers the DataLoader returns batches round-robin
 (batch k from worker k mod W); pretraining streams never end, so that rule is
-exact and a resume at step s skips ceil((s - w) / W) batches in worker w.
+exact: a resume at step s lets worker w play the stream of worker (s + w) mod W from its
+((s + w) div W)-th batch on.
 
 Members are decoded with ``np.load(..., allow_pickle=False)``; nothing is unpickled.
 """
@@ -277,8 +278,11 @@ class ShardStream(IterableDataset):
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
         worker, nworkers = (info.id, info.num_workers) if info else (0, 1)
-        stream, nstreams = self.rank * nworkers + worker, self.world * nworkers
-        skip = max(0, -(-(self.start_batch - worker) // nworkers))
+        # The DataLoader takes batch j from worker j mod W. Resuming at batch s, worker w must
+        # play the stream that produced batch s + w, from its ((s + w) div W)-th batch on.
+        virtual = (self.start_batch + worker) % nworkers
+        skip = (self.start_batch + worker) // nworkers
+        stream, nstreams = self.rank * nworkers + virtual, self.world * nworkers
         samples = self._stream(stream, nstreams)
         while True:
             chunk = list(itertools.islice(samples, self.batch_size))

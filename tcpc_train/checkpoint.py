@@ -39,8 +39,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError or EOFError depending on the damage
-        raise ValueError(f"{path}: not a weights-only torch checkpoint ({type(exc).__name__}: "
-                         f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+        raise ValueError(f"{path}: not a weights-only torch checkpoint ({type(exc).__name__}); tcpc loads "
+                         "checkpoints without unpickling objects, so they must hold only tensors, numbers, "
+                         "strings, lists and dicts") from None
     if not isinstance(obj, dict):
         raise ValueError(f"{path}: expected a dict (checkpoint or state dict), got {type(obj).__name__}")
     return obj

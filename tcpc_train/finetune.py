@@ -197,7 +197,8 @@ def finetune(labelled: str | Path, out: str | Path, config: FinetuneConfig = Fin
 
     torch.manual_seed(config.seed)
     encoder = build_encoder(config.arch, config.width)
-    init_report = load_encoder_weights(encoder, config.init) if config.init else None
+    init_report = load_encoder_weights(encoder, config.init, {"arch": config.arch, "width": config.width}) \
+        if config.init else None
     model = Classifier(encoder, n_classes).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     out.mkdir(parents=True, exist_ok=True)

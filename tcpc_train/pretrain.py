@@ -181,7 +181,8 @@ def pretrain(shards: str | Path, out: str | Path, config: PretrainConfig = Pretr
     main_rank = rank == 0
     torch.manual_seed(config.seed)
     model = build_task_model(config)
-    init_report = load_encoder_weights(model.encoder, config.init) if config.init else None
+    init_report = load_encoder_weights(model.encoder, config.init, {"arch": config.arch, "width": config.width}) \
+        if config.init else None
     model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 

@@ -34,7 +34,7 @@ def _strip(key: str) -> str:
     return key
 
 
-def load_encoder_weights(encoder: nn.Module, source: str | Path | dict) -> dict:
+def load_encoder_weights(encoder: nn.Module, source: str | Path | dict, expect: dict | None = None) -> dict:
     """Copy matching weights from ``source`` into ``encoder`` (in place).
 
     Parameters
@@ -43,6 +43,9 @@ def load_encoder_weights(encoder: nn.Module, source: str | Path | dict) -> dict:
     source : path or dict
         A tcpc checkpoint, a plain state dict, or a file holding either
         (loaded with ``weights_only=True``).
+    expect : dict, optional
+        e.g. ``{"arch": "resnet18", "width": 0.125}``: a tcpc checkpoint whose
+        config says otherwise is refused (its tensors would not fit).
 
     Returns
     -------
@@ -54,10 +57,18 @@ def load_encoder_weights(encoder: nn.Module, source: str | Path | dict) -> dict:
     Raises
     ------
     ValueError
-        No tensor of the source matches the encoder.
+        No parameter of the source matches the encoder, or a tcpc checkpoint
+        was trained with another architecture or width than ``expect``.
     """
     name = str(source) if not isinstance(source, dict) else "<state dict>"
-    sd = _state_dict_of(source if isinstance(source, dict) else load_checkpoint(source))
+    obj = source if isinstance(source, dict) else load_checkpoint(source)
+    cfg = obj.get("config") if isinstance(obj.get("config"), dict) else {}
+    clash = {k: (cfg[k], v) for k, v in (expect or {}).items() if k in cfg and cfg[k] != v}
+    if clash:
+        raise ValueError(f"{name} was trained with " + ", ".join(f"{k} {a!r}" for k, (a, _) in clash.items())
+                         + "; use the same " + ", ".join(f"--{k}" for k in clash) + " (asked for "
+                         + ", ".join(f"{b!r}" for _, b in clash.values()) + ")")
+    sd = _state_dict_of(obj)
     theirs = {_strip(k): v for k, v in sd.items() if isinstance(v, torch.Tensor)}
     ours = encoder.state_dict()
     new, matched, adapted, mismatched = {}, [], [], []
@@ -73,7 +84,7 @@ def load_encoder_weights(encoder: nn.Module, source: str | Path | dict) -> dict:
             adapted.append(k)
         else:
             mismatched.append(k)
-    if not new:
+    if not any(v.dim() > 0 for v in new.values()):  # batch-norm step counters alone match anything
         raise ValueError(f"{name}: none of its {len(theirs)} tensors matches the encoder by name and shape "
                          f"(its keys look like {sorted(theirs)[:3]}; the encoder's like {sorted(ours)[:3]})")
     encoder.load_state_dict(new, strict=False)

@@ -152,9 +152,10 @@ def run_cases(stage: str, tasks: Sequence[Task], fn: Callable[[Any], tuple[str, 
             if scheduler is not None:
                 client, cluster = Client(scheduler), None
             else:
-                # Processes, one thread each: Numba parallelises inside a case.
+                # Processes, one thread each: Numba parallelises inside a case. The
+                # dashboard takes a free port, never colliding with a user's on 8787.
                 cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                                       dashboard_address=None)
+                                       dashboard_address=":0")
                 client = Client(cluster)
             try:
                 futures = [client.submit(_call, fn, t, key=f"{stage}-{t.case}-{i}", pure=False)

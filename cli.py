@@ -104,7 +104,7 @@ def _shard_options(fn):
         click.option("--path", "path_kind", type=click.Choice(["u", "straight", "block"]), default="u",
                      show_default=True, help="Path kind: u (TCPC), straight (3D CPC), block (Rubik/Jigsaw)."),
         click.option("--path-size", type=int, default=None,
-                     help="U radius, straight length or block step in cubes [1, 3, 1]."),
+                     help="U radius, straight length or block step in cubes [1, 3, touching blocks: 2 at overlap 0.5]."),
         click.option("--plane", type=click.Choice(["axial", "coronal", "sagittal"]), default=None,
                      help="Fix the path plane (default: drawn per sample)."),
         click.option("--opening", type=click.Choice(["up", "down", "left", "right"]), default=None,

@@ -458,5 +458,26 @@ def evaluate(checkpoint, shards, out, batch_size, device):
         "confusion": m["confusion"]})
 
 
+@main.command()
+@click.argument("config", type=click.Path())
+@click.option("--out", type=click.Path(file_okay=False), required=True,
+              help="experiment directory; finished cells found there are skipped")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+@_friendly
+def experiment(config, out, progress):
+    """Run the paper's Table 1 protocol from a TOML CONFIG (see experiments/*.toml).
+
+    Pretrains each method once on the training images without labels, fine-tunes
+    every (method, label fraction, seed) cell, and writes results.md and
+    auc_vs_fraction.png. Rerunning resumes where it stopped.
+    """
+    from tcpc_train.experiment import load_config, run_experiment
+
+    res = run_experiment(load_config(config), out, progress=progress, log=click.echo)
+    click.echo(res["table"])
+    click.echo(f"{len(res['cells'])} cells ({res['skipped']} pieces found finished) in {res['seconds']:.0f} s; "
+               f"table in {out}/results.md, plot in {res['plot']}")
+
+
 if __name__ == "__main__":
     main()

@@ -182,9 +182,10 @@ def run_experiment(config: ExperimentConfig, out: str | Path, *, progress: bool 
         checkpoints[method] = str(ck)
 
     cells = []
-    for method in config.methods:
+    # Seed-major order: a run stopped early still has every row for its first seeds.
+    for seed in config.seeds:
         for fraction, epochs in zip(config.fractions, config.epochs):
-            for seed in config.seeds:
+            for method in config.methods:
                 fcfg = FinetuneConfig(arch=config.arch, width=config.width, epochs=epochs,
                                       batch_size=config.finetune_batch, lr=config.finetune_lr,
                                       label_fraction=fraction, init=checkpoints[method], workers=config.workers,

@@ -479,5 +479,50 @@ def experiment(config, out, progress):
                f"table in {out}/results.md, plot in {res['plot']}")
 
 
+@main.command()
+@click.argument("store")
+@click.option("--n-segments", type=int, default=None, help="Approximate supervoxels per body [2000].")
+@click.option("--compactness", type=float, default=None, help="Intensity/space balance of SLIC [0.1].")
+@click.option("--max-num-iter", type=int, default=None, help="k-means iterations [10].")
+@click.option("--sigma", type=float, default=None, help="Gaussian smoothing before SLIC, mm with spacing [10].")
+@click.option("--use-spacing/--no-use-spacing", default=None, help="Weight distances and sigma by voxel spacing [on].")
+@click.option("--enforce-connectivity/--no-enforce-connectivity", default=None,
+              help="Make each supervoxel one connected piece [on].")
+@click.option("--min-size-factor", type=float, default=None, help="Merge pieces below this x mean size [0.5].")
+@click.option("--max-size-factor", type=float, default=None, help="Cut pieces above this x mean size [3].")
+@click.option("--body-threshold-hu", type=float, default=None, help="Body mask: tissue above this HU [-500].")
+@click.option("--body-opening-mm", type=float, default=None, help="Body mask: opening radius in mm [3].")
+@click.option("--top-k", type=int, default=None, help="Crop centres kept per case [32].")
+@click.option("--crop-size", type=int, default=None, help="Crop side in voxels, for suppression [64].")
+@click.option("--candidates-csv", type=click.Path(dir_okay=False), default=None,
+              help="Centres from a CSV (case,z,y,x voxels or case,z_mm,y_mm,x_mm) instead of the SLIC ranking.")
+@click.option("--case", "cases", multiple=True, help="Only this case (repeatable).")
+@click.option("--workers", type=int, default=None, help="Worker processes [one per core].")
+@click.option("--scheduler", default=None, help="Address of a running dask scheduler (tcp://host:8786).")
+@click.option("--failures", "failures_path", type=click.Path(dir_okay=False), default=None,
+              help="JSON-lines report of failed cases [STORE/../failures-supervoxels.jsonl].")
+@click.option("--progress/--no-progress", default=True, help="Show live progress.")
+@_friendly
+def supervoxels(store, cases, workers, scheduler, failures_path, progress, candidates_csv, **fields):
+    """Supervoxels, per-supervoxel table and ranked crop centres for every case of STORE."""
+    import dataclasses
+    from pathlib import Path
+
+    from tcpc_data.store import is_local
+    from tcpc_data.supervoxels import SupervoxelConfig
+    from tcpc_data.supervoxels import supervoxels as run_supervoxels
+
+    given = {k: v for k, v in fields.items() if v is not None}
+    config = dataclasses.replace(SupervoxelConfig(), **given)
+    if failures_path is None and is_local(store):
+        failures_path = Path(store).resolve().parent / "failures-supervoxels.jsonl"
+    report = run_supervoxels(store, config, cases=list(cases) or None, candidates_csv=candidates_csv,
+                             workers=workers, scheduler=scheduler, progress=progress,
+                             failures_path=failures_path)
+    click.echo(report.summary())
+    if not report.ok:
+        sys.exit(1)
+
+
 if __name__ == "__main__":
     main()

@@ -126,8 +126,13 @@ def _discover_one(src: str, fs, root: str, found: Discovery) -> list[tuple[list[
             found.failures.append({"case": sanitize_case_id(posixpath.basename(root) or "source"),
                                    "source": src, "error": f"empty folder: no files under {src}"})
             return []
+        occupied = {posixpath.dirname(f) for f in listing if listing[f]["type"] == "file"}
+        for f in list(occupied):  # every ancestor of a file is occupied too
+            while f not in ("", "/") and f != root:
+                f = posixpath.dirname(f)
+                occupied.add(f)
         for d in dirs:
-            if not any(f.startswith(d.rstrip("/") + "/") for f in files):
+            if d.rstrip("/") not in occupied:
                 rel = posixpath.relpath(d, root)
                 found.failures.append({"case": sanitize_case_id(rel), "source": _url(fs, d, src),
                                        "error": f"empty folder: {_url(fs, d, src)} holds no files"})

@@ -17,7 +17,7 @@ from cli import main
 from tcpc_data import IngestConfig, ingest
 from tcpc_data.normalise import to_hu
 from tcpc_data.phantom import make_phantom, write_archive, write_nifti
-from tcpc_data.store import list_cases, open_store
+from tcpc_data.store import commit_arrays, list_cases, open_store
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = {"shape": (16, 40, 40), "n_lesions": 1}
@@ -163,6 +163,18 @@ def test_two_dask_workers_and_a_running_scheduler_equal_one_in_process_run(archi
         remote = ingest(archive, tmp_path / "sched.zarr", scheduler=cluster.scheduler_address)
     assert remote.done == one.done
     _assert_stores_equal(tmp_path / "one.zarr", tmp_path / "sched.zarr")
+
+
+def test_workers_racing_to_create_a_new_store_all_land(tmp_path):
+    # a threaded dask worker (or two processes) may create the store root at the same moment
+    from concurrent.futures import ThreadPoolExecutor
+
+    for i in range(40):
+        url = tmp_path / f"v{i}.zarr"
+        with ThreadPoolExecutor(4) as ex:
+            list(ex.map(lambda c: commit_arrays(url, c, {"image": np.zeros((2, 2, 2), np.float32)},
+                                                {"image": {"digest": "d"}}), ["a", "b", "c", "d"]))
+        assert list_cases(url) == ["a", "b", "c", "d"]
 
 
 def test_memory_urls_for_source_and_store(tmp_path):

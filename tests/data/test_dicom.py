@@ -160,8 +160,8 @@ names = st.lists(st.text(alphabet="ab.-_ /1é", min_size=1, max_size=6).filter(l
 @given(stems=names)
 def test_case_ids_are_sanitised_unique_and_stable(tmp_path, stems):
     src = tmp_path / f"src{abs(hash(tuple(stems)))}"
-    for i, stem in enumerate(stems):
-        path = src / f"{stem.strip('/ ')}.npy"
+    for stem in stems:  # '_' first: no hidden files, and names like '_é' with nothing usable
+        path = src / ("/".join("_" + part for part in stem.split("/") if part.strip()) + ".npy")
         path.parent.mkdir(parents=True, exist_ok=True)
         if not path.exists():
             np.save(path, np.zeros((2, 2, 2), np.int16))

@@ -60,7 +60,6 @@ def read_series(files, *, max_voxels: int, what: str, irregular: str = "resample
         mean gap (regular) or the median gap (irregular).
     """
     import pydicom
-    from pydicom.errors import InvalidDicomError
 
     paths = [Path(f) for f in files]
     if len(paths) < 2:
@@ -70,7 +69,7 @@ def read_series(files, *, max_voxels: int, what: str, irregular: str = "resample
     for p in paths:
         try:
             datasets.append(pydicom.dcmread(p))
-        except (InvalidDicomError, OSError, ValueError, EOFError, KeyError) as exc:
+        except Exception as exc:  # noqa: BLE001 - pydicom raises many types for damaged files; name the file
             raise ValueError(f"{what}: cannot read DICOM file {p}: {exc}") from exc
 
     first = datasets[0]

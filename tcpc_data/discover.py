@@ -192,7 +192,7 @@ def _mhd_data(fs, path: str) -> str | None:
         with fs.open(path, "rb") as f:
             header = read_mhd_header(path, f.read(64 * 1024).decode("latin-1"))
         name = mhd_data_file(path, header)
-    except ValueError:
+    except (ValueError, OSError):
         return None  # the reader raises the same error when the case runs
     if name is None:
         return None
@@ -207,7 +207,6 @@ def _levels(rel_dir: str) -> list[str]:
 
 def _dicom_series(src: str, fs, base: str, files: list[tuple[str, bool]], found: Discovery):
     import pydicom
-    from pydicom.errors import InvalidDicomError
 
     series: dict[str, list[str]] = defaultdict(list)
     meta: dict[str, dict] = {}
@@ -218,7 +217,7 @@ def _dicom_series(src: str, fs, base: str, files: list[tuple[str, bool]], found:
                 ds = pydicom.dcmread(fh, stop_before_pixels=True, specific_tags=_HEADER_TAGS, force=not magic)
             if not any(ds.get(t) for t in ("SeriesInstanceUID", "Modality", "SOPClassUID")):
                 raise ValueError("no DICOM image header (no SeriesInstanceUID, Modality or SOPClassUID)")
-        except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, AttributeError, TypeError) as exc:
+        except Exception as exc:  # noqa: BLE001 - any parse error of a user's file is that file's failure
             rel = posixpath.relpath(f, base)
             found.failures.append({"case": _case_id(rel), "source": _url(fs, f, src),
                                    "error": f"unreadable DICOM file {_url(fs, f, src)}: {exc}"})

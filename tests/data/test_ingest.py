@@ -262,3 +262,13 @@ def test_a_single_file_source_matches_nibabel(tmp_path):
     data = np.asarray(nib.load(tmp_path / "p.nii.gz").dataobj)
     np.testing.assert_array_equal(np.round(to_hu(values, attrs["intensity_range"])), data.transpose(2, 1, 0))
     assert attrs["spacing_zyx"] == [2.0, 1.0, 0.5]
+
+
+def test_package_api_is_the_function_even_after_its_module_is_imported():
+    import importlib
+
+    import tcpc_data
+
+    importlib.import_module("tcpc_data.ingestion")
+    assert callable(tcpc_data.ingest) and tcpc_data.ingest is ingest
+    assert tcpc_data.IngestConfig is IngestConfig

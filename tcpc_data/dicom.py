@@ -60,7 +60,6 @@ def read_series(files, *, max_voxels: int, what: str, irregular: str = "resample
         mean gap (regular) or the median gap (irregular).
     """
     import pydicom
-    from pydicom.errors import InvalidDicomError
 
     paths = [Path(f) for f in files]
     if len(paths) < 2:
@@ -70,7 +69,7 @@ def read_series(files, *, max_voxels: int, what: str, irregular: str = "resample
     for p in paths:
         try:
             datasets.append(pydicom.dcmread(p))
-        except (InvalidDicomError, OSError, ValueError, EOFError, KeyError) as exc:
+        except Exception as exc:  # noqa: BLE001 - pydicom raises many types for damaged files; name the file
             raise ValueError(f"{what}: cannot read DICOM file {p}: {exc}") from exc
 
     first = datasets[0]
@@ -128,8 +127,7 @@ def read_series(files, *, max_voxels: int, what: str, irregular: str = "resample
         notes.append(f"uneven slice gaps {gaps.min():.2f}-{gaps.max():.2f} mm (median {median:.2f} mm)")
     if irregular == "refuse":
         raise ValueError(f"{what}: irregular series refused: {'; '.join(notes)}; "
-                         f"ingest with irregular='resample' to resample it onto a regular grid")
-    notes.append(f"resampled onto a regular grid at {median:.3f} mm between slices")
+                         f"ingest with irregular='resample' (--irregular resample) to resample it onto a regular grid")
     offsets = np.stack([d, a, b], axis=1)
     return Volume(hu, (median, float(pixel[0]), float(pixel[1])), origin, direction,
                   slice_offsets=offsets, notes=tuple(notes))

@@ -100,6 +100,14 @@ def discover(sources) -> Discovery:
     return found
 
 
+def _case_id(name: str) -> str:
+    """Sanitised id; a name with nothing usable left ('_', 'é') gets a stable id from its hash."""
+    try:
+        return sanitize_case_id(name)
+    except ValueError:
+        return "case-" + hashlib.sha1(name.encode()).hexdigest()[:8]
+
+
 def _url(fs, path: str, src: str) -> str:
     """Path as given for local sources, full URL for remote ones."""
     return path if "://" not in src or src.startswith("file://") else fs.unstrip_protocol(path)
@@ -123,13 +131,18 @@ def _discover_one(src: str, fs, root: str, found: Discovery) -> list[tuple[list[
                        and not posixpath.basename(p).startswith("."))
         dirs = sorted(p for p, info in listing.items() if info["type"] == "directory" and p.rstrip("/") != root)
         if not files:
-            found.failures.append({"case": sanitize_case_id(posixpath.basename(root) or "source"),
+            found.failures.append({"case": _case_id(posixpath.basename(root) or "source"),
                                    "source": src, "error": f"empty folder: no files under {src}"})
             return []
+        occupied = {posixpath.dirname(f) for f in listing if listing[f]["type"] == "file"}
+        for f in list(occupied):  # every ancestor of a file is occupied too
+            while f not in ("", "/") and f != root:
+                f = posixpath.dirname(f)
+                occupied.add(f)
         for d in dirs:
-            if not any(f.startswith(d.rstrip("/") + "/") for f in files):
+            if d.rstrip("/") not in occupied:
                 rel = posixpath.relpath(d, root)
-                found.failures.append({"case": sanitize_case_id(rel), "source": _url(fs, d, src),
+                found.failures.append({"case": _case_id(rel), "source": _url(fs, d, src),
                                        "error": f"empty folder: {_url(fs, d, src)} holds no files"})
 
     out: list[tuple[list[str], CaseSource]] = []
@@ -152,7 +165,7 @@ def _discover_one(src: str, fs, root: str, found: Discovery) -> list[tuple[list[
                 members.append(data)
                 claimed.add(data)
         levels = _levels(posixpath.relpath(posixpath.dirname(f), base)) + [stem]
-        out.append((levels, CaseSource(sanitize_case_id(stem), fmt, _url(fs, f, src),
+        out.append((levels, CaseSource(_case_id(stem), fmt, _url(fs, f, src),
                                        tuple(_url(fs, m, src) for m in sorted(members)))))
     ignored = [f for f in ignored if f not in claimed]
     if ignored:
@@ -179,7 +192,7 @@ def _mhd_data(fs, path: str) -> str | None:
         with fs.open(path, "rb") as f:
             header = read_mhd_header(path, f.read(64 * 1024).decode("latin-1"))
         name = mhd_data_file(path, header)
-    except ValueError:
+    except (ValueError, OSError):
         return None  # the reader raises the same error when the case runs
     if name is None:
         return None
@@ -194,7 +207,6 @@ def _levels(rel_dir: str) -> list[str]:
 
 def _dicom_series(src: str, fs, base: str, files: list[tuple[str, bool]], found: Discovery):
     import pydicom
-    from pydicom.errors import InvalidDicomError
 
     series: dict[str, list[str]] = defaultdict(list)
     meta: dict[str, dict] = {}
@@ -205,9 +217,9 @@ def _dicom_series(src: str, fs, base: str, files: list[tuple[str, bool]], found:
                 ds = pydicom.dcmread(fh, stop_before_pixels=True, specific_tags=_HEADER_TAGS, force=not magic)
             if not any(ds.get(t) for t in ("SeriesInstanceUID", "Modality", "SOPClassUID")):
                 raise ValueError("no DICOM image header (no SeriesInstanceUID, Modality or SOPClassUID)")
-        except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, AttributeError, TypeError) as exc:
+        except Exception as exc:  # noqa: BLE001 - any parse error of a user's file is that file's failure
             rel = posixpath.relpath(f, base)
-            found.failures.append({"case": sanitize_case_id(rel), "source": _url(fs, f, src),
+            found.failures.append({"case": _case_id(rel), "source": _url(fs, f, src),
                                    "error": f"unreadable DICOM file {_url(fs, f, src)}: {exc}"})
             continue
         modality = str(ds.get("Modality", "") or "")
@@ -253,7 +265,7 @@ def _dicom_series(src: str, fs, base: str, files: list[tuple[str, bool]], found:
             tail = re.sub(r"\W", "", uid)[-8:]
             levels = levels[:-1] + [f"{levels[-1]}_{tail}"]
         info = tuple(sorted(meta[uid].items()))
-        out.append((levels, CaseSource(sanitize_case_id(levels[-1]), "dicom", _url(fs, folder, src),
+        out.append((levels, CaseSource(_case_id(levels[-1]), "dicom", _url(fs, folder, src),
                                        tuple(_url(fs, m, src) for m in sorted(series[uid])), info)))
     return out
 
@@ -263,8 +275,8 @@ def _assign_ids(candidates: list[tuple[list[str], CaseSource]]) -> list[CaseSour
     def ids(name_of):
         return [name_of(levels, c) for levels, c in candidates]
 
-    names = ids(lambda levels, c: sanitize_case_id(levels[-1]))
-    full = ids(lambda levels, c: sanitize_case_id("_".join(levels)))
+    names = ids(lambda levels, c: _case_id(levels[-1]))
+    full = ids(lambda levels, c: _case_id("_".join(levels)))
     counts = defaultdict(int)
     for n in names:
         counts[n] += 1

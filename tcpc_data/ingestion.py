@@ -159,9 +159,12 @@ def _ingest_case(job: _Job) -> tuple[str, dict]:
         volume = _read(cs, paths, config)
     check_finite(volume.hu, cs.case)
     volume = dataclasses.replace(volume, hu=apply_clip(volume.hu, config.clip))
-    source_spacing = volume.spacing_zyx
+    source_spacing, notes = volume.spacing_zyx, list(volume.notes)
     if not volume.regular or config.spacing_zyx is not None:
         volume = to_grid(volume, config.spacing_zyx, max_voxels=config.max_voxels, what=cs.case)
+        if notes:
+            notes.append("resampled onto a regular grid of " + " x ".join(f"{s:.3f}" for s in volume.spacing_zyx)
+                         + " mm (z, y, x)")
     values, (lo, hi) = normalise(volume.hu, cs.case)
     attrs = {
         "spacing_zyx": list(volume.spacing_zyx),
@@ -175,11 +178,11 @@ def _ingest_case(job: _Job) -> tuple[str, dict]:
         "digest": d,
     }
     case_attrs = {"source": cs.source, "format": cs.format, **dict(cs.info)}
-    if volume.notes:
-        case_attrs["notes"] = list(volume.notes)
+    if notes:
+        case_attrs["notes"] = notes
     commit_arrays(job.out, cs.case, {"image": values.astype(config.dtype, copy=False)},
                   {"image": attrs}, case_attrs)
-    return DONE, {"shape": list(values.shape), "source_bytes": n_bytes, "notes": list(volume.notes)}
+    return DONE, {"shape": list(values.shape), "source_bytes": n_bytes, "notes": notes}
 
 
 def _read(cs: CaseSource, paths: list[str], config: IngestConfig) -> Volume:

@@ -1,8 +1,11 @@
 """DICOM series reading and discovery on tiny synthetic series with a known HU field."""
 import random
+import re
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from dicom_factory import field_hu, write_series, z_positions
 
 from tcpc_data.dicom import read_series
@@ -147,3 +150,22 @@ def test_discovery_splits_series_skips_non_images_and_reports_bad_files(tmp_path
 def test_discovery_rejects_missing_source(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         discover([tmp_path / "nope"])
+
+
+names = st.lists(st.text(alphabet="ab.-_ /1é", min_size=1, max_size=6).filter(lambda s: s.strip("/ ")),
+                 min_size=1, max_size=6)
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(stems=names)
+def test_case_ids_are_sanitised_unique_and_stable(tmp_path, stems):
+    src = tmp_path / f"src{abs(hash(tuple(stems)))}"
+    for stem in stems:  # '_' first: no hidden files, and names like '_é' with nothing usable
+        path = src / ("/".join("_" + part for part in stem.split("/") if part.strip()) + ".npy")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            np.save(path, np.zeros((2, 2, 2), np.int16))
+    first = [c.case for c in discover(src).cases]
+    assert len(first) == len(set(first)) >= 1
+    assert all(re.fullmatch(r"[A-Za-z0-9_-]+", c) for c in first)
+    assert [c.case for c in discover(src).cases] == first

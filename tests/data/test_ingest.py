@@ -17,7 +17,7 @@ from cli import main
 from tcpc_data import IngestConfig, ingest
 from tcpc_data.normalise import to_hu
 from tcpc_data.phantom import make_phantom, write_archive, write_nifti
-from tcpc_data.store import list_cases, open_store
+from tcpc_data.store import commit_arrays, list_cases, open_store
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = {"shape": (16, 40, 40), "n_lesions": 1}
@@ -165,6 +165,18 @@ def test_two_dask_workers_and_a_running_scheduler_equal_one_in_process_run(archi
     _assert_stores_equal(tmp_path / "one.zarr", tmp_path / "sched.zarr")
 
 
+def test_workers_racing_to_create_a_new_store_all_land(tmp_path):
+    # a threaded dask worker (or two processes) may create the store root at the same moment
+    from concurrent.futures import ThreadPoolExecutor
+
+    for i in range(40):
+        url = tmp_path / f"v{i}.zarr"
+        with ThreadPoolExecutor(4) as ex:
+            list(ex.map(lambda c: commit_arrays(url, c, {"image": np.zeros((2, 2, 2), np.float32)},
+                                                {"image": {"digest": "d"}}), ["a", "b", "c", "d"]))
+        assert list_cases(url) == ["a", "b", "c", "d"]
+
+
 def test_memory_urls_for_source_and_store(tmp_path):
     fs = fsspec.filesystem("memory")
     write_nifti(tmp_path / "m.nii.gz", _phantom_hu(0), (2.5, 1.4, 1.4))
@@ -250,3 +262,13 @@ def test_a_single_file_source_matches_nibabel(tmp_path):
     data = np.asarray(nib.load(tmp_path / "p.nii.gz").dataobj)
     np.testing.assert_array_equal(np.round(to_hu(values, attrs["intensity_range"])), data.transpose(2, 1, 0))
     assert attrs["spacing_zyx"] == [2.0, 1.0, 0.5]
+
+
+def test_package_api_is_the_function_even_after_its_module_is_imported():
+    import importlib
+
+    import tcpc_data
+
+    importlib.import_module("tcpc_data.ingestion")
+    assert callable(tcpc_data.ingest) and tcpc_data.ingest is ingest
+    assert tcpc_data.IngestConfig is IngestConfig

@@ -146,6 +146,7 @@ def test_gantry_tilt_series_is_resampled_in_its_tilted_frame(native_store, share
     group = dict(open_store(native_store[0], "r")["ge-head-gantry-tilt"].attrs)
     assert any("gantry tilt" in s and "18.5 deg" in s for s in group["notes"])
     assert any("uneven slice gaps" in s for s in group["notes"])
+    assert group["notes"][-1] == "resampled onto a regular grid of 4.002 x 0.488 x 0.488 mm (z, y, x)"
     d = np.asarray(attrs["direction"])
     np.testing.assert_allclose(d, [n[::-1], v[::-1], u[::-1]], atol=1e-9)  # image axes: normal, column, row
     sz, sy, sx = attrs["spacing_zyx"]

@@ -547,5 +547,23 @@ def demo(out, cases, seed, pretrain_steps, finetune_epochs, progress):
     click.echo(f"picture of the pipeline: {res['picture']}  ({res['seconds']:.0f} s)")
 
 
+@main.command()
+@click.argument("sources", nargs=-1, required=True)
+@click.option("--nodules", type=click.Path(dir_okay=False), required=True,
+              help="nodules.csv (patient_id,row,col,z_position_mm,diameter_mm,...)")
+@click.option("--out", type=click.Path(file_okay=False), required=True)
+@click.option("--pretrain-steps", type=int, default=200, show_default=True)
+@click.option("--progress/--no-progress", default=True, show_default=True)
+@_friendly
+def realct(sources, nodules, out, pretrain_steps, progress):
+    """Real CT end to end: TCPC on the candidate crops of chest CTs, and the
+    deep-layer feature maps of a nodule for a random, a TCPC and a fine-tuned encoder."""
+    from tcpc_train.realct import RealCTConfig, run_realct
+
+    res = run_realct(sources, nodules, out, RealCTConfig(pretrain_steps=pretrain_steps), progress=progress,
+                     log=click.echo)
+    click.echo(f"feature maps: {res['figure']}  ({res['seconds']:.0f} s)")
+
+
 if __name__ == "__main__":
     main()

@@ -1,0 +1,44 @@
+"""Feature-map rendering (the paper's Fig. 3) and the nodule coordinates of the real-CT run."""
+import numpy as np
+import pytest
+import torch
+
+from tcpc_data.store import commit_arrays
+from tcpc_train.featuremaps import deep_features, render_feature_maps
+from tcpc_train.models import build_encoder
+from tcpc_train.realct import nodule_voxels
+
+
+def test_deep_features_are_upsampled_to_the_crop():
+    torch.manual_seed(0)
+    enc = build_encoder("resnet18", 0.0625)
+    crop = np.random.default_rng(0).uniform(-1, 1, (32, 32, 32)).astype(np.float32)
+    feats = deep_features(enc, crop)
+    assert feats.shape == (enc.out_dim, 32, 32, 32) and np.isfinite(feats).all()
+    # the same crop gives the same maps (eval mode: no batch statistics)
+    assert np.array_equal(feats, deep_features(enc, crop))
+
+
+def test_render_feature_maps_writes_one_row_per_encoder(tmp_path):
+    torch.manual_seed(0)
+    encs = {"a": build_encoder("resnet18", 0.0625), "b": build_encoder("resnet18", 0.0625)}
+    png = render_feature_maps(encs, np.zeros((16, 16, 16), np.float32), tmp_path / "f.png", n_channels=2)
+    import matplotlib.pyplot as plt
+    h, w = plt.imread(png).shape[:2]
+    assert h > 300 and w > h  # 2 rows of 4 panels
+
+
+def test_nodule_voxels_map_pixel_and_mm_through_the_stored_geometry(tmp_path):
+    store = tmp_path / "v.zarr"
+    # a store resampled to 1 mm from 2.5 x 0.7 x 0.7 mm; origin (z, y, x) in mm
+    attrs = {"spacing_zyx": [1.0, 1.0, 1.0], "source_spacing_zyx": [2.5, 0.7, 0.7],
+             "origin_zyx": [-300.0, -180.0, -170.0], "direction": np.eye(3).tolist(), "digest": "d"}
+    commit_arrays(store, "LIDC-IDRI-0001", {"image": np.zeros((8, 8, 8), np.float32)}, {"image": attrs})
+    csv = tmp_path / "nodules.csv"
+    csv.write_text("patient_id,row,col,z_position_mm,diameter_mm\n"
+                   "LIDC-IDRI-0001,100,200,-250.0,20\nLIDC-IDRI-9999,1,1,0,5\n")
+    got = nodule_voxels(store, csv)
+    assert list(got) == ["LIDC-IDRI-0001"]  # cases not in the store are left out
+    idx, row = got["LIDC-IDRI-0001"][0]
+    # z: (-250 + 300) / 1 = 50; y: 100 px * 0.7 mm = 70; x: 200 * 0.7 = 140
+    assert idx.tolist() == [50, 70, 140] and row["diameter_mm"] == "20"

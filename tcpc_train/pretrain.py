@@ -214,6 +214,7 @@ def pretrain(shards: str | Path, out: str | Path, config: PretrainConfig = Pretr
         for step in range(start, config.steps):
             t0 = time.perf_counter()
             batch = {k: v.to(device, non_blocking=True) for k, v in next(batches).items() if k != "key"}
+            batch["cubes"] = batch["cubes"].float()
             lr = learning_rate(step, config)
             for g in opt.param_groups:
                 g["lr"] = lr

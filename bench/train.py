@@ -28,7 +28,7 @@ from tcpc_train.loader import ShardStream, make_loader, open_shards  # noqa: E40
 from tcpc_train.models import ResNet18_3d  # noqa: E402
 from tcpc_train.pretrain import PretrainConfig, TaskSample, build_task_model  # noqa: E402
 from tcpc_train.runtime import autocast  # noqa: E402
-from tcpc_train.synthetic import write_path_shards  # noqa: E402
+from tcpc_train.synthetic import write_synthetic_paths  # noqa: E402
 
 
 def _run(cfg: PretrainConfig, batches, steps: int, warmup: int, device: torch.device) -> list[float]:
@@ -111,7 +111,7 @@ def main() -> None:
     cfg = PretrainConfig(arch=args.arch, width=args.width, batch_size=args.batch_size, workers=args.workers,
                          warmup=0, shuffle_buffer=64)
     with tempfile.TemporaryDirectory() as tmp:
-        shards = args.shards or write_path_shards(Path(tmp) / "u", args.samples, "u", per_shard=16)
+        shards = args.shards or write_synthetic_paths(Path(tmp) / "u", args.samples, "u", per_shard=16)
         devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
         print(f"pretraining tcpc {args.arch} width {args.width}, batch {args.batch_size}, "
               f"{args.workers} loader workers, {torch.get_num_threads()} torch threads, {args.steps} timed steps")

@@ -13,7 +13,7 @@ import torch.multiprocessing as mp
 import tcpc_train.pretrain as pretrain_mod
 from tcpc_train.checkpoint import load_checkpoint, save_checkpoint
 from tcpc_train.pretrain import PretrainConfig, learning_rate, pretrain
-from tcpc_train.synthetic import write_path_shards
+from tcpc_train.synthetic import write_synthetic_paths
 
 TINY = dict(width=1 / 16, batch_size=4, workers=0, warmup=1, checkpoint_every=2, shuffle_buffer=8)
 
@@ -64,7 +64,7 @@ def test_resume_refuses_a_different_config_or_data(u_shards, shard_root, tmp_pat
     pretrain(u_shards, tmp_path, PretrainConfig(steps=1, **TINY))
     with pytest.raises(ValueError, match="different config .*lr"):
         pretrain(u_shards, tmp_path, PretrainConfig(steps=2, **{**TINY, "lr": 0.5}))
-    other = write_path_shards(tmp_path / "other", 8, "u", seed=9)
+    other = write_synthetic_paths(tmp_path / "other", 8, "u", seed=9)
     with pytest.raises(ValueError, match="other shards"):
         pretrain(other, tmp_path, PretrainConfig(steps=2, **TINY))
 

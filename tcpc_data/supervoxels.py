@@ -1,0 +1,208 @@
+"""The supervoxels stage: body mask, SLIC, per-supervoxel table and ranked crop centres for every case.
+
+For each complete case of a volume store it writes ``supervoxels`` (int32,
+0 = outside the body), ``supervoxel_table`` (N, 13) float32 with attr
+``columns``, ``candidates`` (K, 3) int32 best first and ``candidate_scores``
+(K,) float32 (``../shared/DESIGN.md``). Each output records
+``digest(image digest, config, CSV rows of the case)``; a rerun skips cases
+whose outputs carry that digest.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+
+from tcpc_data.bodymask import body_mask
+from tcpc_data.candidates import (TABLE_COLUMNS, csv_centres, read_candidates_csv, score_table,
+                                  supervoxel_table, top_candidates)
+from tcpc_data.digest import digest
+from tcpc_data.runner import DONE, SKIPPED, RunReport, Task, run_cases
+from tcpc_data.slic import slic
+from tcpc_data.store import array_digest, commit_arrays, list_cases, open_store, sanitize_case_id
+
+OUTPUTS = ("supervoxels", "supervoxel_table", "candidates", "candidate_scores")
+
+
+@dataclasses.dataclass(frozen=True)
+class SupervoxelConfig:
+    """Settings of the supervoxels stage (saved with its outputs).
+
+    Attributes
+    ----------
+    n_segments
+        Approximate number of supervoxels inside the body. 2000 gives about
+        10 mL (a 21 mm cube) per supervoxel in a chest and 2-3 mL in a head:
+        the size of the 3-30 mm lesions to find and a third of a 64 mm crop.
+    compactness
+        SLIC's intensity/space balance; 0.1 lets tissue boundaries (lung,
+        soft tissue, bone differ by 0.2-0.5 of the [0, 1] range) win over cube shapes.
+    max_num_iter
+        k-means iterations (TCPC paper: at most 10).
+    sigma
+        Gaussian smoothing before clustering (TCPC paper: 10), in mm when
+        use_spacing is on (scikit-image divides a scalar sigma by the spacing).
+    use_spacing
+        Weight distances and sigma by the voxel spacing.
+    enforce_connectivity
+        Make every supervoxel one connected piece.
+    min_size_factor
+        Pieces smaller than this times the mean supervoxel size merge into a neighbour.
+    max_size_factor
+        Connected pieces are cut at this times the mean supervoxel size.
+    body_threshold_hu
+        HU above which a voxel is tissue when finding the body mask.
+    body_opening_mm
+        In-plane opening radius (mm) that detaches the table from the body.
+    top_k
+        Crop centres kept per case (best first).
+    crop_size
+        Crop side in voxels of the image, for non-maximum suppression and the shards.
+    """
+
+    n_segments: int = 2000
+    compactness: float = 0.1
+    max_num_iter: int = 10
+    sigma: float = 10.0
+    use_spacing: bool = True
+    enforce_connectivity: bool = True
+    min_size_factor: float = 0.5
+    max_size_factor: float = 3.0
+    body_threshold_hu: float = -500.0
+    body_opening_mm: float = 3.0
+    top_k: int = 32
+    crop_size: int = 64
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first field outside its range."""
+        for name, lo in (("n_segments", 1), ("max_num_iter", 1), ("top_k", 1), ("crop_size", 1)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+                raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
+        for name, lo, strict in (("compactness", 0.0, True), ("sigma", 0.0, False),
+                                 ("min_size_factor", 0.0, False), ("max_size_factor", 0.0, True),
+                                 ("body_opening_mm", 0.0, False)):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or not np.isfinite(v) or (v <= lo if strict else v < lo):
+                raise ValueError(f"{name} must be a finite number {'>' if strict else '>='} {lo}, got {v!r}")
+        if self.min_size_factor >= self.max_size_factor:
+            raise ValueError(f"min_size_factor must be below max_size_factor, got "
+                             f"{self.min_size_factor} >= {self.max_size_factor}")
+        if not np.isfinite(self.body_threshold_hu):
+            raise ValueError(f"body_threshold_hu must be finite, got {self.body_threshold_hu!r}")
+
+
+def supervoxels(store, config: SupervoxelConfig = SupervoxelConfig(), *, cases=None,
+                candidates_csv=None, workers: int | None = None, scheduler: str | None = None,
+                progress: bool = False, failures_path=None) -> RunReport:
+    """Compute supervoxels and candidates for the cases of a volume store.
+
+    Parameters
+    ----------
+    store
+        Volume store path or fsspec URL (``volumes.zarr``).
+    config
+        :class:`SupervoxelConfig`.
+    cases
+        Case ids to process; default every case with a complete ``image``.
+    candidates_csv
+        CSV of crop centres (``case,z,y,x`` voxels or ``case,z_mm,y_mm,x_mm``
+        world mm) used instead of the SLIC ranking, in file order; case names
+        are sanitised like ingest does; cases absent from the CSV get no candidates.
+    workers, scheduler, progress, failures_path
+        As in :func:`tcpc_data.runner.run_cases`.
+
+    Returns
+    -------
+    RunReport
+        ``results[case]`` = {"supervoxels": N, "candidates": K}.
+    """
+    config.validate()
+    available = list_cases(store, require=("image",))
+    if cases is None:
+        todo = available
+    else:
+        missing = sorted(set(cases) - set(available))
+        if missing:
+            raise ValueError(f"cases not found (or image incomplete) in {store}: {missing}")
+        todo = sorted(set(cases))
+    csv_rows = None
+    if candidates_csv is not None:
+        csv_rows = {}
+        for name, rows in read_candidates_csv(candidates_csv).items():
+            csv_rows.setdefault(sanitize_case_id(name), []).extend(rows)
+    url = os.fspath(store)
+    tasks = []
+    for case in todo:
+        rows = None if csv_rows is None else csv_rows.get(case, [])
+        tasks.append(Task(case, f"{url}/{case}", (url, case, config, rows)))
+    return run_cases("supervoxels", tasks, _process_case, workers=workers, scheduler=scheduler,
+                     progress=progress, failures_path=failures_path)
+
+
+def image_hu(image: np.ndarray, attrs, case: str) -> np.ndarray:
+    """HU of a stored [-1, 1] image through its ``intensity_range`` attr ([lo, hi] -> [-1, 1])."""
+    rng = attrs.get("intensity_range")
+    if rng is None or len(rng) != 2 or not float(rng[1]) > float(rng[0]):
+        raise ValueError(f"case {case}: image attr intensity_range must be [lo, hi] with hi > lo, got {rng!r}")
+    lo, hi = float(rng[0]), float(rng[1])
+    return (lo + (np.asarray(image, dtype=np.float32) + 1.0) * np.float32((hi - lo) / 2.0)).astype(np.float32)
+
+
+def _process_case(payload) -> tuple[str, dict]:
+    url, case, config, rows = payload
+    group = open_store(url, mode="r")[case]
+    image_digest = array_digest(group, "image")
+    want = digest(image_digest, config, rows)
+    if all(array_digest(group, name) == want for name in OUTPUTS):
+        return SKIPPED, {"supervoxels": int(group["supervoxel_table"].shape[0]),
+                         "candidates": int(group["candidates"].shape[0])}
+    arr = group["image"]
+    attrs = dict(arr.attrs)
+    image = np.asarray(arr[...], dtype=np.float32)
+    if image.ndim != 3:
+        raise ValueError(f"case {case}: image must be 3D (Z, Y, X), got shape {image.shape}")
+    spacing = attrs.get("spacing_zyx")
+    if spacing is None or len(spacing) != 3 or not all(float(s) > 0 for s in spacing):
+        raise ValueError(f"case {case}: image attr spacing_zyx must be 3 positive numbers, got {spacing!r}")
+    spacing = tuple(float(s) for s in spacing)
+    hu = image_hu(image, attrs, case)
+    mask = body_mask(hu, spacing, threshold_hu=config.body_threshold_hu,
+                     opening_mm=config.body_opening_mm)
+    labels = slic(image, n_segments=config.n_segments, compactness=config.compactness,
+                  max_num_iter=config.max_num_iter, sigma=config.sigma,
+                  spacing=spacing if config.use_spacing else None, mask=mask,
+                  enforce_connectivity=config.enforce_connectivity,
+                  min_size_factor=config.min_size_factor, max_size_factor=config.max_size_factor,
+                  start_label=1)
+    del mask
+    table = score_table(supervoxel_table(labels, hu), labels, spacing)
+    del hu
+    score_col = TABLE_COLUMNS.index("score")
+    if rows is None:
+        cands, scores = top_candidates(table[:, 2:5], table[:, score_col], k=config.top_k,
+                                       crop_size=config.crop_size, shape=image.shape)
+        source = "slic"
+    else:
+        cands = csv_centres(rows, case=case, shape=image.shape, spacing_zyx=spacing,
+                            origin_zyx=attrs.get("origin_zyx", (0.0, 0.0, 0.0)))
+        # A CSV centre's score is that of the supervoxel holding it (0 outside the body).
+        by_label = np.zeros(int(labels.max()) + 1, dtype=np.float32)
+        by_label[table[:, 0].astype(np.int64)] = table[:, score_col]
+        scores = by_label[labels[cands[:, 0], cands[:, 1], cands[:, 2]]] if len(cands) else \
+            np.zeros(0, dtype=np.float32)
+        source = "csv"
+    cfg = dataclasses.asdict(config)
+    commit_arrays(url, case,
+                  {"supervoxels": labels, "supervoxel_table": table,
+                   "candidates": np.asarray(cands, dtype=np.int32).reshape(-1, 3),
+                   "candidate_scores": np.asarray(scores, dtype=np.float32).reshape(-1)},
+                  {"supervoxels": {"config": cfg, "n_supervoxels": int(len(table)), "digest": want},
+                   "supervoxel_table": {"columns": list(TABLE_COLUMNS), "mean_unit": "HU",
+                                        "digest": want},
+                   "candidates": {"crop_size": int(config.crop_size), "source": source,
+                                  "digest": want},
+                   "candidate_scores": {"digest": want}})
+    return DONE, {"supervoxels": int(len(table)), "candidates": int(len(cands))}
+

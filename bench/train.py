@@ -2,9 +2,9 @@
 
 Goal: ratio (shard samples/s ÷ in-memory samples/s) >= 0.95, i.e. the
 streaming loader is never the bottleneck. Runs on the CPU and, when there is
-one, on the GPU (same script, same batches). With ``--stems`` it also times
-one training step of the encoder alone with the small-cube stem against the
-classic video stem (7³ stride 2 + max-pool), the choice documented in
+one, on the GPU (same script, same batches). With ``--stems`` it instead
+times one training step of the encoder alone with the small-cube stem against
+the classic video stem (7³ stride 2 + max-pool), the choice documented in
 ``tcpc_train/models.py``.
 
     python bench/train.py                        # synthetic U-path shards, width 1/8
@@ -103,11 +103,17 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    ap.add_argument("--stems", action="store_true", help="also time the stem choice")
+    ap.add_argument("--stems", action="store_true", help="time the stem choice instead")
     ap.add_argument("--cubes", type=int, default=98, help="cubes per step for --stems")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.stems:
+        print(f"encoder forward+backward on {args.cubes} cubes of 16^3, width {args.width}, "
+              f"{torch.get_num_threads()} CPU threads:")
+        for name, r in bench_stems(args.cubes, args.width, 2).items():
+            print(f"  {name:<48} {r['step_s']:7.2f} s/step, final map {r['final_map']}")
+        return
     cfg = PretrainConfig(arch=args.arch, width=args.width, batch_size=args.batch_size, workers=args.workers,
                          warmup=0, shuffle_buffer=64)
     with tempfile.TemporaryDirectory() as tmp:
@@ -120,10 +126,6 @@ def main() -> None:
             print(f"  {r['device']:>5}: shards {r['shards_samples_s']:8.1f} samples/s ({r['shards_step_s'] * 1e3:7.1f} ms/step)"
                   f" | in memory {r['memory_samples_s']:8.1f} samples/s ({r['memory_step_s'] * 1e3:7.1f} ms/step)"
                   f" | ratio {r['ratio']:.3f} (goal >= 0.95)")
-    if args.stems:
-        print(f"encoder forward+backward on {args.cubes} cubes of 16^3, width {args.width} (CPU):")
-        for name, r in bench_stems(args.cubes, args.width, 2).items():
-            print(f"  {name:<48} {r['step_s']:7.2f} s/step, final map {r['final_map']}")
 
 
 if __name__ == "__main__":

@@ -136,3 +136,33 @@ def test_metrics_known_answers():
     assert classification_metrics([1, 1], [[0.2, 0.8], [0.6, 0.4]])["auc"] is None
     three = classification_metrics([0, 1, 2], [[0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.1, 0.1, 0.8]])
     assert three["acc"] == 1.0 and three["auc"] == 1.0
+
+
+class Killed(Exception):
+    pass
+
+
+def test_killed_finetune_resumes_at_the_epoch_with_the_same_losses(labelled, tmp_path, monkeypatch):
+    import tcpc_train.finetune as ft
+
+    cfg = FinetuneConfig(arch="vgg", epochs=3, **TINY)
+    whole = finetune(labelled, tmp_path / "whole", cfg)
+    write = ft.StepLog.write
+
+    def dying_write(self, row):
+        write(self, row)
+        if row.get("epoch") == 3 and "loss" in row:  # killed in epoch 3; last.pt holds epoch 2
+            raise Killed
+    monkeypatch.setattr(ft.StepLog, "write", dying_write)
+    with pytest.raises(Killed):
+        finetune(labelled, tmp_path / "killed", cfg)
+    assert load_checkpoint(tmp_path / "killed" / "last.pt")["epoch"] == 2
+    monkeypatch.setattr(ft.StepLog, "write", write)
+    again = finetune(labelled, tmp_path / "killed", cfg)
+
+    def losses(run):
+        return [json.loads(x).get("loss") for x in (run / "log.jsonl").read_text().splitlines()]
+    assert losses(tmp_path / "killed") == pytest.approx(losses(tmp_path / "whole"), abs=1e-5)
+    assert again["val"] == whole["val"] and again["metrics"]["confusion"] == whole["metrics"]["confusion"]
+    with pytest.raises(ValueError, match="holds another run .*lr"):
+        finetune(labelled, tmp_path / "killed", FinetuneConfig(arch="vgg", epochs=4, **{**TINY, "lr": 0.1}))

@@ -145,18 +145,18 @@ class Killed(Exception):
 def test_killed_finetune_resumes_at_the_epoch_with_the_same_losses(labelled, tmp_path, monkeypatch):
     import tcpc_train.finetune as ft
 
-    cfg = FinetuneConfig(arch="vgg", epochs=3, **TINY)
+    cfg = FinetuneConfig(arch="vgg", epochs=2, **TINY)
     whole = finetune(labelled, tmp_path / "whole", cfg)
     write = ft.StepLog.write
 
     def dying_write(self, row):
         write(self, row)
-        if row.get("epoch") == 3 and "loss" in row:  # killed in epoch 3; last.pt holds epoch 2
+        if row.get("epoch") == 2 and "loss" in row:  # killed in epoch 2; last.pt holds epoch 1
             raise Killed
     monkeypatch.setattr(ft.StepLog, "write", dying_write)
     with pytest.raises(Killed):
         finetune(labelled, tmp_path / "killed", cfg)
-    assert load_checkpoint(tmp_path / "killed" / "last.pt")["epoch"] == 2
+    assert load_checkpoint(tmp_path / "killed" / "last.pt")["epoch"] == 1
     monkeypatch.setattr(ft.StepLog, "write", write)
     again = finetune(labelled, tmp_path / "killed", cfg)
 
@@ -165,4 +165,4 @@ def test_killed_finetune_resumes_at_the_epoch_with_the_same_losses(labelled, tmp
     assert losses(tmp_path / "killed") == pytest.approx(losses(tmp_path / "whole"), abs=1e-5)
     assert again["val"] == whole["val"] and again["metrics"]["confusion"] == whole["metrics"]["confusion"]
     with pytest.raises(ValueError, match="holds another run .*lr"):
-        finetune(labelled, tmp_path / "killed", FinetuneConfig(arch="vgg", epochs=4, **{**TINY, "lr": 0.1}))
+        finetune(labelled, tmp_path / "killed", FinetuneConfig(arch="vgg", epochs=3, **{**TINY, "lr": 0.1}))

@@ -104,7 +104,7 @@ def _shard_options(fn):
         click.option("--path", "path_kind", type=click.Choice(["u", "straight", "block"]), default="u",
                      show_default=True, help="Path kind: u (TCPC), straight (3D CPC), block (Rubik/Jigsaw)."),
         click.option("--path-size", type=int, default=None,
-                     help="U radius, straight length or block step in cubes [1, 3, 1]."),
+                     help="U radius, straight length or block step in cubes [1, 3, touching blocks: 2 at overlap 0.5]."),
         click.option("--plane", type=click.Choice(["axial", "coronal", "sagittal"]), default=None,
                      help="Fix the path plane (default: drawn per sample)."),
         click.option("--opening", type=click.Choice(["up", "down", "left", "right"]), default=None,
@@ -456,6 +456,72 @@ def evaluate(checkpoint, shards, out, batch_size, device):
     _print_summary(f"evaluated {checkpoint} on {m['shards']} ({m['n']} samples)", {
         "ACC": f"{m['acc']:.4f}", "AUC": "n/a" if m["auc"] is None else f"{m['auc']:.4f}",
         "confusion": m["confusion"]})
+
+
+@main.command()
+@click.argument("config", type=click.Path())
+@click.option("--out", type=click.Path(file_okay=False), required=True,
+              help="experiment directory; finished cells found there are skipped")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+@_friendly
+def experiment(config, out, progress):
+    """Run the paper's Table 1 protocol from a TOML CONFIG (see experiments/*.toml).
+
+    Pretrains each method once on the training images without labels, fine-tunes
+    every (method, label fraction, seed) cell, and writes results.md and
+    auc_vs_fraction.png. Rerunning resumes where it stopped.
+    """
+    from tcpc_train.experiment import load_config, run_experiment
+
+    res = run_experiment(load_config(config), out, progress=progress, log=click.echo)
+    click.echo(res["table"])
+    click.echo(f"{len(res['cells'])} cells ({res['skipped']} pieces found finished) in {res['seconds']:.0f} s; "
+               f"table in {out}/results.md, plot in {res['plot']}")
+
+
+@main.command()
+@click.argument("store")
+@click.option("--n-segments", type=int, default=None, help="Approximate supervoxels per body [2000].")
+@click.option("--compactness", type=float, default=None, help="Intensity/space balance of SLIC [0.1].")
+@click.option("--max-num-iter", type=int, default=None, help="k-means iterations [10].")
+@click.option("--sigma", type=float, default=None, help="Gaussian smoothing before SLIC, mm with spacing [10].")
+@click.option("--use-spacing/--no-use-spacing", default=None, help="Weight distances and sigma by voxel spacing [on].")
+@click.option("--enforce-connectivity/--no-enforce-connectivity", default=None,
+              help="Make each supervoxel one connected piece [on].")
+@click.option("--min-size-factor", type=float, default=None, help="Merge pieces below this x mean size [0.5].")
+@click.option("--max-size-factor", type=float, default=None, help="Cut pieces above this x mean size [3].")
+@click.option("--body-threshold-hu", type=float, default=None, help="Body mask: tissue above this HU [-500].")
+@click.option("--body-opening-mm", type=float, default=None, help="Body mask: opening radius in mm [3].")
+@click.option("--top-k", type=int, default=None, help="Crop centres kept per case [32].")
+@click.option("--crop-size", type=int, default=None, help="Crop side in voxels, for suppression [64].")
+@click.option("--candidates-csv", type=click.Path(dir_okay=False), default=None,
+              help="Centres from a CSV (case,z,y,x voxels or case,z_mm,y_mm,x_mm) instead of the SLIC ranking.")
+@click.option("--case", "cases", multiple=True, help="Only this case (repeatable).")
+@click.option("--workers", type=int, default=None, help="Worker processes [one per core].")
+@click.option("--scheduler", default=None, help="Address of a running dask scheduler (tcp://host:8786).")
+@click.option("--failures", "failures_path", type=click.Path(dir_okay=False), default=None,
+              help="JSON-lines report of failed cases [STORE/../failures-supervoxels.jsonl].")
+@click.option("--progress/--no-progress", default=True, help="Show live progress.")
+@_friendly
+def supervoxels(store, cases, workers, scheduler, failures_path, progress, candidates_csv, **fields):
+    """Supervoxels, per-supervoxel table and ranked crop centres for every case of STORE."""
+    import dataclasses
+    from pathlib import Path
+
+    from tcpc_data.store import is_local
+    from tcpc_data.supervoxels import SupervoxelConfig
+    from tcpc_data.supervoxels import supervoxels as run_supervoxels
+
+    given = {k: v for k, v in fields.items() if v is not None}
+    config = dataclasses.replace(SupervoxelConfig(), **given)
+    if failures_path is None and is_local(store):
+        failures_path = Path(store).resolve().parent / "failures-supervoxels.jsonl"
+    report = run_supervoxels(store, config, cases=list(cases) or None, candidates_csv=candidates_csv,
+                             workers=workers, scheduler=scheduler, progress=progress,
+                             failures_path=failures_path)
+    click.echo(report.summary())
+    if not report.ok:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -2,10 +2,11 @@
 
 Recipe (on a grid of about 1.5 mm in-plane for speed, then nearest-neighbour
 back to the full grid): voxels denser than ``threshold_hu`` (-500 HU: tissue
-and bone; air, lung and the -2048/-3024 padding are below), a per-slice
-opening of ``opening_mm`` that cuts thin bridges to the table and blankets,
-the largest 3D connected component (the patient), then holes filled slice by
-slice so the lungs, airways and the skull's contents are inside. Voxels below ``PADDING_BELOW_HU`` are
+and bone; air, lung and the -2048/-3024 padding are below), holes filled
+slice by slice so the lungs, airways and the skull's contents are inside
+(before the opening, which could break a thin body wall), a per-slice opening
+of ``opening_mm`` that cuts thin bridges to the table and blankets, then the
+largest 3D connected component (the patient). Voxels below ``PADDING_BELOW_HU`` are
 never body: scanners write -2048/-3024 outside the scan field, air is -1000.
 """
 from __future__ import annotations
@@ -55,6 +56,8 @@ def body_mask(hu: np.ndarray, spacing_zyx=(1.0, 1.0, 1.0), *, threshold_hu: floa
     small = hu[:, ::fy, ::fx] > threshold_hu
     if not small.any():
         raise ValueError(f"no voxel above {threshold_hu} HU: not a CT volume in Hounsfield units?")
+    for z in range(small.shape[0]):
+        small[z] = ndi.binary_fill_holes(small[z])
     if opening_mm > 0:
         ry = opening_mm / (sp[1] * fy)
         rx = opening_mm / (sp[2] * fx)
@@ -71,8 +74,6 @@ def body_mask(hu: np.ndarray, spacing_zyx=(1.0, 1.0, 1.0), *, threshold_hu: floa
         sizes[0] = 0
         small = comp == int(np.argmax(sizes))
     del comp
-    for z in range(small.shape[0]):
-        small[z] = ndi.binary_fill_holes(small[z])
     if fy > 1 or fx > 1:
         small = np.repeat(np.repeat(small, fy, axis=1), fx, axis=2)[:, :hu.shape[1], :hu.shape[2]]
     # Filled holes may enclose padding where the body touches the scan field's edge.

@@ -57,8 +57,8 @@ def gaussian(image: np.ndarray, sigma, *, out: np.ndarray | None = None) -> np.n
         if out is not image:
             out[...] = image
     for axis, s in enumerate(sig):
-        if s == 0:
-            continue
+        if int(4.0 * s + 0.5) == 0:
+            continue  # a kernel of radius 0 is the identity (scipy would return NaN)
         if s < IIR_MIN_SIGMA:
             # scipy copies each line into a buffer first, so in-place is safe.
             ndi.gaussian_filter1d(out, s, axis=axis, output=out, mode="reflect", truncate=4.0)

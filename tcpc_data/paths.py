@@ -131,7 +131,8 @@ def block_path(target, plane: str = "axial", opening: str = "up", size: int = 1)
         z-size:  1 2      z:  5 6        (rows y, columns x)
                  3 4          7 T
 
-    At overlap 0.5, size 2 gives cubes that touch without overlapping. The
+    At overlap 0.5, size 2 gives cubes that touch without overlapping (the
+    default of ``ShardConfig`` for blocks). The
     block has one orientation: ``plane`` and ``opening`` are accepted and
     ignored, and its only variant is ('axial', 'up').
 

@@ -41,7 +41,9 @@ class ShardConfig:
         Path kind, a key of ``tcpc_data.paths.PATHS`` ('u', 'straight', 'block').
     path_size
         U radius, straight length or block step in grid units; None = the
-        kind's default (1, 3, 1).
+        kind's default: 1, 3, and for blocks the step at which cubes touch
+        without overlapping (2 at overlap 0.5), so a Jigsaw or Rubik's-cube
+        net cannot solve its puzzle from shared voxels.
     plane, opening
         Fix the variant; None draws it per sample from the seed.
     targets_per_crop
@@ -88,6 +90,14 @@ class ShardConfig:
                              f"opening={self.opening!r}; variants: {list(P.PATHS[self.path].variants)}")
         return vs
 
+    def size(self) -> int:
+        """The path size used: ``path_size`` or the kind's default (see ``path_size``)."""
+        if self.path_size is not None:
+            return self.path_size
+        if self.path == "block":
+            return max(1, round(1 / (1 - self.overlap)))
+        return P.PATHS[self.path].default_size
+
     def validate(self) -> tuple[int, int]:
         """Check every field; returns the grid (g, stride). Raises ValueError naming the field."""
         g, stride = P.grid_size(self.crop_size, self.cube_size, self.overlap)
@@ -99,9 +109,9 @@ class ShardConfig:
         if self.path_size is not None and self.path_size < 1:
             raise ValueError(f"path_size must be >= 1, got {self.path_size}")
         for v in self.variants():
-            if not len(_targets(self.path, g, self.path_size, self.target_radius, v)):
+            if not len(_targets(self.path, g, self.size(), self.target_radius, v)):
                 raise ValueError(
-                    f"no target fits a {self.path!r} path (size {self.path_size}, variant {v}) in a "
+                    f"no target fits a {self.path!r} path (size {self.size()}, variant {v}) in a "
                     f"{g}^3 cube grid (crop {self.crop_size}, cube {self.cube_size}, overlap "
                     f"{self.overlap}) within target_radius {self.target_radius}: use a bigger crop, "
                     "smaller cubes, a shorter path or a larger target_radius")
@@ -148,9 +158,9 @@ def path_sample(crop_arr: np.ndarray, config: ShardConfig, rng: np.random.Genera
         raise ValueError(f"crop has shape {crop_arr.shape}, config.crop_size is {config.crop_size}")
     variants = config.variants()
     plane, opening = variants[int(rng.integers(len(variants)))]
-    targets = _targets(config.path, g, config.path_size, config.target_radius, (plane, opening))
+    targets = _targets(config.path, g, config.size(), config.target_radius, (plane, opening))
     target = targets[int(rng.integers(len(targets)))]
-    pos = P.path_positions(config.path, target, plane, opening, config.path_size)
+    pos = P.path_positions(config.path, target, plane, opening, config.size())
     cubes = np.stack([crop_arr[P.cube_slices(p, stride, config.cube_size)] for p in pos])
     return {"cubes": cubes.astype(np.float16), "path": pos.astype(np.int16),
             "plane": plane, "opening": opening}
@@ -167,7 +177,7 @@ def crop_samples(crop_arr: np.ndarray, config: ShardConfig, case: str, candidate
     for t in range(config.targets_per_crop):
         s = path_sample(crop_arr, config, sample_rng(config.seed, case, candidate, t), grid)
         meta = {"case": case, "candidate": candidate, "draw": t, "kind": config.path,
-                "size": config.path_size or P.PATHS[config.path].default_size,
+                "size": config.size(),
                 "plane": s["plane"], "opening": s["opening"], "target": s["path"][-1].tolist(),
                 "cube_size": config.cube_size, "stride": grid[1], "grid": grid[0],
                 "crop_size": config.crop_size, "background": config.background, **info}
@@ -197,7 +207,7 @@ def _case_samples(payload) -> Iterator[Sample]:
 
 def pretrain_members(config: ShardConfig) -> dict:
     """The manifest's member schema of pretraining samples cut with ``config``."""
-    n = len(P.path_positions(config.path, (0, 0, 0), *config.variants()[0], config.path_size))
+    n = len(P.path_positions(config.path, (0, 0, 0), *config.variants()[0], config.size()))
     c = config.cube_size
     return {"cubes.npy": {"shape": [n, c, c, c], "dtype": "float16", "order": "path order, target last"},
             "path.npy": {"shape": [n, 3], "dtype": "int16", "unit": "cube grid position z, y, x"},

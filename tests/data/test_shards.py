@@ -193,3 +193,11 @@ def test_a_store_behind_an_fsspec_url(tmp_path):
     phantom_store(url, n_cases=1)
     rep, man = write_shards(url, tmp_path / "o", CFG, workers=1)
     assert rep.ok and man["totals"]["samples"] == 12 and man["source"] == url
+
+
+def test_block_cubes_touch_without_overlap_by_default():
+    cfg = ShardConfig(crop_size=32, cube_size=8, path="block")
+    assert cfg.size() == 2 and ShardConfig(path="block", overlap=0.0).size() == 1
+    s = path_sample(np.zeros((32, 32, 32), np.float32), cfg, np.random.default_rng(1))
+    starts = s["path"].astype(int) * 4  # stride 4 voxels; cubes of 8 voxels starting 8 apart
+    assert {tuple(v) for v in starts - starts.min(0)} == {(a, b, c) for a in (0, 8) for b in (0, 8) for c in (0, 8)}

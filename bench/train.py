@@ -123,7 +123,8 @@ def main() -> None:
               f"{args.workers} loader workers, {torch.get_num_threads()} torch threads, {args.steps} timed steps")
         for dev in devices:
             r = bench_loader(Path(shards), cfg, args.steps, args.warmup, dev)
-            print(f"  {r['device']:>5}: shards {r['shards_samples_s']:8.1f} samples/s ({r['shards_step_s'] * 1e3:7.1f} ms/step)"
+            print(f"  {r['device']:>5}: shards {r['shards_samples_s']:8.1f} samples/s "
+                  f"({r['shards_step_s'] * 1e3:7.1f} ms/step)"
                   f" | in memory {r['memory_samples_s']:8.1f} samples/s ({r['memory_step_s'] * 1e3:7.1f} ms/step)"
                   f" | ratio {r['ratio']:.3f} (goal >= 0.95)")
 

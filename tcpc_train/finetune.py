@@ -130,7 +130,8 @@ def _check_resume(ck: dict, cfg: FinetuneConfig, data_digest: str, path: Path) -
     old = ck.get("config", {})
     diff = sorted(k for k, v in dataclasses.asdict(cfg).items() if k not in ("epochs", "device") and old.get(k) != v)
     if ck.get("kind") != "classifier" or diff:
-        raise ValueError(f"{path} holds another run ({', '.join(f'{k}: {old.get(k)!r}' for k in diff) or 'not a classifier'});"
+        was = ", ".join(f"{k}: {old.get(k)!r}" for k in diff) or "not a classifier"
+        raise ValueError(f"{path} holds another run ({was});"
                          " resume with the same settings or choose a new output directory")
     if ck.get("data_digest") != data_digest:
         raise ValueError(f"{path} was trained on another training split (manifest digest differs); "

@@ -142,7 +142,8 @@ def _check_resume(ck: dict, cfg: PretrainConfig, data_digest: str, path: Path) -
     diff = sorted(k for k, v in dataclasses.asdict(cfg).items()
                   if k not in _RESUMABLE_CHANGES and old.get(k) != v)
     if diff:
-        raise ValueError(f"{path} was trained with a different config ({', '.join(f'{k}: {old.get(k)!r}' for k in diff)});"
+        was = ", ".join(f"{k}: {old.get(k)!r}" for k in diff)
+        raise ValueError(f"{path} was trained with a different config ({was});"
                          " resume with the same settings or choose a new output directory")
     if ck.get("data_digest") != data_digest:
         raise ValueError(f"{path} was trained on other shards (manifest digest differs); "

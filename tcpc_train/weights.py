@@ -79,7 +79,8 @@ def load_encoder_weights(encoder: nn.Module, source: str | Path | dict, expect: 
         if t.shape == v.shape:
             new[k] = t.to(v.dtype)
             matched.append(k)
-        elif t.dim() == 5 and v.dim() == 5 and v.shape[1] == 1 and t.shape[:1] + t.shape[2:] == v.shape[:1] + v.shape[2:]:
+        elif (t.dim() == 5 and v.dim() == 5 and v.shape[1] == 1
+              and t.shape[:1] + t.shape[2:] == v.shape[:1] + v.shape[2:]):
             new[k] = t.sum(1, keepdim=True).to(v.dtype)
             adapted.append(k)
         else:

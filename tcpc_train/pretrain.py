@@ -100,8 +100,9 @@ def learning_rate(step: int, cfg: PretrainConfig) -> float:
     return cfg.lr * (0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, t))))
 
 
-def _collinear(path: np.ndarray) -> bool:
-    return np.linalg.matrix_rank(path - path[0]) <= 1
+def _path_rank(path: np.ndarray) -> int:
+    """1: a straight path; 2: a planar path such as a U; 3: a solid arrangement such as a block."""
+    return int(np.linalg.matrix_rank(path - path[0]))
 
 
 class TaskSample:
@@ -122,10 +123,12 @@ class TaskSample:
             except ValueError as exc:
                 raise ValueError(f"{where}: task {self.task} needs 'block' shards: {exc}") from None
             return {"cubes": shuffled, "label": np.int64(label), "rot": rot}
-        if self.task == "cpc" and not _collinear(s["path"]):
+        rank = _path_rank(s["path"])
+        if self.task == "cpc" and rank > 1:
             raise ValueError(f"{where}: task cpc needs 'straight' paths, this path is not on a line")
-        if self.task == "tcpc" and _collinear(s["path"]):
-            raise ValueError(f"{where}: task tcpc needs 'u' paths, this path is straight (use --task cpc)")
+        if self.task == "tcpc" and rank != 2:
+            raise ValueError(f"{where}: task tcpc needs 'u' paths (support around the target in one plane), "
+                             f"this path is {'straight (use --task cpc)' if rank < 2 else 'not planar'}")
         return {"cubes": cubes}
 
 

@@ -72,6 +72,8 @@ def test_resume_refuses_a_different_config_or_data(u_shards, shard_root, tmp_pat
 def test_wrong_shards_for_the_task_fail_clearly(shard_root, tmp_path):
     with pytest.raises(ValueError, match="task tcpc needs 'u' paths"):
         pretrain(shard_root / "straight", tmp_path / "a", PretrainConfig(task="tcpc", steps=1, **TINY))
+    with pytest.raises(ValueError, match="task tcpc needs 'u' paths .*not planar"):
+        pretrain(shard_root / "block", tmp_path / "a", PretrainConfig(task="tcpc", steps=1, **TINY))
     with pytest.raises(ValueError, match="task cpc needs 'straight' paths"):
         pretrain(shard_root / "u", tmp_path / "b", PretrainConfig(task="cpc", steps=1, **TINY))
     with pytest.raises(ValueError, match="task rubik needs 'block' shards"):

@@ -77,6 +77,23 @@ def test_rgb_stem_is_summed_over_input_channels():
     assert torch.allclose(enc.conv1.weight, src["state_dict"]["module.conv1.weight"].sum(1, keepdim=True))
 
 
+def test_torchvision_video_resnet_names_are_mapped():
+    """torchvision r3d_18 layout (no download: its key names and stem shape, built here)."""
+    ours = build_encoder("resnet18", 1 / 16).state_dict()
+    tv = {}
+    for k, v in ours.items():
+        k2 = k.replace("conv1.", "stem.0.", 1) if k.startswith("conv1.") else \
+            k.replace("bn1.", "stem.1.", 1) if k.startswith("bn1.") else k
+        for i in "12":
+            k2 = k2.replace(f".conv{i}.", f".conv{i}.0.").replace(f".bn{i}.", f".conv{i}.1.")
+        tv[k2] = v.clone()
+    tv["stem.0.weight"] = torch.zeros(ours["conv1.weight"].shape[0], 3, 3, 7, 7)  # RGB, (3, 7, 7) kernel
+    tv["fc.weight"], tv["fc.bias"] = torch.zeros(400, 32), torch.zeros(400)
+    assert "layer1.0.conv1.0.weight" in tv and "layer1.0.conv1.1.running_mean" in tv
+    rep = load_encoder_weights(build_encoder("resnet18", 1 / 16), tv)
+    assert rep["missing"] == ["conv1.weight"] and rep["unexpected"] == ["fc.bias", "fc.weight"]
+
+
 def test_unrelated_state_dict_is_refused(tmp_path):
     with pytest.raises(ValueError, match="none of its 1 tensors matches"):
         load_encoder_weights(build_encoder("vgg", 1 / 16), {"bert.embeddings": torch.zeros(3)})

@@ -202,6 +202,8 @@ def pretrain(shards: str | Path, out: str | Path, config: PretrainConfig = Pretr
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=1))
     log = StepLog(out / "log.jsonl", main_rank, keep_until_step=start)
+    if world > 1 and device.type == "cuda":  # few samples per GPU: batch statistics over all ranks
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     net = DistributedDataParallel(model) if world > 1 else model
 
     def state(step: int) -> dict:

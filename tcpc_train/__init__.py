@@ -14,6 +14,12 @@ _API = {
     "FinetuneConfig": "tcpc_train.finetune",
     "evaluate": "tcpc_train.finetune",
     "build_encoder": "tcpc_train.models",
+    "info_nce": "tcpc_train.tcpc",
+    "load_encoder_weights": "tcpc_train.weights",
+    "open_shards": "tcpc_train.loader",
+    "classification_metrics": "tcpc_train.metrics",
+    "write_synthetic_paths": "tcpc_train.synthetic",
+    "write_synthetic_labelled": "tcpc_train.synthetic",
     "run_demo": "tcpc_train.demo",
     "run_experiment": "tcpc_train.experiment",
 }

@@ -15,7 +15,6 @@ ACC, AUC, confusion matrix), ``roc.png``, ``curves.png``.
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import time
@@ -127,6 +126,18 @@ def predict(model: torch.nn.Module, data: ShardSet, batch_size: int, device: tor
     return np.concatenate(labels), np.concatenate(probs)
 
 
+def _check_resume(ck: dict, cfg: FinetuneConfig, data_digest: str, path: Path) -> None:
+    old = ck.get("config", {})
+    diff = sorted(k for k, v in dataclasses.asdict(cfg).items() if k not in ("epochs", "device") and old.get(k) != v)
+    if ck.get("kind") != "classifier" or diff:
+        was = ", ".join(f"{k}: {old.get(k)!r}" for k in diff) or "not a classifier"
+        raise ValueError(f"{path} holds another run ({was});"
+                         " resume with the same settings or choose a new output directory")
+    if ck.get("data_digest") != data_digest:
+        raise ValueError(f"{path} was trained on another training split (manifest digest differs); "
+                         "choose a new output directory")
+
+
 @torch.no_grad()
 def recalibrate_batchnorm(model: torch.nn.Module, data: ShardSet, keys: frozenset, batch_size: int,
                           device: torch.device, workers: int = 0, amp: bool = True, max_batches: int = 50) -> None:
@@ -163,7 +174,7 @@ def _write_eval(out: Path, metrics: dict, labels: np.ndarray, probs: np.ndarray,
 
 
 def finetune(labelled: str | Path, out: str | Path, config: FinetuneConfig = FinetuneConfig(),
-             progress: bool = False) -> dict:
+             resume: bool = True, progress: bool = False) -> dict:
     """Fine-tune a classifier on ``labelled/train``, select on ``val``, report on ``test``.
 
     Parameters
@@ -174,6 +185,11 @@ def finetune(labelled: str | Path, out: str | Path, config: FinetuneConfig = Fin
     out : path
         Run directory (created).
     config : FinetuneConfig
+    resume : bool
+        Continue from ``out/last.pt`` (written after every epoch; same config
+        but ``epochs``/``device``, same data) instead of starting over. Epoch
+        e's order is a pure function of (seed, e), so the resumed run matches
+        an uninterrupted one; a partly done epoch is redone.
     progress : bool
         Show a progress bar.
 
@@ -204,19 +220,26 @@ def finetune(labelled: str | Path, out: str | Path, config: FinetuneConfig = Fin
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=1))
     (out / "init_report.json").write_text(json.dumps(init_report, indent=1))
-    log = StepLog(out / "log.jsonl", True)
     data_digest = splits["train"].digest
+    best_key, val_hist, step, start = None, [], 0, 0
+    if resume and (out / "last.pt").exists():
+        ck = load_checkpoint(out / "last.pt", map_location=device)
+        _check_resume(ck, config, data_digest, out / "last.pt")
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        step, start, val_hist = int(ck["step"]), int(ck["epoch"]), list(ck["val"])
+        best_key = tuple(ck["best_key"])
+    log = StepLog(out / "log.jsonl", True, keep_until_step=step)
 
-    def state(step: int, epoch: int) -> dict:
+    def state(epoch: int) -> dict:
         return {"kind": "classifier", "model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
                 "epoch": epoch, "n_classes": n_classes, "config": dataclasses.asdict(config),
-                "data_digest": data_digest}
+                "data_digest": data_digest, "val": val_hist, "best_key": list(best_key or ())}
 
     steps_per_epoch = max(1, len(keys) // config.batch_size)
-    best, best_key, val_hist, step = None, None, [], 0
     with progress_bar(progress, "finetune") as bar:
-        task = bar.add_task("", total=config.epochs * steps_per_epoch, status="")
-        for epoch in range(config.epochs):
+        task = bar.add_task("", total=config.epochs * steps_per_epoch, completed=start * steps_per_epoch, status="")
+        for epoch in range(start, config.epochs):
             model.train()
             stream = ShardStream(splits["train"], VolumeSample(config.augment, config.seed), config.batch_size,
                                  seed=config.seed, shuffle_buffer=config.shuffle_buffer, epoch=epoch, keys=keys,
@@ -244,9 +267,10 @@ def finetune(labelled: str | Path, out: str | Path, config: FinetuneConfig = Fin
             else:
                 key = (epoch, 0.0)  # no validation split: keep the last epoch
             if best_key is None or key > best_key:
-                best_key, best = key, copy.deepcopy(state(step, epoch + 1))
-            save_checkpoint(out / "last.pt", state(step, epoch + 1))
-    save_checkpoint(out / "best.pt", best)
+                best_key = key
+                save_checkpoint(out / "best.pt", state(epoch + 1))
+            save_checkpoint(out / "last.pt", state(epoch + 1))
+    best = load_checkpoint(out / "best.pt", map_location=device)
     model.load_state_dict(best["model"])
     labels, probs = predict(model, splits["test"], config.batch_size, device, config.workers, config.amp)
     metrics = {**classification_metrics(labels, probs), "split": "test", "best_epoch": best["epoch"],

@@ -110,7 +110,11 @@ def _npy(raw: dict, member: str, layout: str) -> np.ndarray:
 
 
 def decode_path_sample(raw: dict) -> dict:
-    """Pretraining sample -> {key, cubes (P+1, c, c, c) float32, path (P+1, 3) int64}."""
+    """Pretraining sample -> {key, cubes (P+1, c, c, c) as stored (float16), path (P+1, 3) int64}.
+
+    Cubes stay in their stored precision up to the device (half the bytes to
+    copy, collate and transfer); the training step converts them to float32.
+    """
     layout = "pretraining (cubes.npy, path.npy, json)"
     cubes, path = _npy(raw, "cubes.npy", layout), _npy(raw, "path.npy", layout)
     where = f"{raw.get('__url__', '?')}: sample {raw.get('__key__', '?')}"
@@ -118,7 +122,9 @@ def decode_path_sample(raw: dict) -> dict:
         raise ValueError(f"{where}: cubes.npy must be (P+1, c, c, c) with P >= 1, got {cubes.shape}")
     if path.shape != (cubes.shape[0], 3):
         raise ValueError(f"{where}: path.npy must be ({cubes.shape[0]}, 3) to match cubes.npy, got {path.shape}")
-    return {"key": raw["__key__"], "cubes": cubes.astype(np.float32), "path": path.astype(np.int64)}
+    if cubes.dtype.kind != "f":
+        raise ValueError(f"{where}: cubes.npy must hold floats, got {cubes.dtype}")
+    return {"key": raw["__key__"], "cubes": cubes, "path": path.astype(np.int64)}
 
 
 def decode_labelled_sample(raw: dict) -> dict:

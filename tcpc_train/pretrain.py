@@ -100,8 +100,9 @@ def learning_rate(step: int, cfg: PretrainConfig) -> float:
     return cfg.lr * (0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, t))))
 
 
-def _collinear(path: np.ndarray) -> bool:
-    return np.linalg.matrix_rank(path - path[0]) <= 1
+def _path_rank(path: np.ndarray) -> int:
+    """1: a straight path; 2: a planar path such as a U; 3: a solid arrangement such as a block."""
+    return int(np.linalg.matrix_rank(path - path[0]))
 
 
 class TaskSample:
@@ -122,10 +123,12 @@ class TaskSample:
             except ValueError as exc:
                 raise ValueError(f"{where}: task {self.task} needs 'block' shards: {exc}") from None
             return {"cubes": shuffled, "label": np.int64(label), "rot": rot}
-        if self.task == "cpc" and not _collinear(s["path"]):
+        rank = _path_rank(s["path"])
+        if self.task == "cpc" and rank > 1:
             raise ValueError(f"{where}: task cpc needs 'straight' paths, this path is not on a line")
-        if self.task == "tcpc" and _collinear(s["path"]):
-            raise ValueError(f"{where}: task tcpc needs 'u' paths, this path is straight (use --task cpc)")
+        if self.task == "tcpc" and rank != 2:
+            raise ValueError(f"{where}: task tcpc needs 'u' paths (support around the target in one plane), "
+                             f"this path is {'straight (use --task cpc)' if rank < 2 else 'not planar'}")
         return {"cubes": cubes}
 
 
@@ -142,7 +145,8 @@ def _check_resume(ck: dict, cfg: PretrainConfig, data_digest: str, path: Path) -
     diff = sorted(k for k, v in dataclasses.asdict(cfg).items()
                   if k not in _RESUMABLE_CHANGES and old.get(k) != v)
     if diff:
-        raise ValueError(f"{path} was trained with a different config ({', '.join(f'{k}: {old.get(k)!r}' for k in diff)});"
+        was = ", ".join(f"{k}: {old.get(k)!r}" for k in diff)
+        raise ValueError(f"{path} was trained with a different config ({was});"
                          " resume with the same settings or choose a new output directory")
     if ck.get("data_digest") != data_digest:
         raise ValueError(f"{path} was trained on other shards (manifest digest differs); "
@@ -198,6 +202,8 @@ def pretrain(shards: str | Path, out: str | Path, config: PretrainConfig = Pretr
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=1))
     log = StepLog(out / "log.jsonl", main_rank, keep_until_step=start)
+    if world > 1 and device.type == "cuda":  # few samples per GPU: batch statistics over all ranks
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     net = DistributedDataParallel(model) if world > 1 else model
 
     def state(step: int) -> dict:
@@ -214,6 +220,7 @@ def pretrain(shards: str | Path, out: str | Path, config: PretrainConfig = Pretr
         for step in range(start, config.steps):
             t0 = time.perf_counter()
             batch = {k: v.to(device, non_blocking=True) for k, v in next(batches).items() if k != "key"}
+            batch["cubes"] = batch["cubes"].float()
             lr = learning_rate(step, config)
             for g in opt.param_groups:
                 g["lr"] = lr

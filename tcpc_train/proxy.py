@@ -74,13 +74,13 @@ def shuffle_block(cubes: np.ndarray, path: np.ndarray, perms: np.ndarray, rotate
 
     Returns
     -------
-    shuffled : (8, c, c, c) float32, ``shuffled[i] = rotated canonical[perms[label][i]]``
+    shuffled : (8, c, c, c) in the dtype of ``cubes``, ``shuffled[i] = rotated canonical[perms[label][i]]``
     label : int, the permutation index
     rot : (8, 2) float32 rotation bits of the cubes in shuffled order (zeros without ``rotate``)
     """
     canon = cubes[canonical_order(path)]
     label = int(rng.integers(len(perms)))
-    out = canon[perms[label]].astype(np.float32, copy=True)
+    out = canon[perms[label]]  # fancy indexing copies
     rot = np.zeros((N_CUBES, 2), np.float32)
     if rotate:
         rot[:] = rng.integers(0, 2, size=(N_CUBES, 2))

@@ -45,8 +45,9 @@ def init_distributed(device: torch.device) -> tuple[int, int]:
 
 
 def autocast(device: torch.device, enabled: bool):
-    """bfloat16 autocast on CUDA when ``enabled`` (no loss scaling needed); a no-op on CPU."""
-    if enabled and device.type == "cuda":
+    """bfloat16 autocast on CUDA when ``enabled`` (no loss scaling needed); a no-op on CPU and on
+    GPUs without bfloat16 (they train in float32 rather than risk float16 overflow without a scaler)."""
+    if enabled and device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 

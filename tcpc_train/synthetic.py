@@ -1,9 +1,9 @@
 """Seeded synthetic shards in the shard contract layout, for tests, benchmarks and smoke runs.
 
 They let the trainer be exercised without the preprocessing engine:
-``write_path_shards`` cuts cubes along a ``u``, ``straight`` or ``block`` path
+``write_synthetic_paths`` cuts cubes along a ``u``, ``straight`` or ``block`` path
 from smooth random volumes (so the target is predictable from its
-neighbours); ``write_labelled_shards`` writes train/val/test splits of cubic
+neighbours); ``write_synthetic_labelled`` writes train/val/test splits of cubic
 volumes whose class is whether a bright sphere is present (separable).
 Layout and manifest as in DESIGN.md: ``<name>-%06d.tar`` + ``manifest.json``.
 """
@@ -47,7 +47,7 @@ def _write(out: Path, name: str, samples: list[dict], per_shard: int, config: di
     return out
 
 
-def write_path_shards(out: str | Path, n_samples: int, kind: str = "u", cube: int = 16,
+def write_synthetic_paths(out: str | Path, n_samples: int, kind: str = "u", cube: int = 16,
                       per_shard: int = 8, seed: int = 0, name: str = "synthetic") -> Path:
     """Write pretraining shards of ``n_samples`` paths of ``kind`` with cubes of side ``cube``.
 
@@ -77,7 +77,7 @@ def write_path_shards(out: str | Path, n_samples: int, kind: str = "u", cube: in
                   {"kind": kind, "cube": cube, "n": n_samples, "seed": seed, "synthetic": True})
 
 
-def write_labelled_shards(out: str | Path, n_per_split: tuple[int, int, int] = (32, 16, 16), size: int = 16,
+def write_synthetic_labelled(out: str | Path, n_per_split: tuple[int, int, int] = (32, 16, 16), size: int = 16,
                           per_shard: int = 16, seed: int = 0) -> Path:
     """Write ``out/train``, ``out/val``, ``out/test`` of labelled volumes (S, S, S), two balanced classes.
 

@@ -88,7 +88,8 @@ class ContrastivePredictiveCoding(nn.Module):
         feats = self.encoder.forward_features(cubes.reshape(b * n, 1, *cubes.shape[2:]))
         feats = feats.reshape(b, n, -1)
         support, target = feats[:, :-1], feats[:, -1]
-        pred = self.head(support)
+        with torch.autocast(cubes.device.type, enabled=False):  # the GRU runs in float32 under mixed precision
+            pred = self.head(support.float())
         return info_nce(pred, target, self.temperature, support if self.own_negatives else None)
 
 

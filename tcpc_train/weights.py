@@ -2,7 +2,9 @@
 
 Keys are matched by name after stripping the wrappers other tools add
 (``module.`` from DistributedDataParallel, ``encoder.`` from tcpc's own
-models, a top-level ``state_dict``/``model`` entry). A tensor whose shape
+models, a top-level ``state_dict``/``model`` entry). The encoder's names are
+those of Hara et al.'s 3D-ResNets, MedicalNet and MONAI; torchvision's video
+ResNets (``stem.0``, ``layerK.B.conv1.0``/``.1``) are renamed to them. A tensor whose shape
 differs only in input channels (an RGB video model's stem: 3 → 1) is summed
 over them; other shape mismatches keep the fresh initialisation. The report
 says exactly which keys were matched, adapted, mismatched, missing and
@@ -10,6 +12,7 @@ unexpected, so a caller can assert on them (moco-v3's ``main_lincls.py`` style).
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
@@ -18,6 +21,10 @@ from torch import nn
 from tcpc_train.checkpoint import load_checkpoint
 
 _PREFIXES = ("module.", "encoder.")
+# torchvision.models.video (r3d_18 etc.) -> the encoder's names
+_RENAMES = ((re.compile(r"^stem\.0\."), "conv1."), (re.compile(r"^stem\.1\."), "bn1."),
+            (re.compile(r"^(layer\d\.\d+)\.conv([12])\.0\."), r"\1.conv\2."),
+            (re.compile(r"^(layer\d\.\d+)\.conv([12])\.1\."), r"\1.bn\2."))
 
 
 def _state_dict_of(obj: dict) -> dict:
@@ -31,6 +38,8 @@ def _strip(key: str) -> str:
     for p in _PREFIXES:
         if key.startswith(p):
             key = key[len(p):]
+    for pattern, repl in _RENAMES:
+        key = pattern.sub(repl, key)
     return key
 
 
@@ -79,7 +88,8 @@ def load_encoder_weights(encoder: nn.Module, source: str | Path | dict, expect: 
         if t.shape == v.shape:
             new[k] = t.to(v.dtype)
             matched.append(k)
-        elif t.dim() == 5 and v.dim() == 5 and v.shape[1] == 1 and t.shape[:1] + t.shape[2:] == v.shape[:1] + v.shape[2:]:
+        elif (t.dim() == 5 and v.dim() == 5 and v.shape[1] == 1
+              and t.shape[:1] + t.shape[2:] == v.shape[:1] + v.shape[2:]):
             new[k] = t.sum(1, keepdim=True).to(v.dtype)
             adapted.append(k)
         else:

@@ -3,16 +3,16 @@ from __future__ import annotations
 
 import pytest
 
-from tcpc_train.synthetic import write_labelled_shards, write_path_shards
+from tcpc_train.synthetic import write_synthetic_labelled, write_synthetic_paths
 
 
 @pytest.fixture(scope="session")
 def shard_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("shards")
-    write_path_shards(root / "u", 24, "u", cube=16, per_shard=4, seed=1)
-    write_path_shards(root / "straight", 16, "straight", cube=16, per_shard=4, seed=2)
-    write_path_shards(root / "block", 16, "block", cube=8, per_shard=4, seed=3)
-    write_labelled_shards(root / "labelled", (32, 16, 16), size=12, per_shard=8, seed=4)
+    write_synthetic_paths(root / "u", 24, "u", cube=16, per_shard=4, seed=1)
+    write_synthetic_paths(root / "straight", 16, "straight", cube=16, per_shard=4, seed=2)
+    write_synthetic_paths(root / "block", 16, "block", cube=8, per_shard=4, seed=3)
+    write_synthetic_labelled(root / "labelled", (32, 16, 16), size=12, per_shard=8, seed=4)
     return root
 
 

@@ -77,6 +77,23 @@ def test_rgb_stem_is_summed_over_input_channels():
     assert torch.allclose(enc.conv1.weight, src["state_dict"]["module.conv1.weight"].sum(1, keepdim=True))
 
 
+def test_torchvision_video_resnet_names_are_mapped():
+    """torchvision r3d_18 layout (no download: its key names and stem shape, built here)."""
+    ours = build_encoder("resnet18", 1 / 16).state_dict()
+    tv = {}
+    for k, v in ours.items():
+        k2 = k.replace("conv1.", "stem.0.", 1) if k.startswith("conv1.") else \
+            k.replace("bn1.", "stem.1.", 1) if k.startswith("bn1.") else k
+        for i in "12":
+            k2 = k2.replace(f".conv{i}.", f".conv{i}.0.").replace(f".bn{i}.", f".conv{i}.1.")
+        tv[k2] = v.clone()
+    tv["stem.0.weight"] = torch.zeros(ours["conv1.weight"].shape[0], 3, 3, 7, 7)  # RGB, (3, 7, 7) kernel
+    tv["fc.weight"], tv["fc.bias"] = torch.zeros(400, 32), torch.zeros(400)
+    assert "layer1.0.conv1.0.weight" in tv and "layer1.0.conv1.1.running_mean" in tv
+    rep = load_encoder_weights(build_encoder("resnet18", 1 / 16), tv)
+    assert rep["missing"] == ["conv1.weight"] and rep["unexpected"] == ["fc.bias", "fc.weight"]
+
+
 def test_unrelated_state_dict_is_refused(tmp_path):
     with pytest.raises(ValueError, match="none of its 1 tensors matches"):
         load_encoder_weights(build_encoder("vgg", 1 / 16), {"bert.embeddings": torch.zeros(3)})
@@ -136,3 +153,33 @@ def test_metrics_known_answers():
     assert classification_metrics([1, 1], [[0.2, 0.8], [0.6, 0.4]])["auc"] is None
     three = classification_metrics([0, 1, 2], [[0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.1, 0.1, 0.8]])
     assert three["acc"] == 1.0 and three["auc"] == 1.0
+
+
+class Killed(Exception):
+    pass
+
+
+def test_killed_finetune_resumes_at_the_epoch_with_the_same_losses(labelled, tmp_path, monkeypatch):
+    import tcpc_train.finetune as ft
+
+    cfg = FinetuneConfig(arch="vgg", epochs=2, **TINY)
+    whole = finetune(labelled, tmp_path / "whole", cfg)
+    write = ft.StepLog.write
+
+    def dying_write(self, row):
+        write(self, row)
+        if row.get("epoch") == 2 and "loss" in row:  # killed in epoch 2; last.pt holds epoch 1
+            raise Killed
+    monkeypatch.setattr(ft.StepLog, "write", dying_write)
+    with pytest.raises(Killed):
+        finetune(labelled, tmp_path / "killed", cfg)
+    assert load_checkpoint(tmp_path / "killed" / "last.pt")["epoch"] == 1
+    monkeypatch.setattr(ft.StepLog, "write", write)
+    again = finetune(labelled, tmp_path / "killed", cfg)
+
+    def losses(run):
+        return [json.loads(x).get("loss") for x in (run / "log.jsonl").read_text().splitlines()]
+    assert losses(tmp_path / "killed") == pytest.approx(losses(tmp_path / "whole"), abs=1e-5)
+    assert again["val"] == whole["val"] and again["metrics"]["confusion"] == whole["metrics"]["confusion"]
+    with pytest.raises(ValueError, match="holds another run .*lr"):
+        finetune(labelled, tmp_path / "killed", FinetuneConfig(arch="vgg", epochs=3, **{**TINY, "lr": 0.1}))

@@ -13,7 +13,7 @@ import torch.multiprocessing as mp
 import tcpc_train.pretrain as pretrain_mod
 from tcpc_train.checkpoint import load_checkpoint, save_checkpoint
 from tcpc_train.pretrain import PretrainConfig, learning_rate, pretrain
-from tcpc_train.synthetic import write_path_shards
+from tcpc_train.synthetic import write_synthetic_paths
 
 TINY = dict(width=1 / 16, batch_size=4, workers=0, warmup=1, checkpoint_every=2, shuffle_buffer=8)
 
@@ -64,7 +64,7 @@ def test_resume_refuses_a_different_config_or_data(u_shards, shard_root, tmp_pat
     pretrain(u_shards, tmp_path, PretrainConfig(steps=1, **TINY))
     with pytest.raises(ValueError, match="different config .*lr"):
         pretrain(u_shards, tmp_path, PretrainConfig(steps=2, **{**TINY, "lr": 0.5}))
-    other = write_path_shards(tmp_path / "other", 8, "u", seed=9)
+    other = write_synthetic_paths(tmp_path / "other", 8, "u", seed=9)
     with pytest.raises(ValueError, match="other shards"):
         pretrain(other, tmp_path, PretrainConfig(steps=2, **TINY))
 
@@ -72,6 +72,8 @@ def test_resume_refuses_a_different_config_or_data(u_shards, shard_root, tmp_pat
 def test_wrong_shards_for_the_task_fail_clearly(shard_root, tmp_path):
     with pytest.raises(ValueError, match="task tcpc needs 'u' paths"):
         pretrain(shard_root / "straight", tmp_path / "a", PretrainConfig(task="tcpc", steps=1, **TINY))
+    with pytest.raises(ValueError, match="task tcpc needs 'u' paths .*not planar"):
+        pretrain(shard_root / "block", tmp_path / "a", PretrainConfig(task="tcpc", steps=1, **TINY))
     with pytest.raises(ValueError, match="task cpc needs 'straight' paths"):
         pretrain(shard_root / "u", tmp_path / "b", PretrainConfig(task="cpc", steps=1, **TINY))
     with pytest.raises(ValueError, match="task rubik needs 'block' shards"):

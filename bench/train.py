@@ -1,0 +1,133 @@
+"""Benchmark: pretraining fed from shards vs. the same batches already in memory.
+
+Goal: ratio (shard samples/s ÷ in-memory samples/s) >= 0.95, i.e. the
+streaming loader is never the bottleneck. Runs on the CPU and, when there is
+one, on the GPU (same script, same batches). With ``--stems`` it instead
+times one training step of the encoder alone with the small-cube stem against
+the classic video stem (7³ stride 2 + max-pool), the choice documented in
+``tcpc_train/models.py``.
+
+    python bench/train.py                        # synthetic U-path shards, width 1/8
+    python bench/train.py --shards DIR --width 1 --batch-size 32 --workers 4
+    python bench/train.py --stems --cubes 686 --width 1
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tcpc_train.loader import ShardStream, make_loader, open_shards  # noqa: E402
+from tcpc_train.models import ResNet18_3d  # noqa: E402
+from tcpc_train.pretrain import PretrainConfig, TaskSample, build_task_model  # noqa: E402
+from tcpc_train.runtime import autocast  # noqa: E402
+from tcpc_train.synthetic import write_synthetic_paths  # noqa: E402
+
+
+def _run(cfg: PretrainConfig, batches, steps: int, warmup: int, device: torch.device) -> list[float]:
+    """Per-step wall times (s) of ``steps`` TCPC steps after ``warmup`` untimed ones."""
+    torch.manual_seed(cfg.seed)
+    model = build_task_model(cfg).to(device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
+    times = []
+    for i in range(warmup + steps):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        cubes = next(batches)["cubes"].to(device, non_blocking=True).float()
+        with autocast(device, cfg.amp):
+            loss = model(cubes)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        loss.item()
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    return times
+
+
+def bench_loader(shards: Path, cfg: PretrainConfig, steps: int, warmup: int, device: torch.device) -> dict:
+    data = open_shards(shards)
+    pin = device.type == "cuda"
+
+    def loader():
+        stream = ShardStream(data, TaskSample(cfg), cfg.batch_size, seed=cfg.seed, shuffle_buffer=cfg.shuffle_buffer)
+        return iter(make_loader(stream, cfg.workers, pin_memory=pin))
+    cached = list(batch for _, batch in zip(range(warmup + steps), loader()))
+    if pin:
+        cached = [{k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in b.items()} for b in cached]
+    # Alternate the two sources (twice each) so a load change on a shared machine hits both alike.
+    streamed, in_memory = [], []
+    for _ in range(2):
+        streamed += _run(cfg, loader(), steps, warmup, device)
+        in_memory += _run(cfg, iter(cached), steps, warmup, device)
+    steps *= 2
+    s_med, m_med = statistics.median(streamed), statistics.median(in_memory)
+    s_sps, m_sps = cfg.batch_size * steps / sum(streamed), cfg.batch_size * steps / sum(in_memory)
+    return {"device": str(device), "shards_step_s": s_med, "memory_step_s": m_med,
+            "shards_samples_s": s_sps, "memory_samples_s": m_sps, "ratio": s_sps / m_sps}
+
+
+def bench_stems(cubes: int, width: float, repeats: int) -> dict:
+    """Forward + backward of the encoder on ``cubes`` 16³ cubes: small-cube stem vs. video stem."""
+    x = torch.randn(cubes, 1, 16, 16, 16)
+    out = {}
+    for name, model in (("small-cube stem (3^3/2, strides 1,2,2,1)", ResNet18_3d(width)),
+                        ("video stem (7^3/2 + max-pool, strides 1,2,2,2)",
+                         ResNet18_3d(width, video_stem=True, stage_strides=(1, 2, 2, 2)))):
+        final = tuple(model.feature_map(x[:2]).shape[2:])
+        times = []
+        for _ in range(repeats + 1):
+            t0 = time.perf_counter()
+            model(x).sum().backward()
+            times.append(time.perf_counter() - t0)
+        out[name] = {"step_s": min(times[1:]), "final_map": final}
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shards", type=Path, help="pretraining shard dir (default: synthetic U paths)")
+    ap.add_argument("--samples", type=int, default=256, help="synthetic samples to write")
+    ap.add_argument("--arch", default="resnet18")
+    ap.add_argument("--width", type=float, default=0.125)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    ap.add_argument("--stems", action="store_true", help="time the stem choice instead")
+    ap.add_argument("--cubes", type=int, default=98, help="cubes per step for --stems")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.stems:
+        print(f"encoder forward+backward on {args.cubes} cubes of 16^3, width {args.width}, "
+              f"{torch.get_num_threads()} CPU threads:")
+        for name, r in bench_stems(args.cubes, args.width, 2).items():
+            print(f"  {name:<48} {r['step_s']:7.2f} s/step, final map {r['final_map']}")
+        return
+    cfg = PretrainConfig(arch=args.arch, width=args.width, batch_size=args.batch_size, workers=args.workers,
+                         warmup=0, shuffle_buffer=64)
+    with tempfile.TemporaryDirectory() as tmp:
+        shards = args.shards or write_synthetic_paths(Path(tmp) / "u", args.samples, "u", per_shard=16)
+        devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+        print(f"pretraining tcpc {args.arch} width {args.width}, batch {args.batch_size}, "
+              f"{args.workers} loader workers, {torch.get_num_threads()} torch threads, {args.steps} timed steps")
+        for dev in devices:
+            r = bench_loader(Path(shards), cfg, args.steps, args.warmup, dev)
+            print(f"  {r['device']:>5}: shards {r['shards_samples_s']:8.1f} samples/s "
+                  f"({r['shards_step_s'] * 1e3:7.1f} ms/step)"
+                  f" | in memory {r['memory_samples_s']:8.1f} samples/s ({r['memory_step_s'] * 1e3:7.1f} ms/step)"
+                  f" | ratio {r['ratio']:.3f} (goal >= 0.95)")
+
+
+if __name__ == "__main__":
+    main()

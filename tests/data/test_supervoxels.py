@@ -152,6 +152,15 @@ def test_one_bad_case_is_reported_and_the_others_finish(store, tmp_path, phantom
     assert "supervoxels" not in open_store(store, "r")["p0"]
 
 
+def test_a_volume_without_body_fails_naming_the_case(tmp_path):
+    url = tmp_path / "v.zarr"
+    img = np.full((8, 32, 32), -1.0, np.float32)  # all at the bottom of the window: air
+    commit_arrays(url, "empty", {"image": img}, {"image": {"spacing_zyx": [1, 1, 1],
+                                                           "intensity_range": [LO, HI], "digest": "e"}})
+    rep = supervoxels(url, CFG, workers=1)
+    assert not rep.ok and "case empty" in rep.failures[0]["error"] and "HU" in rep.failures[0]["error"]
+
+
 def test_bad_config_and_unknown_case_raise(store):
     with pytest.raises(ValueError, match="compactness"):
         supervoxels(store, SupervoxelConfig(compactness=0), workers=1)

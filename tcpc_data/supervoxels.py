@@ -180,11 +180,11 @@ def _process_case(payload) -> tuple[str, dict]:
     except ValueError as exc:
         raise ValueError(f"case {case}: {exc}") from exc
     del mask
-    table = score_table(supervoxel_table(labels, hu), labels, spacing)
+    table, best_voxels = score_table(supervoxel_table(labels, hu), labels, hu, spacing)
     del hu
     score_col = TABLE_COLUMNS.index("score")
     if rows is None:
-        cands, scores = top_candidates(table[:, 2:5], table[:, score_col], k=config.top_k,
+        cands, scores = top_candidates(best_voxels, table[:, score_col], k=config.top_k,
                                        crop_size=config.crop_size, shape=image.shape)
         source = "slic"
     else:

@@ -185,7 +185,8 @@ def score_table(table: np.ndarray, labels: np.ndarray, hu: np.ndarray,
     return table, where[ids]
 
 
-def top_candidates(centres_zyx: np.ndarray, scores: np.ndarray, *, k: int, crop_size: int, shape) -> tuple[np.ndarray, np.ndarray]:
+def top_candidates(centres_zyx: np.ndarray, scores: np.ndarray, *, k: int, crop_size: int,
+                   shape) -> tuple[np.ndarray, np.ndarray]:
     """Best-first crop centres with non-maximum suppression.
 
     Parameters

@@ -11,8 +11,8 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it
 _API = {
-    "ingest": "tcpc_data.ingest",
-    "IngestConfig": "tcpc_data.ingest",
+    "ingest": "tcpc_data.ingestion",
+    "IngestConfig": "tcpc_data.ingestion",
     "slic": "tcpc_data.slic",
     "supervoxels": "tcpc_data.supervoxels",
     "SupervoxelConfig": "tcpc_data.supervoxels",
@@ -24,7 +24,12 @@ _API = {
     "write_shards": "tcpc_data.shards",
     "ShardConfig": "tcpc_data.shards",
     "write_labelled_shards": "tcpc_data.labelled",
-    "preprocess": "tcpc_data.preprocess",
+    "write_npz_shards": "tcpc_data.labelled",
+    "LabelledConfig": "tcpc_data.labelled",
+    "PATHS": "tcpc_data.paths",
+    "path_positions": "tcpc_data.paths",
+    "crop": "tcpc_data.crops",
+    "preprocess": "tcpc_data.preprocessing",
     "inspect_path": "tcpc_data.inspect",
     "make_phantom": "tcpc_data.phantom",
     "write_archive": "tcpc_data.phantom",

@@ -38,6 +38,7 @@ class RunReport:
     results: dict[str, Any] = dataclasses.field(default_factory=dict)
     seconds: float = 0.0
     failures_path: str | None = None
+    notes: list[str] = dataclasses.field(default_factory=list)  # stage remarks for the user (skipped files...)
 
     @property
     def ok(self) -> bool:
@@ -69,6 +70,7 @@ class _Progress:
     def __init__(self, stage: str, total: int, enabled: bool):
         self.counts = {DONE: 0, SKIPPED: 0, "failed": 0}
         self.bar = None
+        self.t0 = time.perf_counter()
         if enabled and total:
             from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                        TimeElapsedColumn, TimeRemainingColumn)
@@ -82,8 +84,10 @@ class _Progress:
         self.counts[status] += 1
         if self.bar is not None:
             c = self.counts
+            rate = sum(c.values()) / max(time.perf_counter() - self.t0, 1e-9)
             self.bar.update(self.task, advance=1,
-                            counts=f"done {c[DONE]} · skipped {c[SKIPPED]} · failed {c['failed']}")
+                            counts=f"done {c[DONE]} · skipped {c[SKIPPED]} · failed {c['failed']} · "
+                                   f"{rate:.2f} cases/s")
             if error:
                 self.bar.console.print(f"[red]failed[/red] {case}: {error}")
 
@@ -148,9 +152,10 @@ def run_cases(stage: str, tasks: Sequence[Task], fn: Callable[[Any], tuple[str, 
             if scheduler is not None:
                 client, cluster = Client(scheduler), None
             else:
-                # Processes, one thread each: Numba parallelises inside a case.
+                # Processes, one thread each: Numba parallelises inside a case. The
+                # dashboard takes a free port, never colliding with a user's on 8787.
                 cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                                       dashboard_address=None)
+                                       dashboard_address=":0")
                 client = Client(cluster)
             try:
                 futures = [client.submit(_call, fn, t, key=f"{stage}-{t.case}-{i}", pure=False)

@@ -22,6 +22,7 @@ from typing import Any, Mapping
 
 import numpy as np
 import zarr
+import zarr.errors
 
 _CASE_RE = re.compile(r"[^A-Za-z0-9_-]+")
 
@@ -53,7 +54,13 @@ def open_store(url: str | os.PathLike, mode: str = "a") -> zarr.Group:
     """Open (``mode='a'`` creates) the root group of a volume store."""
     if mode == "r" and is_local(url) and not _local_path(url).exists():
         raise FileNotFoundError(f"no volume store at {url}")
-    return zarr.open_group(str(url), mode=mode, zarr_format=3)
+    try:
+        return zarr.open_group(str(url), mode=mode, zarr_format=3)
+    except zarr.errors.ContainsGroupError:
+        if mode != "a":
+            raise
+        # another worker created the root between zarr's check and its write: open that one
+        return zarr.open_group(str(url), mode="r+", zarr_format=3)
 
 
 def array_digest(group: zarr.Group, name: str) -> str | None:

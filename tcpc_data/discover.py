@@ -1,0 +1,292 @@
+"""Discovering cases under source folders, files or fsspec URLs.
+
+A case is one volume: a DICOM series (files grouped by SeriesInstanceUID), or
+one NIfTI (``.nii``, ``.nii.gz``), MetaImage (``.mhd`` + its data file, or
+``.mha``), NRRD (``.nrrd``) or NumPy (``.npy``, ``.npz``) file.
+
+Only DICOM headers are read here (``stop_before_pixels``). Non-image DICOM
+objects (SR, SEG, RTSTRUCT, presentation states...), non-CT modalities and
+localizer images are skipped with a note; files that are neither images nor
+DICOM (XML annotations, licences) are ignored with a note. Empty folders and
+unreadable DICOM headers become failure records; they never stop discovery.
+
+Case ids are sanitised, unique and stable: a file's name without extensions
+(``phantom-000``); a DICOM series' folder relative to the source without its
+UID-named levels (``LIDC-IDRI-0001``), plus a short series-UID suffix when one
+folder holds several series. Ids that still collide get their parent folders
+as a prefix, then a hash of the source path.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import posixpath
+import re
+from collections import defaultdict
+
+import fsspec
+
+from tcpc_data.store import sanitize_case_id
+
+_VOLUME_SUFFIXES = {".nii.gz": "nifti", ".nii": "nifti", ".mhd": "metaimage", ".mha": "metaimage",
+                    ".nrrd": "nrrd", ".npy": "numpy", ".npz": "numpy"}
+_DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
+_NON_IMAGE_MODALITIES = {"SR", "SEG", "RTSTRUCT", "RTPLAN", "RTDOSE", "RTRECORD", "PR", "KO", "REG", "DOC",
+                         "RWV", "PLAN", "FID"}
+_NON_IMAGE_SOP_PREFIXES = ("1.2.840.10008.5.1.4.1.1.88.",     # structured reports
+                           "1.2.840.10008.5.1.4.1.1.66",      # segmentation, registration, fiducials
+                           "1.2.840.10008.5.1.4.1.1.481.",    # radiotherapy objects
+                           "1.2.840.10008.5.1.4.1.1.11.",     # presentation states
+                           "1.2.840.10008.5.1.4.1.1.104.")    # encapsulated documents
+_HEADER_TAGS = ["SeriesInstanceUID", "SeriesNumber", "Modality", "SOPClassUID", "ImageType", "PatientID"]
+_UID_NAME = re.compile(r"\d+(\.\d+){3,}")
+
+
+@dataclasses.dataclass(frozen=True)
+class CaseSource:
+    """One case found under a source.
+
+    Attributes
+    ----------
+    case
+        Sanitised, unique case id.
+    format
+        ``dicom``, ``nifti``, ``metaimage``, ``nrrd`` or ``numpy``.
+    source
+        The series folder or the file, as a path or URL (recorded in the store).
+    files
+        Every file whose bytes define the case (URLs for remote sources), sorted.
+    info
+        Extra case attributes, e.g. DICOM ``patient_id``, ``series_uid``, ``modality``.
+    """
+
+    case: str
+    format: str
+    source: str
+    files: tuple[str, ...]
+    info: tuple[tuple[str, str], ...] = ()
+
+
+@dataclasses.dataclass
+class Discovery:
+    """Cases found, failure records (case, source, error) and notes for the user."""
+
+    cases: list[CaseSource] = dataclasses.field(default_factory=list)
+    failures: list[dict] = dataclasses.field(default_factory=list)
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+
+def discover(sources) -> Discovery:
+    """Find the cases under each source (folder, file, or fsspec URL of either).
+
+    Raises
+    ------
+    FileNotFoundError
+        When a source does not exist (a typo should stop the run before it starts).
+    """
+    if isinstance(sources, (str, bytes)) or not hasattr(sources, "__iter__"):
+        sources = [sources]
+    sources = [str(s) for s in sources]
+    if not sources:
+        raise ValueError("no sources given")
+    found = Discovery()
+    candidates: list[tuple[list[str], CaseSource]] = []  # (name levels, case with a provisional id)
+    for src in sources:
+        fs, root = fsspec.core.url_to_fs(src)
+        if not fs.exists(root):
+            raise FileNotFoundError(f"source {src} does not exist")
+        candidates += _discover_one(src, fs, root.rstrip("/") or "/", found)
+    found.cases = _assign_ids(candidates)
+    return found
+
+
+def _case_id(name: str) -> str:
+    """Sanitised id; a name with nothing usable left ('_', 'é') gets a stable id from its hash."""
+    try:
+        return sanitize_case_id(name)
+    except ValueError:
+        return "case-" + hashlib.sha1(name.encode()).hexdigest()[:8]
+
+
+def _url(fs, path: str, src: str) -> str:
+    """Path as given for local sources, full URL for remote ones."""
+    return path if "://" not in src or src.startswith("file://") else fs.unstrip_protocol(path)
+
+
+def _strip_suffix(name: str) -> tuple[str, str | None]:
+    low = name.lower()
+    for suf, fmt in _VOLUME_SUFFIXES.items():
+        if low.endswith(suf):
+            return name[: -len(suf)], fmt
+    return name, None
+
+
+def _discover_one(src: str, fs, root: str, found: Discovery) -> list[tuple[list[str], CaseSource]]:
+    if fs.isfile(root):
+        base, files, dirs = posixpath.dirname(root), [root], []
+    else:
+        base = root
+        listing = fs.find(root, withdirs=True, detail=True)
+        files = sorted(p for p, info in listing.items() if info["type"] == "file"
+                       and not posixpath.basename(p).startswith("."))
+        dirs = sorted(p for p, info in listing.items() if info["type"] == "directory" and p.rstrip("/") != root)
+        if not files:
+            found.failures.append({"case": _case_id(posixpath.basename(root) or "source"),
+                                   "source": src, "error": f"empty folder: no files under {src}"})
+            return []
+        occupied = {posixpath.dirname(f) for f in listing if listing[f]["type"] == "file"}
+        for f in list(occupied):  # every ancestor of a file is occupied too
+            while f not in ("", "/") and f != root:
+                f = posixpath.dirname(f)
+                occupied.add(f)
+        for d in dirs:
+            if d.rstrip("/") not in occupied:
+                rel = posixpath.relpath(d, root)
+                found.failures.append({"case": _case_id(rel), "source": _url(fs, d, src),
+                                       "error": f"empty folder: {_url(fs, d, src)} holds no files"})
+
+    out: list[tuple[list[str], CaseSource]] = []
+    claimed: set[str] = set()
+    dicom_files: list[tuple[str, bool]] = []  # (path, has the DICM preamble)
+    ignored: list[str] = []
+    for f in files:
+        stem, fmt = _strip_suffix(posixpath.basename(f))
+        if fmt is None:
+            magic = _has_dicom_magic(fs, f)
+            if magic or f.lower().endswith(_DICOM_SUFFIXES):
+                dicom_files.append((f, magic))
+            else:
+                ignored.append(f)
+            continue
+        members = [f]
+        if fmt == "metaimage" and f.lower().endswith(".mhd"):
+            data = _mhd_data(fs, f)
+            if data is not None:
+                members.append(data)
+                claimed.add(data)
+        levels = _levels(posixpath.relpath(posixpath.dirname(f), base)) + [stem]
+        out.append((levels, CaseSource(_case_id(stem), fmt, _url(fs, f, src),
+                                       tuple(_url(fs, m, src) for m in sorted(members)))))
+    ignored = [f for f in ignored if f not in claimed]
+    if ignored:
+        names = ", ".join(posixpath.basename(f) for f in ignored[:3]) + (" ..." if len(ignored) > 3 else "")
+        found.notes.append(f"{src}: ignored {len(ignored)} file(s) that are neither images nor DICOM ({names})")
+    out += _dicom_series(src, fs, base, dicom_files, found)
+    return out
+
+
+def _has_dicom_magic(fs, path: str) -> bool:
+    try:
+        with fs.open(path, "rb") as f:
+            head = f.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:] == b"DICM"
+
+
+def _mhd_data(fs, path: str) -> str | None:
+    """The data file a ``.mhd`` header names, when it exists (the reader reports a missing one)."""
+    from tcpc_data.readers import mhd_data_file, read_mhd_header
+
+    try:
+        with fs.open(path, "rb") as f:
+            header = read_mhd_header(path, f.read(64 * 1024).decode("latin-1"))
+        name = mhd_data_file(path, header)
+    except (ValueError, OSError):
+        return None  # the reader raises the same error when the case runs
+    if name is None:
+        return None
+    data = posixpath.join(posixpath.dirname(path), name)
+    return data if fs.exists(data) else None
+
+
+def _levels(rel_dir: str) -> list[str]:
+    """Folder levels of a relative path, without '.' and UID-named levels."""
+    return [p for p in rel_dir.split("/") if p not in ("", ".") and not _UID_NAME.fullmatch(p)]
+
+
+def _dicom_series(src: str, fs, base: str, files: list[tuple[str, bool]], found: Discovery):
+    import pydicom
+
+    series: dict[str, list[str]] = defaultdict(list)
+    meta: dict[str, dict] = {}
+    skipped: dict[tuple[str, str], int] = defaultdict(int)
+    for f, magic in files:
+        try:
+            with fs.open(f, "rb") as fh:
+                ds = pydicom.dcmread(fh, stop_before_pixels=True, specific_tags=_HEADER_TAGS, force=not magic)
+            if not any(ds.get(t) for t in ("SeriesInstanceUID", "Modality", "SOPClassUID")):
+                raise ValueError("no DICOM image header (no SeriesInstanceUID, Modality or SOPClassUID)")
+        except Exception as exc:  # noqa: BLE001 - any parse error of a user's file is that file's failure
+            rel = posixpath.relpath(f, base)
+            found.failures.append({"case": _case_id(rel), "source": _url(fs, f, src),
+                                   "error": f"unreadable DICOM file {_url(fs, f, src)}: {exc}"})
+            continue
+        modality = str(ds.get("Modality", "") or "")
+        sop = str(ds.get("SOPClassUID", "") or "")
+        folder = posixpath.relpath(posixpath.dirname(f), base)
+        if modality in _NON_IMAGE_MODALITIES or sop.startswith(_NON_IMAGE_SOP_PREFIXES):
+            skipped[(folder, f"non-image object ({modality or sop})")] += 1
+            continue
+        if modality != "CT":
+            skipped[(folder, f"modality {modality or 'unknown'} is not CT")] += 1
+            continue
+        if "LOCALIZER" in [str(t).upper() for t in (ds.get("ImageType") or [])]:
+            skipped[(folder, "localizer image")] += 1
+            continue
+        uid = str(ds.get("SeriesInstanceUID", "") or "")
+        # Anonymisers sometimes blank the UID: then a folder and series number make the series
+        key = uid or f"{posixpath.dirname(f)}#{ds.get('SeriesNumber', '')}"
+        series[key].append(f)
+        meta.setdefault(key, {"patient_id": str(ds.get("PatientID", "") or ""), "series_uid": uid,
+                              "modality": modality})
+    for (folder, why), n in sorted(skipped.items()):
+        found.notes.append(f"{src}: skipped {n} DICOM file(s) in {folder}: {why}")
+    for key in sorted(k for k in series if not meta[k]["series_uid"]):
+        found.notes.append(f"{src}: {len(series[key])} DICOM file(s) in "
+                           f"{posixpath.relpath(posixpath.dirname(series[key][0]), base)} have no "
+                           f"SeriesInstanceUID; grouped by folder and SeriesNumber")
+
+    out = []
+    by_levels: dict[tuple[str, ...], list[str]] = defaultdict(list)
+    levels_of = {}
+    for uid, members in series.items():
+        folder = posixpath.commonpath([posixpath.dirname(m) for m in members])
+        levels = _levels(posixpath.relpath(folder, base))
+        if not levels:  # the series sits in UID-named folders: name it after the nearest other one
+            up = folder
+            while up not in ("", "/") and _UID_NAME.fullmatch(posixpath.basename(up)):
+                up = posixpath.dirname(up)
+            levels = [posixpath.basename(up) or posixpath.basename(folder) or "series"]
+        levels_of[uid] = (levels, folder)
+        by_levels[tuple(levels)].append(uid)
+    for uid, (levels, folder) in sorted(levels_of.items()):
+        if len(by_levels[tuple(levels)]) > 1:  # several series in one folder: tell them apart
+            tail = re.sub(r"\W", "", uid)[-8:]
+            levels = levels[:-1] + [f"{levels[-1]}_{tail}"]
+        info = tuple(sorted(meta[uid].items()))
+        out.append((levels, CaseSource(_case_id(levels[-1]), "dicom", _url(fs, folder, src),
+                                       tuple(_url(fs, m, src) for m in sorted(series[uid])), info)))
+    return out
+
+
+def _assign_ids(candidates: list[tuple[list[str], CaseSource]]) -> list[CaseSource]:
+    """Make ids unique: last level; on collision all levels; then a hash of the source."""
+    def ids(name_of):
+        return [name_of(levels, c) for levels, c in candidates]
+
+    names = ids(lambda levels, c: _case_id(levels[-1]))
+    full = ids(lambda levels, c: _case_id("_".join(levels)))
+    counts = defaultdict(int)
+    for n in names:
+        counts[n] += 1
+    names = [f if counts[n] > 1 else n for n, f in zip(names, full)]
+    counts = defaultdict(int)
+    for n in names:
+        counts[n] += 1
+    out = []
+    for n, (levels, c) in zip(names, candidates):
+        if counts[n] > 1:
+            n = f"{n}-{hashlib.sha1(c.source.encode()).hexdigest()[:6]}"
+        out.append(dataclasses.replace(c, case=n))
+    return sorted(out, key=lambda c: c.case)

@@ -1,0 +1,233 @@
+"""The ingest stage: CT sources -> normalised volumes in ``volumes.zarr/<case>/image``.
+
+Per case: hash the source files with the config (the digest), skip the case
+when the store already holds that digest, else read it (DICOM series or
+volume file), refuse NaN/Inf, apply the HU window, resample when the series is
+irregular or a spacing is asked for, normalise min/max to [-1, 1], and commit
+it atomically with its geometry and the mapping back to HU. Cases run in
+parallel through :func:`tcpc_data.runner.run_cases`; a bad case becomes one
+failure record and never stops the run.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import posixpath
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from tcpc_data.digest import digest, files_digest
+from tcpc_data.discover import CaseSource, discover
+from tcpc_data.normalise import apply_clip, check_clip, normalise
+from tcpc_data.resample import to_grid
+from tcpc_data.runner import DONE, SKIPPED, RunReport, Task, run_cases
+from tcpc_data.store import array_digest, commit_arrays, is_local, open_store
+from tcpc_data.volume import Volume, check_finite
+
+_DTYPES = ("float32", "float16")
+_IRREGULAR = ("resample", "refuse")
+
+
+def _positive3(value, name: str) -> tuple[float, float, float] | None:
+    if value is None:
+        return None
+    if isinstance(value, (int, float)):
+        value = (value,) * 3
+    vals = tuple(float(v) for v in value)
+    if len(vals) == 1:
+        vals = vals * 3
+    if len(vals) != 3 or not all(np.isfinite(v) and v > 0 for v in vals):
+        raise ValueError(f"{name} must be one or three positive numbers (z, y, x) in mm, got {value}")
+    return vals
+
+
+@dataclasses.dataclass(frozen=True)
+class IngestConfig:
+    """How cases are read and normalised (saved in each image's ``config`` attribute).
+
+    Attributes
+    ----------
+    clip
+        HU window ``(lo, hi)`` applied before min/max normalisation, or None.
+        LIDC pads outside the scan field with -2048/-3024 HU, so (-1024, 3071)
+        keeps padding from dominating the range.
+    spacing_zyx
+        Resample to this voxel size in mm (one number = isotropic); None keeps
+        the native grid.
+    npy_spacing_zyx
+        Voxel size of NumPy inputs, which carry none; None refuses them.
+    dtype
+        Stored dtype, ``float32`` or ``float16``.
+    irregular
+        Tilted or unevenly spaced DICOM series: ``resample`` onto a regular grid
+        or ``refuse``.
+    max_voxels
+        Size guard: refuse any volume (before or after resampling) above it.
+    """
+
+    clip: tuple[float, float] | None = None
+    spacing_zyx: tuple[float, float, float] | None = None
+    npy_spacing_zyx: tuple[float, float, float] | None = None
+    dtype: str = "float32"
+    irregular: str = "resample"
+    max_voxels: int = 1 << 30
+
+    def __post_init__(self):
+        object.__setattr__(self, "clip", check_clip(self.clip))
+        object.__setattr__(self, "spacing_zyx", _positive3(self.spacing_zyx, "spacing"))
+        object.__setattr__(self, "npy_spacing_zyx", _positive3(self.npy_spacing_zyx, "npy spacing"))
+        if self.dtype not in _DTYPES:
+            raise ValueError(f"dtype must be one of {_DTYPES}, got {self.dtype!r}")
+        if self.irregular not in _IRREGULAR:
+            raise ValueError(f"irregular must be one of {_IRREGULAR}, got {self.irregular!r}")
+        if int(self.max_voxels) < 8:
+            raise ValueError(f"max_voxels must be at least 8, got {self.max_voxels}")
+        object.__setattr__(self, "max_voxels", int(self.max_voxels))
+
+    def digest_fields(self, fmt: str) -> dict:
+        """The fields that shape a case of format ``fmt`` (the size guard does not)."""
+        d = dataclasses.asdict(self)
+        d.pop("max_voxels")
+        if fmt != "numpy":
+            d.pop("npy_spacing_zyx")
+        return d
+
+
+@dataclasses.dataclass(frozen=True)
+class _Job:
+    """Payload of one task: a case to ingest, or a discovery failure to report."""
+
+    case: CaseSource | None
+    out: str
+    config: IngestConfig
+    error: str | None = None
+
+
+def ingest(sources, out, config: IngestConfig = IngestConfig(), *, workers: int | None = None,
+           scheduler: str | None = None, progress: bool = False,
+           failures_path: str | os.PathLike | None = None) -> RunReport:
+    """Ingest CT sources into the volume store ``out``.
+
+    Parameters
+    ----------
+    sources
+        Folder, file or fsspec URL, or a list of them.
+    out
+        Volume store path or URL (``volumes.zarr``).
+    config
+        :class:`IngestConfig`.
+    workers, scheduler, progress
+        Parallelism and display, as in :func:`tcpc_data.runner.run_cases`.
+    failures_path
+        JSON-lines failures report; a stale one from an earlier run is removed.
+
+    Returns
+    -------
+    RunReport
+        Cases done, skipped (digest matched) and failed; ``notes`` holds
+        skipped files/series and geometry corrections; ``results[case]`` has
+        ``shape`` and ``source_bytes``.
+    """
+    if not isinstance(config, IngestConfig):
+        raise TypeError(f"config must be an IngestConfig, got {type(config).__name__}")
+    found = discover(sources)
+    out = str(out)
+    tasks = [Task(c.case, c.source, _Job(c, out, config)) for c in found.cases]
+    tasks += [Task(f["case"], f["source"], _Job(None, out, config, f["error"])) for f in found.failures]
+    if failures_path is not None and Path(failures_path).exists():
+        Path(failures_path).unlink()
+    report = run_cases("ingest", tasks, _ingest_case, workers=workers, scheduler=scheduler,
+                       failures_path=failures_path, progress=progress)
+    report.notes = list(found.notes) + [f"{case}: {note}" for case, r in sorted(report.results.items())
+                                        for note in r.get("notes", ())]
+    return report
+
+
+def _ingest_case(job: _Job) -> tuple[str, dict]:
+    """Ingest one case (runs on a worker)."""
+    if job.error is not None:
+        raise ValueError(job.error)
+    cs, config = job.case, job.config
+    with _local_copies(cs.files) as paths:
+        d = digest(files_digest(paths), config.digest_fields(cs.format))
+        n_bytes = sum(os.path.getsize(p) for p in paths)
+        if _stored_digest(job.out, cs.case) == d:
+            return SKIPPED, {"source_bytes": n_bytes}
+        volume = _read(cs, paths, config)
+    check_finite(volume.hu, cs.case)
+    volume = dataclasses.replace(volume, hu=apply_clip(volume.hu, config.clip))
+    source_spacing, notes = volume.spacing_zyx, list(volume.notes)
+    if not volume.regular or config.spacing_zyx is not None:
+        volume = to_grid(volume, config.spacing_zyx, max_voxels=config.max_voxels, what=cs.case)
+        if notes:
+            notes.append("resampled onto a regular grid of " + " x ".join(f"{s:.3f}" for s in volume.spacing_zyx)
+                         + " mm (z, y, x)")
+    values, (lo, hi) = normalise(volume.hu, cs.case)
+    attrs = {
+        "spacing_zyx": list(volume.spacing_zyx),
+        "origin_zyx": list(volume.origin_zyx),
+        "direction": (np.asarray(volume.direction, float) + 0.0).tolist(),  # no -0.0
+        "source_spacing_zyx": list(source_spacing),
+        "source": cs.source,
+        "clip": list(config.clip) if config.clip else None,
+        "intensity_range": [lo, hi],
+        "config": dataclasses.asdict(config),
+        "digest": d,
+    }
+    case_attrs = {"source": cs.source, "format": cs.format, **dict(cs.info)}
+    if notes:
+        case_attrs["notes"] = notes
+    commit_arrays(job.out, cs.case, {"image": values.astype(config.dtype, copy=False)},
+                  {"image": attrs}, case_attrs)
+    return DONE, {"shape": list(values.shape), "source_bytes": n_bytes, "notes": notes}
+
+
+def _read(cs: CaseSource, paths: list[str], config: IngestConfig) -> Volume:
+    from tcpc_data import dicom, readers
+
+    kw = {"max_voxels": config.max_voxels, "what": cs.case}
+    if cs.format == "dicom":
+        return dicom.read_series(paths, irregular=config.irregular, **kw)
+    main = paths[0] if cs.format != "metaimage" else next(p for p in paths if p.lower().endswith((".mhd", ".mha")))
+    if cs.format == "nifti":
+        return readers.read_nifti(main, **kw)
+    if cs.format == "metaimage":
+        return readers.read_metaimage(main, **kw)
+    if cs.format == "nrrd":
+        return readers.read_nrrd(main, **kw)
+    return readers.read_numpy(main, spacing_zyx=config.npy_spacing_zyx, **kw)
+
+
+def _stored_digest(out: str, case: str) -> str | None:
+    try:
+        return array_digest(open_store(out, mode="r")[case], "image")
+    except (FileNotFoundError, KeyError):
+        return None
+
+
+@contextlib.contextmanager
+def _local_copies(files: tuple[str, ...]):
+    """Local paths of the case's files; remote files are copied into a temporary folder first.
+
+    The copies keep their paths relative to the case's common folder (a MetaImage
+    header finds its data file by name).
+    """
+    if all(is_local(f) for f in files):
+        yield [f[len("file://"):] if f.startswith("file://") else f for f in files]
+        return
+    import fsspec
+
+    fs, _ = fsspec.core.url_to_fs(files[0])
+    stripped = [fs._strip_protocol(f) for f in files]
+    common = posixpath.commonpath([posixpath.dirname(p) for p in stripped])
+    with tempfile.TemporaryDirectory(prefix="tcpc-ingest-") as tmp:
+        local = []
+        for p in stripped:
+            dst = Path(tmp) / posixpath.relpath(p, common)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            fs.get_file(p, str(dst))
+            local.append(str(dst))
+        yield local

@@ -1,0 +1,69 @@
+"""Intensity normalisation: optional HU window, then min/max onto [-1, 1] (the TCPC paper's choice).
+
+The mapping is recorded as ``intensity_range = [lo, hi]`` (the values that map
+to -1 and 1), so a stored value ``v`` maps back to HU as
+``lo + (v + 1) / 2 * (hi - lo)`` (:func:`to_hu`).
+"""
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+
+def check_clip(clip) -> tuple[float, float] | None:
+    """Validate an HU window ``(lo, hi)`` with lo < hi; None means no window."""
+    if clip is None:
+        return None
+    c = tuple(float(v) for v in clip)
+    if len(c) != 2 or not all(np.isfinite(c)) or c[0] >= c[1]:
+        raise ValueError(f"clip must be two finite HU values lo < hi, got {clip}")
+    return c
+
+
+def apply_clip(hu: np.ndarray, clip: tuple[float, float] | None) -> np.ndarray:
+    """Clip HU (float32) to the window, in place when possible; a no-op without a window."""
+    if clip is None:
+        return hu
+    return np.clip(hu, clip[0], clip[1], out=hu)
+
+
+def normalise(hu: np.ndarray, what: str = "volume") -> tuple[np.ndarray, tuple[float, float]]:
+    """Map ``hu`` linearly so its minimum becomes -1 and its maximum 1.
+
+    Parameters
+    ----------
+    hu
+        (Z, Y, X) float32, finite (already windowed if a window is wanted).
+    what
+        Case name for error messages.
+
+    Returns
+    -------
+    values
+        (Z, Y, X) float32 in [-1, 1].
+    intensity_range
+        ``(lo, hi)``: the HU that map to -1 and 1.
+    """
+    lo, hi = float(hu.min()), float(hu.max())
+    if not hi > lo:
+        raise ValueError(f"{what}: the image is constant ({lo} HU) after windowing; "
+                         f"min/max normalisation is undefined")
+    out = np.empty(hu.shape, dtype=np.float32)
+    _normalise_kernel(np.ascontiguousarray(hu, dtype=np.float32), lo, 2.0 / (hi - lo), out)
+    return out, (lo, hi)
+
+
+@numba.njit(cache=True, parallel=True)
+def _normalise_kernel(hu, lo, scale, out):  # pragma: no cover - compiled
+    # float64 per voxel, so the minimum and maximum land exactly on -1 and 1
+    for z in numba.prange(hu.shape[0]):
+        for y in range(hu.shape[1]):
+            for x in range(hu.shape[2]):
+                v = (np.float64(hu[z, y, x]) - lo) * scale - 1.0
+                out[z, y, x] = min(max(v, -1.0), 1.0)
+
+
+def to_hu(values: np.ndarray, intensity_range) -> np.ndarray:
+    """Inverse of :func:`normalise`: stored values in [-1, 1] back to HU (float64)."""
+    lo, hi = (float(v) for v in intensity_range)
+    return lo + (np.asarray(values, dtype=np.float64) + 1.0) / 2.0 * (hi - lo)

@@ -1,0 +1,256 @@
+"""WebDataset shard I/O: deterministic tar members, per-case parts, shard assembly and the manifest.
+
+Every shard set (pretraining or labelled) is written the same way:
+
+1. each case's samples go, in parallel over cases, into one *part* tar in
+   ``<out>/.parts/`` whose name carries the digest of its inputs and config
+   (written to a temporary name, then renamed: a part that exists is whole,
+   so a killed run resumes by skipping the parts already there);
+2. the parts are concatenated in sorted case order into ``<name>-%06d.tar``
+   shards of ``shard_size`` samples, each written to a temporary name and
+   renamed;
+3. ``manifest.json`` (format version, config, digest, per-shard sample counts,
+   totals, member schema) is written last: a shard directory without one is
+   incomplete.
+
+Tar members have fixed mtime, owner and mode, and sample order does not
+depend on the worker count, so a rerun with the same inputs, config and seed
+produces the same bytes. Members are ``.npy`` (saved without pickle),
+``.json`` and ``.cls`` (decimal text), never pickles.
+"""
+from __future__ import annotations
+
+import functools
+import io
+import json
+import os
+import shutil
+import tarfile
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+
+from .digest import digest as _digest
+from .digest import to_json
+from .runner import DONE, SKIPPED, RunReport, Task, run_cases
+
+FORMAT = "tcpc-webdataset"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+PARTS = ".parts"
+
+Sample = tuple[str, dict[str, bytes]]  # (key without dots, {extension: bytes})
+
+
+def encode_npy(arr: np.ndarray) -> bytes:
+    """``.npy`` bytes of ``arr`` (C order, never pickled)."""
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(arr), allow_pickle=False)
+    return buf.getvalue()
+
+
+def encode_json(obj: Any) -> bytes:
+    """Canonical JSON bytes (sorted keys) of a record."""
+    return to_json(obj).encode()
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = len(data), 0, 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _atomic_tar(path: Path, samples: Iterable[Sample]) -> int:
+    """Write ``samples`` to the tar ``path`` via a temporary name; returns the sample count."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    n = 0
+    try:
+        with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
+            for key, members in samples:
+                if "." in key or "/" in key:
+                    raise ValueError(f"sample key {key!r} must not contain '.' or '/'")
+                for ext in sorted(members):
+                    _add(tar, f"{key}.{ext}", members[ext])
+                n += 1
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return n
+
+
+def read_samples(path: str | os.PathLike) -> Iterator[Sample]:
+    """Samples of one tar in stored order: (key, {extension: bytes})."""
+    with tarfile.open(path, "r") as tar:
+        key, members = None, {}
+        for info in tar:
+            if not info.isfile():
+                continue
+            k, ext = Path(info.name).name.split(".", 1)
+            if k != key and key is not None:
+                yield key, members
+                members = {}
+            key = k
+            members[ext] = tar.extractfile(info).read()
+        if key is not None:
+            yield key, members
+
+
+def _write_part(make_samples: Callable[[Any], Iterable[Sample]], payload: Any, part: str) -> tuple[str, Any]:
+    """Runner task: write one case's part tar unless it is already there."""
+    p = Path(part)
+    if p.exists():
+        return SKIPPED, sum(1 for _ in read_samples(p))
+    return DONE, _atomic_tar(p, make_samples(payload))
+
+
+def read_manifest(out_dir: str | os.PathLike) -> dict | None:
+    """The manifest of a shard directory, or None when it has none (never written or incomplete)."""
+    p = Path(out_dir) / MANIFEST
+    if not p.exists():
+        return None
+    m = json.loads(p.read_text())
+    if m.get("format") != FORMAT:
+        raise ValueError(f"{p} is not a tcpc shard manifest (format {m.get('format')!r})")
+    return m
+
+
+def is_current(out_dir: str | os.PathLike, run_digest: str) -> dict | None:
+    """The manifest when ``out_dir`` already holds a complete, failure-free set of this digest."""
+    m = read_manifest(out_dir)
+    if m is None or m["digest"] != run_digest or m["failed_cases"]:
+        return None
+    if all((Path(out_dir) / s["name"]).exists() for s in m["shards"]):
+        return m
+    return None
+
+
+class ShardWriter:
+    """Stream samples into ``<name>-%06d.tar`` shards of ``shard_size`` samples, each renamed into place."""
+
+    def __init__(self, out_dir: Path, name: str, shard_size: int):
+        self.out_dir, self.name, self.shard_size = out_dir, name, shard_size
+        self.shards: list[dict] = []
+
+    def write(self, samples: Iterable[Sample]) -> list[dict]:
+        """Write all ``samples``; returns [{"name", "samples"}] per shard."""
+        it = iter(samples)
+        while True:
+            first = next(it, None)
+            if first is None:
+                break
+            name = f"{self.name}-{len(self.shards):06d}.tar"
+            n = _atomic_tar(self.out_dir / name, _take(first, it, self.shard_size))
+            self.shards.append({"name": name, "samples": n})
+        self._remove_stale()
+        return self.shards
+
+    def _remove_stale(self) -> None:
+        keep = {s["name"] for s in self.shards}
+        for p in self.out_dir.glob(f"{self.name}-*.tar"):
+            if p.name not in keep:
+                p.unlink()
+
+
+def _take(first: Sample, it: Iterator[Sample], n: int) -> Iterator[Sample]:
+    yield first
+    for _ in range(n - 1):
+        s = next(it, None)
+        if s is None:
+            return
+        yield s
+
+
+def write_manifest(out_dir: Path, manifest: dict) -> None:
+    """Write ``manifest.json`` atomically (pretty, sorted keys: same bytes for the same content)."""
+    tmp = out_dir / f".{MANIFEST}.{uuid.uuid4().hex}.tmp"
+    tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, out_dir / MANIFEST)
+
+
+def build_shard_set(stage: str, out_dir: str | os.PathLike, *, name: str, shard_size: int,
+                    config: Any, inputs: dict[str, str], payloads: dict[str, Any],
+                    make_samples: Callable[[Any], Iterable[Sample]], members: dict,
+                    extra: dict | None = None, workers: int | None = None,
+                    scheduler: str | None = None, progress: bool = False,
+                    failures_path: str | os.PathLike | None = None) -> tuple[RunReport, dict]:
+    """Write one shard set from per-case sample generators (steps 1-3 of the module docstring).
+
+    Parameters
+    ----------
+    stage
+        Name for progress and the report.
+    out_dir
+        Shard directory (created).
+    name, shard_size
+        Shard file prefix and samples per shard.
+    config
+        The stage config (frozen dataclass), recorded in the manifest.
+    inputs
+        Case id -> digest of that case's inputs *and* the sample config (not
+        the shard size): names its part, so a changed case is redone.
+    payloads
+        Case id -> what ``make_samples`` needs (picklable).
+    make_samples
+        Module-level function ``payload -> iterable of samples`` for one case.
+    members
+        Member schema for the manifest: extension -> {"shape", "dtype", ...}.
+    extra
+        More manifest fields (e.g. how intensities were mapped).
+
+    Returns
+    -------
+    report, manifest
+        Per-case outcomes (all ``skipped`` when the directory was already
+        current) and the manifest written.
+    """
+    if shard_size < 1:
+        raise ValueError(f"shard size must be >= 1 sample, got {shard_size}")
+    if not name or not all(ch.isalnum() or ch in "_-" for ch in name):
+        raise ValueError(f"shard name {name!r} must be non-empty and use only [A-Za-z0-9_-]")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    run_digest = _digest(FORMAT_VERSION, config, inputs, name, shard_size)
+    current = is_current(out, run_digest)
+    if current is not None:
+        return RunReport(stage=stage, skipped=sorted(inputs)), current
+
+    parts_dir = out / PARTS
+    parts_dir.mkdir(exist_ok=True)
+    parts = {c: parts_dir / f"{c}-{inputs[c][:16]}.tar" for c in sorted(inputs)}
+    for p in parts_dir.glob("*.tar"):  # parts of older inputs or configs
+        if p not in parts.values():
+            p.unlink()
+    tasks = [Task(c, c, payloads[c]) for c in sorted(inputs)]
+    fn = functools.partial(_call_part, make_samples)
+    report = run_cases(stage, [Task(t.case, t.source, (t.payload, str(parts[t.case]))) for t in tasks],
+                       fn, workers=workers, scheduler=scheduler, progress=progress,
+                       failures_path=failures_path)
+    failed = sorted(f["case"] for f in report.failures)
+    good = [c for c in sorted(inputs) if c not in failed]
+    # The manifest marks a complete set: drop it before shards are replaced, so a kill
+    # mid-assembly leaves no manifest vouching for mixed shards.
+    (out / MANIFEST).unlink(missing_ok=True)
+    shards = ShardWriter(out, name, shard_size).write(
+        s for c in good for s in read_samples(parts[c]))
+    manifest = {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "stage": stage, "name": name,
+        "config": json.loads(to_json(config)), "digest": run_digest, "shard_size": shard_size,
+        "members": members, "shards": shards, "cases": {c: int(report.results[c]) for c in good},
+        "failed_cases": failed,
+        "totals": {"samples": sum(s["samples"] for s in shards), "shards": len(shards),
+                   "cases": len(good)},
+        **(extra or {}),
+    }
+    write_manifest(out, manifest)
+    if not failed:  # keep parts only where a rerun can still use them
+        shutil.rmtree(parts_dir, ignore_errors=True)
+    return report, manifest
+
+
+def _call_part(make_samples, payload_and_part):
+    payload, part = payload_and_part
+    return _write_part(make_samples, payload, part)

@@ -1,0 +1,101 @@
+"""A CT volume in memory and its patient-space geometry (origin, spacing, direction).
+
+Every reader returns a :class:`Volume`: HU values on axes (z, y, x) plus the
+geometry that maps a voxel index to patient coordinates in mm. World
+coordinates are LPS (DICOM's patient frame: x to the patient's left, y
+posterior, z superior) in z/y/x order, whatever the file format; NIfTI's RAS
+and NRRD's declared space are converted.
+
+``direction`` is a 3x3 matrix whose row ``i`` is the unit vector of image axis
+``i`` (z, y, x) in world (z, y, x) components, so that::
+
+    world_zyx = origin_zyx + (index_zyx * spacing_zyx) @ direction
+
+A slice stack whose slices are not evenly spaced along their normal, or are
+sheared in-plane (gantry tilt), carries ``slice_offsets``: per slice, its
+position relative to slice 0 in mm along (normal, column, row) directions.
+Such a volume must be resampled (:mod:`tcpc_data.resample`) before storing.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class Volume:
+    """HU voxels (Z, Y, X) float32 and their geometry.
+
+    Attributes
+    ----------
+    hu
+        (Z, Y, X) float32, Hounsfield units.
+    spacing_zyx
+        Voxel size in mm; for an irregular stack, the median slice gap along z.
+    origin_zyx
+        LPS position in mm of voxel (0, 0, 0).
+    direction
+        (3, 3) unit row vectors of the image axes z, y, x in world z/y/x components.
+    slice_offsets
+        None for a regular grid; else (Z, 3) offsets in mm of each slice's first
+        voxel from voxel (0, 0, 0), along the image axes (z, y, x).
+    notes
+        Human-readable remarks about the geometry (tilt, uneven gaps).
+    """
+
+    hu: np.ndarray
+    spacing_zyx: tuple[float, float, float]
+    origin_zyx: tuple[float, float, float]
+    direction: np.ndarray
+    slice_offsets: np.ndarray | None = None
+    notes: tuple[str, ...] = ()
+
+    @property
+    def regular(self) -> bool:
+        return self.slice_offsets is None
+
+
+def index_to_world(index_zyx, origin_zyx, spacing_zyx, direction) -> np.ndarray:
+    """Map voxel indices (..., 3) (fractional allowed) to LPS world coordinates (..., 3), z/y/x, mm."""
+    idx = np.asarray(index_zyx, dtype=np.float64)
+    return np.asarray(origin_zyx, float) + (idx * np.asarray(spacing_zyx, float)) @ np.asarray(direction, float)
+
+
+def world_to_index(world_zyx, origin_zyx, spacing_zyx, direction) -> np.ndarray:
+    """Inverse of :func:`index_to_world`: LPS z/y/x mm (..., 3) -> fractional voxel indices (..., 3)."""
+    w = np.asarray(world_zyx, dtype=np.float64) - np.asarray(origin_zyx, float)
+    # direction rows are orthonormal, so its inverse is its transpose
+    return (w @ np.asarray(direction, float).T) / np.asarray(spacing_zyx, float)
+
+
+def orthonormal_direction(direction, what: str) -> np.ndarray:
+    """Validate a 3x3 direction matrix (rows unit length and mutually orthogonal)."""
+    d = np.asarray(direction, dtype=np.float64)
+    if d.shape != (3, 3) or not np.all(np.isfinite(d)):
+        raise ValueError(f"{what}: direction must be a finite 3x3 matrix, got {d.tolist()}")
+    if not np.allclose(d @ d.T, np.eye(3), atol=1e-3):
+        raise ValueError(f"{what}: image axes are not orthonormal (direction {np.round(d, 4).tolist()})")
+    return d
+
+
+def check_size(shape, max_voxels: int, what: str) -> None:
+    """Refuse volumes with fewer than 2 voxels along an axis or more than ``max_voxels`` in all."""
+    shape = tuple(int(s) for s in shape)
+    if len(shape) != 3:
+        raise ValueError(f"{what}: expected a 3-D volume, got shape {shape}")
+    if min(shape) < 2:
+        raise ValueError(f"{what}: shape {shape} has an axis of fewer than 2 voxels (a single slice is not a volume)")
+    n = int(np.prod(shape, dtype=np.int64))
+    if n > max_voxels:
+        raise ValueError(f"{what}: shape {shape} has {n:,} voxels, over the limit of {max_voxels:,} "
+                         f"(raise max_voxels if this is intended)")
+
+
+def check_finite(hu: np.ndarray, what: str) -> None:
+    """Refuse volumes with NaN or infinite voxels, naming how many."""
+    bad = ~np.isfinite(hu)
+    if bad.any():
+        n = int(bad.sum())
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(f"{what}: {n} voxels are NaN or infinite (first at z, y, x = {first})")

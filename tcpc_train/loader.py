@@ -1,0 +1,313 @@
+"""Streaming shard loader: manifest checks, sample decoding, path-consistent augmentation, batching.
+
+Shards are WebDataset tars listed in ``manifest.json`` (DESIGN.md). The data
+order is a pure function of (seed, epoch, rank, worker): every epoch shuffles
+the shard list with ``seed + epoch``, splits it over ranks and workers (or,
+when there are fewer shards than streams, strides the samples), passes the
+samples through a seeded shuffle buffer, and batches them. Augmentation draws
+from a generator seeded by (seed, epoch, sample key), so skipping the first
+batches on resume reproduces the uninterrupted order exactly, without decoding
+what it skips. With several workers the DataLoader returns batches round-robin
+(batch k from worker k mod W); pretraining streams never end, so that rule is
+exact: a resume at step s lets worker w play the stream of worker (s + w) mod W from its
+((s + w) div W)-th batch on.
+
+Members are decoded with ``np.load(..., allow_pickle=False)``; nothing is unpickled.
+"""
+from __future__ import annotations
+
+import dataclasses
+import io
+import itertools
+import json
+import zlib
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+import webdataset as wds
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from tcpc_data.digest import digest
+
+MANIFEST = "manifest.json"
+SPLITS = ("train", "val", "test")
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardSet:
+    """The shards of one directory as its manifest lists them."""
+
+    root: str
+    urls: tuple[str, ...]
+    counts: tuple[int, ...]
+    total: int
+    digest: str
+    config: dict
+
+
+def _manifest_entries(shards: Any, mpath: Path) -> list[tuple[str, int]]:
+    """[(file name, sample count)] from a list of {name, samples|count} or a {name: count} mapping."""
+    if isinstance(shards, dict):
+        items = list(shards.items())
+    elif isinstance(shards, list) and all(isinstance(s, dict) and "name" in s for s in shards):
+        items = [(s["name"], s.get("samples", s.get("count"))) for s in shards]
+    else:
+        raise ValueError(f"{mpath}: 'shards' must list {{'name', 'samples'}} objects or map names to "
+                         f"sample counts, got {type(shards).__name__}")
+    for name, n in items:
+        if not isinstance(n, int) or n < 0:
+            raise ValueError(f"{mpath}: shard {name!r} has no valid sample count (got {n!r})")
+    return [(str(name), n) for name, n in items]
+
+
+def open_shards(root: str | Path) -> ShardSet:
+    """Read and check ``root/manifest.json``: every listed shard exists and there are samples.
+
+    Raises
+    ------
+    FileNotFoundError
+        The directory, its manifest or a listed shard is missing.
+    ValueError
+        The manifest is not JSON, lacks ``shards``, or lists no samples.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"shard directory {root} does not exist")
+    mpath = root / MANIFEST
+    if not mpath.is_file():
+        raise FileNotFoundError(f"{mpath} not found: {root} is not a shard directory "
+                                f"(write shards first; labelled sets need {root}/train, /val, /test)")
+    try:
+        manifest = json.loads(mpath.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{mpath}: not valid JSON ({exc})") from None
+    if not isinstance(manifest, dict) or "shards" not in manifest:
+        raise ValueError(f"{mpath}: no 'shards' entry")
+    entries = [(n, c) for n, c in _manifest_entries(manifest["shards"], mpath) if c > 0]
+    total = sum(c for _, c in entries)
+    if total == 0:
+        raise ValueError(f"{mpath}: lists no samples (empty manifest)")
+    for name, _ in entries:
+        if not (root / name).is_file():
+            raise FileNotFoundError(f"{mpath} lists shard {name} but {root / name} is missing")
+    return ShardSet(root=str(root), urls=tuple(str(root / n) for n, _ in entries),
+                    counts=tuple(c for _, c in entries), total=total,
+                    digest=str(manifest.get("digest") or digest(manifest)),
+                    config=manifest.get("config") or {})
+
+
+def _npy(raw: dict, member: str, layout: str) -> np.ndarray:
+    where = f"{raw.get('__url__', '?')}: sample {raw.get('__key__', '?')}"
+    if member not in raw:
+        found = sorted(k for k in raw if not k.startswith("__"))
+        raise ValueError(f"{where} has no {member!r} member (has {found}); expected the {layout} layout")
+    try:
+        return np.load(io.BytesIO(raw[member]), allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise ValueError(f"{where}: {member} is not a plain .npy array ({exc})") from None
+
+
+def decode_path_sample(raw: dict) -> dict:
+    """Pretraining sample -> {key, cubes (P+1, c, c, c) float32, path (P+1, 3) int64}."""
+    layout = "pretraining (cubes.npy, path.npy, json)"
+    cubes, path = _npy(raw, "cubes.npy", layout), _npy(raw, "path.npy", layout)
+    where = f"{raw.get('__url__', '?')}: sample {raw.get('__key__', '?')}"
+    if cubes.ndim != 4 or len(set(cubes.shape[1:])) != 1 or cubes.shape[0] < 2:
+        raise ValueError(f"{where}: cubes.npy must be (P+1, c, c, c) with P >= 1, got {cubes.shape}")
+    if path.shape != (cubes.shape[0], 3):
+        raise ValueError(f"{where}: path.npy must be ({cubes.shape[0]}, 3) to match cubes.npy, got {path.shape}")
+    return {"key": raw["__key__"], "cubes": cubes.astype(np.float32), "path": path.astype(np.int64)}
+
+
+def decode_labelled_sample(raw: dict) -> dict:
+    """Fine-tuning sample -> {key, volume (S, S, S) float32, label int}."""
+    layout = "labelled (volume.npy, cls, json)"
+    volume = _npy(raw, "volume.npy", layout)
+    where = f"{raw.get('__url__', '?')}: sample {raw.get('__key__', '?')}"
+    if volume.ndim != 3:
+        raise ValueError(f"{where}: volume.npy must be (S, S, S), got {volume.shape}")
+    return {"key": raw["__key__"], "volume": volume.astype(np.float32), "label": read_label(raw)}
+
+
+def read_label(raw: dict) -> int:
+    """The integer class of a labelled sample's ``cls`` member."""
+    where = f"{raw.get('__url__', '?')}: sample {raw.get('__key__', '?')}"
+    if "cls" not in raw:
+        raise ValueError(f"{where} has no 'cls' member; expected the labelled layout (volume.npy, cls, json)")
+    try:
+        label = int(raw["cls"].decode().strip())
+    except (UnicodeDecodeError, ValueError):
+        raise ValueError(f"{where}: cls must be an integer as text, got {raw['cls'][:20]!r}") from None
+    if label < 0:
+        raise ValueError(f"{where}: cls must be >= 0, got {label}")
+    return label
+
+
+def sample_rng(seed: int, epoch: int, key: str) -> np.random.Generator:
+    """The generator for one sample's random choices: a pure function of (seed, epoch, key)."""
+    return np.random.default_rng([seed, epoch, zlib.crc32(key.encode())])
+
+
+def augment_path(cubes: np.ndarray, path: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Apply one random flip/90°-rotation to every cube of a path and move the positions to match.
+
+    Parameters
+    ----------
+    cubes : (N, c, c, c) array
+    path : (N, 3) int grid positions
+    rng : numpy Generator
+
+    Returns
+    -------
+    The transformed cubes and positions. Positions are mirrored / rotated
+    within the path's bounding box, anchored at its minimum corner, so a
+    sub-volume assembled from the cubes is the same transform of the original.
+    """
+    path = path.copy()
+    lo = path.min(0)
+    for axis in range(3):
+        if rng.random() < 0.5:
+            cubes = np.flip(cubes, axis=axis + 1)
+            path[:, axis] = lo[axis] + path.max(0)[axis] - path[:, axis]
+    a, b = ((0, 1), (0, 2), (1, 2))[rng.integers(3)]
+    for _ in range(int(rng.integers(4))):
+        cubes = np.rot90(cubes, 1, axes=(a + 1, b + 1))
+        q = path - lo
+        ext = q.max(0)
+        path[:, a], path[:, b] = lo[a] + ext[b] - q[:, b], lo[b] + q[:, a]
+    return np.ascontiguousarray(cubes), path
+
+
+def augment_volume(volume: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Random flips and a 90° rotation of a cubic (S, S, S) volume."""
+    for axis in range(3):
+        if rng.random() < 0.5:
+            volume = np.flip(volume, axis=axis)
+    a, b = ((0, 1), (0, 2), (1, 2))[rng.integers(3)]
+    return np.ascontiguousarray(np.rot90(volume, int(rng.integers(4)), axes=(a, b)))
+
+
+def first_sample(data: ShardSet) -> dict:
+    """The first raw sample of the first shard: lets a caller check the layout in-process, where
+    an error reads clearly, before loader workers start."""
+    for raw in wds.tarfile_to_samples()(iter([{"url": data.urls[0]}])):
+        return raw
+    raise ValueError(f"{data.urls[0]}: holds no samples although {data.root}/{MANIFEST} counts some")
+
+
+def _collate(items: list[dict]) -> dict:
+    out = {}
+    for k in items[0]:
+        if k == "key":
+            out[k] = [it[k] for it in items]
+        else:
+            out[k] = torch.from_numpy(np.stack([np.asarray(it[k]) for it in items]))
+    return out
+
+
+class ShardStream(IterableDataset):
+    """Batches from shards, deterministic in (seed, epoch, rank, worker).
+
+    Parameters
+    ----------
+    shards : ShardSet
+    sample_fn : callable(raw sample dict, epoch) -> dict of arrays
+        Decodes, augments and prepares one sample (runs in the loader workers; must pickle).
+    batch_size : int
+    seed : int
+    shuffle_buffer : int
+        Samples held by the shuffle buffer (1: no sample shuffle).
+    epoch : int or None
+        None: an endless stream over epochs 0, 1, 2, ... (pretraining);
+        an int: one pass over that epoch (fine-tuning, evaluation).
+    start_batch : int
+        Batches of this rank's loader to skip (resume); skipped samples are not decoded.
+    keys : frozenset of str, optional
+        Keep only samples whose ``__key__`` is in it (a label fraction).
+    drop_last : bool
+        Drop a last partial batch (finite passes).
+    rank, world : int, optional
+        Defaults: from ``torch.distributed`` when it is initialised, else 0 and 1.
+    """
+
+    def __init__(self, shards: ShardSet, sample_fn: Callable[[dict, int], dict], batch_size: int,
+                 seed: int = 0, shuffle_buffer: int = 256, epoch: int | None = None, start_batch: int = 0,
+                 keys: frozenset | None = None, drop_last: bool = False,
+                 rank: int | None = None, world: int | None = None):
+        super().__init__()
+        if batch_size < 1 or shuffle_buffer < 1 or start_batch < 0:
+            raise ValueError(f"batch_size and shuffle_buffer must be >= 1 and start_batch >= 0, got "
+                             f"{batch_size}, {shuffle_buffer}, {start_batch}")
+        if rank is None:
+            dist = torch.distributed
+            initialised = dist.is_available() and dist.is_initialized()
+            rank, world = (dist.get_rank(), dist.get_world_size()) if initialised else (0, 1)
+        self.shards, self.sample_fn, self.batch_size = shards, sample_fn, batch_size
+        self.seed, self.shuffle_buffer, self.epoch = seed, shuffle_buffer, epoch
+        self.start_batch, self.keys, self.drop_last = start_batch, keys, drop_last
+        self.rank, self.world = rank, world
+
+    def _epoch_samples(self, epoch: int, stream: int, nstreams: int) -> Iterator[dict]:
+        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.shards.urls))
+        urls = [self.shards.urls[i] for i in order]
+        by_shard = len(urls) >= nstreams
+        mine = urls[stream::nstreams] if by_shard else urls
+        raw = wds.tarfile_to_samples()(iter([{"url": u} for u in mine]))
+        for i, s in enumerate(raw):
+            if not by_shard and i % nstreams != stream:
+                continue
+            if self.keys is not None and s["__key__"] not in self.keys:
+                continue
+            yield s
+
+    def _stream(self, stream: int, nstreams: int) -> Iterator[tuple[int, dict]]:
+        epochs = itertools.count() if self.epoch is None else (self.epoch,)
+        for epoch in epochs:
+            shuffle = wds.shuffle(self.shuffle_buffer, self.shuffle_buffer, seed=f"{self.seed}-{epoch}-{stream}")
+            n = 0
+            for s in shuffle(iter(self._epoch_samples(epoch, stream, nstreams))):
+                n += 1
+                yield epoch, s
+            if n == 0 and self.epoch is None:
+                raise ValueError(f"{self.shards.root}: loader stream {stream} of {nstreams} got no samples "
+                                 f"({self.shards.total} samples in {len(self.shards.urls)} shards); "
+                                 "use fewer workers or processes")
+
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        worker, nworkers = (info.id, info.num_workers) if info else (0, 1)
+        # The DataLoader takes batch j from worker j mod W. Resuming at batch s, worker w must
+        # play the stream that produced batch s + w, from its ((s + w) div W)-th batch on.
+        virtual = (self.start_batch + worker) % nworkers
+        skip = (self.start_batch + worker) // nworkers
+        stream, nstreams = self.rank * nworkers + virtual, self.world * nworkers
+        samples = self._stream(stream, nstreams)
+        while True:
+            chunk = list(itertools.islice(samples, self.batch_size))
+            if not chunk or (self.drop_last and len(chunk) < self.batch_size):
+                return
+            if skip:
+                skip -= 1
+                continue
+            yield _collate([self.sample_fn(s, epoch) for epoch, s in chunk])
+
+
+def make_loader(stream: ShardStream, workers: int = 0, pin_memory: bool = False) -> DataLoader:
+    """A DataLoader over a :class:`ShardStream` (which batches itself) with prefetching workers."""
+    return DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=pin_memory,
+                      prefetch_factor=4 if workers else None, persistent_workers=False)
+
+
+def labelled_splits(root: str | Path) -> dict[str, ShardSet]:
+    """The train/val/test shard sets of a labelled directory; train and test are required."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"labelled shard directory {root} does not exist")
+    out = {s: open_shards(root / s) for s in SPLITS if (root / s).is_dir()}
+    for s in ("train", "test"):
+        if s not in out:
+            raise FileNotFoundError(f"{root}/{s} not found: a labelled set needs train/, val/ (optional) "
+                                    "and test/ shard directories")
+    return out

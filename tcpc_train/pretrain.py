@@ -1,0 +1,247 @@
+"""Self-supervised pretraining loop: TCPC, 3D CPC, Rubik's cube and 3D Jigsaw on streamed shards.
+
+One loop for all tasks (nanoGPT style): the config is data saved in every
+checkpoint, the learning rate is a pure function of the step, the data order
+a pure function of (seed, step) (:mod:`tcpc_train.loader`), so a killed run
+resumed from ``RUN/last.pt`` continues at the same step with the same batches.
+Tasks and the path kinds their shards must hold:
+
+- ``tcpc``: U paths (support set not on a line); ``cpc``: straight paths (3D
+  CPC; the same code). Loss: InfoNCE (:mod:`tcpc_train.tcpc`).
+- ``rubik``, ``jigsaw``: 2×2×2 blocks (:mod:`tcpc_train.proxy`).
+
+Outputs in ``out``: ``config.json``, ``log.jsonl`` (step, loss, lr,
+samples/s), ``last.pt``, ``loss.png``, ``summary.json``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from tcpc_train.checkpoint import load_checkpoint, save_checkpoint
+from tcpc_train.loader import (ShardStream, augment_path, decode_path_sample, first_sample, make_loader, open_shards,
+                               sample_rng)
+from tcpc_train.models import ARCHS, build_encoder
+from tcpc_train.plots import plot_curves
+from tcpc_train.proxy import BlockPuzzle, permutation_set, shuffle_block
+from tcpc_train.runtime import StepLog, autocast, init_distributed, progress_bar, resolve_device
+from tcpc_train.tcpc import ContrastivePredictiveCoding, chance_loss
+from tcpc_train.weights import load_encoder_weights
+
+TASKS = ("tcpc", "cpc", "rubik", "jigsaw")
+# Config fields a resumed run may change: they alter neither the model nor the data order.
+_RESUMABLE_CHANGES = {"steps", "device", "checkpoint_every"}
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainConfig:
+    """Pretraining settings (saved with every checkpoint).
+
+    task : tcpc | cpc | rubik | jigsaw
+    arch, width : encoder (:func:`tcpc_train.models.build_encoder`)
+    steps, batch_size : optimiser steps; samples per step and process
+    lr, weight_decay, warmup : AdamW; linear warm-up steps, then cosine decay to lr/10
+    temperature, own_negatives : InfoNCE (tcpc, cpc)
+    n_permutations : permutation classes (rubik, jigsaw)
+    augment : same random flips / 90° rotations for every cube of a sample
+    shuffle_buffer, workers, seed : loader (data order is a pure function of seed and step)
+    device, amp : ``auto``/``cpu``/``cuda[:N]``; bfloat16 autocast on CUDA
+    checkpoint_every : steps between checkpoints (and one at the end)
+    init : encoder weights to start from (cascade: external → TCPC), or None
+    """
+
+    task: str = "tcpc"
+    arch: str = "resnet18"
+    width: float = 1.0
+    steps: int = 1000
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup: int = 50
+    temperature: float = 0.1
+    own_negatives: bool = False
+    n_permutations: int = 100
+    augment: bool = True
+    shuffle_buffer: int = 256
+    workers: int = 2
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    checkpoint_every: int = 100
+    init: str | None = None
+
+    def validate(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"unknown task {self.task!r}; choose one of {', '.join(TASKS)}")
+        if self.arch not in ARCHS:
+            raise ValueError(f"unknown architecture {self.arch!r}; choose one of {', '.join(ARCHS)}")
+        for name in ("steps", "batch_size", "checkpoint_every", "shuffle_buffer"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.batch_size < 2 and self.task in ("tcpc", "cpc"):
+            raise ValueError("InfoNCE needs in-batch negatives: batch_size must be >= 2")
+        if self.workers < 0 or self.warmup < 0 or not self.lr > 0 or not self.temperature > 0:
+            raise ValueError("workers and warmup must be >= 0, lr and temperature > 0")
+
+
+def learning_rate(step: int, cfg: PretrainConfig) -> float:
+    """Linear warm-up over ``cfg.warmup`` steps, then cosine decay from lr to lr/10 at ``cfg.steps``."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, t))))
+
+
+def _collinear(path: np.ndarray) -> bool:
+    return np.linalg.matrix_rank(path - path[0]) <= 1
+
+
+class TaskSample:
+    """Turns a raw shard sample into the task's input (runs in loader workers)."""
+
+    def __init__(self, cfg: PretrainConfig):
+        self.task, self.augment, self.seed = cfg.task, cfg.augment, cfg.seed
+        self.perms = permutation_set(cfg.n_permutations) if cfg.task in ("rubik", "jigsaw") else None
+
+    def __call__(self, raw: dict, epoch: int) -> dict:
+        s = decode_path_sample(raw)
+        rng = sample_rng(self.seed, epoch, s["key"])
+        cubes, path = augment_path(s["cubes"], s["path"], rng) if self.augment else (s["cubes"], s["path"])
+        where = f"{raw.get('__url__', '?')}: sample {s['key']}"
+        if self.perms is not None:
+            try:
+                shuffled, label, rot = shuffle_block(cubes, path, self.perms, self.task == "rubik", rng)
+            except ValueError as exc:
+                raise ValueError(f"{where}: task {self.task} needs 'block' shards: {exc}") from None
+            return {"cubes": shuffled, "label": np.int64(label), "rot": rot}
+        if self.task == "cpc" and not _collinear(s["path"]):
+            raise ValueError(f"{where}: task cpc needs 'straight' paths, this path is not on a line")
+        if self.task == "tcpc" and _collinear(s["path"]):
+            raise ValueError(f"{where}: task tcpc needs 'u' paths, this path is straight (use --task cpc)")
+        return {"cubes": cubes}
+
+
+def build_task_model(cfg: PretrainConfig) -> torch.nn.Module:
+    """The encoder inside the task's model (``.encoder``); the loss is the model's output."""
+    encoder = build_encoder(cfg.arch, cfg.width)
+    if cfg.task in ("tcpc", "cpc"):
+        return ContrastivePredictiveCoding(encoder, cfg.temperature, cfg.own_negatives)
+    return BlockPuzzle(encoder, cfg.n_permutations, rotate=cfg.task == "rubik")
+
+
+def _check_resume(ck: dict, cfg: PretrainConfig, data_digest: str, path: Path) -> None:
+    old = ck.get("config", {})
+    diff = sorted(k for k, v in dataclasses.asdict(cfg).items()
+                  if k not in _RESUMABLE_CHANGES and old.get(k) != v)
+    if diff:
+        raise ValueError(f"{path} was trained with a different config ({', '.join(f'{k}: {old.get(k)!r}' for k in diff)});"
+                         " resume with the same settings or choose a new output directory")
+    if ck.get("data_digest") != data_digest:
+        raise ValueError(f"{path} was trained on other shards (manifest digest differs); "
+                         "choose a new output directory")
+
+
+def pretrain(shards: str | Path, out: str | Path, config: PretrainConfig = PretrainConfig(),
+             resume: bool = True, progress: bool = False) -> dict:
+    """Pretrain an encoder on a shard directory; resumes from ``out/last.pt`` when it is there.
+
+    Parameters
+    ----------
+    shards : path
+        Directory with ``manifest.json`` and pretraining tars.
+    out : path
+        Run directory (created).
+    config : PretrainConfig
+    resume : bool
+        Continue from ``out/last.pt`` (same config and data) instead of starting over.
+    progress : bool
+        Show a progress bar (rank 0).
+
+    Returns
+    -------
+    dict summary: task, steps, start_step, final_loss (mean of the last 10
+    steps), chance_loss (InfoNCE tasks), samples_per_s and step_time_s
+    (medians), checkpoint, log, world_size, init_report.
+    """
+    config.validate()
+    data = open_shards(shards)
+    sample_fn = TaskSample(config)
+    sample_fn(first_sample(data), 0)  # wrong layout or path kind: a clear error before workers start
+    out = Path(out)
+    device = resolve_device(config.device)
+    rank, world = init_distributed(device)
+    main_rank = rank == 0
+    torch.manual_seed(config.seed)
+    model = build_task_model(config)
+    init_report = load_encoder_weights(model.encoder, config.init, {"arch": config.arch, "width": config.width}) \
+        if config.init else None
+    model.to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+
+    ckpt_path = out / "last.pt"
+    start = 0
+    if resume and ckpt_path.exists():
+        ck = load_checkpoint(ckpt_path, map_location=device)
+        _check_resume(ck, config, data.digest, ckpt_path)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        start = int(ck["step"])
+    if main_rank:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=1))
+    log = StepLog(out / "log.jsonl", main_rank, keep_until_step=start)
+    net = DistributedDataParallel(model) if world > 1 else model
+
+    def state(step: int) -> dict:
+        return {"kind": "pretrain", "model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
+                "config": dataclasses.asdict(config), "data_digest": data.digest}
+
+    stream = ShardStream(data, sample_fn, config.batch_size, seed=config.seed,
+                         shuffle_buffer=config.shuffle_buffer, start_batch=start)
+    batches = iter(make_loader(stream, config.workers, pin_memory=device.type == "cuda"))
+    net.train()
+    times, losses = [], []
+    with progress_bar(progress and main_rank, f"pretrain {config.task}") as bar:
+        task = bar.add_task("", total=config.steps, completed=start, status="")
+        for step in range(start, config.steps):
+            t0 = time.perf_counter()
+            batch = {k: v.to(device, non_blocking=True) for k, v in next(batches).items() if k != "key"}
+            lr = learning_rate(step, config)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            with autocast(device, config.amp):
+                loss = net(batch["cubes"]) if config.task in ("tcpc", "cpc") else \
+                    net(batch["cubes"], batch["label"], batch["rot"])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            value = loss.item()
+            dt = time.perf_counter() - t0
+            times.append(dt)
+            losses.append(value)
+            log.write({"step": step + 1, "loss": value, "lr": lr,
+                       "samples_per_s": config.batch_size * world / dt, "time_s": dt})
+            bar.update(task, advance=1, status=f"loss {value:.4f}")
+            if main_rank and ((step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps):
+                save_checkpoint(ckpt_path, state(step + 1))
+    steady = times[1:] or times
+    summary = {"task": config.task, "arch": config.arch, "steps": config.steps, "start_step": start,
+               "final_loss": float(np.mean([r["loss"] for r in log.rows[-10:]])) if log.rows else
+               (float(np.mean(losses[-10:])) if losses else None),
+               "chance_loss": chance_loss(config.batch_size) if config.task in ("tcpc", "cpc") else None,
+               "samples_per_s": config.batch_size * world / statistics.median(steady) if steady else None,
+               "step_time_s": statistics.median(steady) if steady else None,
+               "checkpoint": str(ckpt_path), "log": str(out / "log.jsonl"), "world_size": world,
+               "init_report": init_report}
+    if main_rank:
+        plot_curves(log.rows, out / "loss.png", ("loss",), f"{config.task} pretraining")
+        (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary

@@ -1,0 +1,171 @@
+"""DICOM series reading and discovery on tiny synthetic series with a known HU field."""
+import random
+import re
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from dicom_factory import field_hu, write_series, z_positions
+
+from tcpc_data.dicom import read_series
+from tcpc_data.discover import discover
+from tcpc_data.resample import to_grid
+from tcpc_data.volume import index_to_world
+
+KW = {"max_voxels": 10 ** 7, "what": "case"}
+
+
+def _world_xyz(vol, idx_zyx):
+    return index_to_world(idx_zyx, vol.origin_zyx, vol.spacing_zyx, vol.direction)[..., ::-1]
+
+
+def _all_indices(shape):
+    return np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"), axis=-1)
+
+
+def test_slices_sorted_by_position_not_file_name_or_instance_number(tmp_path):
+    zs = [12.0, 0.0, 9.0, 3.0, 6.0]  # file k lies at zs[k]
+    names = [f"{n}.dcm" for n in ("a", "e", "b", "d", "c")]
+    paths = write_series(tmp_path, z_positions(zs), names=names, instance_numbers=[1, 2, 3, 4, 5])
+    random.Random(0).shuffle(paths)
+    vol = read_series(paths, **KW)
+    assert vol.regular and vol.hu.shape == (5, 12, 10)
+    assert vol.spacing_zyx == (3.0, 1.0, 2.0)
+    assert vol.origin_zyx == (0.0, 20.0, -10.0)
+    assert np.array_equal(vol.direction, np.eye(3))
+    # rescale slope 2 / intercept -1024 applied: HU equal the field at every voxel's world position
+    expected = field_hu(_world_xyz(vol, _all_indices(vol.hu.shape)))
+    np.testing.assert_array_equal(vol.hu, expected.astype(np.float32))
+
+
+def test_descending_positions_and_oblique_normal_are_sorted_along_the_normal(tmp_path):
+    # rows along y, columns along x: normal = (0,1,0) x (1,0,0) = -z, so higher z comes first
+    paths = write_series(tmp_path, z_positions([0, 2, 4, 6]), iop=(0, 1, 0, 1, 0, 0))
+    vol = read_series(paths, **KW)
+    assert vol.origin_zyx[0] == 6.0 and vol.spacing_zyx[0] == 2.0
+    expected = field_hu(_world_xyz(vol, _all_indices(vol.hu.shape)))
+    np.testing.assert_allclose(vol.hu, expected, atol=1e-3)
+
+
+def test_missing_slice_is_refused_with_the_gap_named(tmp_path):
+    paths = write_series(tmp_path, z_positions([0, 3, 6, 12, 15]))
+    with pytest.raises(ValueError, match=r"case: missing slices: a gap of 6.00 mm between slice002.dcm and "
+                                         r"slice003.dcm .* spacing is 3.00 mm \(about 1 slice"):
+        read_series(paths, **KW)
+
+
+def test_duplicate_position_is_refused(tmp_path):
+    paths = write_series(tmp_path, z_positions([0, 3, 3, 6]))
+    with pytest.raises(ValueError, match="same position"):
+        read_series(paths, **KW)
+
+
+def test_uneven_gaps_are_resampled_onto_a_regular_grid_or_refused(tmp_path):
+    paths = write_series(tmp_path, z_positions([0, 2, 4, 7, 10, 13]))
+    vol = read_series(paths, **KW)
+    assert not vol.regular and vol.spacing_zyx[0] == 3.0
+    assert any("uneven slice gaps 2.00-3.00 mm" in n for n in vol.notes)
+    grid = to_grid(vol)
+    assert grid.regular and grid.hu.shape == (5, 12, 10)  # 0, 3, ..., 12 mm
+    expected = field_hu(_world_xyz(grid, _all_indices(grid.hu.shape)))
+    np.testing.assert_allclose(grid.hu, expected, atol=1e-3)  # linear field: interpolation is exact
+    with pytest.raises(ValueError, match="irregular series refused: uneven slice gaps"):
+        read_series(paths, irregular="refuse", **KW)
+
+
+def test_gantry_tilt_is_resampled_onto_the_slice_plane_grid(tmp_path):
+    t = np.radians(20.0)
+    iop = (1, 0, 0, 0, np.cos(t), -np.sin(t))
+    paths = write_series(tmp_path, z_positions(np.arange(6) * 4.0), iop=iop, slope=0.1, intercept=0.0)
+    vol = read_series(paths, **KW)
+    assert not vol.regular and any("gantry tilt" in n and "20.0 deg" in n for n in vol.notes)
+    grid = to_grid(vol)
+    # normal (0, sin t, cos t): slices 4 cos t apart; the in-plane shear widens the y extent
+    assert grid.spacing_zyx == pytest.approx((4 * np.cos(t), 1.0, 2.0))
+    assert grid.hu.shape[0] == 6 and grid.hu.shape[1] > 12
+    np.testing.assert_allclose(np.asarray(grid.direction)[0], [np.cos(t), np.sin(t), 0.0], atol=1e-12)
+    expected = field_hu(_world_xyz(grid, _all_indices(grid.hu.shape)))
+    inside = grid.hu != grid.hu.min()
+    assert inside.mean() > 0.5
+    # HU stored in steps of 0.1 (slope): that rounding is the only error
+    np.testing.assert_allclose(grid.hu[inside], expected[inside], atol=0.051)
+    with pytest.raises(ValueError, match="irregular series refused: gantry tilt"):
+        read_series(paths, irregular="refuse", **KW)
+
+
+def test_one_slice_series_is_refused(tmp_path):
+    paths = write_series(tmp_path, z_positions([0]))
+    with pytest.raises(ValueError, match="1 slice.*at least 2"):
+        read_series(paths, **KW)
+
+
+def test_inconsistent_pixel_sizes_are_refused(tmp_path):
+    a = write_series(tmp_path, z_positions([0, 3]), series_uid="1.2.3.4", names=["a0.dcm", "a1.dcm"])
+    b = write_series(tmp_path, z_positions([6, 9]), series_uid="1.2.3.4", pixel=(0.5, 0.5),
+                     names=["b0.dcm", "b1.dcm"])
+    with pytest.raises(ValueError, match="inconsistent pixel sizes: b0.dcm"):
+        read_series(a + b, **KW)
+
+
+def test_truncated_pixel_data_names_the_file(tmp_path):
+    paths = write_series(tmp_path, z_positions([0, 3, 6]))
+    data = paths[1].read_bytes()
+    paths[1].write_bytes(data[:-50])
+    with pytest.raises(ValueError, match="case: .*slice001.dcm"):
+        read_series(paths, **KW)
+
+
+def test_size_guard_checks_headers_before_decoding(tmp_path):
+    paths = write_series(tmp_path, z_positions([0, 3, 6]))
+    with pytest.raises(ValueError, match="360 voxels, over the limit of 100"):
+        read_series(paths, max_voxels=100, what="case")
+
+
+def test_discovery_splits_series_skips_non_images_and_reports_bad_files(tmp_path):
+    src = tmp_path / "archive"
+    write_series(src / "patient1", z_positions([0, 3, 6]), series_uid="1.2.840.99.1.11111111",
+                 names=["s1a.dcm", "s1b.dcm", "s1c.dcm"])
+    write_series(src / "patient1", z_positions([0, 5]), series_uid="1.2.840.99.1.22222222",
+                 names=["s2a.dcm", "s2b.dcm"])
+    write_series(src / "patient2" / "1.2.3.4.5.6", z_positions([0, 3]), patient_id="P2")
+    write_series(src / "patient2" / "mr", z_positions([0, 3]), modality="MR")
+    write_series(src / "patient2" / "seg", z_positions([0]), modality="SEG",
+                 sop_class="1.2.840.10008.5.1.4.1.1.66.4")
+    (src / "patient2" / "notes.xml").write_text("<a/>")
+    (src / "patient3").mkdir()
+    (src / "patient2" / "broken.dcm").write_bytes(b"not a dicom file at all")
+    found = discover(src)
+    cases = {c.case: c for c in found.cases}
+    assert sorted(cases) == ["patient1_11111111", "patient1_22222222", "patient2"]
+    assert len(cases["patient1_11111111"].files) == 3 and cases["patient1_11111111"].format == "dicom"
+    assert dict(cases["patient2"].info)["patient_id"] == "P2"
+    assert {f["case"] for f in found.failures} == {"patient3", "patient2_broken_dcm"}
+    assert any("empty folder" in f["error"] for f in found.failures)
+    notes = " | ".join(found.notes)
+    assert "modality MR is not CT" in notes and "non-image object (SEG)" in notes
+    assert "ignored 1 file(s)" in notes and "notes.xml" in notes
+
+
+def test_discovery_rejects_missing_source(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        discover([tmp_path / "nope"])
+
+
+names = st.lists(st.text(alphabet="ab.-_ /1é", min_size=1, max_size=6).filter(lambda s: s.strip("/ ")),
+                 min_size=1, max_size=6)
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(stems=names)
+def test_case_ids_are_sanitised_unique_and_stable(tmp_path, stems):
+    src = tmp_path / f"src{abs(hash(tuple(stems)))}"
+    for stem in stems:  # '_' first: no hidden files, and names like '_é' with nothing usable
+        path = src / ("/".join("_" + part for part in stem.split("/") if part.strip()) + ".npy")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            np.save(path, np.zeros((2, 2, 2), np.int16))
+    first = [c.case for c in discover(src).cases]
+    assert len(first) == len(set(first)) >= 1
+    assert all(re.fullmatch(r"[A-Za-z0-9_-]+", c) for c in first)
+    assert [c.case for c in discover(src).cases] == first

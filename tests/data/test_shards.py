@@ -1,0 +1,203 @@
+"""Pretraining shards: contents against direct crops, byte-identical reruns, resume, failures, stock reader."""
+import hashlib
+import io
+import json
+import subprocess
+import sys
+import tarfile
+import textwrap
+
+import numpy as np
+import pytest
+from phantom_stores import phantom_store
+
+from tcpc_data import paths as P
+from tcpc_data.crops import crop
+from tcpc_data.shards import ShardConfig, path_sample, write_shards
+from tcpc_data.store import commit_arrays, open_store
+
+CFG = ShardConfig(crop_size=32, cube_size=8, targets_per_crop=3, shard_size=7, name="pre")
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    url = tmp_path_factory.mktemp("s") / "v.zarr"
+    phantom_store(url)
+    return url
+
+
+def _bytes(d):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(d.iterdir()) if p.is_file()}
+
+
+def test_samples_are_the_cubes_of_the_crop(store, tmp_path):
+    rep, man = write_shards(store, tmp_path / "o", CFG, workers=1)
+    assert rep.ok and rep.done == ["ph-00", "ph-01"]
+    assert man["totals"] == {"samples": 2 * 4 * 3, "shards": 4, "cases": 2}
+    assert [s["samples"] for s in man["shards"]] == [7, 7, 7, 3]
+    assert man["members"]["cubes.npy"]["shape"] == [8, 8, 8, 8]
+    root = open_store(store, "r")
+    g, stride = P.grid_size(32, 8, 0.5)
+    seen = 0
+    for shard in man["shards"]:
+        with tarfile.open(tmp_path / "o" / shard["name"]) as tar:
+            names = tar.getnames()
+            assert all(n.split(".", 1)[1] in ("cubes.npy", "path.npy", "json") for n in names)
+            assert all(m.mtime == 0 and m.uid == 0 for m in tar.getmembers())
+            for key in dict.fromkeys(n.split(".", 1)[0] for n in names):
+                meta = json.loads(tar.extractfile(f"{key}.json").read())
+                cubes = np.load(io.BytesIO(tar.extractfile(f"{key}.cubes.npy").read()), allow_pickle=False)
+                path = np.load(io.BytesIO(tar.extractfile(f"{key}.path.npy").read()), allow_pickle=False)
+                assert cubes.dtype == np.float16 and path.dtype == np.int16
+                image = root[meta["case"]]["image"][...]
+                cr, box = crop(image, meta["centre"], 32, -1.0)
+                assert box.tolist() == meta["crop_box"]
+                for p, cube in zip(path, cubes):
+                    np.testing.assert_array_equal(cube, cr[P.cube_slices(p, stride, 8)].astype(np.float16))
+                assert path[-1].tolist() == meta["target"]
+                assert np.abs(path[-1] - 3).max() <= 1  # near the crop centre
+                assert path.tolist() == P.path_positions("u", path[-1], meta["plane"], meta["opening"]).tolist()
+                seen += 1
+    assert seen == 24
+
+
+def test_border_candidate_is_padded_with_background(store):
+    image = open_store(store, "r")["ph-00"]["image"][...]
+    cr, box = crop(image, (1, 2, 62), 32, -1.0)
+    assert box[0].tolist() == [-15, -14, 46] and np.all(cr[:15] == -1.0)
+
+
+def test_rerun_is_byte_identical_and_independent_of_workers(store, tmp_path):
+    write_shards(store, tmp_path / "a", CFG, workers=1)
+    first = _bytes(tmp_path / "a")
+    rep, _ = write_shards(store, tmp_path / "a", CFG, workers=1)
+    assert rep.skipped == ["ph-00", "ph-01"] and not rep.done
+    assert _bytes(tmp_path / "a") == first
+    write_shards(store, tmp_path / "b", CFG, workers=2)
+    assert _bytes(tmp_path / "b") == first
+    write_shards(store, tmp_path / "c", ShardConfig(**{**CFG.__dict__, "seed": 1}), workers=1)
+    assert _bytes(tmp_path / "c")["pre-000000.tar"] != first["pre-000000.tar"]
+
+
+def test_a_bad_case_is_reported_the_rest_written_and_a_rerun_resumes(tmp_path):
+    url = tmp_path / "v.zarr"
+    phantom_store(url)
+    good = np.asarray(open_store(url, "r")["ph-01"]["candidates"][...])
+    commit_arrays(url, "ph-01", {"candidates": np.array([[500, 500, 500]], np.int32)},
+                  {"candidates": {"digest": "bad"}})
+    rep, man = write_shards(url, tmp_path / "o", CFG, workers=1, failures_path=tmp_path / "f.jsonl")
+    assert rep.done == ["ph-00"] and [f["case"] for f in rep.failures] == ["ph-01"]
+    assert "outside the volume" in rep.failures[0]["error"]
+    assert man["failed_cases"] == ["ph-01"] and man["totals"]["samples"] == 12
+    assert json.loads((tmp_path / "f.jsonl").read_text())["case"] == "ph-01"
+    commit_arrays(url, "ph-01", {"candidates": good}, {"candidates": {"digest": "cand-1"}})
+    rep, man = write_shards(url, tmp_path / "o", CFG, workers=1)
+    assert rep.skipped == ["ph-00"] and rep.done == ["ph-01"] and rep.ok
+    assert not (tmp_path / "o" / ".parts").exists()
+    fresh = tmp_path / "fresh"
+    write_shards(url, fresh, CFG, workers=1)
+    assert _bytes(tmp_path / "o") == _bytes(fresh)
+
+
+def test_bad_inputs_are_clear_errors(store, tmp_path):
+    with pytest.raises(FileNotFoundError, match="no volume store"):
+        write_shards(tmp_path / "missing.zarr", tmp_path / "o", CFG)
+    with pytest.raises(ValueError, match="tile"):
+        write_shards(store, tmp_path / "o", ShardConfig(crop_size=30, cube_size=8))
+    with pytest.raises(ValueError, match="no target fits"):
+        write_shards(store, tmp_path / "o", ShardConfig(crop_size=32, cube_size=8, path="straight", path_size=6))
+    with pytest.raises(ValueError, match="unknown path kind"):
+        write_shards(store, tmp_path / "o", ShardConfig(path="zigzag"))
+    with pytest.raises(ValueError, match="ph-99"):
+        write_shards(store, tmp_path / "o", CFG, cases=["ph-99"])
+    with pytest.raises(ValueError, match="shard name"):
+        write_shards(store, tmp_path / "o", ShardConfig(**{**CFG.__dict__, "name": "a.b"}))
+    assert not list((tmp_path / "o").glob("*.tar"))
+
+
+@pytest.mark.parametrize("kind, n", [("straight", 4), ("block", 8)])
+def test_other_path_kinds_and_fixed_variants(kind, n):
+    cfg = ShardConfig(crop_size=32, cube_size=8, path=kind, plane="coronal" if kind == "straight" else None,
+                      opening="down" if kind == "straight" else None, target_radius=None)
+    cr = np.random.default_rng(0).normal(size=(32, 32, 32)).astype(np.float32)
+    s = path_sample(cr, cfg, np.random.default_rng(0))
+    assert s["cubes"].shape == (n, 8, 8, 8) and s["path"].shape == (n, 3)
+    if kind == "straight":
+        assert (s["plane"], s["opening"]) == ("coronal", "down")
+        assert np.all(np.diff(s["path"][:, 0]) == 1)  # open at +z: the line comes from -z
+
+
+def test_stock_webdataset_reads_the_shards_without_tcpc(store, tmp_path):
+    write_shards(store, tmp_path / "o", CFG, workers=1)
+    code = textwrap.dedent("""
+        import sys, numpy as np, webdataset as wds
+        ds = wds.WebDataset(sys.argv[1], shardshuffle=False).decode()
+        n = 0
+        for s in ds:
+            assert s["cubes.npy"].shape == (8, 8, 8, 8) and s["cubes.npy"].dtype == np.float16
+            assert s["path.npy"].shape == (8, 3) and isinstance(s["json"], dict)
+            n += 1
+        assert not [m for m in sys.modules if m.startswith("tcpc")]
+        print(n)
+    """)
+    out = subprocess.run([sys.executable, "-I", "-c", code, str(tmp_path / "o" / "pre-{000000..000003}.tar")],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "24"
+
+
+def test_real_ct_torso_end_to_end(shared_data, tmp_path):
+    """A real CT (torso NIfTI, 3 mm): crops at the border and inside, read back by stock webdataset."""
+    import nibabel as nib
+    import webdataset as wds
+
+    img = nib.load(str(shared_data / "ct" / "robustness" / "torso-3mm.nii.gz"))
+    hu = np.asarray(img.dataobj, dtype=np.float32).transpose(2, 1, 0)  # (x, y, z) -> (z, y, x)
+    unit = ((np.clip(hu, -1024, 3071) + 1024) / 4095 * 2 - 1).astype(np.float32)
+    cands = np.array([np.array(unit.shape) // 2, (0, 0, 0), (unit.shape[0] - 1, 10, 50)], np.int32)
+    url = tmp_path / "v.zarr"
+    commit_arrays(url, "torso", {"image": unit, "candidates": cands},
+                  {"image": {"spacing_zyx": [3.0, 3.0, 3.0], "digest": "torso"},
+                   "candidates": {"crop_size": 64, "source": "csv", "digest": "c"}})
+    rep, man = write_shards(url, tmp_path / "o", ShardConfig(targets_per_crop=2), workers=1)
+    assert rep.ok and man["totals"]["samples"] == 6
+    ds = wds.WebDataset(str(tmp_path / "o" / "tcpc-000000.tar"), shardshuffle=False).decode()
+    for s in ds:
+        cubes, meta = s["cubes.npy"], s["json"]
+        assert cubes.shape == (8, 16, 16, 16) and cubes.min() >= -1 and cubes.max() <= 1
+        cr, _ = crop(unit, meta["centre"], 64, -1.0)
+        target = s["path.npy"][-1]
+        np.testing.assert_array_equal(cubes[-1], cr[P.cube_slices(target, 8, 16)].astype(np.float16))
+
+
+def test_a_kill_during_assembly_leaves_no_manifest(store, tmp_path, monkeypatch):
+    import tcpc_data.shardio as sio
+
+    write_shards(store, tmp_path / "o", CFG, workers=1)
+
+    def killed(self, samples):
+        raise KeyboardInterrupt  # the process dies while shards are being replaced
+
+    monkeypatch.setattr(sio.ShardWriter, "write", killed)
+    with pytest.raises(KeyboardInterrupt):
+        write_shards(store, tmp_path / "o", ShardConfig(**{**CFG.__dict__, "seed": 3}), workers=1)
+    assert not (tmp_path / "o" / "manifest.json").exists()
+    monkeypatch.undo()
+    rep, man = write_shards(store, tmp_path / "o", ShardConfig(**{**CFG.__dict__, "seed": 3}), workers=1)
+    assert rep.skipped == ["ph-00", "ph-01"]  # parts written before the kill are reused
+    assert man["config"]["seed"] == 3 and man["totals"]["samples"] == 24
+
+
+def test_a_store_behind_an_fsspec_url(tmp_path):
+    url = f"memory://shards-{tmp_path.name}/v.zarr"
+    phantom_store(url, n_cases=1)
+    rep, man = write_shards(url, tmp_path / "o", CFG, workers=1)
+    assert rep.ok and man["totals"]["samples"] == 12 and man["source"] == url
+
+
+def test_block_cubes_touch_without_overlap_by_default():
+    cfg = ShardConfig(crop_size=32, cube_size=8, path="block")
+    assert cfg.size() == 2 and ShardConfig(path="block", overlap=0.0).size() == 1
+    s = path_sample(np.zeros((32, 32, 32), np.float32), cfg, np.random.default_rng(1))
+    starts = s["path"].astype(int) * 4  # stride 4 voxels; cubes of 8 voxels starting 8 apart
+    assert {tuple(v) for v in starts - starts.min(0)} == {(a, b, c) for a in (0, 8) for b in (0, 8) for c in (0, 8)}

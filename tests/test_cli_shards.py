@@ -1,0 +1,92 @@
+"""The shards and inspect commands: exit codes, one-line errors, summaries."""
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+sys.path.insert(0, str(Path(__file__).parent / "data"))
+from phantom_stores import phantom_store  # noqa: E402
+
+from cli import main  # noqa: E402
+from tcpc_data.store import commit_arrays  # noqa: E402
+
+
+@pytest.fixture()
+def store(tmp_path):
+    phantom_store(tmp_path / "v.zarr")
+    return tmp_path / "v.zarr"
+
+
+def _run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_shards_then_inspect(store, tmp_path):
+    out = tmp_path / "sh"
+    r = _run("shards", store, "--out", out, "--crop-size", 32, "--cube-size", 8, "--path", "straight",
+             "--path-size", 2, "--shard-size", 10, "--workers", 1, "--no-progress")
+    assert r.exit_code == 0, r.output
+    assert "32 samples in 4 shards from 2 cases" in r.output
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["config"]["path"] == "straight" and man["members"]["cubes.npy"]["shape"] == [3, 8, 8, 8]
+    r = _run("inspect", out, "--png", tmp_path / "m.png")
+    assert r.exit_code == 0 and "straight" in r.output and (tmp_path / "m.png").exists()
+
+
+def test_a_failed_case_exits_1(store, tmp_path):
+    commit_arrays(store, "ph-01", {"candidates": np.array([[900, 0, 0]], np.int32)}, {"candidates": {"digest": "x"}})
+    r = _run("shards", store, "--out", tmp_path / "sh", "--crop-size", 32, "--cube-size", 8,
+             "--workers", 1, "--no-progress")
+    assert r.exit_code == 1 and "1 failed" in r.output
+    rec = json.loads((tmp_path / "sh" / "failures-shards.jsonl").read_text())
+    assert rec["case"] == "ph-01" and "outside the volume" in rec["error"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["shards", "missing.zarr", "--out", "o"], "error: no volume store at missing.zarr"),
+    (["shards", "{store}", "--out", "o", "--crop-size", "30"], "error: cubes of 16 voxels"),
+    (["inspect", "nowhere"], "error: nothing to inspect at nowhere"),
+])
+def test_user_errors_are_one_line_and_exit_2(store, tmp_path, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    r = _run(*[a.format(store=store) for a in args])
+    assert r.exit_code == 2 and r.output.strip().splitlines() == [r.output.strip()]
+    assert r.output.startswith(message), r.output
+
+
+def test_npz_finetune_and_pretrain(tmp_path):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "m.npz", **{f"{s}_{k}": (rng.integers(0, 256, (3, 28, 28, 28)).astype(np.uint8)
+                                                 if k == "images" else np.array([[0], [1], [1]]))
+                                    for s in ("train", "val", "test") for k in ("images", "labels")})
+    r = _run("shards", tmp_path / "m.npz", "--out", tmp_path / "ft", "--no-progress")
+    assert r.exit_code == 0, r.output
+    assert all((tmp_path / "ft" / s / "labelled-000000.tar").exists() for s in ("train", "val", "test"))
+    r = _run("shards", tmp_path / "m.npz", "--out", tmp_path / "pre", "--task", "pretrain", "--path", "block",
+             "--no-progress")
+    assert r.exit_code == 0, r.output
+    man = json.loads((tmp_path / "pre" / "manifest.json").read_text())
+    assert man["config"]["crop_size"] == 28 and man["config"]["cube_size"] == 8 and man["totals"]["samples"] == 12
+
+
+def test_config_options_are_generated_from_a_config_dataclass():
+    import click
+
+    from cli import _config_from, _config_options
+    from tcpc_data.shards import ShardConfig
+
+    got = {}
+
+    @click.command(params=_config_options(ShardConfig, "shards", {"--seed"}))
+    def cmd(**kw):
+        got["cfg"] = _config_from(ShardConfig, "shards", kw)
+
+    r = CliRunner().invoke(cmd, ["--crop-size", "32", "--plane", "coronal", "--shards-seed", "5",
+                                 "--overlap", "0.25"])
+    assert r.exit_code == 0, r.output
+    assert got["cfg"] == ShardConfig(crop_size=32, plane="coronal", seed=5, overlap=0.25)
+    help_text = CliRunner().invoke(cmd, ["--help"]).output
+    assert "Crop side S in voxels around each candidate." in help_text and "--shards-seed" in help_text

@@ -1,0 +1,30 @@
+import pytest
+
+from tcpc_train.published import MEDMNIST_V2_ADRENAL3D
+from tcpc_train.report import aggregate, markdown_table, plot_auc_vs_fraction
+
+CELLS = [
+    {"method": "scratch", "fraction": 0.1, "seed": 0, "acc": 0.6, "auc": 0.70},
+    {"method": "scratch", "fraction": 0.1, "seed": 1, "acc": 0.8, "auc": 0.80},
+    {"method": "tcpc", "fraction": 0.1, "seed": 0, "acc": 0.9, "auc": 0.95},
+]
+
+
+def test_aggregate_mean_and_sample_std():
+    s = aggregate(CELLS)
+    mean, std, n = s[("scratch", 0.1)]["auc"]
+    assert mean == pytest.approx(0.75) and std == pytest.approx(0.0707107, rel=1e-5) and n == 2
+    assert s[("tcpc", 0.1)]["acc"] == (0.9, 0.0, 1)
+
+
+def test_markdown_table_has_a_row_per_method_and_missing_cells_marked():
+    md = markdown_table(aggregate(CELLS), ["scratch", "tcpc"], [0.1, 1.0], MEDMNIST_V2_ADRENAL3D, "MedMNIST v2")
+    rows = [line for line in md.splitlines() if line.startswith("| scratch") or line.startswith("| tcpc")]
+    assert rows[0].startswith("| scratch | 0.700 ± 0.141 | 0.750 ± 0.071 | — | — |")
+    assert "| ResNet-18 + 3D | 0.721 | 0.827 |" in md
+
+
+def test_plot_is_written(tmp_path):
+    p = plot_auc_vs_fraction(aggregate(CELLS), ["scratch", "tcpc"], [0.1, 1.0], tmp_path / "f.png",
+                             reference=MEDMNIST_V2_ADRENAL3D)
+    assert p.stat().st_size > 5000

@@ -1,0 +1,138 @@
+"""Fine-tuning and evaluation: a separable set reaches high ACC, label fractions are stratified and
+seeded, any state dict initialises the encoder with an exact key report, the cascade works, and bad
+input fails clearly."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from tcpc_train.checkpoint import load_checkpoint, save_checkpoint
+from tcpc_train.finetune import FinetuneConfig, evaluate, finetune, stratified_fraction
+from tcpc_train.metrics import classification_metrics
+from tcpc_train.models import ResNet18_3d, build_encoder
+from tcpc_train.pretrain import PretrainConfig, pretrain
+from tcpc_train.weights import load_encoder_weights
+
+TINY = dict(width=1 / 16, batch_size=8, workers=0)
+
+
+def test_finetune_reaches_high_accuracy_on_a_separable_set(labelled, tmp_path):
+    s = finetune(labelled, tmp_path, FinetuneConfig(arch="vgg", epochs=3, **TINY))
+    m = s["metrics"]
+    assert m["acc"] >= 0.9 and m["auc"] >= 0.95 and m["n"] == 16
+    assert sum(map(sum, m["confusion"])) == 16
+    for name in ("metrics.json", "roc.png", "curves.png", "best.pt", "last.pt", "log.jsonl", "init_report.json"):
+        assert (tmp_path / name).is_file()
+    assert json.loads((tmp_path / "metrics.json").read_text())["acc"] == m["acc"]
+    assert len(s["val"]) == 3 and s["init_report"] is None
+    again = evaluate(tmp_path / "best.pt", labelled, tmp_path / "eval")
+    assert again["acc"] == m["acc"] and again["confusion"] == m["confusion"]
+    assert (tmp_path / "eval" / "roc.png").is_file()
+
+
+def test_stratified_fraction_is_seeded_nested_and_keeps_every_class():
+    labels = {f"k{i:03d}": int(i % 10 == 0) for i in range(200)}  # 20 of class 1, 180 of class 0
+    one = stratified_fraction(labels, 0.01, seed=0)
+    assert sorted(labels[k] for k in one) == [0, 1, 1][:len(one)] or {labels[k] for k in one} == {0, 1}
+    ten = stratified_fraction(labels, 0.1, seed=0)
+    assert sum(labels[k] for k in ten) == 2 and len(ten) == 20
+    assert one <= ten <= stratified_fraction(labels, 1.0, seed=0)
+    assert ten == stratified_fraction(labels, 0.1, seed=0) != stratified_fraction(labels, 0.1, seed=1)
+
+
+def test_label_fraction_trains_on_the_selected_samples(labelled, tmp_path):
+    s = finetune(labelled, tmp_path, FinetuneConfig(arch="vgg", epochs=1, label_fraction=0.25, **TINY))
+    assert s["n_train"] == 8 and s["metrics"]["n_train"] == 8
+
+
+def _external_state_dict(width, in_channels=1, video_stem=True):
+    """A Hara / MedicalNet style 3D ResNet-18 state dict: 'module.' prefix, 7^3 stem, an fc head."""
+    model = ResNet18_3d(width, video_stem=video_stem)
+    sd = {f"module.{k}": v for k, v in model.state_dict().items()}
+    if in_channels != 1:
+        sd["module.conv1.weight"] = sd["module.conv1.weight"].repeat(1, in_channels, 1, 1, 1) / in_channels
+    sd["module.fc.weight"], sd["module.fc.bias"] = torch.zeros(400, model.out_dim), torch.zeros(400)
+    return {"state_dict": sd, "arch": "resnet-18"}
+
+
+def test_external_state_dict_reports_exact_missing_and_unexpected_keys(tmp_path):
+    torch.save(_external_state_dict(1 / 16), tmp_path / "ext.pth")
+    enc = build_encoder("resnet18", 1 / 16)
+    rep = load_encoder_weights(enc, tmp_path / "ext.pth")
+    assert rep["missing"] == ["conv1.weight"] and rep["mismatched"] == ["conv1.weight"]
+    assert rep["unexpected"] == ["fc.bias", "fc.weight"] and rep["adapted"] == []
+    assert len(rep["matched"]) == len(enc.state_dict()) - 1
+    ext = torch.load(tmp_path / "ext.pth", weights_only=True)["state_dict"]
+    assert torch.equal(enc.state_dict()["layer4.1.conv2.weight"], ext["module.layer4.1.conv2.weight"])
+
+
+def test_rgb_stem_is_summed_over_input_channels():
+    src = _external_state_dict(1 / 16, in_channels=3, video_stem=False)
+    enc = build_encoder("resnet18", 1 / 16)
+    rep = load_encoder_weights(enc, src)
+    assert rep["adapted"] == ["conv1.weight"] and rep["missing"] == []
+    assert torch.allclose(enc.conv1.weight, src["state_dict"]["module.conv1.weight"].sum(1, keepdim=True))
+
+
+def test_unrelated_state_dict_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="none of its 1 tensors matches"):
+        load_encoder_weights(build_encoder("vgg", 1 / 16), {"bert.embeddings": torch.zeros(3)})
+    # Batch-norm step counters (shape ()) match any encoder: not enough to count as a match.
+    other = {k: v for k, v in build_encoder("resnet18", 1 / 8).state_dict().items()}
+    with pytest.raises(ValueError, match="none of its"):
+        load_encoder_weights(build_encoder("resnet18", 1 / 16), other)
+
+
+def test_cascade_external_then_tcpc_then_finetune(u_shards, labelled, tmp_path):
+    torch.save(_external_state_dict(1 / 16), tmp_path / "ext.pth")
+    p = pretrain(u_shards, tmp_path / "tcpc", PretrainConfig(steps=1, width=1 / 16, batch_size=4, workers=0,
+                                                              init=str(tmp_path / "ext.pth")))
+    assert p["init_report"]["missing"] == ["conv1.weight"]
+    s = finetune(labelled, tmp_path / "ft", FinetuneConfig(epochs=1, init=str(tmp_path / "tcpc" / "last.pt"), **TINY))
+    rep = s["init_report"]
+    assert rep["missing"] == [] and rep["mismatched"] == []
+    assert rep["unexpected"] and all(k.startswith("head.") for k in rep["unexpected"])  # GRU + predictor
+    assert load_checkpoint(tmp_path / "ft" / "best.pt")["kind"] == "classifier"
+
+
+def test_finetune_bad_input(labelled, tmp_path, u_shards):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        finetune(tmp_path / "none", tmp_path / "o", FinetuneConfig(**TINY))
+    with pytest.raises(FileNotFoundError, match="train not found"):
+        finetune(u_shards, tmp_path / "o", FinetuneConfig(**TINY))
+    broken = tmp_path / "broken"
+    shutil.copytree(labelled, broken)
+    (broken / "test" / "manifest.json").write_text(json.dumps({"shards": [], "total": 0}))
+    with pytest.raises(ValueError, match="empty manifest"):
+        finetune(broken, tmp_path / "o", FinetuneConfig(**TINY))
+    with pytest.raises(ValueError, match="label fraction"):
+        finetune(labelled, tmp_path / "o", FinetuneConfig(label_fraction=0, **TINY))
+    other = tmp_path / "wrong_layout"
+    (other / "train").mkdir(parents=True)
+    shutil.copytree(u_shards, other / "train", dirs_exist_ok=True)
+    shutil.copytree(u_shards, other / "test")
+    with pytest.raises(ValueError, match="no 'volume.npy' member"):
+        finetune(other, tmp_path / "o", FinetuneConfig(**TINY))
+
+
+def test_init_with_the_wrong_width_is_a_clear_error(labelled, tmp_path):
+    s = finetune(labelled, tmp_path / "a", FinetuneConfig(arch="vgg", epochs=1, **TINY))
+    with pytest.raises(ValueError, match=r"trained with width 0.0625; use the same --width \(asked for 0.125\)"):
+        finetune(labelled, tmp_path / "b", FinetuneConfig(arch="vgg", epochs=1, init=s["checkpoint"],
+                                                          **{**TINY, "width": 1 / 8}))
+    save_checkpoint(tmp_path / "pre.pt", {"kind": "pretrain", "model": {}, "config": {}})
+    with pytest.raises(ValueError, match="not a fine-tuned classifier"):
+        evaluate(tmp_path / "pre.pt", labelled)
+    with pytest.raises(ValueError, match="not a weights-only torch checkpoint"):
+        evaluate(tmp_path / "a" / "init_report.json", labelled)
+
+
+def test_metrics_known_answers():
+    m = classification_metrics([0, 0, 1, 1], [[0.9, 0.1], [0.4, 0.6], [0.3, 0.7], [0.2, 0.8]])
+    assert m["acc"] == 0.75 and m["auc"] == 1.0 and m["confusion"] == [[1, 1], [0, 2]]
+    assert classification_metrics([1, 1], [[0.2, 0.8], [0.6, 0.4]])["auc"] is None
+    three = classification_metrics([0, 1, 2], [[0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.1, 0.1, 0.8]])
+    assert three["acc"] == 1.0 and three["auc"] == 1.0

@@ -1,0 +1,136 @@
+"""Pretraining: every task runs, a killed run resumes with identical losses, DDP on CPU with gloo,
+weights-only checkpoints, and clear errors for wrong shards or configs."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+import tcpc_train.pretrain as pretrain_mod
+from tcpc_train.checkpoint import load_checkpoint, save_checkpoint
+from tcpc_train.pretrain import PretrainConfig, learning_rate, pretrain
+from tcpc_train.synthetic import write_path_shards
+
+TINY = dict(width=1 / 16, batch_size=4, workers=0, warmup=1, checkpoint_every=2, shuffle_buffer=8)
+
+
+def _losses(run):
+    return [json.loads(line)["loss"] for line in (run / "log.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("task,kind", [("tcpc", "u"), ("cpc", "straight"), ("rubik", "block"), ("jigsaw", "block")])
+def test_each_task_trains_and_writes_its_outputs(shard_root, tmp_path, task, kind):
+    s = pretrain(shard_root / kind, tmp_path, PretrainConfig(task=task, steps=2, n_permutations=10, **TINY))
+    assert s["steps"] == 2 and s["start_step"] == 0 and s["samples_per_s"] > 0
+    rows = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2] and {"loss", "lr", "samples_per_s"} <= set(rows[0])
+    for name in ("last.pt", "loss.png", "summary.json", "config.json"):
+        assert (tmp_path / name).is_file()
+    ck = load_checkpoint(tmp_path / "last.pt")
+    assert ck["step"] == 2 and ck["config"]["task"] == task and len(ck["data_digest"]) == 64
+    if task in ("tcpc", "cpc"):
+        assert abs(rows[0]["loss"] - s["chance_loss"]) < 1.0  # untrained: near log(batch)
+
+
+class Killed(Exception):
+    pass
+
+
+def test_killed_run_resumes_at_the_same_step_with_the_same_losses(u_shards, tmp_path, monkeypatch):
+    cfg = PretrainConfig(steps=6, **{**TINY, "workers": 2})
+    pretrain(u_shards, tmp_path / "whole", cfg)
+
+    write = pretrain_mod.StepLog.write
+
+    def dying_write(self, row):
+        write(self, row)
+        if row["step"] == 5:  # killed after step 5; the last checkpoint is step 4
+            raise Killed
+    monkeypatch.setattr(pretrain_mod.StepLog, "write", dying_write)
+    with pytest.raises(Killed):
+        pretrain(u_shards, tmp_path / "killed", cfg)
+    assert load_checkpoint(tmp_path / "killed" / "last.pt")["step"] == 4
+    monkeypatch.setattr(pretrain_mod.StepLog, "write", write)
+    s = pretrain(u_shards, tmp_path / "killed", cfg)
+    assert s["start_step"] == 4
+    assert _losses(tmp_path / "killed") == pytest.approx(_losses(tmp_path / "whole"), abs=1e-5)
+
+
+def test_resume_refuses_a_different_config_or_data(u_shards, shard_root, tmp_path):
+    pretrain(u_shards, tmp_path, PretrainConfig(steps=1, **TINY))
+    with pytest.raises(ValueError, match="different config .*lr"):
+        pretrain(u_shards, tmp_path, PretrainConfig(steps=2, **{**TINY, "lr": 0.5}))
+    other = write_path_shards(tmp_path / "other", 8, "u", seed=9)
+    with pytest.raises(ValueError, match="other shards"):
+        pretrain(other, tmp_path, PretrainConfig(steps=2, **TINY))
+
+
+def test_wrong_shards_for_the_task_fail_clearly(shard_root, tmp_path):
+    with pytest.raises(ValueError, match="task tcpc needs 'u' paths"):
+        pretrain(shard_root / "straight", tmp_path / "a", PretrainConfig(task="tcpc", steps=1, **TINY))
+    with pytest.raises(ValueError, match="task cpc needs 'straight' paths"):
+        pretrain(shard_root / "u", tmp_path / "b", PretrainConfig(task="cpc", steps=1, **TINY))
+    with pytest.raises(ValueError, match="task rubik needs 'block' shards"):
+        pretrain(shard_root / "u", tmp_path / "c", PretrainConfig(task="rubik", steps=1, **TINY))
+    with pytest.raises(ValueError, match="no 'cubes.npy' member"):
+        pretrain(shard_root / "labelled" / "train", tmp_path / "d", PretrainConfig(steps=1, **TINY))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        pretrain(tmp_path / "missing", tmp_path / "e", PretrainConfig(steps=1, **TINY))
+    assert not (tmp_path / "a").exists()  # nothing written for a run that could not start
+
+
+def test_bad_configs_are_refused(u_shards, tmp_path):
+    for bad, match in [({"task": "simclr"}, "unknown task"), ({"arch": "vit"}, "unknown architecture"),
+                       ({"batch_size": 1}, "in-batch negatives"), ({"steps": 0}, "steps must be"),
+                       ({"device": "tpu"}, "unknown device")]:
+        with pytest.raises(ValueError, match=match):
+            pretrain(u_shards, tmp_path, PretrainConfig(**{**TINY, **bad}))
+
+
+def test_learning_rate_warms_up_then_decays_to_a_tenth():
+    cfg = PretrainConfig(lr=1.0, warmup=10, steps=110)
+    assert learning_rate(0, cfg) == pytest.approx(0.1) and learning_rate(9, cfg) == pytest.approx(1.0)
+    assert learning_rate(10, cfg) == pytest.approx(1.0) and learning_rate(110, cfg) == pytest.approx(0.1)
+
+
+def test_checkpoints_load_weights_only_and_refuse_pickled_objects(tmp_path):
+    save_checkpoint(tmp_path / "ok.pt", {"model": {"w": torch.ones(2)}, "step": 3, "config": {"a": [1, "b"]}})
+    assert load_checkpoint(tmp_path / "ok.pt")["step"] == 3
+    torch.save({"model": {}, "evil": Killed()}, tmp_path / "pickled.pt")
+    with pytest.raises(ValueError, match="not a weights-only torch checkpoint"):
+        load_checkpoint(tmp_path / "pickled.pt")
+    (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="not a weights-only"):
+        load_checkpoint(tmp_path / "garbage.pt")
+    with pytest.raises(FileNotFoundError):
+        load_checkpoint(tmp_path / "none.pt")
+
+
+def _ddp_worker(rank, world, port, shards, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        torch.set_num_threads(1)
+        s = pretrain(shards, out, PretrainConfig(steps=3, **TINY))
+        with open(out.parent / f"rank{rank}.json", "w") as f:
+            json.dump({"world": s["world_size"], "final_loss": s["final_loss"]}, f)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_ddp_two_processes_on_cpu_with_gloo(u_shards, tmp_path):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(2, port, str(u_shards), tmp_path / "run"), nprocs=2, join=True)
+    r0 = json.loads((tmp_path / "rank0.json").read_text())
+    r1 = json.loads((tmp_path / "rank1.json").read_text())
+    assert r0["world"] == r1["world"] == 2
+    assert r0["final_loss"] != r1["final_loss"]  # each rank trained on its own part of the shards
+    rows = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]  # only rank 0 logs
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["step"] == 3

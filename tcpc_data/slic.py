@@ -8,7 +8,7 @@ kernels that trust their input:
 
 - assignment runs voxel-major: each (z, y) row gathers the centres whose
   search window covers it, then every centre sweeps its x-interval of the row
-  in a branch-free, vectorisable loop; no full-volume distance array is kept;
+  in a vectorisable loop; no full-volume distance array is kept;
 - centre sums are accumulated per fixed z-slab while labels are written and
   reduced in slab order, so results do not depend on the thread count;
 - connectivity is union-find over runs along x, read in memory order.
@@ -88,9 +88,9 @@ def slic(image, n_segments=100, compactness=10.0, max_num_iter=10, sigma=0, spac
     - with a mask, seeds are the centroids of the mask voxels in each cell of a
       regular grid over the mask's bounding box (deterministic), instead of
       random k-means seeding followed by a spatial-only k-means pass;
-    - computation in float32 with Young–van Vliet recursive smoothing for
-      sigma >= 2 voxels (exact FIR below), so values differ at float32 and
-      filter-approximation level;
+    - computation in float32 with Deriche's recursive Gaussian for sigma >= 2
+      voxels (exact FIR below; within 5e-4 of the kernel peak), so values
+      differ at float32 and filter-approximation level;
     - mask voxels that no search window reaches are merged into a touching
       supervoxel by the connectivity pass (left at ``start_label - 1`` when
       ``enforce_connectivity`` is False);

@@ -178,3 +178,15 @@ def test_cli_runs_the_stage_and_reports_errors_in_one_line(store):
     assert open_store(store, "r")["p0/candidates"].shape[0] <= 5
     r = CliRunner().invoke(main, ["supervoxels", str(store), "--compactness", "-1"])
     assert r.exit_code == 2 and "compactness" in r.output and "Traceback" not in r.output
+
+
+def test_cli_exits_1_and_writes_the_failures_report_when_a_case_fails(store, phantoms):
+    from cli import main
+
+    _add_case(store, "broken", phantoms[0], spacing_zyx=[1.0, -1.0, 1.0])
+    r = CliRunner().invoke(main, ["supervoxels", str(store), "--n-segments", "250", "--sigma", "2",
+                                  "--workers", "1", "--no-progress"])
+    assert r.exit_code == 1 and "failed broken" in r.output and "spacing_zyx" in r.output
+    assert "2 done" in r.output
+    report = store.parent / "volumes.zarr.supervoxels-failures.jsonl"
+    assert json.loads(report.read_text().splitlines()[0])["case"] == "broken"

@@ -500,28 +500,27 @@ def experiment(config, out, progress):
 @click.option("--workers", type=int, default=None, help="Worker processes [one per core].")
 @click.option("--scheduler", default=None, help="Address of a running dask scheduler (tcp://host:8786).")
 @click.option("--failures", "failures_path", type=click.Path(dir_okay=False), default=None,
-              help="JSON-lines report of failed cases [STORE/../failures-supervoxels.jsonl].")
+              help="JSON-lines report of failed cases [<STORE>.supervoxels-failures.jsonl].")
 @click.option("--progress/--no-progress", default=True, help="Show live progress.")
 @_friendly
 def supervoxels(store, cases, workers, scheduler, failures_path, progress, candidates_csv, **fields):
     """Supervoxels, per-supervoxel table and ranked crop centres for every case of STORE."""
     import dataclasses
-    from pathlib import Path
 
-    from tcpc_data.store import is_local
     from tcpc_data.supervoxels import SupervoxelConfig
     from tcpc_data.supervoxels import supervoxels as run_supervoxels
 
     given = {k: v for k, v in fields.items() if v is not None}
     config = dataclasses.replace(SupervoxelConfig(), **given)
-    if failures_path is None and is_local(store):
-        failures_path = Path(store).resolve().parent / "failures-supervoxels.jsonl"
+    failures_path = failures_path or f"{str(store).rstrip('/')}.supervoxels-failures.jsonl"
     report = run_supervoxels(store, config, cases=list(cases) or None, candidates_csv=candidates_csv,
                              workers=workers, scheduler=scheduler, progress=progress,
                              failures_path=failures_path)
+    if not progress:  # the live display already named each failure as it happened
+        for rec in report.failures:
+            click.echo(f"failed {rec['case']}: {rec['error']}", err=True)
     click.echo(report.summary())
-    if not report.ok:
-        sys.exit(1)
+    sys.exit(0 if report.ok else 1)
 
 
 @main.command()

@@ -1,25 +1,24 @@
 """Lesion candidates: the per-supervoxel table, a lesion-likeness score, top-K crop centres with NMS, CSV centres.
 
-Lesion-likeness of supervoxel s (all terms in [0, 1], multiplied):
+Lesion-likeness is a voxel map, computed on a grid of about 2 mm for speed:
 
-- density ``clip((mean_s + 700) / 600, 0, 1)``: 0 for lung and air (<= -700 HU),
-  1 for solid tissue (>= -100 HU); ground glass (~ -450 HU) scores about 0.4;
-- contrast ``0.25 + 0.75 * clip((mean_s - mean_nbr) / 500, 0, 1)``, where
-  ``mean_nbr`` is the contact-area weighted mean HU of the face-adjacent
-  supervoxels: a lesion is denser than what surrounds it;
-- context ``0.25 + 0.75 * f``, ``f`` the fraction of s's contact area shared
-  with air-like neighbours (mean < -400 HU): surrounded by lung. In head CT
-  (no lungs) every supervoxel gets the same 0.25 and the other terms rank them;
-- size ``min(1, (D / 3 mm)^3, (40 mm / D)^3)`` with D the equivalent sphere
-  diameter: lesions worth a crop are 3-40 mm; big slabs of mediastinum or
-  liver are not;
-- compactness ``0.5 + 0.5 * min(1, voxels / (0.52 * bbox voxels))``: a sphere
-  fills 52 % of its box; elongated vessels and walls fill less.
+- blob response ``B = max over (s1, s2) in (2, 5), (3, 8), (6, 16) mm of
+  G(s1) - G(s2)`` of the HU clipped to [-1000, 200] (G = Gaussian smoothing;
+  bone clipped so it does not dominate): a difference of Gaussians is large
+  at the centre of a dense blob of 4-35 mm against a darker surround, small
+  along vessels (tubes), walls (planes) and inside large uniform organs;
+- lung context ``c = G(20 mm)`` of the air-like mask (-1000 < HU < -400):
+  near 1 for points surrounded by lung, about 0.5 at the pleura, 0 in the
+  head or abdomen;
+- ``score = clip(B / 500 HU, 0, 1) * (0.2 + 0.8 c)``: dense, compact and
+  contrasting, preferably inside the lungs; in a head CT (no lung) the blob
+  response alone ranks the supervoxels.
 
-Crop centres are the rounded centroids of the best supervoxels, greedily
-kept when no better centre lies within half a crop on every axis (non-maximum
-suppression: no kept centre sits inside a better one's central half), so the
-top K crops spread over distinct places.
+Each supervoxel proposes one crop centre: its voxel of highest score (the
+blob's centre rather than the supervoxel's centroid, which a mixed
+supervoxel would put in the surrounding lung), with that score. Centres are
+kept best first when no better centre lies within half a crop on every axis
+(non-maximum suppression), so the top K crops spread over distinct places.
 """
 from __future__ import annotations
 
@@ -95,85 +94,99 @@ def _label_stats(labels, hu, max_label):
     return out
 
 
+SCORE_GRID_MM = 2.0
+_BLOB_SCALES_MM = ((2.0, 5.0), (3.0, 8.0), (6.0, 16.0))
+_CONTEXT_MM = 20.0
+
+
+def lesion_score_map(hu: np.ndarray, spacing_zyx) -> tuple[np.ndarray, tuple[int, int, int]]:
+    """The lesion-likeness map (module docstring) on a subsampled grid.
+
+    Parameters
+    ----------
+    hu : (Z, Y, X) array
+        Hounsfield units.
+    spacing_zyx : 3 floats
+        Voxel size in mm.
+
+    Returns
+    -------
+    score : (z, y, x) float32 array in [0, 1]
+        On the grid ``hu[::f0, ::f1, ::f2]``.
+    factors : (f0, f1, f2)
+        Subsampling per axis (cells of about ``SCORE_GRID_MM`` mm).
+    """
+    from tcpc_data.gaussian import gaussian
+
+    sp = np.asarray(spacing_zyx, dtype=np.float64)
+    f = tuple(max(1, int(round(SCORE_GRID_MM / s))) for s in sp)
+    small = np.clip(np.asarray(hu, dtype=np.float32)[::f[0], ::f[1], ::f[2]], -1000.0, 200.0)
+    cell = sp * np.asarray(f)
+    blob = np.full(small.shape, -np.inf, dtype=np.float32)
+    for s1, s2 in _BLOB_SCALES_MM:
+        dog = gaussian(small, s1 / cell)
+        dog -= gaussian(small, s2 / cell)
+        np.maximum(blob, dog, out=blob)
+    air = ((small > -1000.0) & (small < -400.0)).astype(np.float32)  # padding clips to -1000
+    context = gaussian(air, _CONTEXT_MM / cell)
+    score = np.clip(blob / 500.0, 0.0, 1.0) * (0.2 + 0.8 * np.clip(context, 0.0, 1.0))
+    return score.astype(np.float32), f
+
+
 @numba.njit(cache=True)
-def _contacts(labels):
-    """Face contacts between different labels > 0: (M, 2) int64 pairs (a < b), one per touching face."""
+def _best_voxels(labels, score, f0, f1, f2, max_label):
+    """Per label: the highest score and the first voxel (raster order) that has it."""
+    best = np.full(max_label + 1, -1.0, dtype=np.float32)
+    where = np.zeros((max_label + 1, 3), dtype=np.int64)
     Z, Y, X = labels.shape
-    n = 0
-    for pass_ in range(2):
-        if pass_ == 1:
-            out = np.empty((n, 2), dtype=np.int64)
-            n = 0
-        for z in range(Z):
-            for y in range(Y):
-                for x in range(X):
-                    a = labels[z, y, x]
-                    if a <= 0:
-                        continue
-                    for d in range(3):
-                        if d == 0:
-                            if x + 1 >= X:
-                                continue
-                            b = labels[z, y, x + 1]
-                        elif d == 1:
-                            if y + 1 >= Y:
-                                continue
-                            b = labels[z, y + 1, x]
-                        else:
-                            if z + 1 >= Z:
-                                continue
-                            b = labels[z + 1, y, x]
-                        if b > 0 and b != a:
-                            if pass_ == 1:
-                                out[n, 0] = min(a, b)
-                                out[n, 1] = max(a, b)
-                            n += 1
-    return out
+    for z in range(Z):
+        for y in range(Y):
+            for x in range(X):
+                lab = labels[z, y, x]
+                v = score[z // f0, y // f1, x // f2]
+                if lab > 0 and v > best[lab]:
+                    best[lab] = v
+                    where[lab, 0] = z
+                    where[lab, 1] = y
+                    where[lab, 2] = x
+    return best, where
 
 
-def score_table(table: np.ndarray, labels: np.ndarray, spacing_zyx) -> np.ndarray:
-    """Fill the ``score`` column of ``table`` with the lesion-likeness (module docstring); returns it.
+def score_table(table: np.ndarray, labels: np.ndarray, hu: np.ndarray,
+                spacing_zyx) -> tuple[np.ndarray, np.ndarray]:
+    """Fill the ``score`` column of ``table`` and find each supervoxel's crop centre.
 
-    ``labels`` is the volume the table was made from; ``spacing_zyx`` in mm.
+    Parameters
+    ----------
+    table : (N, 13) array
+        From :func:`supervoxel_table`.
+    labels : (Z, Y, X) int array
+        The labels the table was made from.
+    hu : (Z, Y, X) array
+        Hounsfield units.
+    spacing_zyx : 3 floats
+        Voxel size in mm.
+
+    Returns
+    -------
+    table : (N, 13) float32
+        A copy with the ``score`` column filled.
+    centres : (N, 3) int64
+        Voxel (z, y, x) of highest lesion-likeness inside each supervoxel.
     """
     table = np.array(table, dtype=np.float32, copy=True)
     if len(table) == 0:
-        return table
-    sp = np.asarray(spacing_zyx, dtype=np.float64)
-    lab_ids = table[:, 0].astype(np.int64)
-    index = np.full(int(lab_ids.max()) + 1, -1, dtype=np.int64)
-    index[lab_ids] = np.arange(len(lab_ids))
-    mean = table[:, 5].astype(np.float64)
-    pairs = _contacts(np.ascontiguousarray(labels, dtype=np.int32))
-    nbr_sum = np.zeros(len(table))
-    nbr_area = np.zeros(len(table))
-    air_area = np.zeros(len(table))
-    if len(pairs):
-        key = pairs[:, 0] * (int(lab_ids.max()) + 1) + pairs[:, 1]
-        uniq, area = np.unique(key, return_counts=True)
-        ia = index[uniq // (int(lab_ids.max()) + 1)]
-        ib = index[uniq % (int(lab_ids.max()) + 1)]
-        for i, j in ((ia, ib), (ib, ia)):
-            np.add.at(nbr_sum, i, area * mean[j])
-            np.add.at(nbr_area, i, area)
-            np.add.at(air_area, i, area * (mean[j] < -400.0))
-    has_nbr = nbr_area > 0
-    mean_nbr = np.where(has_nbr, nbr_sum / np.maximum(nbr_area, 1), mean)
-    air_frac = np.where(has_nbr, air_area / np.maximum(nbr_area, 1), 0.0)
-    voxels = table[:, 1].astype(np.float64)
-    diameter = (6.0 * voxels * float(np.prod(sp)) / math.pi) ** (1.0 / 3.0)
-    bbox = np.prod(table[:, 9:12].astype(np.float64) - table[:, 6:9], axis=1)
-
-    density = np.clip((mean + 700.0) / 600.0, 0.0, 1.0)
-    contrast = 0.25 + 0.75 * np.clip((mean - mean_nbr) / 500.0, 0.0, 1.0)
-    context = 0.25 + 0.75 * air_frac
-    size = np.minimum(1.0, np.minimum((diameter / 3.0) ** 3, (40.0 / diameter) ** 3))
-    compact = 0.5 + 0.5 * np.minimum(1.0, voxels / (0.52 * bbox))
-    table[:, TABLE_COLUMNS.index("score")] = density * contrast * context * size * compact
-    return table
+        return table, np.zeros((0, 3), dtype=np.int64)
+    score, f = lesion_score_map(hu, spacing_zyx)
+    lab = np.ascontiguousarray(labels, dtype=np.int32)
+    best, where = _best_voxels(lab, score, f[0], f[1], f[2], int(lab.max()))
+    ids = table[:, 0].astype(np.int64)
+    table[:, TABLE_COLUMNS.index("score")] = np.maximum(best[ids], 0.0)
+    return table, where[ids]
 
 
-def top_candidates(centres_zyx: np.ndarray, scores: np.ndarray, *, k: int, crop_size: int, shape) -> tuple[np.ndarray, np.ndarray]:
+def top_candidates(centres_zyx: np.ndarray, scores: np.ndarray, *, k: int, crop_size: int,
+                   shape) -> tuple[np.ndarray, np.ndarray]:
     """Best-first crop centres with non-maximum suppression.
 
     Parameters

@@ -8,7 +8,7 @@ kernels that trust their input:
 
 - assignment runs voxel-major: each (z, y) row gathers the centres whose
   search window covers it, then every centre sweeps its x-interval of the row
-  in a branch-free, vectorisable loop; no full-volume distance array is kept;
+  in a vectorisable loop; no full-volume distance array is kept;
 - centre sums are accumulated per fixed z-slab while labels are written and
   reduced in slab order, so results do not depend on the thread count;
 - connectivity is union-find over runs along x, read in memory order.
@@ -28,8 +28,8 @@ from tcpc_data.gaussian import gaussian
 # Half-width of a centre's search window in grid steps. scikit-image uses 2 (and
 # evaluates 64 voxel-centre pairs per voxel in 3D); Achanta et al. (2012) use 1
 # (8 pairs), which lost 3-4 % boundary recall against scikit-image on LIDC;
-# 1.5 (27 pairs) stays within 0.2 % on every metric (bench/slic.py).
-WINDOW_STEPS = 1.5
+# 1.25 (16 pairs) stays within 1.5 % on every metric (bench/slic.py).
+WINDOW_STEPS = 1.25
 # Labels of the raw assignment: voxels outside the mask, and mask voxels no window reached.
 _OUTSIDE, _ORPHAN = -2, -1
 # A finite 'infinity' for distances: fastmath code may assume no inf.
@@ -83,14 +83,14 @@ def slic(image, n_segments=100, compactness=10.0, max_num_iter=10, sigma=0, spac
     Deviations from scikit-image 0.26 (documented; quality is compared in
     ``bench/slic.py``):
 
-    - search window: half-width ``WINDOW_STEPS`` (1.5) grid steps per axis;
-      scikit-image searches 2 steps (2.4x more work for the same quality);
+    - search window: half-width ``WINDOW_STEPS`` (1.25) grid steps per axis;
+      scikit-image searches 2 steps (4x more work for about the same quality);
     - with a mask, seeds are the centroids of the mask voxels in each cell of a
       regular grid over the mask's bounding box (deterministic), instead of
       random k-means seeding followed by a spatial-only k-means pass;
-    - computation in float32 with Young–van Vliet recursive smoothing for
-      sigma >= 2 voxels (exact FIR below), so values differ at float32 and
-      filter-approximation level;
+    - computation in float32 with Deriche's recursive Gaussian for sigma >= 2
+      voxels (exact FIR below; within 5e-4 of the kernel peak), so values
+      differ at float32 and filter-approximation level;
     - mask voxels that no search window reaches are merged into a touching
       supervoxel by the connectivity pass (left at ``start_label - 1`` when
       ``enforce_connectivity`` is False);

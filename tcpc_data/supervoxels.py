@@ -168,20 +168,23 @@ def _process_case(payload) -> tuple[str, dict]:
         raise ValueError(f"case {case}: image attr spacing_zyx must be 3 positive numbers, got {spacing!r}")
     spacing = tuple(float(s) for s in spacing)
     hu = image_hu(image, attrs, case)
-    mask = body_mask(hu, spacing, threshold_hu=config.body_threshold_hu,
-                     opening_mm=config.body_opening_mm)
-    labels = slic(image, n_segments=config.n_segments, compactness=config.compactness,
-                  max_num_iter=config.max_num_iter, sigma=config.sigma,
-                  spacing=spacing if config.use_spacing else None, mask=mask,
-                  enforce_connectivity=config.enforce_connectivity,
-                  min_size_factor=config.min_size_factor, max_size_factor=config.max_size_factor,
-                  start_label=1)
+    try:
+        mask = body_mask(hu, spacing, threshold_hu=config.body_threshold_hu,
+                         opening_mm=config.body_opening_mm)
+        labels = slic(image, n_segments=config.n_segments, compactness=config.compactness,
+                      max_num_iter=config.max_num_iter, sigma=config.sigma,
+                      spacing=spacing if config.use_spacing else None, mask=mask,
+                      enforce_connectivity=config.enforce_connectivity,
+                      min_size_factor=config.min_size_factor,
+                      max_size_factor=config.max_size_factor, start_label=1)
+    except ValueError as exc:
+        raise ValueError(f"case {case}: {exc}") from exc
     del mask
-    table = score_table(supervoxel_table(labels, hu), labels, spacing)
+    table, best_voxels = score_table(supervoxel_table(labels, hu), labels, hu, spacing)
     del hu
     score_col = TABLE_COLUMNS.index("score")
     if rows is None:
-        cands, scores = top_candidates(table[:, 2:5], table[:, score_col], k=config.top_k,
+        cands, scores = top_candidates(best_voxels, table[:, score_col], k=config.top_k,
                                        crop_size=config.crop_size, shape=image.shape)
         source = "slic"
     else:

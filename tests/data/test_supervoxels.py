@@ -52,24 +52,24 @@ def test_body_mask_excludes_padding_and_air_and_fills_lungs():
 
 
 def test_table_known_answer_and_score_prefers_a_lesion_in_lung():
-    labels = np.zeros((10, 20, 20), np.int32)
-    hu = np.full(labels.shape, -850.0, np.float32)
-    labels[:, :, :] = 1  # lung
-    labels[3:6, 8:11, 8:11] = 2  # a dense nodule inside it
-    hu[3:6, 8:11, 8:11] = 40.0
-    labels[:, 15:18, :] = 3  # pleura/chest wall: between lung and muscle
-    hu[:, 15:18, :] = 30.0
-    labels[:, 18:, :] = 4  # muscle
-    hu[:, 18:, :] = 40.0
+    shape = (24, 48, 48)
+    labels = np.ones(shape, np.int32)  # lung
+    hu = np.full(shape, -850.0, np.float32)
+    zz, yy, xx = np.indices(shape)
+    ball = (zz - 12) ** 2 + (yy - 16) ** 2 + (xx - 20) ** 2 <= 16  # 8 mm nodule in the lung
+    labels[ball], hu[ball] = 2, 40.0
+    labels[:, 36:40, :], hu[:, 36:40, :] = 3, 30.0  # pleura/chest wall between lung and muscle
+    labels[:, 40:, :], hu[:, 40:, :] = 4, 40.0  # muscle
     table = supervoxel_table(labels, hu)
     assert table.shape == (4, len(TABLE_COLUMNS))
     row = dict(zip(TABLE_COLUMNS, table[1]))
-    assert row["label"] == 2 and row["voxels"] == 27 and row["mean"] == pytest.approx(40.0)
-    assert (row["cz"], row["cy"], row["cx"]) == pytest.approx((4, 9, 9))
-    assert [row[k] for k in ("z0", "y0", "x0", "z1", "y1", "x1")] == [3, 8, 8, 6, 11, 11]
-    scored = score_table(table, labels, (1.0, 1.0, 1.0))
+    assert row["label"] == 2 and row["voxels"] == ball.sum() and row["mean"] == pytest.approx(40.0)
+    assert (row["cz"], row["cy"], row["cx"]) == pytest.approx((12, 16, 20))
+    assert [row[k] for k in ("z0", "y0", "x0", "z1", "y1", "x1")] == [8, 12, 16, 17, 21, 25]
+    scored, centres = score_table(table, labels, hu, (1.0, 1.0, 1.0))
     s = scored[:, TABLE_COLUMNS.index("score")]
-    assert s[1] > s[2] > s[3] > 0 and s[0] == 0
+    assert s[1] == s.max() and s[1] > 0.5 and s[2] < 0.5 * s[1]  # the wall is no blob
+    assert np.abs(centres[1] - (12, 16, 20)).max() <= 2  # the blob's centre
 
 
 def test_nms_keeps_best_first_and_spreads_crops():
@@ -152,6 +152,15 @@ def test_one_bad_case_is_reported_and_the_others_finish(store, tmp_path, phantom
     assert "supervoxels" not in open_store(store, "r")["p0"]
 
 
+def test_a_volume_without_body_fails_naming_the_case(tmp_path):
+    url = tmp_path / "v.zarr"
+    img = np.full((8, 32, 32), -1.0, np.float32)  # all at the bottom of the window: air
+    commit_arrays(url, "empty", {"image": img}, {"image": {"spacing_zyx": [1, 1, 1],
+                                                           "intensity_range": [LO, HI], "digest": "e"}})
+    rep = supervoxels(url, CFG, workers=1)
+    assert not rep.ok and "case empty" in rep.failures[0]["error"] and "HU" in rep.failures[0]["error"]
+
+
 def test_bad_config_and_unknown_case_raise(store):
     with pytest.raises(ValueError, match="compactness"):
         supervoxels(store, SupervoxelConfig(compactness=0), workers=1)
@@ -169,3 +178,15 @@ def test_cli_runs_the_stage_and_reports_errors_in_one_line(store):
     assert open_store(store, "r")["p0/candidates"].shape[0] <= 5
     r = CliRunner().invoke(main, ["supervoxels", str(store), "--compactness", "-1"])
     assert r.exit_code == 2 and "compactness" in r.output and "Traceback" not in r.output
+
+
+def test_cli_exits_1_and_writes_the_failures_report_when_a_case_fails(store, phantoms):
+    from cli import main
+
+    _add_case(store, "broken", phantoms[0], spacing_zyx=[1.0, -1.0, 1.0])
+    r = CliRunner().invoke(main, ["supervoxels", str(store), "--n-segments", "250", "--sigma", "2",
+                                  "--workers", "1", "--no-progress"])
+    assert r.exit_code == 1 and "failed broken" in r.output and "spacing_zyx" in r.output
+    assert "2 done" in r.output
+    report = store.parent / "volumes.zarr.supervoxels-failures.jsonl"
+    assert json.loads(report.read_text().splitlines()[0])["case"] == "broken"

@@ -146,7 +146,7 @@ def run_demo(out: str | Path, config: DemoConfig = DemoConfig(), *, progress: bo
         s = finetune(out / "labelled", out / "runs" / f"finetune-{method.lower()}", fcfg, progress=progress)
         rows[method] = {"acc": s["metrics"]["acc"], "auc": s["metrics"]["auc"], "n_train": s["n_train"],
                         "n_test": s["metrics"].get("n"), "run": s["out"]}
-        log(f"fine-tuned from {method}: test ACC {rows[method]['acc']:.3f} AUC {rows[method]['auc']:.3f}")
+        log(f"fine-tuned from {method}: test ACC {rows[method]['acc']:.3f} AUC {_fmt(rows[method]['auc'])}")
     picture = _pipeline_picture(out, rows)
     result = {"rows": rows, "picture": str(picture), "seconds": time.perf_counter() - t0, "out": str(out)}
     (out / "results.json").write_text(json.dumps(result, indent=1))
@@ -156,8 +156,13 @@ def run_demo(out: str | Path, config: DemoConfig = DemoConfig(), *, progress: bo
 def results_table(rows: dict) -> str:
     """The demo's result as a small text table."""
     lines = [f"{'initialisation':<16}{'test ACC':>10}{'test AUC':>10}"]
-    lines += [f"{m:<16}{r['acc']:>10.3f}{r['auc']:>10.3f}" for m, r in rows.items()]
+    lines += [f"{m:<16}{r['acc']:>10.3f}{_fmt(r['auc']):>10}" for m, r in rows.items()]
     return "\n".join(lines)
+
+
+def _fmt(value: float | None) -> str:
+    """A metric with 3 decimals; AUC is None when the test split holds one class."""
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 def _pipeline_picture(out: Path, rows: dict) -> Path:
@@ -182,7 +187,7 @@ def _pipeline_picture(out: Path, rows: dict) -> Path:
               (grid[0, 2], out / "path.png", "2. a U-path sample: support cubes 1-7, target T")]
     for m, (spec, method) in enumerate(zip((grid[1, 1], grid[1, 2]), rows)):
         panels.append((spec, Path(rows[method]["run"]) / "roc.png",
-                       f"{4 + m}. fine-tuned from {method}: ACC {rows[method]['acc']:.2f} AUC {rows[method]['auc']:.2f}"))
+                       f"{4 + m}. fine-tuned from {method}: ACC {rows[method]['acc']:.3f} AUC {_fmt(rows[method]['auc'])}"))
     for spec, png, title in panels:
         ax = fig.add_subplot(spec)
         ax.imshow(plt.imread(png))

@@ -195,7 +195,7 @@ def run_experiment(config: ExperimentConfig, out: str | Path, *, progress: bool 
                 if s is None:
                     s = finetune(out / "labelled", cell, fcfg, progress=progress)
                     log(f"{LABELS[method]:>18} {fraction:>5g} seed {seed}: ACC {s['metrics']['acc']:.3f} "
-                        f"AUC {s['metrics']['auc']:.3f} ({s['n_train']} labels)")
+                        f"AUC {s['metrics']['auc']} ({s['n_train']} labels)")
                 else:
                     skipped += 1
                 cells.append({"method": LABELS[method], "fraction": fraction, "seed": seed,

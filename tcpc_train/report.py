@@ -34,7 +34,11 @@ def aggregate(cells: Iterable[Mapping]) -> dict[tuple[str, float], dict[str, tup
     for key, rows in groups.items():
         stats = {}
         for metric in ("acc", "auc"):
-            v = np.array([r[metric] for r in rows], dtype=float)
+            # AUC is None for a test split of one class: left out, and counted in n
+            v = np.array([r[metric] for r in rows if r[metric] is not None], dtype=float)
+            if len(v) == 0:
+                stats[metric] = (float("nan"), float("nan"), 0)
+                continue
             stats[metric] = (float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0, len(v))
         out[key] = stats
     return out
@@ -59,7 +63,7 @@ def markdown_table(stats: Mapping, methods: list[str], fractions: list[float],
         for f in fractions:
             s = stats.get((method, float(f)))
             for metric in ("acc", "auc"):
-                row.append("—" if s is None else f"{s[metric][0]:.3f} ± {s[metric][1]:.3f}")
+                row.append("—" if s is None or s[metric][2] == 0 else f"{s[metric][0]:.3f} ± {s[metric][1]:.3f}")
         lines.append("| " + " | ".join(row) + " |")
     if reference:
         lines += ["", f"Published ({reference_title}, 100 % labels):", "",

@@ -28,3 +28,12 @@ def test_plot_is_written(tmp_path):
     p = plot_auc_vs_fraction(aggregate(CELLS), ["scratch", "tcpc"], [0.1, 1.0], tmp_path / "f.png",
                              reference=MEDMNIST_V2_ADRENAL3D)
     assert p.stat().st_size > 5000
+
+
+def test_cells_without_auc_are_left_out_of_the_mean():
+    cells = CELLS + [{"method": "tcpc", "fraction": 1.0, "seed": 0, "acc": 1.0, "auc": None},
+                     {"method": "tcpc", "fraction": 0.1, "seed": 1, "acc": 0.7, "auc": None}]
+    s = aggregate(cells)
+    assert s[("tcpc", 0.1)]["auc"] == (0.95, 0.0, 1) and s[("tcpc", 0.1)]["acc"][2] == 2
+    md = markdown_table(s, ["tcpc"], [1.0])
+    assert "| tcpc | 1.000 ± 0.000 | — |" in md

@@ -314,7 +314,7 @@ class _StageOptionsCommand(click.Command):
     """
 
     stage_configs = {"ingest": ("tcpc_data.ingestion", "IngestConfig"),
-                     "supervoxels": ("tcpc_data.supervoxels", "SupervoxelConfig")}
+                     "supervoxels": ("tcpc_data.supervoxel_stage", "SupervoxelConfig")}
 
     def get_params(self, ctx):
         if not getattr(self, "_stage_options", False):
@@ -348,7 +348,7 @@ def preprocess(sources, out, candidates_csv, labels, workers, scheduler, progres
     """
     from tcpc_data.ingestion import IngestConfig
     from tcpc_data.preprocessing import preprocess as run_preprocess
-    from tcpc_data.supervoxels import SupervoxelConfig
+    from tcpc_data.supervoxel_stage import SupervoxelConfig
 
     ingest_config = _config_from(IngestConfig, "ingest", kw)
     if kw.get("supervoxels__crop_size") is None and kw["crop_size"] is not None:
@@ -391,7 +391,7 @@ def _print_summary(title: str, rows: dict) -> None:
 def pretrain(shards, arch, task, steps, out, width, batch_size, lr, temperature, own_negatives, workers, seed,
              device, init, checkpoint_every, no_augment, fresh):
     """Self-supervised pretraining on SHARDS (TCPC or a baseline). Run under torchrun for DDP."""
-    from tcpc_train.pretrain import PretrainConfig, pretrain as run
+    from tcpc_train.pretraining import PretrainConfig, pretrain as run
 
     cfg = PretrainConfig(task=task, arch=arch, width=width, steps=steps, batch_size=batch_size, lr=lr,
                          temperature=temperature, own_negatives=own_negatives, workers=workers, seed=seed,
@@ -423,7 +423,7 @@ def pretrain(shards, arch, task, steps, out, width, batch_size, lr, temperature,
 def finetune(labelled_shards, init, scratch, epochs, label_fraction, out, arch, width, batch_size, lr, workers,
              seed, device, no_augment):
     """Fine-tune a classifier on LABELLED_SHARDS/{train,val,test}; report test ACC and AUC."""
-    from tcpc_train.finetune import FinetuneConfig, finetune as run
+    from tcpc_train.finetuning import FinetuneConfig, finetune as run
 
     if bool(init) == scratch:
         raise click.UsageError("give exactly one of --init CKPT or --scratch")
@@ -450,7 +450,7 @@ def finetune(labelled_shards, init, scratch, epochs, label_fraction, out, arch, 
 @_friendly
 def evaluate(checkpoint, shards, out, batch_size, device):
     """Evaluate a fine-tuned CHECKPOINT on SHARDS (a split directory, or a labelled set: its test/)."""
-    from tcpc_train.finetune import evaluate as run
+    from tcpc_train.finetuning import evaluate as run
 
     m = run(checkpoint, shards, out, batch_size=batch_size, device=device)
     _print_summary(f"evaluated {checkpoint} on {m['shards']} ({m['n']} samples)", {
@@ -507,8 +507,8 @@ def supervoxels(store, cases, workers, scheduler, failures_path, progress, candi
     """Supervoxels, per-supervoxel table and ranked crop centres for every case of STORE."""
     import dataclasses
 
-    from tcpc_data.supervoxels import SupervoxelConfig
-    from tcpc_data.supervoxels import supervoxels as run_supervoxels
+    from tcpc_data.supervoxel_stage import SupervoxelConfig
+    from tcpc_data.supervoxel_stage import supervoxels as run_supervoxels
 
     given = {k: v for k, v in fields.items() if v is not None}
     config = dataclasses.replace(SupervoxelConfig(), **given)

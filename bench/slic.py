@@ -39,7 +39,7 @@ def _run(which: str, path: str, kw: dict, threads: int | None, out: str, queue) 
     if which == "tcpc":
         import numba
 
-        from tcpc_data.slic import slic
+        from tcpc_data.slic3d import slic
         if threads:
             numba.set_num_threads(threads)
         slic(img[:8, :40, :40], **kw)  # JIT compile / load the cache outside the measurement

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tcpc_train.loader import ShardStream, make_loader, open_shards  # noqa: E402
 from tcpc_train.models import ResNet18_3d  # noqa: E402
-from tcpc_train.pretrain import PretrainConfig, TaskSample, build_task_model  # noqa: E402
+from tcpc_train.pretraining import PretrainConfig, TaskSample, build_task_model  # noqa: E402
 from tcpc_train.runtime import autocast  # noqa: E402
 from tcpc_train.synthetic import write_synthetic_paths  # noqa: E402
 

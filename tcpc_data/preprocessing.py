@@ -76,7 +76,7 @@ def preprocess(sources, out, *, ingest_config=None, supervoxel_config=None,
     PreprocessReport
     """
     from .ingestion import IngestConfig, ingest
-    from .supervoxels import SupervoxelConfig, supervoxels
+    from .supervoxel_stage import SupervoxelConfig, supervoxels
 
     shard_config.validate()  # fail on a bad shard config before hours of ingest
     ingest_config = IngestConfig() if ingest_config is None else ingest_config

@@ -8,11 +8,11 @@ import importlib
 
 # public name -> module that defines it
 _API = {
-    "pretrain": "tcpc_train.pretrain",
-    "PretrainConfig": "tcpc_train.pretrain",
-    "finetune": "tcpc_train.finetune",
-    "FinetuneConfig": "tcpc_train.finetune",
-    "evaluate": "tcpc_train.finetune",
+    "pretrain": "tcpc_train.pretraining",
+    "PretrainConfig": "tcpc_train.pretraining",
+    "finetune": "tcpc_train.finetuning",
+    "FinetuneConfig": "tcpc_train.finetuning",
+    "evaluate": "tcpc_train.finetuning",
     "build_encoder": "tcpc_train.models",
     "info_nce": "tcpc_train.tcpc",
     "load_encoder_weights": "tcpc_train.weights",

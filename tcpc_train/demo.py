@@ -19,9 +19,9 @@ from tcpc_data.labelled import LabelledConfig, write_labelled_shards
 from tcpc_data.phantom import write_archive
 from tcpc_data.preprocessing import preprocess
 from tcpc_data.shards import ShardConfig
-from tcpc_data.supervoxels import SupervoxelConfig
-from tcpc_train.finetune import FinetuneConfig, finetune
-from tcpc_train.pretrain import PretrainConfig, pretrain
+from tcpc_data.supervoxel_stage import SupervoxelConfig
+from tcpc_train.finetuning import FinetuneConfig, finetune
+from tcpc_train.pretraining import PretrainConfig, pretrain
 
 SPLITS = ("train", "val", "test")
 

@@ -23,8 +23,8 @@ import tomllib
 from pathlib import Path
 
 from tcpc_data.labelled import pretrain_config_for, write_npz_shards
-from tcpc_train.finetune import FinetuneConfig, finetune
-from tcpc_train.pretrain import PretrainConfig, pretrain
+from tcpc_train.finetuning import FinetuneConfig, finetune
+from tcpc_train.pretraining import PretrainConfig, pretrain
 from tcpc_train.published import MEDMNIST_V2_ADRENAL3D
 from tcpc_train.report import aggregate, markdown_table, plot_auc_vs_fraction
 

@@ -5,10 +5,8 @@ import json
 import pytest
 from click.testing import CliRunner
 
-pytest.importorskip("tcpc_data.supervoxels", reason="the supervoxels stage is not merged yet")
-
-from cli import main  # noqa: E402
-from tcpc_data.phantom import write_archive  # noqa: E402
+from cli import main
+from tcpc_data.phantom import write_archive
 
 ARGS = ["--clip", "-1024,3071", "--n-segments", "200", "--top-k", "3", "--crop-size", "32",
         "--cube-size", "8", "--targets-per-crop", "2", "--workers", "1", "--no-progress"]

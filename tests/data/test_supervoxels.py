@@ -9,7 +9,7 @@ from tcpc_data.bodymask import body_mask
 from tcpc_data.candidates import TABLE_COLUMNS, score_table, supervoxel_table, top_candidates
 from tcpc_data.phantom import PADDING_HU, make_phantom
 from tcpc_data.store import commit_arrays, open_store
-from tcpc_data.supervoxels import SupervoxelConfig, supervoxels
+from tcpc_data.supervoxel_stage import SupervoxelConfig, supervoxels
 
 LO, HI = -1024.0, 3071.0
 CFG = SupervoxelConfig(n_segments=250, sigma=2.0, top_k=6, crop_size=24)

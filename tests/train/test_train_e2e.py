@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from tcpc_data.labelled import pretrain_config_for, write_npz_shards
-from tcpc_train.finetune import FinetuneConfig, finetune
-from tcpc_train.pretrain import PretrainConfig, pretrain
+from tcpc_train.finetuning import FinetuneConfig, finetune
+from tcpc_train.pretraining import PretrainConfig, pretrain
 
 
 @pytest.fixture(scope="module")

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from tcpc_train.checkpoint import load_checkpoint, save_checkpoint
-from tcpc_train.finetune import FinetuneConfig, evaluate, finetune, stratified_fraction
+from tcpc_train.finetuning import FinetuneConfig, evaluate, finetune, stratified_fraction
 from tcpc_train.metrics import classification_metrics
 from tcpc_train.models import ResNet18_3d, build_encoder
-from tcpc_train.pretrain import PretrainConfig, pretrain
+from tcpc_train.pretraining import PretrainConfig, pretrain
 from tcpc_train.weights import load_encoder_weights
 
 TINY = dict(width=1 / 16, batch_size=8, workers=0)
@@ -160,7 +160,7 @@ class Killed(Exception):
 
 
 def test_killed_finetune_resumes_at_the_epoch_with_the_same_losses(labelled, tmp_path, monkeypatch):
-    import tcpc_train.finetune as ft
+    import tcpc_train.finetuning as ft
 
     cfg = FinetuneConfig(arch="vgg", epochs=2, **TINY)
     whole = finetune(labelled, tmp_path / "whole", cfg)

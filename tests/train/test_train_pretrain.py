@@ -10,9 +10,9 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-import tcpc_train.pretrain as pretrain_mod
+import tcpc_train.pretraining as pretrain_mod
 from tcpc_train.checkpoint import load_checkpoint, save_checkpoint
-from tcpc_train.pretrain import PretrainConfig, learning_rate, pretrain
+from tcpc_train.pretraining import PretrainConfig, learning_rate, pretrain
 from tcpc_train.synthetic import write_synthetic_paths
 
 TINY = dict(width=1 / 16, batch_size=4, workers=0, warmup=1, checkpoint_every=2, shuffle_buffer=8)

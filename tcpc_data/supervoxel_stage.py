@@ -19,7 +19,7 @@ from tcpc_data.candidates import (TABLE_COLUMNS, csv_centres, read_candidates_cs
                                   supervoxel_table, top_candidates)
 from tcpc_data.digest import digest
 from tcpc_data.runner import DONE, SKIPPED, RunReport, Task, run_cases
-from tcpc_data.slic import slic
+from tcpc_data.slic3d import slic
 from tcpc_data.store import array_digest, commit_arrays, list_cases, open_store, sanitize_case_id
 
 OUTPUTS = ("supervoxels", "supervoxel_table", "candidates", "candidate_scores")

@@ -12,7 +12,9 @@ Lesion-likeness is a voxel map, computed on a grid of about 2 mm for speed:
   head or abdomen;
 - ``score = clip(B / 500 HU, 0, 1) * (0.2 + 0.8 c)``: dense, compact and
   contrasting, preferably inside the lungs; in a head CT (no lung) the blob
-  response alone ranks the supervoxels.
+  response alone ranks the supervoxels. It fades linearly to 0 over the
+  outer 10 mm of the volume, where reflected borders fake blobs and a crop
+  would be half empty.
 
 Each supervoxel proposes one crop centre: its voxel of highest score (the
 blob's centre rather than the supervoxel's centroid, which a mixed
@@ -97,6 +99,7 @@ def _label_stats(labels, hu, max_label):
 SCORE_GRID_MM = 2.0
 _BLOB_SCALES_MM = ((2.0, 5.0), (3.0, 8.0), (6.0, 16.0))
 _CONTEXT_MM = 20.0
+_BORDER_MM = 10.0
 
 
 def lesion_score_map(hu: np.ndarray, spacing_zyx) -> tuple[np.ndarray, tuple[int, int, int]]:
@@ -130,6 +133,13 @@ def lesion_score_map(hu: np.ndarray, spacing_zyx) -> tuple[np.ndarray, tuple[int
     air = ((small > -1000.0) & (small < -400.0)).astype(np.float32)  # padding clips to -1000
     context = gaussian(air, _CONTEXT_MM / cell)
     score = np.clip(blob / 500.0, 0.0, 1.0) * (0.2 + 0.8 * np.clip(context, 0.0, 1.0))
+    # Fade to 0 over the outer _BORDER_MM of the volume: the reflected borders of
+    # the smoothing make false blobs there, and a crop centred there is half empty.
+    for axis in range(3):
+        n = score.shape[axis]
+        dist = np.minimum(np.arange(n), np.arange(n)[::-1]) * cell[axis]
+        ramp = np.clip(dist / _BORDER_MM, 0.0, 1.0).astype(np.float32)
+        score *= ramp.reshape([-1 if a == axis else 1 for a in range(3)])
     return score.astype(np.float32), f
 
 

@@ -4,8 +4,8 @@ For each complete case of a volume store it writes ``supervoxels`` (int32,
 0 = outside the body), ``supervoxel_table`` (N, 13) float32 with attr
 ``columns``, ``candidates`` (K, 3) int32 best first and ``candidate_scores``
 (K,) float32 (``../shared/DESIGN.md``). Each output records
-``digest(image digest, config, CSV rows of the case)``; a rerun skips cases
-whose outputs carry that digest.
+``digest(image digest, config, CSV rows of the case, ALGORITHM_VERSION)``; a
+rerun skips cases whose outputs carry that digest.
 """
 from __future__ import annotations
 
@@ -23,6 +23,8 @@ from tcpc_data.slic3d import slic
 from tcpc_data.store import array_digest, commit_arrays, list_cases, open_store, sanitize_case_id
 
 OUTPUTS = ("supervoxels", "supervoxel_table", "candidates", "candidate_scores")
+# Part of every digest: bump when the algorithm changes its outputs for the same config.
+ALGORITHM_VERSION = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,7 +156,7 @@ def _process_case(payload) -> tuple[str, dict]:
     url, case, config, rows = payload
     group = open_store(url, mode="r")[case]
     image_digest = array_digest(group, "image")
-    want = digest(image_digest, config, rows)
+    want = digest(image_digest, config, rows, ALGORITHM_VERSION)
     if all(array_digest(group, name) == want for name in OUTPUTS):
         return SKIPPED, {"supervoxels": int(group["supervoxel_table"].shape[0]),
                          "candidates": int(group["candidates"].shape[0])}

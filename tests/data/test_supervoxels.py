@@ -4,9 +4,11 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tcpc_data.bodymask import body_mask
-from tcpc_data.candidates import TABLE_COLUMNS, score_table, supervoxel_table, top_candidates
+from tcpc_data.candidates import TABLE_COLUMNS, csv_centres, score_table, supervoxel_table, top_candidates
 from tcpc_data.phantom import PADDING_HU, make_phantom
 from tcpc_data.store import commit_arrays, open_store
 from tcpc_data.supervoxel_stage import SupervoxelConfig, supervoxels
@@ -190,3 +192,27 @@ def test_cli_exits_1_and_writes_the_failures_report_when_a_case_fails(store, pha
     assert "2 done" in r.output
     report = store.parent / "volumes.zarr.supervoxels-failures.jsonl"
     assert json.loads(report.read_text().splitlines()[0])["case"] == "broken"
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 63), st.integers(0, 63), st.integers(0, 63), st.floats(0, 1)),
+                min_size=1, max_size=40),
+       st.integers(1, 10), st.integers(2, 40))
+def test_nms_properties(points, k, crop):
+    cents = np.array([p[:3] for p in points], float)
+    scores = np.array([p[3] for p in points])
+    c, s = top_candidates(cents, scores, k=k, crop_size=crop, shape=(64, 64, 64))
+    assert len(c) <= k and np.all(np.diff(s) <= 0) and s[0] == np.float32(scores.max())
+    for i in range(len(c)):  # no kept centre inside a better one's central half
+        for j in range(i):
+            assert np.abs(c[i].astype(int) - c[j]).max() >= crop / 2
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.tuples(st.integers(0, 19), st.integers(0, 29), st.integers(0, 39)),
+       st.tuples(*[st.floats(0.3, 5.0)] * 3), st.tuples(*[st.floats(-500, 500)] * 3))
+def test_csv_world_mm_round_trip_to_voxels(vox, spacing, origin):
+    mm = np.array(origin) + np.array(vox) * np.array(spacing)
+    got = csv_centres([("mm", tuple(mm))], case="c", shape=(20, 30, 40), spacing_zyx=spacing,
+                      origin_zyx=origin)
+    assert got.tolist() == [list(vox)]

@@ -1,4 +1,4 @@
-"""End to end on real CT: LIDC-IDRI-0001 through ingest and the supervoxels stage; SLIC vs scikit-image on a real crop."""
+"""End to end on real CT: LIDC-IDRI-0001 through ingest and supervoxels; SLIC vs scikit-image on a real crop."""
 import csv
 
 import numpy as np

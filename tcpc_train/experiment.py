@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import time
 import tomllib
 from pathlib import Path
@@ -123,11 +124,18 @@ def _pretrain_done(run: Path, cfg: PretrainConfig) -> Path | None:
 
 
 def _cell_done(cell: Path, cfg: FinetuneConfig) -> dict | None:
+    """The summary of a finished cell with this config; None when it must (re)run.
+
+    A cell left by another config is removed, so it starts afresh instead of
+    resuming someone else's checkpoint; one of this config resumes.
+    """
+    if not (cell / "config.json").exists():
+        return None
+    if json.loads((cell / "config.json").read_text()) != json.loads(json.dumps(dataclasses.asdict(cfg))):
+        shutil.rmtree(cell)
+        return None
     summary = cell / "summary.json"
-    if summary.exists() and (cell / "config.json").exists():
-        if json.loads((cell / "config.json").read_text()) == json.loads(json.dumps(dataclasses.asdict(cfg))):
-            return json.loads(summary.read_text())
-    return None
+    return json.loads(summary.read_text()) if summary.exists() else None
 
 
 def run_experiment(config: ExperimentConfig, out: str | Path, *, progress: bool = False, log=print) -> dict:

@@ -1,4 +1,5 @@
 """The Table-1 experiment runner end to end on a tiny synthetic MedMNIST-layout set."""
+import dataclasses
 import json
 
 import numpy as np
@@ -37,6 +38,11 @@ def test_experiment_runs_every_cell_then_skips_them(tmp_path):
     # a rerun finds every cell and the pretraining finished and recomputes nothing
     again = run_experiment(cfg, tmp_path / "exp", log=lambda s: None)
     assert again["skipped"] == 5 and again["cells"] == res["cells"]
+    # a changed fine-tuning setting reruns the cells afresh (not resuming the old checkpoints)
+    longer = dataclasses.replace(cfg, epochs=(2, 1))
+    third = run_experiment(longer, tmp_path / "exp", log=lambda s: None)
+    assert third["skipped"] == 1 + 2  # the pretraining and the two cells at fraction 1.0
+    assert json.loads((tmp_path / "exp" / "cells" / "tcpc-f0.5-s0" / "config.json").read_text())["epochs"] == 2
 
 
 def test_load_config_resolves_npz_and_rejects_bad_settings(tmp_path):

@@ -13,13 +13,16 @@ in one stage is absent from the later ones; the report says where.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from pathlib import Path
 
+from .ingestion import IngestConfig, ingest
 from .labelled import LabelledConfig, write_labelled_shards
-from .runner import RunReport
+from .runner import RunReport, progress_display
 from .shards import ShardConfig, write_shards
 from .store import list_cases
+from .supervoxel_stage import SupervoxelConfig, supervoxels
 
 
 @dataclasses.dataclass
@@ -75,9 +78,6 @@ def preprocess(sources, out, *, ingest_config=None, supervoxel_config=None,
     -------
     PreprocessReport
     """
-    from .ingestion import IngestConfig, ingest
-    from .supervoxel_stage import SupervoxelConfig, supervoxels
-
     shard_config.validate()  # fail on a bad shard config before hours of ingest
     ingest_config = IngestConfig() if ingest_config is None else ingest_config
     supervoxel_config = SupervoxelConfig() if supervoxel_config is None else supervoxel_config
@@ -86,7 +86,16 @@ def preprocess(sources, out, *, ingest_config=None, supervoxel_config=None,
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     store = out / "volumes.zarr"
-    run = dict(workers=workers, scheduler=scheduler, progress=progress)
+    # one live display for the whole command, a line per stage
+    display = progress_display() if progress else None
+    run = dict(workers=workers, scheduler=scheduler, progress=display or False)
+    with display or contextlib.nullcontext():
+        return _run_stages(sources, out, store, run, ingest_config, supervoxel_config, shard_config,
+                           candidates_csv, labels_csv, labelled_config)
+
+
+def _run_stages(sources, out, store, run, ingest_config, supervoxel_config, shard_config, candidates_csv,
+                labels_csv, labelled_config) -> PreprocessReport:
     stages: dict[str, RunReport] = {}
     manifests: dict[str, dict] = {}
     stages["ingest"] = ingest(sources, store, ingest_config, failures_path=out / "failures-ingest.jsonl", **run)

@@ -64,21 +64,33 @@ def _call(fn: Callable[[Any], tuple[str, Any]], task: Task) -> tuple[str, str, A
                                      "traceback": traceback.format_exc(limit=8)}
 
 
-class _Progress:
-    """A rich progress bar with done/skipped/failed counts; silent when disabled."""
+def progress_display():
+    """A live display (rich) with a line per stage: done/skipped/failed counts, cases/s, times.
 
-    def __init__(self, stage: str, total: int, enabled: bool):
+    Pass one display as ``progress`` to several :func:`run_cases` calls to show
+    a multi-stage command (``tcpc preprocess``) in a single display; the caller
+    starts and stops it (``with display:``).
+    """
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[counts]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                    transient=False)
+
+
+class _Progress:
+    """One stage's line in a live display: its own (``progress=True``), a shared one, or none."""
+
+    def __init__(self, stage: str, total: int, progress):
         self.counts = {DONE: 0, SKIPPED: 0, "failed": 0}
         self.bar = None
         self.t0 = time.perf_counter()
-        if enabled and total:
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                       TimeElapsedColumn, TimeRemainingColumn)
-            self.bar = Progress(TextColumn(f"[bold]{stage}"), BarColumn(), MofNCompleteColumn(),
-                                TextColumn("{task.fields[counts]}"), TimeElapsedColumn(),
-                                TimeRemainingColumn(), transient=False)
+        if progress and total:
+            self.owned = isinstance(progress, bool)
+            self.bar = progress_display() if self.owned else progress
             self.task = self.bar.add_task(stage, total=total, counts="")
-            self.bar.start()
+            if self.owned:
+                self.bar.start()
 
     def update(self, case: str, status: str, error: str | None = None) -> None:
         self.counts[status] += 1
@@ -92,7 +104,7 @@ class _Progress:
                 self.bar.console.print(f"[red]failed[/red] {case}: {error}")
 
     def close(self) -> None:
-        if self.bar is not None:
+        if self.bar is not None and self.owned:
             self.bar.stop()
 
 
@@ -103,7 +115,7 @@ def default_workers(n_tasks: int) -> int:
 
 def run_cases(stage: str, tasks: Sequence[Task], fn: Callable[[Any], tuple[str, Any]], *,
               workers: int | None = None, scheduler: str | None = None,
-              failures_path: str | os.PathLike | None = None, progress: bool = False) -> RunReport:
+              failures_path: str | os.PathLike | None = None, progress=False) -> RunReport:
     """Apply ``fn`` to every task's payload in parallel and collect a report.
 
     Parameters
@@ -125,7 +137,8 @@ def run_cases(stage: str, tasks: Sequence[Task], fn: Callable[[Any], tuple[str, 
         (``case``, ``source``, ``error``, ``traceback``); written only when
         something failed.
     progress
-        Show a live progress display on the terminal.
+        True: a live progress display of its own on the terminal; a display
+        from :func:`progress_display`: a line in that shared display; False: none.
     """
     if workers is not None and workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")

@@ -52,3 +52,19 @@ def test_runner_with_two_dask_processes_equals_serial():
     serial = run_cases("t", tasks, _work, workers=1)
     dask = run_cases("t", tasks, _work, workers=2)
     assert (serial.done, serial.skipped, serial.results) == (dask.done, dask.skipped, dask.results)
+
+
+def test_stages_share_one_live_display():
+    import io
+
+    from rich.console import Console
+
+    from tcpc_data.runner import progress_display
+    display = progress_display()
+    display.live.console = Console(file=io.StringIO(), force_terminal=False)
+    tasks = [Task(f"c{i}", "s", i) for i in range(3)]
+    with display:
+        run_cases("ingest", tasks, _work, workers=1, progress=display)
+        run_cases("shards", tasks[:2], _work, workers=1, progress=display)
+        assert display.live.is_started  # a shared display is left to its owner
+    assert [(t.description, t.completed, t.total) for t in display.tasks] == [("ingest", 3, 3), ("shards", 2, 2)]

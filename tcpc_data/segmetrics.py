@@ -11,19 +11,22 @@ import numpy as np
 from scipy import ndimage as ndi
 
 
+def _paired_voxels(values: np.ndarray, labels, mask, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """``values`` and ``labels`` as flat voxel lists (inside ``mask`` when given); shapes must agree."""
+    lab = np.asarray(labels)
+    if values.shape != lab.shape:
+        raise ValueError(f"{name} shape {values.shape} differs from labels shape {lab.shape}")
+    if mask is not None:
+        return values[mask], lab[mask]
+    return values.ravel(), lab.ravel()
+
+
 def explained_variation(image: np.ndarray, labels: np.ndarray, mask: np.ndarray | None = None) -> float:
     """Fraction of the image variance explained by per-supervoxel means, in [0, 1].
 
     ``1 - sum((x - mean_of_its_segment)^2) / sum((x - global_mean)^2)`` over ``mask`` (default all).
     """
-    x = np.asarray(image, dtype=np.float64)
-    lab = np.asarray(labels)
-    if x.shape != lab.shape:
-        raise ValueError(f"image shape {x.shape} differs from labels shape {lab.shape}")
-    if mask is not None:
-        x, lab = x[mask], lab[mask]
-    else:
-        x, lab = x.ravel(), lab.ravel()
+    x, lab = _paired_voxels(np.asarray(image, dtype=np.float64), labels, mask, "image")
     _, inv = np.unique(lab, return_inverse=True)
     counts = np.bincount(inv)
     means = np.bincount(inv, weights=x) / counts
@@ -40,14 +43,7 @@ def undersegmentation_error(reference: np.ndarray, labels: np.ndarray,
     For every reference region G and supervoxel S that overlap, the smaller of
     ``|S ∩ G|`` and ``|S \\ G|`` leaks; the sum over pairs is divided by the voxel count.
     """
-    ref = np.asarray(reference)
-    lab = np.asarray(labels)
-    if ref.shape != lab.shape:
-        raise ValueError(f"reference shape {ref.shape} differs from labels shape {lab.shape}")
-    if mask is not None:
-        ref, lab = ref[mask], lab[mask]
-    else:
-        ref, lab = ref.ravel(), lab.ravel()
+    ref, lab = _paired_voxels(np.asarray(reference), labels, mask, "reference")
     _, r = np.unique(ref, return_inverse=True)
     _, s = np.unique(lab, return_inverse=True)
     pair = r.astype(np.int64) * (s.max() + 1) + s

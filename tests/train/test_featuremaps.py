@@ -42,3 +42,19 @@ def test_nodule_voxels_map_pixel_and_mm_through_the_stored_geometry(tmp_path):
     idx, row = got["LIDC-IDRI-0001"][0]
     # z: (-250 + 300) / 1 = 50; y: 100 px * 0.7 mm = 70; x: 200 * 0.7 = 140
     assert idx.tolist() == [50, 70, 140] and row["diameter_mm"] == "20"
+
+
+@pytest.mark.slow
+def test_realct_on_lidc_draws_the_figure_for_the_largest_nodule(lidc_dir, tmp_path):
+    """The whole real-CT run, shortened (minutes: two LIDC series at 1 mm through SLIC)."""
+    import dataclasses
+    import json
+
+    from tcpc_train.realct import RealCTConfig, run_realct
+
+    cfg = dataclasses.replace(RealCTConfig(), pretrain_steps=2, finetune_epochs=1, top_k=8)
+    res = run_realct([lidc_dir], lidc_dir / "nodules.csv", tmp_path, cfg, log=lambda s: None)
+    assert res["nodule"]["case"] == "LIDC-IDRI-0001"  # its 33 mm nodule is the largest
+    assert res["labelled"]["nodule_crops"] == 5 * cfg.per_nodule and res["labelled"]["candidate_crops"] > 0
+    assert (tmp_path / "featuremaps.png").stat().st_size > 50_000
+    assert json.loads((tmp_path / "results.json").read_text())["labelled"]["note"].startswith("train = val = test")

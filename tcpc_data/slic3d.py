@@ -351,6 +351,8 @@ def _assign(img, mask, use_mask, row_lo, row_hi, centres, alive, spacing, weight
     sz, sy, sx = spacing[0], spacing[1], spacing[2]
     w = np.float32(weight * sx * sx)
     xpos = np.arange(X).astype(np.float32)
+    cx32 = centres[:, 2].astype(np.float32)
+    ci32 = centres[:, 3].astype(np.float32)
     for s in prange(n_slabs):
         z0 = s * Z // n_slabs
         z1 = (s + 1) * Z // n_slabs
@@ -358,6 +360,7 @@ def _assign(img, mask, use_mask, row_lo, row_hi, centres, alive, spacing, weight
         best = np.empty(X, dtype=np.float32)
         lab = np.empty(X, dtype=np.int32)
         zlist = np.empty(K, dtype=np.int64)
+        dz2 = np.empty(K, dtype=np.float64)
         row_count = np.zeros(Y + 1, dtype=np.int64)
         n_changed = 0
         for z in range(z0, z1):
@@ -366,6 +369,8 @@ def _assign(img, mask, use_mask, row_lo, row_hi, centres, alive, spacing, weight
             for k in range(K):
                 if lo[k, 0] <= z < hi[k, 0]:
                     zlist[nz] = k
+                    dz = sz * (centres[k, 0] - z)
+                    dz2[k] = dz * dz
                     nz += 1
             # Bucket them by the rows they cover (CSR, order kept).
             row_count[:] = 0
@@ -399,11 +404,10 @@ def _assign(img, mask, use_mask, row_lo, row_hi, centres, alive, spacing, weight
                     xb = min(hi[k, 2], b)
                     if xa >= xb:
                         continue
-                    dz = sz * (centres[k, 0] - z)
                     dy = sy * (centres[k, 1] - y)
-                    base = np.float32((dz * dz + dy * dy) * weight)
-                    cx = np.float32(centres[k, 2])
-                    ci = np.float32(centres[k, 3])
+                    base = np.float32((dz2[k] + dy * dy) * weight)
+                    cx = cx32[k]
+                    ci = ci32[k]
                     kk = np.int32(k)
                     # Unsigned indices: no wraparound checks, so LLVM vectorises this loop
                     # (masked stores) without the per-call cost of array slices.

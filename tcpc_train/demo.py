@@ -19,6 +19,7 @@ from tcpc_data.labelled import LabelledConfig, write_labelled_shards
 from tcpc_data.phantom import write_archive
 from tcpc_data.preprocessing import preprocess
 from tcpc_data.shards import ShardConfig
+from tcpc_data.store import list_cases
 from tcpc_data.supervoxel_stage import SupervoxelConfig
 from tcpc_train.finetuning import FinetuneConfig, finetune
 from tcpc_train.pretraining import PretrainConfig, pretrain
@@ -175,7 +176,7 @@ def _pipeline_picture(out: Path, rows: dict) -> Path:
     from tcpc_data.inspect import inspect_path
 
     store = out / "pre" / "volumes.zarr"
-    first = sorted(p.name for p in store.iterdir() if (p / "zarr.json").exists() and p.is_dir())[0]
+    first = list_cases(store)[0]
     inspect_path(store / first, png=out / "case.png")
     inspect_path(out / "pre" / "shards", png=out / "path.png")
     loss = [json.loads(line) for line in (out / "runs" / "tcpc" / "log.jsonl").read_text().splitlines()]

@@ -112,13 +112,17 @@ def _cell_dir(out: Path, method: str, fraction: float, seed: int) -> Path:
     return out / "cells" / f"{method}-f{fraction:g}-s{seed}"
 
 
+def _saved_config_is(run: Path, cfg) -> bool:
+    """Whether ``run/config.json`` holds ``cfg`` (compared as the JSON the runs write)."""
+    return json.loads((run / "config.json").read_text()) == json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
 def _pretrain_done(run: Path, cfg: PretrainConfig) -> Path | None:
     """The checkpoint of a finished pretraining run with this config, else None."""
     summary = run / "summary.json"
-    if summary.exists() and (run / "config.json").exists():
-        same = json.loads((run / "config.json").read_text()) == json.loads(json.dumps(dataclasses.asdict(cfg)))
+    if summary.exists() and (run / "config.json").exists() and _saved_config_is(run, cfg):
         s = json.loads(summary.read_text())
-        if same and s.get("steps") == cfg.steps:
+        if s.get("steps") == cfg.steps:
             return Path(s["checkpoint"])
     return None
 
@@ -131,7 +135,7 @@ def _cell_done(cell: Path, cfg: FinetuneConfig) -> dict | None:
     """
     if not (cell / "config.json").exists():
         return None
-    if json.loads((cell / "config.json").read_text()) != json.loads(json.dumps(dataclasses.asdict(cfg))):
+    if not _saved_config_is(cell, cfg):
         shutil.rmtree(cell)
         return None
     summary = cell / "summary.json"
@@ -163,14 +167,14 @@ def run_experiment(config: ExperimentConfig, out: str | Path, *, progress: bool 
     t0 = time.perf_counter()
     skipped = 0
 
-    write_npz_shards(config.npz, out / "labelled", task="finetune", progress=progress)
+    labelled = write_npz_shards(config.npz, out / "labelled", task="finetune", progress=progress)
+    side = int(labelled["train"][1]["config"]["crop_size"])  # the volumes' side S
     checkpoints: dict[str, str | None] = {"scratch": None}
     for method in config.methods:
         if METHODS[method] is None:
             continue
         task, path_kind = METHODS[method]
         shards = out / "shards" / path_kind
-        side = _image_side(out / "labelled" / "train")
         write_npz_shards(config.npz, shards, task="pretrain", progress=progress,
                          config=pretrain_config_for(side, path=path_kind, targets_per_crop=config.targets_per_crop,
                                                     name=path_kind))
@@ -224,8 +228,3 @@ def run_experiment(config: ExperimentConfig, out: str | Path, *, progress: bool 
     return {"cells": cells, "skipped": skipped, "table": table, "plot": str(plot),
             "seconds": time.perf_counter() - t0}
 
-
-def _image_side(split_dir: Path) -> int:
-    """Side S of the labelled volumes, read from the split's manifest."""
-    manifest = json.loads((split_dir / "manifest.json").read_text())
-    return int(manifest["config"]["crop_size"])

@@ -156,6 +156,13 @@ def _shard_config(kw: dict, side: int | None = None):
     return pretrain_config_for(side, **fields) if side is not None else ShardConfig(**fields)
 
 
+def _labelled_config(kw: dict):
+    """A LabelledConfig from the shard options (crop side 64 unless given)."""
+    from tcpc_data.labelled import LabelledConfig
+    return LabelledConfig(crop_size=kw["crop_size"] or 64, background=kw["background"],
+                          shard_size=kw["shard_size"], name=kw["name"] or "labelled")
+
+
 def _print_run(report, manifest, out) -> None:
     click.echo(report.summary())
     t = manifest["totals"]
@@ -187,26 +194,22 @@ def shards(source, out, labels, task, cases, workers, scheduler, failures_path, 
     run = dict(workers=workers, progress=progress, failures_path=failures_path)
     if str(source).endswith(".npz"):
         run["workers"] = workers or 1  # arrays travel in the payloads: processes rarely pay off
-        from tcpc_data.labelled import LabelledConfig, load_npz_split, write_npz_shards
+        from tcpc_data.labelled import load_npz_split, write_npz_shards
         if labels or cases:
             raise click.UsageError("--labels and --cases apply to a volume store, not an .npz")
         if (task or "finetune") == "pretrain":
             side = load_npz_split(source, "train")[0].shape[1]
             results = write_npz_shards(source, out, task="pretrain", config=_shard_config(kw, side), **run)
         else:
-            cfg = LabelledConfig(crop_size=kw["crop_size"] or 64, background=kw["background"],
-                                 shard_size=kw["shard_size"], name=kw["name"] or "labelled")
-            results = write_npz_shards(source, out, config=cfg, **run)
+            results = write_npz_shards(source, out, config=_labelled_config(kw), **run)
         for split, (rep, man) in results.items():
             _print_run(rep, man, Path(out) / split if split != "pretrain" else out)
         ok = all(rep.ok for rep, _ in results.values())
     elif labels:
-        from tcpc_data.labelled import LabelledConfig, write_labelled_shards
+        from tcpc_data.labelled import write_labelled_shards
         if task == "pretrain":
             raise click.UsageError("--labels writes fine-tuning shards; drop --task pretrain")
-        cfg = LabelledConfig(crop_size=kw["crop_size"] or 64, background=kw["background"],
-                             shard_size=kw["shard_size"], name=kw["name"] or "labelled")
-        rep, man = write_labelled_shards(source, labels, out, cfg, scheduler=scheduler, **run)
+        rep, man = write_labelled_shards(source, labels, out, _labelled_config(kw), scheduler=scheduler, **run)
         _print_run(rep, man, out)
         ok = rep.ok
     else:

@@ -22,7 +22,8 @@ import numpy as np
 
 from .digest import to_json
 from .labelled import SPLITS
-from .shardio import MANIFEST, read_manifest, read_samples
+from .shardio import MANIFEST, read_manifest
+from .tario import tar_samples
 from .store import is_local, open_store
 
 _MAX_LINES = 40  # cases or candidates listed before "... and N more"
@@ -155,7 +156,7 @@ def _decode(members: dict[str, bytes]) -> dict:
 def _nth_sample(d: Path, shards: list[str], n: int) -> tuple[str, dict]:
     seen = 0
     for name in shards:
-        for key, members in read_samples(d / name):
+        for key, members in tar_samples(d / name):
             if seen == n:
                 return key, _decode(members)
             seen += 1

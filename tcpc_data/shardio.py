@@ -35,6 +35,7 @@ import numpy as np
 from .digest import digest as _digest
 from .digest import to_json
 from .runner import DONE, SKIPPED, RunReport, Task, run_cases
+from .tario import tar_samples
 
 FORMAT = "tcpc-webdataset"
 FORMAT_VERSION = 1
@@ -64,8 +65,12 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def _atomic_tar(path: Path, samples: Iterable[Sample]) -> int:
-    """Write ``samples`` to the tar ``path`` via a temporary name; returns the sample count."""
+def write_tar(path: Path, samples: Iterable[Sample]) -> int:
+    """Write ``samples`` to the tar ``path`` via a temporary name; returns the sample count.
+
+    Members are plain ustar entries (fixed mtime, owner, mode; a PAX header only
+    for names over 100 characters), so readers parse one 512-byte header each.
+    """
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     n = 0
     try:
@@ -82,29 +87,12 @@ def _atomic_tar(path: Path, samples: Iterable[Sample]) -> int:
     return n
 
 
-def read_samples(path: str | os.PathLike) -> Iterator[Sample]:
-    """Samples of one tar in stored order: (key, {extension: bytes})."""
-    with tarfile.open(path, "r") as tar:
-        key, members = None, {}
-        for info in tar:
-            if not info.isfile():
-                continue
-            k, ext = Path(info.name).name.split(".", 1)
-            if k != key and key is not None:
-                yield key, members
-                members = {}
-            key = k
-            members[ext] = tar.extractfile(info).read()
-        if key is not None:
-            yield key, members
-
-
 def _write_part(make_samples: Callable[[Any], Iterable[Sample]], payload: Any, part: str) -> tuple[str, Any]:
     """Runner task: write one case's part tar unless it is already there."""
     p = Path(part)
     if p.exists():
-        return SKIPPED, sum(1 for _ in read_samples(p))
-    return DONE, _atomic_tar(p, make_samples(payload))
+        return SKIPPED, sum(1 for _ in tar_samples(p))
+    return DONE, write_tar(p, make_samples(payload))
 
 
 def read_manifest(out_dir: str | os.PathLike) -> dict | None:
@@ -143,7 +131,7 @@ class ShardWriter:
             if first is None:
                 break
             name = f"{self.name}-{len(self.shards):06d}.tar"
-            n = _atomic_tar(self.out_dir / name, _take(first, it, self.shard_size))
+            n = write_tar(self.out_dir / name, _take(first, it, self.shard_size))
             self.shards.append({"name": name, "samples": n})
         self._remove_stale()
         return self.shards
@@ -235,7 +223,7 @@ def build_shard_set(stage: str, out_dir: str | os.PathLike, *, name: str, shard_
     # mid-assembly leaves no manifest vouching for mixed shards.
     (out / MANIFEST).unlink(missing_ok=True)
     shards = ShardWriter(out, name, shard_size).write(
-        s for c in good for s in read_samples(parts[c]))
+        s for c in good for s in tar_samples(parts[c]))
     manifest = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "stage": stage, "name": name,
         "config": json.loads(to_json(config)), "digest": run_digest, "shard_size": shard_size,

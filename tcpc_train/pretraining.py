@@ -101,8 +101,20 @@ def learning_rate(step: int, cfg: PretrainConfig) -> float:
 
 
 def _path_rank(path: np.ndarray) -> int:
-    """1: a straight path; 2: a planar path such as a U; 3: a solid arrangement such as a block."""
-    return int(np.linalg.matrix_rank(path - path[0]))
+    """1: a straight path; 2: a planar path such as a U; 3: a solid arrangement such as a block.
+
+    The rank of the integer offsets from the first position, read exactly off
+    their Gram matrix G (positive semi-definite): rank 3 iff det G > 0, rank
+    >= 2 iff the sum of G's principal 2×2 minors is > 0. Python integers, no
+    SVD: this runs for every sample in the loader.
+    """
+    d = path.astype(np.int64) - path[0]
+    (a, b, c), (_, e, f), (_, _, i) = (d.T @ d).tolist()
+    if a * (e * i - f * f) - b * (b * i - f * c) + c * (b * f - e * c):
+        return 3
+    if a * e - b * b + a * i - c * c + e * i - f * f:
+        return 2
+    return 1 if a + e + i else 0
 
 
 class TaskSample:

@@ -9,15 +9,14 @@ Layout and manifest as in DESIGN.md: ``<name>-%06d.tar`` + ``manifest.json``.
 """
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
 import numpy as np
-import webdataset as wds
 from scipy import ndimage
 
 from tcpc_data.digest import digest
+from tcpc_data.shardio import encode_npy, write_tar
 
 # Grid offsets (relative to the target) of the support set, in reading order, then the target.
 _U_AXIAL_UP = [(0, -1, -1), (0, 0, -1), (0, 1, -1), (0, 1, 0), (0, 1, 1), (0, 0, 1), (0, -1, 1), (0, 0, 0)]
@@ -26,20 +25,13 @@ _BLOCK = [(z, y, x) for z in (0, 1) for y in (0, 1) for x in (0, 1)]
 PATHS = {"u": _U_AXIAL_UP, "straight": _STRAIGHT_Z, "block": _BLOCK}
 
 
-def _npy_bytes(a: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, a, allow_pickle=False)
-    return buf.getvalue()
-
-
 def _write(out: Path, name: str, samples: list[dict], per_shard: int, config: dict) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     entries = []
     for i in range(0, len(samples), per_shard):
         fname = f"{name}-{i // per_shard:06d}.tar"
-        with wds.TarWriter(str(out / fname)) as tw:
-            for s in samples[i:i + per_shard]:
-                tw.write(s)
+        write_tar(out / fname, [(s["__key__"], {k: v for k, v in s.items() if k != "__key__"})
+                                for s in samples[i:i + per_shard]])
         entries.append({"name": fname, "samples": len(samples[i:i + per_shard])})
     manifest = {"format_version": 1, "config": config, "digest": digest(config),
                 "shards": entries, "total": len(samples)}
@@ -71,8 +63,8 @@ def write_synthetic_paths(out: str | Path, n_samples: int, kind: str = "u", cube
         cubes = np.stack([vol[z * s:z * s + cube, y * s:y * s + cube, x * s:x * s + cube] for z, y, x in pos])
         meta = {"case": f"synthetic{i:05d}", "candidate": 0, "centre": [side // 2] * 3,
                 "crop_box": [[0, side]] * 3, "path_kind": kind, "plane": "axial", "opening": "up"}
-        samples.append({"__key__": f"synthetic{i:05d}_c0", "cubes.npy": _npy_bytes(cubes.astype(np.float16)),
-                        "path.npy": _npy_bytes(pos.astype(np.int16)), "json": json.dumps(meta).encode()})
+        samples.append({"__key__": f"synthetic{i:05d}_c0", "cubes.npy": encode_npy(cubes.astype(np.float16)),
+                        "path.npy": encode_npy(pos.astype(np.int16)), "json": json.dumps(meta).encode()})
     return _write(Path(out), name, samples, per_shard,
                   {"kind": kind, "cube": cube, "n": n_samples, "seed": seed, "synthetic": True})
 
@@ -95,7 +87,7 @@ def write_synthetic_labelled(out: str | Path, n_per_split: tuple[int, int, int] 
             if label:
                 c = rng.uniform(r + 1, size - r - 1, 3)
                 vol[(zz - c[0]) ** 2 + (yy - c[1]) ** 2 + (xx - c[2]) ** 2 <= r * r] += 0.8
-            samples.append({"__key__": f"{split}{i:05d}", "volume.npy": _npy_bytes(vol.astype(np.float16)),
+            samples.append({"__key__": f"{split}{i:05d}", "volume.npy": encode_npy(vol.astype(np.float16)),
                             "cls": str(label).encode(),
                             "json": json.dumps({"case": f"{split}{i:05d}", "split": split}).encode()})
         _write(Path(out) / split, "labelled", samples, per_shard,

@@ -1,0 +1,111 @@
+"""The fast tar and .npy readers agree with tarfile and np.load, and refuse damaged or pickled input."""
+from __future__ import annotations
+
+import io
+import pickle
+import tarfile
+
+import numpy as np
+import pytest
+import webdataset as wds
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from tcpc_data.shardio import encode_npy, write_tar
+from tcpc_data.tario import read_npy, tar_members, tar_samples
+
+
+def _tarfile_members(path):
+    with tarfile.open(path) as tar:
+        return [(m.name, tar.extractfile(m).read()) for m in tar if m.isfile()]
+
+
+@pytest.mark.parametrize("fmt", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
+def test_members_equal_tarfile_for_every_format(tmp_path, fmt):
+    long_dir = "d" * 120  # beyond ustar's 100-character name: ustar prefix, GNU long name or PAX path
+    names = ["a.cubes.npy", "a.json", f"{long_dir}/b.cls", "ü.json" if fmt != tarfile.USTAR_FORMAT else "c.json"]
+    path = tmp_path / "x.tar"
+    with tarfile.open(path, "w", format=fmt) as tar:
+        adir = tarfile.TarInfo("adir")
+        adir.type = tarfile.DIRTYPE  # not a file: skipped
+        tar.addfile(adir)
+        for i, name in enumerate(names):
+            data = bytes(range(256)) * (i * 3 + 1) + b"x" * i  # sizes that are not multiples of 512
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime = len(data), 1.5 if fmt == tarfile.PAX_FORMAT else 7
+            tar.addfile(info, io.BytesIO(data))
+    expected = _tarfile_members(path)
+    assert len(expected) == 4
+    assert list(tar_members(path)) == expected
+
+
+def test_samples_group_by_key_like_webdataset(tmp_path):
+    path = tmp_path / "s.tar"
+    with wds.TarWriter(str(path)) as tw:  # stock writer: PAX headers (float mtimes)
+        for i in range(5):
+            tw.write({"__key__": f"k{i}", "cubes.npy": encode_npy(np.full((2, 2), i, np.int16)),
+                      "cls": str(i).encode()})
+    ours = [(k, m) for k, m in tar_samples(path)]
+    stock = [(s["__key__"], {e: v for e, v in s.items() if not e.startswith("__")})
+             for s in wds.tarfile_to_samples()(iter([{"url": str(path)}]))]
+    assert ours == stock and len(ours) == 5
+    assert read_npy(ours[3][1]["cubes.npy"]).tolist() == [[3, 3], [3, 3]]
+
+
+def test_write_tar_round_trip(tmp_path):
+    samples = [(f"s{i}", {"json": b"{}", "path.npy": encode_npy(np.arange(i + 1))}) for i in range(3)]
+    assert write_tar(tmp_path / "r.tar", samples) == 3
+    assert list(tar_samples(tmp_path / "r.tar")) == samples
+
+
+def test_damaged_tars_are_clear_errors_and_the_file_is_kept(tmp_path):
+    path = tmp_path / "d.tar"
+    write_tar(path, [("s0", {"cubes.npy": encode_npy(np.zeros(2000, np.float32))})])
+    whole = path.read_bytes()
+    path.write_bytes(whole[:3000])
+    with pytest.raises(ValueError, match="truncated tar"):
+        list(tar_members(path))
+    path.write_bytes(whole[:300])
+    with pytest.raises(ValueError, match="truncated tar"):
+        list(tar_members(path))
+    path.write_bytes(whole[:10] + b"Z" + whole[11:])
+    with pytest.raises(ValueError, match="checksum mismatch"):
+        list(tar_members(path))
+    path.write_bytes(b"plain text, not an archive" * 40)
+    with pytest.raises(ValueError, match="not a tar file"):
+        list(tar_members(path))
+    assert path.read_bytes() == b"plain text, not an archive" * 40
+    dup = tmp_path / "dup.tar"
+    with tarfile.open(dup, "w") as tar:
+        for _ in range(2):
+            tar.addfile(tarfile.TarInfo("k.json"), io.BytesIO(b""))
+    with pytest.raises(ValueError, match="two 'json' members"):
+        list(tar_samples(dup))
+
+
+_dtypes = st.sampled_from([np.float16, np.float32, np.float64, np.int8, np.int16, np.int64, np.uint8,
+                           np.bool_, np.complex64, np.dtype(">f4"), np.dtype(">i2")])
+
+
+@settings(max_examples=80, deadline=None)
+@given(arr=_dtypes.flatmap(lambda dt: hnp.arrays(dt, hnp.array_shapes(min_dims=0, max_dims=4, max_side=5))),
+       fortran=st.booleans())
+def test_read_npy_equals_np_load(arr, fortran):
+    buf = io.BytesIO()
+    np.save(buf, np.asfortranarray(arr) if fortran else arr, allow_pickle=False)
+    data = buf.getvalue()
+    ours, ref = read_npy(data), np.load(io.BytesIO(data), allow_pickle=False)
+    assert ours.dtype == ref.dtype and ours.shape == ref.shape
+    np.testing.assert_array_equal(ours, ref)
+
+
+def test_read_npy_refuses_pickles_and_damage():
+    obj = io.BytesIO()
+    np.save(obj, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match="allow_pickle"):
+        read_npy(obj.getvalue())
+    with pytest.raises(ValueError, match="pickled"):
+        read_npy(pickle.dumps(np.zeros(3)))
+    with pytest.raises((ValueError, EOFError)):
+        read_npy(encode_npy(np.zeros((4, 4)))[:-8])

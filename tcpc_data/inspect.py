@@ -130,7 +130,7 @@ def _case_text(grp, name: str) -> str:
     if "candidates" in grp:
         cands = np.asarray(grp["candidates"][...])
         scores = np.asarray(grp["candidate_scores"][...]) if "candidate_scores" in grp else None
-        lines.append(f"  candidates (z, y, x), best first:")
+        lines.append("  candidates (z, y, x), best first:")
         for i, c in enumerate(cands[:10]):
             s = f" score {scores[i]:.4g}" if scores is not None and i < len(scores) else ""
             lines.append(f"    {i}: {tuple(int(v) for v in c)}{s}")

@@ -23,7 +23,8 @@ import numpy as np
 from .crops import crop
 from .digest import digest, files_digest
 from .runner import RunReport
-from .shardio import Sample, build_shard_set, encode_json, encode_npy
+from .shardio import build_shard_set, encode_json
+from .tario import Sample, encode_npy
 from .shards import ShardConfig, crop_samples, pretrain_members
 from .store import list_cases, open_store, sanitize_case_id
 

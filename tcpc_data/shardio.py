@@ -21,70 +21,28 @@ produces the same bytes. Members are ``.npy`` (saved without pickle),
 from __future__ import annotations
 
 import functools
-import io
 import json
 import os
 import shutil
-import tarfile
 import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-import numpy as np
 
 from .digest import digest as _digest
 from .digest import to_json
 from .runner import DONE, SKIPPED, RunReport, Task, run_cases
-from .tario import tar_samples
+from .tario import Sample, tar_samples, write_tar
 
 FORMAT = "tcpc-webdataset"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 PARTS = ".parts"
 
-Sample = tuple[str, dict[str, bytes]]  # (key without dots, {extension: bytes})
-
-
-def encode_npy(arr: np.ndarray) -> bytes:
-    """``.npy`` bytes of ``arr`` (C order, never pickled)."""
-    buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(arr), allow_pickle=False)
-    return buf.getvalue()
-
 
 def encode_json(obj: Any) -> bytes:
     """Canonical JSON bytes (sorted keys) of a record."""
     return to_json(obj).encode()
-
-
-def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode = len(data), 0, 0o644
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    tar.addfile(info, io.BytesIO(data))
-
-
-def write_tar(path: Path, samples: Iterable[Sample]) -> int:
-    """Write ``samples`` to the tar ``path`` via a temporary name; returns the sample count.
-
-    Members are plain ustar entries (fixed mtime, owner, mode; a PAX header only
-    for names over 100 characters), so readers parse one 512-byte header each.
-    """
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    n = 0
-    try:
-        with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
-            for key, members in samples:
-                if "." in key or "/" in key:
-                    raise ValueError(f"sample key {key!r} must not contain '.' or '/'")
-                for ext in sorted(members):
-                    _add(tar, f"{key}.{ext}", members[ext])
-                n += 1
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return n
 
 
 def _write_part(make_samples: Callable[[Any], Iterable[Sample]], payload: Any, part: str) -> tuple[str, Any]:

@@ -21,7 +21,8 @@ from . import paths as P
 from .crops import crop
 from .digest import digest
 from .runner import RunReport
-from .shardio import Sample, build_shard_set, encode_json, encode_npy
+from .shardio import build_shard_set, encode_json
+from .tario import Sample, encode_npy
 from .store import list_cases, open_store
 
 

@@ -2,7 +2,6 @@
 import hashlib
 import json
 
-import pytest
 from click.testing import CliRunner
 
 from cli import main

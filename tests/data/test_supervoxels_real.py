@@ -2,7 +2,6 @@
 import csv
 
 import numpy as np
-import pytest
 
 from tcpc_data import segmetrics
 from tcpc_data.slic3d import slic

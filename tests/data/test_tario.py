@@ -12,8 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from tcpc_data.shardio import encode_npy, write_tar
-from tcpc_data.tario import read_npy, tar_members, tar_samples
+from tcpc_data.tario import encode_npy, read_npy, tar_members, tar_samples, write_tar
 
 
 def _tarfile_members(path):

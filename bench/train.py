@@ -9,6 +9,7 @@ the classic video stem (7³ stride 2 + max-pool), the choice documented in
 
     python bench/train.py                        # synthetic U-path shards, width 1/8
     python bench/train.py --shards DIR --width 1 --batch-size 32 --workers 4
+    python bench/train.py --device cuda --width 1 --batch-size 32 --workers 8
     python bench/train.py --stems --cubes 686 --width 1
 """
 from __future__ import annotations
@@ -103,6 +104,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    ap.add_argument("--device", choices=("all", "cpu", "cuda"), default="all",
+                    help="where to train (all: the CPU, then the GPU when there is one)")
     ap.add_argument("--stems", action="store_true", help="time the stem choice instead")
     ap.add_argument("--cubes", type=int, default=98, help="cubes per step for --stems")
     args = ap.parse_args()
@@ -118,7 +121,10 @@ def main() -> None:
                          warmup=0, shuffle_buffer=64)
     with tempfile.TemporaryDirectory() as tmp:
         shards = args.shards or write_synthetic_paths(Path(tmp) / "u", args.samples, "u", per_shard=16)
-        devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+        devices = [torch.device(d) for d in ("cpu", "cuda") if args.device in ("all", d)
+                   and (d == "cpu" or torch.cuda.is_available())]
+        if not devices:
+            sys.exit("--device cuda: no CUDA GPU here")
         print(f"pretraining tcpc {args.arch} width {args.width}, batch {args.batch_size}, "
               f"{args.workers} loader workers, {torch.get_num_threads()} torch threads, {args.steps} timed steps")
         for dev in devices:

@@ -16,6 +16,7 @@ ACC, AUC, confusion matrix), ``roc.png``, ``curves.png``.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import time
 from pathlib import Path
@@ -23,11 +24,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-import webdataset as wds
 
 from tcpc_train.checkpoint import load_checkpoint, save_checkpoint
 from tcpc_train.loader import (ShardSet, ShardStream, augment_volume, decode_labelled_sample, first_sample,
-                               labelled_splits, make_loader, open_shards, read_label, sample_rng)
+                               labelled_splits, make_loader, open_shards, raw_samples, read_label,
+                               sample_rng)
 from tcpc_train.metrics import classification_metrics
 from tcpc_train.models import ARCHS, Classifier, build_encoder
 from tcpc_train.plots import plot_curves, plot_roc
@@ -76,7 +77,7 @@ class FinetuneConfig:
 def read_labels(data: ShardSet) -> dict[str, int]:
     """{sample key: class} of every sample in ``data`` (reads the tars once, decodes only ``cls``)."""
     labels: dict[str, int] = {}
-    for raw in wds.tarfile_to_samples()(iter([{"url": u} for u in data.urls])):
+    for raw in itertools.chain.from_iterable(map(raw_samples, data.urls)):
         key = raw["__key__"]
         if key in labels:
             raise ValueError(f"{raw['__url__']}: sample key {key} appears twice in {data.root}")

@@ -201,7 +201,7 @@ def augment_volume(volume: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(volume, int(rng.integers(4)), axes=(a, b)))
 
 
-def _raw_samples(url: str) -> Iterator[dict]:
+def raw_samples(url: str) -> Iterator[dict]:
     """Samples of one shard as WebDataset dicts: ``__key__``, ``__url__`` and one entry per member."""
     for key, members in tar_samples(url):
         yield {"__key__": key, "__url__": url, **members}
@@ -210,7 +210,7 @@ def _raw_samples(url: str) -> Iterator[dict]:
 def first_sample(data: ShardSet) -> dict:
     """The first raw sample of the first shard: lets a caller check the layout in-process, where
     an error reads clearly, before loader workers start."""
-    for raw in _raw_samples(data.urls[0]):
+    for raw in raw_samples(data.urls[0]):
         return raw
     raise ValueError(f"{data.urls[0]}: holds no samples although {data.root}/{MANIFEST} counts some")
 
@@ -272,7 +272,7 @@ class ShardStream(IterableDataset):
         urls = [self.shards.urls[i] for i in order]
         by_shard = len(urls) >= nstreams
         mine = urls[stream::nstreams] if by_shard else urls
-        raw = itertools.chain.from_iterable(map(_raw_samples, mine))
+        raw = itertools.chain.from_iterable(map(raw_samples, mine))
         for i, s in enumerate(raw):
             if not by_shard and i % nstreams != stream:
                 continue

@@ -1,0 +1,101 @@
+"""The CUDA paths: bfloat16 autocast, pinned-memory loading, resume, fine-tuning, and DDP with
+SyncBatchNorm over two ranks sharing one GPU. Skipped where there is no GPU (CI has none);
+``bench/gpu-check.sh`` runs them on a GPU machine."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+import tcpc_train.pretraining as pretrain_mod
+from tcpc_train.checkpoint import load_checkpoint
+from tcpc_train.finetuning import FinetuneConfig, evaluate, finetune
+from tcpc_train.models import build_encoder
+from tcpc_train.pretraining import PretrainConfig, pretrain
+from tcpc_train.runtime import autocast
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+TINY = dict(width=1 / 8, batch_size=8, workers=2, warmup=1, checkpoint_every=2, shuffle_buffer=8, device="cuda")
+
+
+def _losses(run):
+    return [json.loads(line)["loss"] for line in (run / "log.jsonl").read_text().splitlines()]
+
+
+def test_autocast_computes_in_bfloat16_on_cuda_only():
+    enc = build_encoder("resnet18", 1 / 8).cuda()
+    x = torch.randn(4, 1, 16, 16, 16, device="cuda")
+    with autocast(torch.device("cuda"), True):
+        assert enc(x).dtype == torch.bfloat16
+    with autocast(torch.device("cuda"), False):
+        assert enc(x).dtype == torch.float32
+    with autocast(torch.device("cpu"), True):
+        assert enc.cpu()(x.cpu()).dtype == torch.float32
+
+
+class Killed(Exception):
+    pass
+
+
+def test_pretraining_on_cuda_resumes_with_the_same_losses(u_shards, tmp_path, monkeypatch):
+    cfg = PretrainConfig(steps=6, **TINY)
+    whole = pretrain(u_shards, tmp_path / "whole", cfg)
+    assert whole["chance_loss"] - 1.0 < _losses(tmp_path / "whole")[0] < whole["chance_loss"] + 1.0
+    write = pretrain_mod.StepLog.write
+
+    def dying_write(self, row):
+        write(self, row)
+        if row["step"] == 5:
+            raise Killed
+    monkeypatch.setattr(pretrain_mod.StepLog, "write", dying_write)
+    with pytest.raises(Killed):
+        pretrain(u_shards, tmp_path / "killed", cfg)
+    monkeypatch.setattr(pretrain_mod.StepLog, "write", write)
+    assert pretrain(u_shards, tmp_path / "killed", cfg)["start_step"] == 4
+    # Same batches and weights; cuDNN's bf16 kernels may sum in another order, hence the tolerance.
+    assert _losses(tmp_path / "killed") == pytest.approx(_losses(tmp_path / "whole"), rel=2e-2)
+    ck = load_checkpoint(tmp_path / "whole" / "last.pt")  # a GPU checkpoint loads on the CPU
+    assert all(t.device.type == "cpu" for t in ck["model"].values())
+
+
+def test_finetuning_on_cuda_and_evaluating_anywhere(labelled, tmp_path):
+    s = finetune(labelled, tmp_path, FinetuneConfig(arch="vgg", epochs=3, width=1 / 16, batch_size=8,
+                                                    workers=2, device="cuda"))
+    assert s["metrics"]["acc"] >= 0.9 and s["metrics"]["auc"] >= 0.95
+    on_gpu = evaluate(tmp_path / "best.pt", labelled, device="cuda")
+    on_cpu = evaluate(tmp_path / "best.pt", labelled, device="cpu")
+    assert on_gpu["acc"] == s["metrics"]["acc"] and on_cpu["acc"] >= 0.9
+
+
+def _ddp_worker(rank, world, port, shards, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    # NCCL refuses two ranks on one device, so the ranks talk over gloo; the CUDA code paths
+    # (SyncBatchNorm's statistics gathering, DDP's gradient buckets on the GPU) are the same.
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+    converted = []
+    convert = torch.nn.SyncBatchNorm.convert_sync_batchnorm
+    torch.nn.SyncBatchNorm.convert_sync_batchnorm = lambda m: converted.append(1) or convert(m)
+    try:
+        s = pretrain(shards, out, PretrainConfig(steps=3, **{**TINY, "workers": 0}))
+        with open(out.parent / f"rank{rank}.json", "w") as f:
+            json.dump({"world": s["world_size"], "final_loss": s["final_loss"], "syncbn": bool(converted)}, f)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_ddp_with_syncbatchnorm_on_cuda(u_shards, tmp_path):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(2, port, str(u_shards), tmp_path / "run"), nprocs=2, join=True)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["world"] for r in ranks] == [2, 2] and all(r["syncbn"] for r in ranks)
+    ck = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert ck["step"] == 3 and all(torch.isfinite(t).all() for t in ck["model"].values() if t.is_floating_point())
+    # SyncBatchNorm keeps plain BatchNorm's parameter names: the checkpoint fine-tunes like any other.
+    assert not any("module." in k for k in ck["model"])

@@ -15,6 +15,7 @@ the classic video stem (7³ stride 2 + max-pool), the choice documented in
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import sys
 import tempfile
@@ -27,31 +28,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tcpc_train.loader import ShardStream, make_loader, open_shards  # noqa: E402
 from tcpc_train.models import ResNet18_3d  # noqa: E402
-from tcpc_train.pretraining import PretrainConfig, TaskSample, build_task_model  # noqa: E402
-from tcpc_train.runtime import autocast  # noqa: E402
+from tcpc_train.pretraining import PretrainConfig, TaskSample, build_task_model, train_steps  # noqa: E402
 from tcpc_train.synthetic import write_synthetic_paths  # noqa: E402
 
 
 def _run(cfg: PretrainConfig, batches, steps: int, warmup: int, device: torch.device) -> list[float]:
-    """Per-step wall times (s) of ``steps`` TCPC steps after ``warmup`` untimed ones."""
+    """Per-step wall times (s) of ``steps`` training steps (the pretraining loop's own) after ``warmup``."""
     torch.manual_seed(cfg.seed)
     model = build_task_model(cfg).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
-    times = []
-    for i in range(warmup + steps):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        cubes = next(batches)["cubes"].to(device, non_blocking=True).float()
-        with autocast(device, cfg.amp):
-            loss = model(cubes)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        loss.item()
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
-    return times
+    run = dataclasses.replace(cfg, steps=warmup + steps)
+    return [dt for i, (_, _, _, dt) in enumerate(train_steps(model, opt, batches, run, device)) if i >= warmup]
 
 
 def bench_loader(shards: Path, cfg: PretrainConfig, steps: int, warmup: int, device: torch.device) -> dict:

@@ -79,7 +79,7 @@ def _ddp_worker(rank, world, port, shards, out):
     torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
     converted = []
     convert = torch.nn.SyncBatchNorm.convert_sync_batchnorm
-    torch.nn.SyncBatchNorm.convert_sync_batchnorm = lambda m: converted.append(1) or convert(m)
+    torch.nn.SyncBatchNorm.convert_sync_batchnorm = lambda *a: converted.append(1) or convert(*a)
     try:
         s = pretrain(shards, out, PretrainConfig(steps=3, **{**TINY, "workers": 0}))
         with open(out.parent / f"rank{rank}.json", "w") as f:

@@ -54,6 +54,26 @@ def main():
     """
 
 
+def _run_options(failures_default: str | None):
+    """Parallelism and progress options shared by the stage commands, plus ``--failures`` when
+    the command writes a failures report (``failures_default`` says where it goes otherwise)."""
+    def decorate(fn):
+        opts = [
+            click.option("--workers", type=int, default=None, help="Worker processes [one per core]."),
+            click.option("--scheduler", default=None, metavar="ADDRESS",
+                         help="Address of a running dask scheduler (tcp://host:8786)."),
+        ]
+        if failures_default:
+            opts.append(click.option("--failures", "failures_path", type=click.Path(dir_okay=False), default=None,
+                                     help=f"JSON-lines report of failed cases [{failures_default}]."))
+        opts.append(click.option("--progress/--no-progress", default=True, show_default=True,
+                                 help="Live progress display."))
+        for opt in reversed(opts):
+            fn = opt(fn)
+        return fn
+    return decorate
+
+
 @main.command()
 @click.argument("sources", nargs=-1, required=True)
 @click.option("--out", "out", required=True, help="Volume store to write (path or fsspec URL), e.g. volumes.zarr.")
@@ -65,23 +85,19 @@ def main():
 @click.option("--irregular", type=click.Choice(["resample", "refuse"]), default="resample", show_default=True,
               help="Tilted or unevenly spaced DICOM series: resample onto a regular grid, or refuse.")
 @click.option("--max-voxels", type=int, default=1 << 30, show_default=True, help="Refuse larger volumes.")
-@click.option("--workers", type=int, default=None, help="Local worker processes (default: one per core).")
-@click.option("--scheduler", default=None, metavar="ADDRESS", help="A running dask.distributed scheduler.")
-@click.option("--failures", "failures", default=None, metavar="PATH",
-              help="Failures report (JSON lines); default <STORE>.failures.jsonl.")
-@click.option("--progress/--no-progress", default=True, show_default=True, help="Live progress display.")
+@_run_options("<STORE>.failures.jsonl")
 @_friendly
 def ingest(sources, out, clip, spacing, npy_spacing, dtype, irregular, max_voxels, workers, scheduler,
-           failures, progress):
+           failures_path, progress):
     """Read CT archives (DICOM, NIfTI, MetaImage, NRRD, NumPy) into a normalised Zarr volume store."""
     from tcpc_data.ingestion import IngestConfig, ingest as run_ingest
 
     config = IngestConfig(clip=_floats(clip, (2,), "--clip"), spacing_zyx=_floats(spacing, (1, 3), "--spacing"),
                           npy_spacing_zyx=_floats(npy_spacing, (1, 3), "--npy-spacing"), dtype=dtype,
                           irregular=irregular, max_voxels=max_voxels)
-    failures = failures or f"{str(out).rstrip('/')}.failures.jsonl"
+    failures_path = failures_path or f"{str(out).rstrip('/')}.failures.jsonl"
     report = run_ingest(list(sources), out, config, workers=workers, scheduler=scheduler,
-                        progress=progress, failures_path=failures)
+                        progress=progress, failures_path=failures_path)
     for note in report.notes:
         click.echo(f"note: {note}")
     if not progress:  # the live display already named each failure as it happened
@@ -120,20 +136,6 @@ def _shard_options(fn):
         click.option("--shard-size", type=int, default=1000, show_default=True, help="Samples per shard."),
         click.option("--name", default=None, help="Shard file prefix [tcpc; labelled]."),
         click.option("--seed", type=int, default=0, show_default=True, help="Seed of every draw."),
-    ]
-    for opt in reversed(opts):
-        fn = opt(fn)
-    return fn
-
-
-def _run_options(fn):
-    """Parallelism, failures report and progress (shared by the stage commands)."""
-    opts = [
-        click.option("--workers", type=int, default=None, help="Worker processes [one per core]."),
-        click.option("--scheduler", default=None, help="Address of a running dask scheduler (tcp://host:8786)."),
-        click.option("--failures", "failures_path", type=click.Path(dir_okay=False), default=None,
-                     help="JSON-lines failures report [OUT/failures-<stage>.jsonl]."),
-        click.option("--progress/--no-progress", default=True, show_default=True, help="Live progress display."),
     ]
     for opt in reversed(opts):
         fn = opt(fn)
@@ -179,7 +181,7 @@ def _print_run(report, manifest, out) -> None:
               help="npz only: finetune (labelled split sets, default) or pretrain (path samples of train images).")
 @click.option("--cases", default=None, help="Comma-separated case ids [all complete cases].")
 @_shard_options
-@_run_options
+@_run_options("OUT/failures-shards.jsonl")
 @_friendly
 def shards(source, out, labels, task, cases, workers, scheduler, failures_path, progress, **kw):
     """Write WebDataset shards from a volume STORE or a MedMNIST .npz SOURCE.
@@ -339,9 +341,7 @@ class _StageOptionsCommand(click.Command):
 @click.option("--labels", type=click.Path(exists=True, dir_okay=False), default=None,
               help="CSV case,z,y,x,label: also write labelled crops to OUT/labelled.")
 @_shard_options
-@click.option("--workers", type=int, default=None, help="Worker processes [one per core].")
-@click.option("--scheduler", default=None, help="Address of a running dask scheduler (tcp://host:8786).")
-@click.option("--progress/--no-progress", default=True, show_default=True, help="Live progress display.")
+@_run_options(None)  # one failures report per stage under OUT
 @_friendly
 def preprocess(sources, out, candidates_csv, labels, workers, scheduler, progress, **kw):
     """Ingest SOURCES, find supervoxels and candidates, and write shards: one command.
@@ -500,11 +500,7 @@ def experiment(config, out, progress):
 @click.option("--candidates-csv", type=click.Path(dir_okay=False), default=None,
               help="Centres from a CSV (case,z,y,x voxels or case,z_mm,y_mm,x_mm) instead of the SLIC ranking.")
 @click.option("--case", "cases", multiple=True, help="Only this case (repeatable).")
-@click.option("--workers", type=int, default=None, help="Worker processes [one per core].")
-@click.option("--scheduler", default=None, help="Address of a running dask scheduler (tcp://host:8786).")
-@click.option("--failures", "failures_path", type=click.Path(dir_okay=False), default=None,
-              help="JSON-lines report of failed cases [<STORE>.supervoxels-failures.jsonl].")
-@click.option("--progress/--no-progress", default=True, help="Show live progress.")
+@_run_options("<STORE>.supervoxels-failures.jsonl")
 @_friendly
 def supervoxels(store, cases, workers, scheduler, failures_path, progress, candidates_csv, **fields):
     """Supervoxels, per-supervoxel table and ranked crop centres for every case of STORE."""

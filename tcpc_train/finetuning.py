@@ -254,10 +254,11 @@ def finetune(labelled: str | Path, out: str | Path, config: FinetuneConfig = Fin
                 loss.backward()
                 opt.step()
                 step += 1
+                value = loss.item()
                 dt, t0 = time.perf_counter() - t0, time.perf_counter()
-                log.write({"step": step, "epoch": epoch + 1, "loss": loss.item(), "lr": config.lr,
+                log.write({"step": step, "epoch": epoch + 1, "loss": value, "lr": config.lr,
                            "samples_per_s": len(batch["label"]) / dt})
-                bar.update(task, advance=1, status=f"epoch {epoch + 1} loss {loss.item():.4f}")
+                bar.update(task, advance=1, status=f"epoch {epoch + 1} loss {value:.4f}")
             recalibrate_batchnorm(model, splits["train"], keys, config.batch_size, device, config.workers, config.amp)
             if "val" in splits:
                 m = classification_metrics(*predict(model, splits["val"], config.batch_size, device,

@@ -18,14 +18,18 @@ as a prefix, then a hash of the source path.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
+import os
 import posixpath
 import re
 from collections import defaultdict
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
 import fsspec
 
+from tcpc_data.runner import progress_display
 from tcpc_data.store import sanitize_case_id
 
 _VOLUME_SUFFIXES = {".nii.gz": "nifti", ".nii": "nifti", ".mhd": "metaimage", ".mha": "metaimage",
@@ -76,8 +80,20 @@ class Discovery:
     notes: list[str] = dataclasses.field(default_factory=list)
 
 
-def discover(sources) -> Discovery:
+def discover(sources, *, workers: int | None = 1, progress=False) -> Discovery:
     """Find the cases under each source (folder, file, or fsspec URL of either).
+
+    Parameters
+    ----------
+    sources
+        Folder, file or fsspec URL, or a list of them.
+    workers
+        Processes that read DICOM headers (None: one per core); remote sources
+        use threads instead, since their cost is latency. The result does not
+        depend on it.
+    progress
+        True: a progress line of its own; a display from
+        :func:`tcpc_data.runner.progress_display`: a line in it; False: none.
 
     Raises
     ------
@@ -89,13 +105,15 @@ def discover(sources) -> Discovery:
     sources = [str(s) for s in sources]
     if not sources:
         raise ValueError("no sources given")
+    if workers is not None and workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
     found = Discovery()
     candidates: list[tuple[list[str], CaseSource]] = []  # (name levels, case with a provisional id)
     for src in sources:
         fs, root = fsspec.core.url_to_fs(src)
         if not fs.exists(root):
             raise FileNotFoundError(f"source {src} does not exist")
-        candidates += _discover_one(src, fs, root.rstrip("/") or "/", found)
+        candidates += _discover_one(src, fs, root.rstrip("/") or "/", found, workers, progress)
     found.cases = _assign_ids(candidates)
     return found
 
@@ -121,7 +139,8 @@ def _strip_suffix(name: str) -> tuple[str, str | None]:
     return name, None
 
 
-def _discover_one(src: str, fs, root: str, found: Discovery) -> list[tuple[list[str], CaseSource]]:
+def _discover_one(src: str, fs, root: str, found: Discovery, workers: int | None,
+                  progress) -> list[tuple[list[str], CaseSource]]:
     if fs.isfile(root):
         base, files, dirs = posixpath.dirname(root), [root], []
     else:
@@ -147,16 +166,17 @@ def _discover_one(src: str, fs, root: str, found: Discovery) -> list[tuple[list[
 
     out: list[tuple[list[str], CaseSource]] = []
     claimed: set[str] = set()
-    dicom_files: list[tuple[str, bool]] = []  # (path, has the DICM preamble)
+    unknown = [f for f in files if _strip_suffix(posixpath.basename(f))[1] is None]
+    scans = dict(zip(unknown, _scan_all(fs, unknown, src, workers, progress)))
+    dicom_files: list[tuple[str, dict | str]] = []  # (path, header tags or the parse error)
     ignored: list[str] = []
     for f in files:
         stem, fmt = _strip_suffix(posixpath.basename(f))
         if fmt is None:
-            magic = _has_dicom_magic(fs, f)
-            if magic or f.lower().endswith(_DICOM_SUFFIXES):
-                dicom_files.append((f, magic))
-            else:
+            if scans[f] is None:
                 ignored.append(f)
+            else:
+                dicom_files.append((f, scans[f]))
             continue
         members = [f]
         if fmt == "metaimage" and f.lower().endswith(".mhd"):
@@ -175,13 +195,73 @@ def _discover_one(src: str, fs, root: str, found: Discovery) -> list[tuple[list[
     return out
 
 
-def _has_dicom_magic(fs, path: str) -> bool:
+def _scan_file(fs, path: str) -> dict | str | None:
+    """A file of unknown type: None if it is not DICOM, else its header tags, or the parse error.
+
+    DICOM means the ``DICM`` preamble, or a DICOM suffix (preamble-less files
+    are read with ``force``). Runs in discovery's worker processes or threads.
+    """
+    import pydicom
+
     try:
         with fs.open(path, "rb") as f:
             head = f.read(132)
     except OSError:
-        return False
-    return len(head) == 132 and head[128:] == b"DICM"
+        head = b""
+    magic = len(head) == 132 and head[128:] == b"DICM"
+    if not magic and not path.lower().endswith(_DICOM_SUFFIXES):
+        return None
+    try:
+        with fs.open(path, "rb") as fh:
+            ds = pydicom.dcmread(fh, stop_before_pixels=True, specific_tags=_HEADER_TAGS, force=not magic)
+        if not any(ds.get(t) for t in ("SeriesInstanceUID", "Modality", "SOPClassUID")):
+            raise ValueError("no DICOM image header (no SeriesInstanceUID, Modality or SOPClassUID)")
+        return {"SeriesInstanceUID": str(ds.get("SeriesInstanceUID", "") or ""),
+                "SeriesNumber": str(ds.get("SeriesNumber", "") or ""),
+                "Modality": str(ds.get("Modality", "") or ""),
+                "SOPClassUID": str(ds.get("SOPClassUID", "") or ""),
+                "ImageType": [str(t).upper() for t in (ds.get("ImageType") or [])],
+                "PatientID": str(ds.get("PatientID", "") or "")}
+    except Exception as exc:  # noqa: BLE001 - any parse error of a user's file is that file's failure
+        return f"{type(exc).__name__}: {exc}" if not str(exc) else str(exc)
+
+
+def _scan_chunk(fs, paths: list[str]) -> list[dict | str | None]:
+    return [_scan_file(fs, p) for p in paths]
+
+
+_CHUNK = 64  # files per task: amortises the hand-over, keeps progress moving
+
+
+def _scan_all(fs, paths: list[str], src: str, workers: int | None, progress) -> list[dict | str | None]:
+    """:func:`_scan_file` of every path, in order; in parallel for large inputs, with progress."""
+    if not paths:
+        return []
+    chunks = [paths[i:i + _CHUNK] for i in range(0, len(paths), _CHUNK)]
+    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    local = "file" in protocols or "local" in protocols
+    n = min(len(chunks), (workers or os.cpu_count() or 1) if local else 16)
+    out: list = []
+    with contextlib.ExitStack() as stack:
+        display = None
+        if progress:
+            display = progress_display() if isinstance(progress, bool) else progress
+            if isinstance(progress, bool):
+                stack.enter_context(display)
+            line = display.add_task(f"discover {posixpath.basename(src.rstrip('/')) or src}",
+                                    total=len(paths), counts="files read")
+        if n > 1:
+            # Local headers cost CPU (pydicom parses in Python): processes. Remote ones cost
+            # latency: threads, which also see in-memory filesystems.
+            pool = stack.enter_context((ProcessPoolExecutor if local else ThreadPoolExecutor)(n))
+            results = pool.map(_scan_chunk, [fs] * len(chunks), chunks)
+        else:
+            results = (_scan_chunk(fs, c) for c in chunks)
+        for chunk in results:
+            out += chunk
+            if display is not None:
+                display.update(line, advance=len(chunk))
+    return out
 
 
 def _mhd_data(fs, path: str) -> str | None:
@@ -205,25 +285,17 @@ def _levels(rel_dir: str) -> list[str]:
     return [p for p in rel_dir.split("/") if p not in ("", ".") and not _UID_NAME.fullmatch(p)]
 
 
-def _dicom_series(src: str, fs, base: str, files: list[tuple[str, bool]], found: Discovery):
-    import pydicom
-
+def _dicom_series(src: str, fs, base: str, files: list[tuple[str, dict | str]], found: Discovery):
     series: dict[str, list[str]] = defaultdict(list)
     meta: dict[str, dict] = {}
     skipped: dict[tuple[str, str], int] = defaultdict(int)
-    for f, magic in files:
-        try:
-            with fs.open(f, "rb") as fh:
-                ds = pydicom.dcmread(fh, stop_before_pixels=True, specific_tags=_HEADER_TAGS, force=not magic)
-            if not any(ds.get(t) for t in ("SeriesInstanceUID", "Modality", "SOPClassUID")):
-                raise ValueError("no DICOM image header (no SeriesInstanceUID, Modality or SOPClassUID)")
-        except Exception as exc:  # noqa: BLE001 - any parse error of a user's file is that file's failure
+    for f, ds in files:
+        if isinstance(ds, str):
             rel = posixpath.relpath(f, base)
             found.failures.append({"case": _case_id(rel), "source": _url(fs, f, src),
-                                   "error": f"unreadable DICOM file {_url(fs, f, src)}: {exc}"})
+                                   "error": f"unreadable DICOM file {_url(fs, f, src)}: {ds}"})
             continue
-        modality = str(ds.get("Modality", "") or "")
-        sop = str(ds.get("SOPClassUID", "") or "")
+        modality, sop = ds["Modality"], ds["SOPClassUID"]
         folder = posixpath.relpath(posixpath.dirname(f), base)
         if modality in _NON_IMAGE_MODALITIES or sop.startswith(_NON_IMAGE_SOP_PREFIXES):
             skipped[(folder, f"non-image object ({modality or sop})")] += 1
@@ -231,14 +303,14 @@ def _dicom_series(src: str, fs, base: str, files: list[tuple[str, bool]], found:
         if modality != "CT":
             skipped[(folder, f"modality {modality or 'unknown'} is not CT")] += 1
             continue
-        if "LOCALIZER" in [str(t).upper() for t in (ds.get("ImageType") or [])]:
+        if "LOCALIZER" in ds["ImageType"]:
             skipped[(folder, "localizer image")] += 1
             continue
-        uid = str(ds.get("SeriesInstanceUID", "") or "")
+        uid = ds["SeriesInstanceUID"]
         # Anonymisers sometimes blank the UID: then a folder and series number make the series
-        key = uid or f"{posixpath.dirname(f)}#{ds.get('SeriesNumber', '')}"
+        key = uid or f"{posixpath.dirname(f)}#{ds['SeriesNumber']}"
         series[key].append(f)
-        meta.setdefault(key, {"patient_id": str(ds.get("PatientID", "") or ""), "series_uid": uid,
+        meta.setdefault(key, {"patient_id": ds["PatientID"], "series_uid": uid,
                               "modality": modality})
     for (folder, why), n in sorted(skipped.items()):
         found.notes.append(f"{src}: skipped {n} DICOM file(s) in {folder}: {why}")

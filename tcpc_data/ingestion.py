@@ -133,7 +133,7 @@ def ingest(sources, out, config: IngestConfig = IngestConfig(), *, workers: int 
     """
     if not isinstance(config, IngestConfig):
         raise TypeError(f"config must be an IngestConfig, got {type(config).__name__}")
-    found = discover(sources)
+    found = discover(sources, workers=workers, progress=progress)
     out = str(out)
     tasks = [Task(c.case, c.source, _Job(c, out, config)) for c in found.cases]
     tasks += [Task(f["case"], f["source"], _Job(None, out, config, f["error"])) for f in found.failures]

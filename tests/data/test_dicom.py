@@ -147,6 +147,54 @@ def test_discovery_splits_series_skips_non_images_and_reports_bad_files(tmp_path
     assert "ignored 1 file(s)" in notes and "notes.xml" in notes
 
 
+def _big_archive(src):
+    """Over two scan chunks of files: two CT series, an MR series, a broken file and an XML note."""
+    write_series(src / "a", z_positions(range(0, 120, 3)), series_uid="1.2.840.99.1.11111111")
+    write_series(src / "b", z_positions(range(0, 90, 3)), series_uid="1.2.840.99.1.22222222")
+    write_series(src / "mr", z_positions([0, 3, 6]), modality="MR")
+    (src / "b" / "broken.dcm").write_bytes(b"not a dicom file at all")
+    (src / "b" / "notes.xml").write_text("<a/>")
+
+
+def _as_tuple(found):
+    return found.cases, found.failures, found.notes
+
+
+def test_parallel_discovery_equals_serial_and_reports_progress(tmp_path):
+    from tcpc_data.runner import progress_display
+
+    src = tmp_path / "archive"
+    _big_archive(src)
+    serial = discover(src, workers=1)
+    assert [c.case for c in serial.cases] == ["a", "b"] and len(serial.cases[0].files) == 40
+    assert [f["case"] for f in serial.failures] == ["b_broken_dcm"]
+    display = progress_display()
+    with display:
+        parallel = discover(src, workers=2, progress=display)
+    assert _as_tuple(parallel) == _as_tuple(serial)
+    (line,) = display.tasks
+    assert line.description == "discover archive" and line.completed == line.total == 75
+    with pytest.raises(ValueError, match="workers must be >= 1"):
+        discover(src, workers=0)
+
+
+def test_remote_discovery_reads_headers_in_threads(tmp_path):
+    import fsspec
+
+    src = tmp_path / "archive"
+    _big_archive(src)
+    mem = fsspec.filesystem("memory")
+    for f in sorted(src.rglob("*")):
+        if f.is_file():
+            mem.pipe(f"/tcpc-discover/{f.relative_to(src).as_posix()}", f.read_bytes())
+    try:
+        one, many = discover("memory://tcpc-discover", workers=1), discover("memory://tcpc-discover", workers=4)
+        assert _as_tuple(one) == _as_tuple(many)
+        assert [c.case for c in many.cases] == ["a", "b"] and many.cases[0].files[0].startswith("memory://")
+    finally:
+        mem.rm("/tcpc-discover", recursive=True)
+
+
 def test_discovery_rejects_missing_source(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         discover([tmp_path / "nope"])

@@ -47,15 +47,22 @@ def _number(field: bytes, what: str, path: str) -> int:
         raise ValueError(f"{path}: not a tar file (bad {what} field {field!r})") from None
 
 
-def _pax_records(data: bytes) -> dict[str, str]:
+def _pax_records(data: bytes, path: str) -> dict[str, str]:
     """``"<len> key=value\\n"`` records of a PAX extended header."""
     out, pos = {}, 0
-    while pos < len(data) and data[pos:pos + 1] != b"\0":
-        space = data.index(b" ", pos)
-        length = int(data[pos:space])
-        key, _, value = data[space + 1:pos + length - 1].partition(b"=")
-        out[key.decode("utf-8")] = value.decode("utf-8")
-        pos += length
+    try:
+        while pos < len(data) and data[pos:pos + 1] != b"\0":
+            space = data.index(b" ", pos)
+            length = int(data[pos:space])
+            if length <= space - pos or pos + length > len(data):
+                raise ValueError(f"record length {length}")
+            key, _, value = data[space + 1:pos + length - 1].partition(b"=")
+            out[key.decode("utf-8")] = value.decode("utf-8")
+            pos += length
+        if not out.get("size", "0").isdigit():
+            raise ValueError(f"size {out['size']!r}")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: corrupt PAX header in the tar ({exc})") from None
     return out
 
 
@@ -88,7 +95,7 @@ def tar_members(path: str | os.PathLike) -> Iterator[tuple[str, bytes]]:
                 raise ValueError(f"{path}: truncated tar (member data cut short)")
             f.seek(-size % _BLOCK, io.SEEK_CUR)
             if kind == b"x":
-                pax = _pax_records(data)
+                pax = _pax_records(data, path)
                 continue
             if kind == b"L":
                 longname = data.rstrip(b"\0").decode("utf-8")

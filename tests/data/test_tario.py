@@ -75,6 +75,15 @@ def test_damaged_tars_are_clear_errors_and_the_file_is_kept(tmp_path):
     with pytest.raises(ValueError, match="not a tar file"):
         list(tar_members(path))
     assert path.read_bytes() == b"plain text, not an archive" * 40
+    pax = tmp_path / "pax.tar"
+    with tarfile.open(pax, "w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("p" * 120 + ".json")  # a long name: a PAX record "NNN path=..."
+        tar.addfile(info, io.BytesIO(b""))
+    whole = pax.read_bytes()
+    digits = whole[512:].index(b" ")
+    pax.write_bytes(whole[:512] + b"0" * digits + whole[512 + digits:])  # record length 0
+    with pytest.raises(ValueError, match="corrupt PAX header"):
+        list(tar_members(pax))
     dup = tmp_path / "dup.tar"
     with tarfile.open(dup, "w") as tar:
         for _ in range(2):

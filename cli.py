@@ -25,7 +25,9 @@ def _friendly(fn):
         try:
             return fn(*args, **kwargs)
         except _USER_ERRORS as exc:
-            msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+            msg = str(exc.args[0] if isinstance(exc, KeyError) and exc.args else exc)
+            if "Original Traceback" in msg:  # raised in a loader worker: its own last line is the message
+                msg = msg.strip().splitlines()[-1].split(": ", 1)[-1]
             click.echo(f"error: {msg}", err=True)
             sys.exit(2)
     return wrapper

@@ -38,3 +38,19 @@ def test_pretrain_finetune_evaluate_commands(u_shards, labelled, tmp_path):
 def test_user_errors_are_one_line(labelled, tmp_path, args, message):
     res = CliRunner().invoke(main, [a.format(tmp=tmp_path, labelled=labelled) for a in args])
     assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output
+
+
+def test_a_damaged_shard_read_by_a_loader_worker_is_one_line_and_keeps_the_checkpoint(tmp_path):
+    from tcpc_train.synthetic import write_synthetic_paths
+
+    shards = write_synthetic_paths(tmp_path / "u", 16, "u", per_shard=4, seed=1)
+    args = ["pretrain", str(shards), "--steps", "2", "--batch-size", "4", "--width", "0.0625",
+            "--out", str(tmp_path / "run"), "--workers", "2"]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    before = (tmp_path / "run" / "last.pt").read_bytes()
+    tar = shards / "synthetic-000002.tar"
+    tar.write_bytes(tar.read_bytes()[:5000])
+    res = CliRunner().invoke(main, [*args[:2], "--steps", "8", *args[4:]])  # resumes, then meets the damage
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert f"error: {tar}: truncated tar (member data cut short)" in res.output
+    assert (tmp_path / "run" / "last.pt").read_bytes() == before

@@ -11,6 +11,7 @@ the classic video stem (7³ stride 2 + max-pool), the choice documented in
     python bench/train.py --shards DIR --width 1 --batch-size 32 --workers 4
     python bench/train.py --device cuda --width 1 --batch-size 32 --workers 8
     python bench/train.py --stems --cubes 686 --width 1
+    python bench/train.py --loader-stages        # where the loader's time goes, per sample
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tcpc_train.loader import ShardStream, make_loader, open_shards  # noqa: E402
+from tcpc_train.loader import ShardStream, make_loader, open_shards, raw_samples  # noqa: E402
 from tcpc_train.models import ResNet18_3d  # noqa: E402
 from tcpc_train.pretraining import PretrainConfig, TaskSample, build_task_model, train_steps  # noqa: E402
 from tcpc_train.synthetic import write_synthetic_paths  # noqa: E402
@@ -63,6 +64,33 @@ def bench_loader(shards: Path, cfg: PretrainConfig, steps: int, warmup: int, dev
             "shards_samples_s": s_sps, "memory_samples_s": m_sps, "ratio": s_sps / m_sps}
 
 
+def bench_loader_stages(shards: Path, cfg: PretrainConfig, repeat: int = 3) -> dict:
+    """In-process loader cost per sample (µs): tar reading, sample preparation (decode, RNG,
+    augmentation, path check) and the rest of a batch (shuffle buffer, collate), over every sample."""
+    data = open_shards(shards)
+    prepare = TaskSample(cfg)
+    t_tar = t_prep = 0.0
+    for _ in range(repeat):
+        for url in data.urls:
+            t0 = time.perf_counter()
+            raws = list(raw_samples(url))
+            t1 = time.perf_counter()
+            for raw in raws:
+                prepare(raw, 0)
+            t_tar, t_prep = t_tar + t1 - t0, t_prep + time.perf_counter() - t1
+    n = repeat * data.total
+    stream = iter(ShardStream(data, prepare, cfg.batch_size, seed=cfg.seed, shuffle_buffer=cfg.shuffle_buffer,
+                              rank=0, world=1))
+    batches = n // cfg.batch_size
+    t0 = time.perf_counter()
+    for _ in range(batches):
+        next(stream)
+    total = (time.perf_counter() - t0) / (batches * cfg.batch_size)
+    tar, prep = t_tar / n, t_prep / n
+    return {"tar_us": tar * 1e6, "prepare_us": prep * 1e6, "batching_us": max(0.0, total - tar - prep) * 1e6,
+            "batch_ms": total * cfg.batch_size * 1e3}
+
+
 def bench_stems(cubes: int, width: float, repeats: int) -> dict:
     """Forward + backward of the encoder on ``cubes`` 16³ cubes: small-cube stem vs. video stem."""
     x = torch.randn(cubes, 1, 16, 16, 16)
@@ -94,6 +122,8 @@ def main() -> None:
     ap.add_argument("--device", choices=("all", "cpu", "cuda"), default="all",
                     help="where to train (all: the CPU, then the GPU when there is one)")
     ap.add_argument("--stems", action="store_true", help="time the stem choice instead")
+    ap.add_argument("--loader-stages", action="store_true",
+                    help="time the in-process loader's stages per sample instead")
     ap.add_argument("--cubes", type=int, default=98, help="cubes per step for --stems")
     args = ap.parse_args()
     if args.threads:
@@ -108,6 +138,12 @@ def main() -> None:
                          warmup=0, shuffle_buffer=64)
     with tempfile.TemporaryDirectory() as tmp:
         shards = args.shards or write_synthetic_paths(Path(tmp) / "u", args.samples, "u", per_shard=16)
+        if args.loader_stages:
+            r = bench_loader_stages(Path(shards), cfg)
+            print(f"loader, in-process, per sample: tar {r['tar_us']:.0f} us, decode + augment + checks "
+                  f"{r['prepare_us']:.0f} us, shuffle + collate {r['batching_us']:.0f} us; "
+                  f"{r['batch_ms']:.1f} ms per batch of {cfg.batch_size}")
+            return
         devices = [torch.device(d) for d in ("cpu", "cuda") if args.device in ("all", d)
                    and (d == "cpu" or torch.cuda.is_available())]
         if not devices:

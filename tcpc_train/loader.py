@@ -180,16 +180,17 @@ def augment_path(cubes: np.ndarray, path: np.ndarray, rng: np.random.Generator) 
     flips = rng.random(3) < 0.5
     a, b = _PLANES[rng.integers(3)]
     turns = int(rng.integers(4))
-    lo, hi = path.min(0), path.max(0)
+    lo = path.min(0)
+    q = path - lo  # positions in the bounding box [0, ext]
+    ext = q.max(0)
+    q = np.where(flips, ext - q, q)
     cubes = cubes[(slice(None),) + tuple(slice(None, None, -1) if f else slice(None) for f in flips)]
-    path = np.where(flips, lo + hi - path, path)
     if turns:
         cubes = np.rot90(cubes, turns, axes=(a + 1, b + 1))
-        for _ in range(turns):
-            q = path - lo
-            ext = q.max(0)
-            path[:, a], path[:, b] = lo[a] + ext[b] - q[:, b], lo[b] + q[:, a]
-    return np.ascontiguousarray(cubes), path
+        # np.rot90's quarter turn maps (q_a, q_b) -> (ext_b - q_b, q_a); k turns in closed form:
+        qa, qb = q[:, a].copy(), q[:, b].copy()
+        q[:, a], q[:, b] = ((ext[b] - qb, qa), (ext[a] - qa, ext[b] - qb), (qb, ext[a] - qa))[turns - 1]
+    return np.ascontiguousarray(cubes), lo + q
 
 
 def augment_volume(volume: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -246,6 +246,16 @@ def finetune(labelled: str | Path, out: str | Path, config: FinetuneConfig = Fin
                                  seed=config.seed, shuffle_buffer=config.shuffle_buffer, epoch=epoch, keys=keys,
                                  drop_last=len(keys) > config.batch_size, rank=0, world=1)
             t0 = time.perf_counter()
+            pending = None  # (step, loss tensor, samples) of the step whose loss is not read yet
+
+            def record(done: int, loss: torch.Tensor, n: int) -> None:
+                nonlocal t0
+                value = loss.item()
+                dt, t0 = time.perf_counter() - t0, time.perf_counter()
+                log.write({"step": done, "epoch": epoch + 1, "loss": value, "lr": config.lr,
+                           "samples_per_s": n / dt})
+                bar.update(task, advance=1, status=f"epoch {epoch + 1} loss {value:.4f}")
+
             for batch in make_loader(stream, config.workers, pin_memory=device.type == "cuda"):
                 with autocast(device, config.amp):
                     logits = model(batch["volume"].to(device, non_blocking=True))
@@ -254,11 +264,13 @@ def finetune(labelled: str | Path, out: str | Path, config: FinetuneConfig = Fin
                 loss.backward()
                 opt.step()
                 step += 1
-                value = loss.item()
-                dt, t0 = time.perf_counter() - t0, time.perf_counter()
-                log.write({"step": step, "epoch": epoch + 1, "loss": value, "lr": config.lr,
-                           "samples_per_s": len(batch["label"]) / dt})
-                bar.update(task, advance=1, status=f"epoch {epoch + 1} loss {value:.4f}")
+                # Read the previous step's loss, not this one's: on a GPU this step's kernels
+                # then run while the loop fetches the next batch, instead of after it.
+                if pending is not None:
+                    record(*pending)
+                pending = (step, loss.detach(), len(batch["label"]))
+            if pending is not None:
+                record(*pending)
             recalibrate_batchnorm(model, splits["train"], keys, config.batch_size, device, config.workers, config.amp)
             if "val" in splits:
                 m = classification_metrics(*predict(model, splits["val"], config.batch_size, device,

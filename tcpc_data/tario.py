@@ -2,12 +2,14 @@
 
 Python's :mod:`tarfile` spends about 0.1 ms per member on header objects and
 :func:`numpy.load` about 0.1 ms per array on parsing its header with
-``ast.literal_eval``; at 17 members per TCPC sample that made the shard
-loader, not the network, the bottleneck on small CPUs (``bench/train.py``).
+``ast.literal_eval``; with three members and two arrays per pretraining
+sample, that made the shard loader cost as much as a small model's step on
+two CPU cores (``bench/train.py``).
 This module reads the same bytes with one 512-byte header check per member
 and a regular expression per array header, and falls back to
 :func:`numpy.load` for any header it does not recognise. It depends on NumPy
-alone, so the trainer can import it without the engine's Dask stack.
+alone (and fsspec for URLs), so the trainer can import it without the engine's
+Dask stack.
 
 Supported tar features: ustar/GNU/PAX members, the ustar name prefix, PAX
 ``path``/``size`` records, GNU long names; directories, links and global
@@ -75,7 +77,12 @@ def tar_members(path: str | os.PathLike) -> Iterator[tuple[str, bytes]]:
         A header fails its checksum or the file ends inside a member.
     """
     path = os.fspath(path)
-    with open(path, "rb", buffering=1 << 20) as f:
+    if "://" in path:  # an fsspec URL (s3://, gs://, file://, ...): fsspec is imported only then
+        import fsspec
+        opened = fsspec.open(path, "rb", block_size=1 << 22)
+    else:
+        opened = open(path, "rb", buffering=1 << 20)
+    with opened as f:
         pax, longname = {}, None
         while True:
             header = f.read(_BLOCK)

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from tcpc_train.checkpoint import load_checkpoint, save_checkpoint
 from tcpc_train.loader import (ShardSet, ShardStream, augment_volume, decode_labelled_sample, first_sample,
                                labelled_splits, make_loader, open_shards, raw_samples, read_label,
-                               sample_rng)
+                               sample_rng, split_or_set)
 from tcpc_train.metrics import classification_metrics
 from tcpc_train.models import ARCHS, Classifier, build_encoder
 from tcpc_train.plots import plot_curves, plot_roc
@@ -319,9 +319,7 @@ def evaluate(checkpoint: str | Path, shards: str | Path, out: str | Path | None 
     if ck.get("kind") != "classifier":
         raise ValueError(f"{checkpoint}: not a fine-tuned classifier checkpoint (kind {ck.get('kind')!r}); "
                          "evaluate the best.pt of a `tcpc finetune` run")
-    shards = Path(shards)
-    if not (shards / "manifest.json").exists() and (shards / "test").is_dir():
-        shards = shards / "test"
+    shards = split_or_set(shards, "test")
     data = open_shards(shards)
     cfg = ck["config"]
     dev = resolve_device(device)
@@ -332,5 +330,5 @@ def evaluate(checkpoint: str | Path, shards: str | Path, out: str | Path | None 
         raise ValueError(f"{shards}: holds class {labels.max()} but the model knows {probs.shape[1]} classes")
     metrics = {**classification_metrics(labels, probs), "checkpoint": str(checkpoint), "shards": str(shards)}
     if out is not None:
-        _write_eval(Path(out), metrics, labels, probs, f"{shards.name}")
+        _write_eval(Path(out), metrics, labels, probs, shards.rstrip("/").rsplit("/", 1)[-1])
     return metrics

@@ -26,6 +26,7 @@ import zlib
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import fsspec
 import numpy as np
 import torch
 import webdataset as wds
@@ -65,8 +66,16 @@ def _manifest_entries(shards: Any, mpath: Path) -> list[tuple[str, int]]:
     return [(str(name), n) for name, n in items]
 
 
+def _join(root: str, name: str) -> str:
+    """``root/name`` for a local path or an fsspec URL."""
+    return f"{root.rstrip('/')}/{name}"
+
+
 def open_shards(root: str | Path) -> ShardSet:
     """Read and check ``root/manifest.json``: every listed shard exists and there are samples.
+
+    ``root`` is a local directory or an fsspec URL of one (``s3://bucket/shards``,
+    ``file://...``); training then streams the shards from there.
 
     Raises
     ------
@@ -75,15 +84,17 @@ def open_shards(root: str | Path) -> ShardSet:
     ValueError
         The manifest is not JSON, lacks ``shards``, or lists no samples.
     """
-    root = Path(root)
-    if not root.is_dir():
+    root = str(root)
+    fs, path = fsspec.core.url_to_fs(root)
+    path = path.rstrip("/") or "/"
+    if not fs.isdir(path):
         raise FileNotFoundError(f"shard directory {root} does not exist")
-    mpath = root / MANIFEST
-    if not mpath.is_file():
+    mpath = _join(root, MANIFEST)
+    if not fs.isfile(_join(path, MANIFEST)):
         raise FileNotFoundError(f"{mpath} not found: {root} is not a shard directory "
                                 f"(write shards first; labelled sets need {root}/train, /val, /test)")
     try:
-        manifest = json.loads(mpath.read_text())
+        manifest = json.loads(fs.cat_file(_join(path, MANIFEST)))
     except json.JSONDecodeError as exc:
         raise ValueError(f"{mpath}: not valid JSON ({exc})") from None
     if not isinstance(manifest, dict) or "shards" not in manifest:
@@ -93,9 +104,9 @@ def open_shards(root: str | Path) -> ShardSet:
     if total == 0:
         raise ValueError(f"{mpath}: lists no samples (empty manifest)")
     for name, _ in entries:
-        if not (root / name).is_file():
-            raise FileNotFoundError(f"{mpath} lists shard {name} but {root / name} is missing")
-    return ShardSet(root=str(root), urls=tuple(str(root / n) for n, _ in entries),
+        if not fs.isfile(_join(path, name)):
+            raise FileNotFoundError(f"{mpath} lists shard {name} but {_join(root, name)} is missing")
+    return ShardSet(root=root, urls=tuple(_join(root, n) for n, _ in entries),
                     counts=tuple(c for _, c in entries), total=total,
                     digest=str(manifest.get("digest") or digest(manifest)),
                     config=manifest.get("config") or {})
@@ -320,13 +331,23 @@ def make_loader(stream: ShardStream, workers: int = 0, pin_memory: bool = False)
 
 
 def labelled_splits(root: str | Path) -> dict[str, ShardSet]:
-    """The train/val/test shard sets of a labelled directory; train and test are required."""
-    root = Path(root)
-    if not root.is_dir():
+    """The train/val/test shard sets of a labelled directory (or URL); train and test are required."""
+    root = str(root)
+    fs, path = fsspec.core.url_to_fs(root)
+    if not fs.isdir(path):
         raise FileNotFoundError(f"labelled shard directory {root} does not exist")
-    out = {s: open_shards(root / s) for s in SPLITS if (root / s).is_dir()}
+    out = {s: open_shards(_join(root, s)) for s in SPLITS if fs.isdir(_join(path, s))}
     for s in ("train", "test"):
         if s not in out:
-            raise FileNotFoundError(f"{root}/{s} not found: a labelled set needs train/, val/ (optional) "
+            raise FileNotFoundError(f"{_join(root, s)} not found: a labelled set needs train/, val/ (optional) "
                                     "and test/ shard directories")
     return out
+
+
+def split_or_set(root: str | Path, split: str = "test") -> str:
+    """``root`` when it is a shard directory (has a manifest), else its ``split`` directory if any."""
+    root = str(root)
+    fs, path = fsspec.core.url_to_fs(root)
+    if not fs.exists(_join(path, MANIFEST)) and fs.isdir(_join(path, split)):
+        return _join(root, split)
+    return root

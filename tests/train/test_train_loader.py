@@ -172,3 +172,35 @@ def test_augmentation_is_consistent_over_the_path(seed, extent, n):
     # Every cube lies where its position says, in the same transformed volume (checked above), and
     # the sample's generator is a pure function of (seed, epoch, key).
     assert sample_rng(1, 2, "k").random() == sample_rng(1, 2, "k").random()
+
+
+def test_shards_stream_from_an_fsspec_url(u_shards, labelled, tmp_path):
+    """The same batches from a memory:// copy of the shards as from the local directory."""
+    import fsspec
+
+    from tcpc_train.finetuning import FinetuneConfig, evaluate, finetune
+    from tcpc_train.loader import split_or_set
+
+    mem = fsspec.filesystem("memory")
+    for src in (u_shards, labelled):
+        for f in sorted(src.rglob("*")):
+            if f.is_file():
+                mem.pipe(f"/tcpc-url/{src.name}/{f.relative_to(src).as_posix()}", f.read_bytes())
+    try:
+        local, remote = open_shards(u_shards), open_shards("memory://tcpc-url/u")
+        assert remote.total == local.total and remote.digest == local.digest
+        assert remote.urls[0] == "memory://tcpc-url/u/synthetic-000000.tar"
+        batches = [list(ShardStream(d, _decode, 4, epoch=0, rank=0, world=1)) for d in (local, remote)]
+        assert [b["key"] for b in batches[0]] == [b["key"] for b in batches[1]]
+        assert all(np.array_equal(a["cubes"], b["cubes"]) for a, b in zip(*batches))
+        s = finetune("memory://tcpc-url/labelled", tmp_path / "ft",
+                     FinetuneConfig(arch="vgg", epochs=1, width=1 / 16, batch_size=8, workers=0))
+        assert split_or_set("memory://tcpc-url/labelled") == "memory://tcpc-url/labelled/test"
+        assert evaluate(tmp_path / "ft" / "best.pt", "memory://tcpc-url/labelled")["acc"] == s["metrics"]["acc"]
+        mem.rm("/tcpc-url/u/synthetic-000001.tar")
+        with pytest.raises(FileNotFoundError, match="memory://tcpc-url/u/synthetic-000001.tar is missing"):
+            open_shards("memory://tcpc-url/u")
+        with pytest.raises(FileNotFoundError, match="does not exist"):
+            open_shards("memory://tcpc-url/nothing")
+    finally:
+        mem.rm("/tcpc-url", recursive=True)

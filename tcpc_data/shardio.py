@@ -28,7 +28,6 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-
 from .digest import digest as _digest
 from .digest import to_json
 from .runner import DONE, SKIPPED, RunReport, Task, run_cases

@@ -176,14 +176,14 @@ def _print_run(report, manifest, out) -> None:
 
 @main.command()
 @click.argument("source")
-@click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Shard directory.")
+@click.option("--out", "out", required=True, help="Shard directory: a path or an fsspec URL (s3://bucket/shards).")
 @click.option("--labels", type=click.Path(exists=True, dir_okay=False), default=None,
               help="CSV case,z,y,x,label: labelled crops for fine-tuning instead of path samples.")
 @click.option("--task", type=click.Choice(["pretrain", "finetune"]), default=None,
               help="npz only: finetune (labelled split sets, default) or pretrain (path samples of train images).")
 @click.option("--cases", default=None, help="Comma-separated case ids [all complete cases].")
 @_shard_options
-@_run_options("OUT/failures-shards.jsonl")
+@_run_options("OUT/failures-shards.jsonl; ./failures-shards.jsonl for a URL")
 @_friendly
 def shards(source, out, labels, task, cases, workers, scheduler, failures_path, progress, **kw):
     """Write WebDataset shards from a volume STORE or a MedMNIST .npz SOURCE.
@@ -192,9 +192,10 @@ def shards(source, out, labels, task, cases, workers, scheduler, failures_path, 
     candidate, or with --labels, labelled crops. An .npz gives one labelled
     shard set per official split in OUT/train, OUT/val, OUT/test.
     """
-    from pathlib import Path
+    from tcpc_data.shardio import is_remote
 
-    failures_path = failures_path or str(Path(out) / "failures-shards.jsonl")
+    out = out.rstrip("/")
+    failures_path = failures_path or ("failures-shards.jsonl" if is_remote(out) else f"{out}/failures-shards.jsonl")
     run = dict(workers=workers, progress=progress, failures_path=failures_path)
     if str(source).endswith(".npz"):
         run["workers"] = workers or 1  # arrays travel in the payloads: processes rarely pay off
@@ -207,7 +208,7 @@ def shards(source, out, labels, task, cases, workers, scheduler, failures_path, 
         else:
             results = write_npz_shards(source, out, config=_labelled_config(kw), **run)
         for split, (rep, man) in results.items():
-            _print_run(rep, man, Path(out) / split if split != "pretrain" else out)
+            _print_run(rep, man, f"{out}/{split}" if split != "pretrain" else out)
         ok = all(rep.ok for rep, _ in results.values())
     elif labels:
         from tcpc_data.labelled import write_labelled_shards

@@ -132,7 +132,7 @@ def write_labelled_shards(store, labels_csv, out_dir, config: LabelledConfig = L
     labels_csv
         CSV with columns case, z, y, x (voxels of ``image``), label (integer).
     out_dir
-        Shard directory.
+        Shard directory (path or fsspec URL).
     config
         Crop size, background, packing.
     workers, scheduler, progress, failures_path
@@ -249,7 +249,7 @@ def write_npz_shards(npz, out_dir, *, task: str = "finetune", config=None, worke
     src = files_digest([npz]) if Path(npz).is_file() else None
     if src is None:
         raise FileNotFoundError(f"npz file not found: {npz}")
-    out = Path(out_dir)
+    out = str(out_dir).rstrip("/")  # a path or an fsspec URL
     if task == "pretrain":
         images, _ = load_npz_split(npz, "train")
         side = images.shape[1]
@@ -283,7 +283,7 @@ def write_npz_shards(npz, out_dir, *, task: str = "finetune", config=None, worke
                   for c, (a, b) in chunks.items()}
         members = _members(images.shape[1], ["case", "label", "index", "split"])
         results[split] = build_shard_set(
-            f"labelled {split}", out / split, name=config.name, shard_size=config.shard_size,
+            f"labelled {split}", f"{out}/{split}", name=config.name, shard_size=config.shard_size,
             config=config, inputs=inputs, payloads=payloads, make_samples=_npz_finetune_samples,
             members=members, extra={"kind": "finetune", "split": split, "source": str(npz),
                                     "intensity_map": how, "classes": sorted(set(labels.tolist()))},

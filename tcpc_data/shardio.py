@@ -13,6 +13,10 @@ Every shard set (pretraining or labelled) is written the same way:
    totals, member schema) is written last: a shard directory without one is
    incomplete.
 
+An output given as an fsspec URL (``s3://bucket/shards``) is built in a local
+staging directory named after the URL (so a killed run resumes there), then
+uploaded: shards first, stale shards removed, the manifest last.
+
 Tar members have fixed mtime, owner and mode, and sample order does not
 depend on the worker count, so a rerun with the same inputs, config and seed
 produces the same bytes. Members are ``.npy`` (saved without pickle),
@@ -21,12 +25,16 @@ produces the same bytes. Members are ``.npy`` (saved without pickle),
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 import shutil
+import tempfile
 import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
+
+import fsspec
 
 from .digest import digest as _digest
 from .digest import to_json
@@ -52,14 +60,27 @@ def _write_part(make_samples: Callable[[Any], Iterable[Sample]], payload: Any, p
     return DONE, write_tar(p, make_samples(payload))
 
 
+def _fs_path(out_dir: str | os.PathLike) -> tuple[Any, str]:
+    fs, root = fsspec.core.url_to_fs(str(out_dir))
+    return fs, root.rstrip("/")
+
+
+def is_remote(out_dir: str | os.PathLike) -> bool:
+    """True for an fsspec URL other than ``file://`` (a local path or file URL is written in place)."""
+    text = str(out_dir)
+    return "://" in text and not text.startswith("file://")
+
+
 def read_manifest(out_dir: str | os.PathLike) -> dict | None:
-    """The manifest of a shard directory, or None when it has none (never written or incomplete)."""
-    p = Path(out_dir) / MANIFEST
-    if not p.exists():
+    """The manifest of a shard directory (path or URL), or None when it has none (never written or
+    incomplete)."""
+    fs, root = _fs_path(out_dir)
+    p = f"{root}/{MANIFEST}"
+    if not fs.exists(p):
         return None
-    m = json.loads(p.read_text())
+    m = json.loads(fs.cat_file(p))
     if m.get("format") != FORMAT:
-        raise ValueError(f"{p} is not a tcpc shard manifest (format {m.get('format')!r})")
+        raise ValueError(f"{out_dir}/{MANIFEST} is not a tcpc shard manifest (format {m.get('format')!r})")
     return m
 
 
@@ -68,9 +89,31 @@ def is_current(out_dir: str | os.PathLike, run_digest: str) -> dict | None:
     m = read_manifest(out_dir)
     if m is None or m["digest"] != run_digest or m["failed_cases"]:
         return None
-    if all((Path(out_dir) / s["name"]).exists() for s in m["shards"]):
+    fs, root = _fs_path(out_dir)
+    if all(fs.exists(f"{root}/{s['name']}") for s in m["shards"]):
         return m
     return None
+
+
+def staging_dir(url: str) -> Path:
+    """The local directory where the shard set for ``url`` is built before its upload."""
+    return Path(tempfile.gettempdir()) / f"tcpc-shards-{hashlib.sha256(url.encode()).hexdigest()[:16]}"
+
+
+def _upload(staging: Path, url: str, manifest: dict, name: str) -> None:
+    """Copy a finished local set to ``url``: manifest removed first, shards, stale ones removed,
+    manifest last, so the remote set is never vouched for while it is mixed."""
+    fs, root = _fs_path(url)
+    fs.makedirs(root, exist_ok=True)
+    if fs.exists(f"{root}/{MANIFEST}"):
+        fs.rm(f"{root}/{MANIFEST}")
+    names = {s["name"] for s in manifest["shards"]}
+    for n in sorted(names):
+        fs.put_file(str(staging / n), f"{root}/{n}")
+    for p in fs.glob(f"{root}/{name}-*.tar"):
+        if p.rstrip("/").rsplit("/", 1)[-1] not in names:
+            fs.rm(p)
+    fs.put_file(str(staging / MANIFEST), f"{root}/{MANIFEST}")
 
 
 class ShardWriter:
@@ -129,7 +172,8 @@ def build_shard_set(stage: str, out_dir: str | os.PathLike, *, name: str, shard_
     stage
         Name for progress and the report.
     out_dir
-        Shard directory (created).
+        Shard directory (created): a local path, or an fsspec URL built in
+        :func:`staging_dir` and uploaded.
     name, shard_size
         Shard file prefix and samples per shard.
     config
@@ -156,10 +200,28 @@ def build_shard_set(stage: str, out_dir: str | os.PathLike, *, name: str, shard_
         raise ValueError(f"shard size must be >= 1 sample, got {shard_size}")
     if not name or not all(ch.isalnum() or ch in "_-" for ch in name):
         raise ValueError(f"shard name {name!r} must be non-empty and use only [A-Za-z0-9_-]")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     run_digest = _digest(FORMAT_VERSION, config, inputs, name, shard_size)
-    current = is_current(out, run_digest)
+    current = is_current(out_dir, run_digest)
+    if current is not None:
+        return RunReport(stage=stage, skipped=sorted(inputs)), current
+    remote = is_remote(out_dir)
+    out = staging_dir(str(out_dir)) if remote else Path(_fs_path(out_dir)[1])
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"shard output {out_dir} is a file, not a directory")
+    out.mkdir(parents=True, exist_ok=True)
+    report, manifest = _build(stage, out, run_digest, name, shard_size, config, inputs, payloads, make_samples,
+                              members, extra, workers, scheduler, progress, failures_path)
+    if remote:
+        _upload(out, str(out_dir), manifest, name)
+        if not manifest["failed_cases"]:  # else the staged parts let a rerun resume
+            shutil.rmtree(out, ignore_errors=True)
+    return report, manifest
+
+
+def _build(stage, out: Path, run_digest, name, shard_size, config, inputs, payloads, make_samples, members,
+           extra, workers, scheduler, progress, failures_path) -> tuple[RunReport, dict]:
+    """Steps 1-3 in the local directory ``out`` (a staging copy of a remote output)."""
+    current = is_current(out, run_digest)  # a staged set whose upload was cut short
     if current is not None:
         return RunReport(stage=stage, skipped=sorted(inputs)), current
 

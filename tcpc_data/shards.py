@@ -226,7 +226,7 @@ def write_shards(store, out_dir, config: ShardConfig = ShardConfig(), *, cases=N
     store
         Volume store path or URL with ``<case>/image`` and ``<case>/candidates``.
     out_dir
-        Shard directory: ``<name>-%06d.tar`` and ``manifest.json``.
+        Shard directory (path or fsspec URL): ``<name>-%06d.tar`` and ``manifest.json``.
     config
         Crop, grid, path and packing settings (saved in the manifest).
     cases

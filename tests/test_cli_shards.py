@@ -90,3 +90,21 @@ def test_config_options_are_generated_from_a_config_dataclass():
     assert got["cfg"] == ShardConfig(crop_size=32, plane="coronal", seed=5, overlap=0.25)
     help_text = CliRunner().invoke(cmd, ["--help"]).output
     assert "Crop side S in voxels around each candidate." in help_text and "--shards-seed" in help_text
+
+
+def test_shards_to_a_url_then_pretrain_from_it(store, tmp_path, monkeypatch):
+    import fsspec
+
+    monkeypatch.chdir(tmp_path)  # a URL output's default failures report goes to the working directory
+    url = f"memory://cli-{tmp_path.name}/u"
+    try:
+        r = _run("shards", store, "--out", url, "--crop-size", 32, "--cube-size", 8, "--shard-size", 8,
+                 "--workers", 1, "--no-progress")
+        assert r.exit_code == 0, r.output
+        assert f"{url}: 32 samples in 4 shards from 2 cases" in r.output
+        r = _run("pretrain", url, "--steps", 1, "--batch-size", 4, "--width", 0.0625, "--workers", 0,
+                 "--out", tmp_path / "run")
+        assert r.exit_code == 0, r.output
+        assert (tmp_path / "run" / "last.pt").is_file()
+    finally:
+        fsspec.filesystem("memory").rm(f"/cli-{tmp_path.name}", recursive=True)

@@ -195,6 +195,33 @@ def test_a_store_behind_an_fsspec_url(tmp_path):
     assert rep.ok and man["totals"]["samples"] == 12 and man["source"] == url
 
 
+def test_shards_written_to_an_fsspec_url_equal_a_local_write(store, tmp_path):
+    import fsspec
+
+    from tcpc_data.shardio import staging_dir
+    from tcpc_data.tario import tar_samples
+
+    mem, url = fsspec.filesystem("memory"), f"memory://out-{tmp_path.name}/pre"
+    try:
+        write_shards(store, tmp_path / "local", CFG, workers=1)
+        rep, man = write_shards(store, url, CFG, workers=1)
+        assert rep.done == ["ph-00", "ph-01"] and man["totals"]["shards"] == 4
+        remote = {p.rsplit("/", 1)[-1]: hashlib.sha256(mem.cat_file(p)).hexdigest() for p in mem.ls(url, detail=False)}
+        assert remote == _bytes(tmp_path / "local")  # the same bytes, manifest included
+        assert not staging_dir(url).exists()  # staged locally, uploaded, cleaned up
+        assert len(list(tar_samples(f"{url}/pre-000000.tar"))) == 7
+        rep, _ = write_shards(store, url, CFG, workers=1)
+        assert rep.skipped == ["ph-00", "ph-01"] and not rep.done  # current remote set: nothing redone
+        mem.pipe(f"{url.split('://')[1]}/pre-000009.tar", b"stale")
+        write_shards(store, url, ShardConfig(**{**CFG.__dict__, "seed": 5}), workers=1)
+        assert sorted(p.rsplit("/", 1)[-1] for p in mem.ls(url, detail=False)) == sorted(remote)  # stale gone
+    finally:
+        mem.rm(f"/out-{tmp_path.name}", recursive=True)
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(NotADirectoryError, match="is a file"):
+        write_shards(store, tmp_path / "afile", CFG, workers=1)
+
+
 def test_block_cubes_touch_without_overlap_by_default():
     cfg = ShardConfig(crop_size=32, cube_size=8, path="block")
     assert cfg.size() == 2 and ShardConfig(path="block", overlap=0.0).size() == 1

@@ -13,6 +13,11 @@ Every shard set (pretraining or labelled) is written the same way:
    totals, member schema) is written last: a shard directory without one is
    incomplete.
 
+A finished run deletes its parts; when cases are added later, the parts of
+the unchanged ones are cut back out of the previous shards (the manifest
+records each case's input digest and sample count), so only new or changed
+cases are computed.
+
 An output given as an fsspec URL (``s3://bucket/shards``) is built in a local
 staging directory named after the URL (so a killed run resumes there), then
 uploaded: shards first, stale shards removed, the manifest last.
@@ -209,8 +214,8 @@ def build_shard_set(stage: str, out_dir: str | os.PathLike, *, name: str, shard_
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"shard output {out_dir} is a file, not a directory")
     out.mkdir(parents=True, exist_ok=True)
-    report, manifest = _build(stage, out, run_digest, name, shard_size, config, inputs, payloads, make_samples,
-                              members, extra, workers, scheduler, progress, failures_path)
+    report, manifest = _build(stage, out, str(out_dir), run_digest, name, shard_size, config, inputs, payloads,
+                              make_samples, members, extra, workers, scheduler, progress, failures_path)
     if remote:
         _upload(out, str(out_dir), manifest, name)
         if not manifest["failed_cases"]:  # else the staged parts let a rerun resume
@@ -218,9 +223,10 @@ def build_shard_set(stage: str, out_dir: str | os.PathLike, *, name: str, shard_
     return report, manifest
 
 
-def _build(stage, out: Path, run_digest, name, shard_size, config, inputs, payloads, make_samples, members,
-           extra, workers, scheduler, progress, failures_path) -> tuple[RunReport, dict]:
-    """Steps 1-3 in the local directory ``out`` (a staging copy of a remote output)."""
+def _build(stage, out: Path, previous: str, run_digest, name, shard_size, config, inputs, payloads, make_samples,
+           members, extra, workers, scheduler, progress, failures_path) -> tuple[RunReport, dict]:
+    """Steps 1-3 in the local directory ``out`` (a staging copy of a remote output); ``previous``
+    is where the set written last time lies (``out`` itself, or the URL)."""
     current = is_current(out, run_digest)  # a staged set whose upload was cut short
     if current is not None:
         return RunReport(stage=stage, skipped=sorted(inputs)), current
@@ -231,6 +237,7 @@ def _build(stage, out: Path, run_digest, name, shard_size, config, inputs, paylo
     for p in parts_dir.glob("*.tar"):  # parts of older inputs or configs
         if p not in parts.values():
             p.unlink()
+    _recover_parts(previous, parts, inputs)
     tasks = [Task(c, c, payloads[c]) for c in sorted(inputs)]
     fn = functools.partial(_call_part, make_samples)
     report = run_cases(stage, [Task(t.case, t.source, (t.payload, str(parts[t.case]))) for t in tasks],
@@ -247,6 +254,7 @@ def _build(stage, out: Path, run_digest, name, shard_size, config, inputs, paylo
         "format": FORMAT, "format_version": FORMAT_VERSION, "stage": stage, "name": name,
         "config": json.loads(to_json(config)), "digest": run_digest, "shard_size": shard_size,
         "members": members, "shards": shards, "cases": {c: int(report.results[c]) for c in good},
+        "case_digests": {c: inputs[c] for c in good},
         "failed_cases": failed,
         "totals": {"samples": sum(s["samples"] for s in shards), "shards": len(shards),
                    "cases": len(good)},
@@ -256,6 +264,39 @@ def _build(stage, out: Path, run_digest, name, shard_size, config, inputs, paylo
     if not failed:  # keep parts only where a rerun can still use them
         shutil.rmtree(parts_dir, ignore_errors=True)
     return report, manifest
+
+
+def _recover_parts(previous: str, parts: dict[str, Path], inputs: dict[str, str]) -> None:
+    """Rebuild the missing parts of unchanged cases from the set written last time.
+
+    A finished run deletes its parts, so adding one case to an archive would
+    redo every case. The previous manifest records each case's input digest
+    and sample count, and its shards hold the cases' samples back to back in
+    sorted case order: the samples of a case whose digest is unchanged are cut
+    out of that stream instead of being computed again. Damaged or foreign
+    shards end the recovery; those cases are then computed as usual.
+    """
+    try:
+        old = read_manifest(previous)
+    except (ValueError, OSError):
+        return
+    if not old or not isinstance(old.get("case_digests"), dict):
+        return
+    wanted = {c for c, p in parts.items() if not p.exists() and old["case_digests"].get(c) == inputs[c]}
+    if not wanted:
+        return
+    root = previous.rstrip("/")
+    stream = (s for shard in old["shards"] for s in tar_samples(f"{root}/{shard['name']}"))
+    try:
+        for case in sorted(old["cases"]):
+            n = int(old["cases"][case])
+            samples = [s for _, s in zip(range(n), stream)]
+            if len(samples) < n:
+                return
+            if case in wanted:
+                write_tar(parts[case], samples)
+    except (ValueError, OSError):
+        return
 
 
 def _call_part(make_samples, payload_and_part):

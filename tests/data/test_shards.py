@@ -222,6 +222,36 @@ def test_shards_written_to_an_fsspec_url_equal_a_local_write(store, tmp_path):
         write_shards(store, tmp_path / "afile", CFG, workers=1)
 
 
+def test_adding_a_case_computes_only_that_case(tmp_path, monkeypatch):
+    import tcpc_data.shards as shards_mod
+
+    url = tmp_path / "v.zarr"
+    phantom_store(url, n_cases=2)
+    write_shards(url, tmp_path / "o", CFG, workers=1)
+    phantom_store(url, n_cases=3)  # a new case arrives; the first two are unchanged
+    computed = []
+    make = shards_mod.crop_samples
+
+    def counting(*args, **kwargs):
+        computed.append(args)
+        return make(*args, **kwargs)
+    monkeypatch.setattr(shards_mod, "crop_samples", counting)
+    rep, man = write_shards(url, tmp_path / "o", CFG, workers=1)
+    assert rep.done == ["ph-02"] and rep.skipped == ["ph-00", "ph-01"]
+    assert {args[2] for args in computed} == {"ph-02"}  # crops cut for the new case only
+    monkeypatch.setattr(shards_mod, "crop_samples", make)
+    write_shards(url, tmp_path / "fresh", CFG, workers=1)
+    assert _bytes(tmp_path / "o") == _bytes(tmp_path / "fresh")
+    # A damaged old shard is not trusted: the cases it holds are computed again, with the same result.
+    phantom_store(url, n_cases=4)
+    shard = tmp_path / "o" / "pre-000005.tar"  # 36 samples by 7: the last shard holds ph-02's last one
+    shard.write_bytes(shard.read_bytes()[:3000])
+    rep, _ = write_shards(url, tmp_path / "o", CFG, workers=1)
+    assert rep.done == ["ph-02", "ph-03"] and rep.skipped == ["ph-00", "ph-01"]
+    write_shards(url, tmp_path / "fresh4", CFG, workers=1)
+    assert _bytes(tmp_path / "o") == _bytes(tmp_path / "fresh4")
+
+
 def test_block_cubes_touch_without_overlap_by_default():
     cfg = ShardConfig(crop_size=32, cube_size=8, path="block")
     assert cfg.size() == 2 and ShardConfig(path="block", overlap=0.0).size() == 1

@@ -24,7 +24,7 @@ from tcpc_data.discover import CaseSource, discover
 from tcpc_data.normalise import apply_clip, check_clip, normalise
 from tcpc_data.resample import to_grid
 from tcpc_data.runner import DONE, SKIPPED, RunReport, Task, run_cases
-from tcpc_data.store import array_digest, commit_arrays, is_local, open_store
+from tcpc_data.store import array_digest, commit_arrays, is_local, open_store, sweep_staging
 from tcpc_data.volume import Volume, check_finite
 
 _DTYPES = ("float32", "float16")
@@ -135,6 +135,7 @@ def ingest(sources, out, config: IngestConfig = IngestConfig(), *, workers: int 
         raise TypeError(f"config must be an IngestConfig, got {type(config).__name__}")
     found = discover(sources, workers=workers, progress=progress)
     out = str(out)
+    swept = sweep_staging(out)
     tasks = [Task(c.case, c.source, _Job(c, out, config)) for c in found.cases]
     tasks += [Task(f["case"], f["source"], _Job(None, out, config, f["error"])) for f in found.failures]
     if failures_path is not None and Path(failures_path).exists():
@@ -143,6 +144,8 @@ def ingest(sources, out, config: IngestConfig = IngestConfig(), *, workers: int 
                        failures_path=failures_path, progress=progress)
     report.notes = list(found.notes) + [f"{case}: {note}" for case, r in sorted(report.results.items())
                                         for note in r.get("notes", ())]
+    if swept:
+        report.notes.append(f"removed {len(swept)} staging folder(s) that killed runs left beside {out}")
     return report
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import time
 import uuid
 from pathlib import Path
 from typing import Any, Mapping
@@ -174,6 +175,40 @@ def commit_arrays(url: str | os.PathLike, case_id: str, arrays: Mapping[str, np.
             staging_root.rmdir()
         except OSError:
             pass
+
+
+STALE_STAGING_S = 3600.0
+
+
+def sweep_staging(url: str | os.PathLike, older_than_s: float = STALE_STAGING_S) -> list[str]:
+    """Delete what killed runs left in a local store's staging folder; returns the names removed.
+
+    :func:`commit_arrays` stages each write beside the store and renames it
+    into place; a process killed in between leaves its staging folder behind,
+    never visible as a case but using disk. Entries untouched for
+    ``older_than_s`` seconds cannot belong to a write still in progress (a
+    case is written in seconds), so a run may sweep them at its start.
+    """
+    if not is_local(url):
+        return []
+    store_dir = _local_path(url).resolve()
+    staging_root = store_dir.parent / f".{store_dir.name}.staging"
+    if not staging_root.is_dir():
+        return []
+    now, removed = time.time(), []
+    for entry in sorted(staging_root.iterdir()):
+        newest = max((p.stat().st_mtime for p in entry.rglob("*")), default=entry.stat().st_mtime)
+        if now - max(newest, entry.stat().st_mtime) > older_than_s:
+            if entry.is_dir():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            removed.append(entry.name)
+    try:
+        staging_root.rmdir()
+    except OSError:
+        pass
+    return removed
 
 
 def remove_case(url: str | os.PathLike, case_id: str) -> None:

@@ -20,7 +20,8 @@ from tcpc_data.candidates import (TABLE_COLUMNS, csv_centres, read_candidates_cs
 from tcpc_data.digest import digest
 from tcpc_data.runner import DONE, SKIPPED, RunReport, Task, run_cases
 from tcpc_data.slic3d import slic
-from tcpc_data.store import array_digest, commit_arrays, list_cases, open_store, sanitize_case_id
+from tcpc_data.store import (array_digest, commit_arrays, list_cases, open_store, sanitize_case_id,
+                             sweep_staging)
 
 OUTPUTS = ("supervoxels", "supervoxel_table", "candidates", "candidate_scores")
 # Part of every digest: bump when the algorithm changes its outputs for the same config.
@@ -139,8 +140,12 @@ def supervoxels(store, config: SupervoxelConfig = SupervoxelConfig(), *, cases=N
     for case in todo:
         rows = None if csv_rows is None else csv_rows.get(case, [])
         tasks.append(Task(case, f"{url}/{case}", (url, case, config, rows)))
-    return run_cases("supervoxels", tasks, _process_case, workers=workers, scheduler=scheduler,
-                     progress=progress, failures_path=failures_path)
+    swept = sweep_staging(store)
+    report = run_cases("supervoxels", tasks, _process_case, workers=workers, scheduler=scheduler,
+                       progress=progress, failures_path=failures_path)
+    if swept:
+        report.notes.append(f"removed {len(swept)} staging folder(s) that killed runs left beside {store}")
+    return report
 
 
 def image_hu(image: np.ndarray, attrs, case: str) -> np.ndarray:

@@ -1,5 +1,6 @@
 """The ingest stage end to end on seeded phantoms: round trip, rerun, bad input, parallelism, kill -9, CLI."""
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -272,3 +273,18 @@ def test_package_api_is_the_function_even_after_its_module_is_imported():
     importlib.import_module("tcpc_data.ingestion")
     assert callable(tcpc_data.ingest) and tcpc_data.ingest is ingest
     assert tcpc_data.IngestConfig is IngestConfig
+
+
+def test_staging_left_by_killed_runs_is_swept_and_live_staging_kept(archive, tmp_path):
+    store = tmp_path / "v.zarr"
+    staging = tmp_path / ".v.zarr.staging"
+    old, live = staging / "c0-dead", staging / "c1-live"
+    for d in (old, live):
+        (d / "image").mkdir(parents=True)
+        (d / "image" / "c").write_bytes(b"x" * 1000)
+    hour_ago = time.time() - 7200
+    for p in (old / "image" / "c", old / "image", old):
+        os.utime(p, (hour_ago, hour_ago))
+    report = ingest(archive, store, workers=1)
+    assert report.ok and not old.exists() and live.exists()  # a write in progress is never touched
+    assert any("removed 1 staging folder(s)" in n for n in report.notes)

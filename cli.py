@@ -518,6 +518,8 @@ def supervoxels(store, cases, workers, scheduler, failures_path, progress, candi
     report = run_supervoxels(store, config, cases=list(cases) or None, candidates_csv=candidates_csv,
                              workers=workers, scheduler=scheduler, progress=progress,
                              failures_path=failures_path)
+    for note in report.notes:
+        click.echo(f"note: {note}")
     if not progress:  # the live display already named each failure as it happened
         for rec in report.failures:
             click.echo(f"failed {rec['case']}: {rec['error']}", err=True)

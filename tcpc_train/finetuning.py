@@ -115,16 +115,22 @@ class VolumeSample:
 @torch.no_grad()
 def predict(model: torch.nn.Module, data: ShardSet, batch_size: int, device: torch.device,
             workers: int = 0, amp: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """(labels (N,), class probabilities (N, K)) of every sample of ``data``, in a fixed order."""
+    """(labels (N,), class log-probabilities (N, K), float64) of every sample of ``data``, in a fixed order.
+
+    Log-probabilities, not probabilities: a confident model's float32
+    probabilities round to exactly 0 and 1, every sample then ties and the AUC
+    reads 0.5 (seen with full-width networks fine-tuned on 12 labels); their
+    logarithms, and the logit differences built from them, keep the ranking.
+    """
     model.eval()
     stream = ShardStream(data, VolumeSample(False, 0), batch_size, shuffle_buffer=1, epoch=0, rank=0, world=1)
-    labels, probs = [], []
+    labels, scores = [], []
     for batch in make_loader(stream, workers, pin_memory=device.type == "cuda"):
         with autocast(device, amp):
             logits = model(batch["volume"].to(device, non_blocking=True))
-        probs.append(F.softmax(logits.float(), 1).cpu().numpy())
+        scores.append(F.log_softmax(logits.double(), 1).cpu().numpy())
         labels.append(batch["label"].numpy())
-    return np.concatenate(labels), np.concatenate(probs)
+    return np.concatenate(labels), np.concatenate(scores)
 
 
 def _check_resume(ck: dict, cfg: FinetuneConfig, data_digest: str, path: Path) -> None:
@@ -168,10 +174,10 @@ def recalibrate_batchnorm(model: torch.nn.Module, data: ShardSet, keys: frozense
     model.eval()
 
 
-def _write_eval(out: Path, metrics: dict, labels: np.ndarray, probs: np.ndarray, title: str) -> None:
+def _write_eval(out: Path, metrics: dict, labels: np.ndarray, scores: np.ndarray, title: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    plot_roc(labels, probs, out / "roc.png", title)
+    plot_roc(labels, scores, out / "roc.png", title)
 
 
 def finetune(labelled: str | Path, out: str | Path, config: FinetuneConfig = FinetuneConfig(),
@@ -286,10 +292,10 @@ def finetune(labelled: str | Path, out: str | Path, config: FinetuneConfig = Fin
             save_checkpoint(out / "last.pt", state(epoch + 1))
     best = load_checkpoint(out / "best.pt", map_location=device)
     model.load_state_dict(best["model"])
-    labels, probs = predict(model, splits["test"], config.batch_size, device, config.workers, config.amp)
-    metrics = {**classification_metrics(labels, probs), "split": "test", "best_epoch": best["epoch"],
+    labels, scores = predict(model, splits["test"], config.batch_size, device, config.workers, config.amp)
+    metrics = {**classification_metrics(labels, scores), "split": "test", "best_epoch": best["epoch"],
                "label_fraction": config.label_fraction, "n_train": len(keys)}
-    _write_eval(out, metrics, labels, probs, f"test (best epoch {best['epoch']})")
+    _write_eval(out, metrics, labels, scores, f"test (best epoch {best['epoch']})")
     plot_curves(log.rows, out / "curves.png", ("loss", "val_auc"), "fine-tuning")
     summary = {"metrics": metrics, "val": val_hist, "n_train": len(keys), "n_classes": n_classes,
                "init_report": init_report, "checkpoint": str(out / "best.pt"), "out": str(out)}
@@ -325,10 +331,10 @@ def evaluate(checkpoint: str | Path, shards: str | Path, out: str | Path | None 
     dev = resolve_device(device)
     model = Classifier(build_encoder(cfg["arch"], cfg["width"]), int(ck["n_classes"]))
     model.load_state_dict(ck["model"])
-    labels, probs = predict(model.to(dev), data, batch_size, dev, workers)
-    if labels.max() >= probs.shape[1]:
-        raise ValueError(f"{shards}: holds class {labels.max()} but the model knows {probs.shape[1]} classes")
-    metrics = {**classification_metrics(labels, probs), "checkpoint": str(checkpoint), "shards": str(shards)}
+    labels, scores = predict(model.to(dev), data, batch_size, dev, workers)
+    if labels.max() >= scores.shape[1]:
+        raise ValueError(f"{shards}: holds class {labels.max()} but the model knows {scores.shape[1]} classes")
+    metrics = {**classification_metrics(labels, scores), "checkpoint": str(checkpoint), "shards": str(shards)}
     if out is not None:
-        _write_eval(Path(out), metrics, labels, probs, shards.rstrip("/").rsplit("/", 1)[-1])
+        _write_eval(Path(out), metrics, labels, scores, shards.rstrip("/").rsplit("/", 1)[-1])
     return metrics

@@ -10,6 +10,8 @@ import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless back
 import numpy as np  # noqa: E402
 from sklearn.metrics import auc, roc_curve  # noqa: E402
 
+from tcpc_train.metrics import ranking_scores  # noqa: E402
+
 
 def plot_curves(rows: list[dict], path: str | Path, keys: tuple[str, ...] = ("loss",), title: str = "") -> Path:
     """Plot ``keys`` of per-step log rows against their ``step``; one panel per key."""
@@ -28,14 +30,19 @@ def plot_curves(rows: list[dict], path: str | Path, keys: tuple[str, ...] = ("lo
     return Path(path)
 
 
-def plot_roc(labels: np.ndarray, probs: np.ndarray, path: str | Path, title: str = "") -> Path:
-    """One-vs-rest ROC curve per class (class 1 only for binary problems), AUC in the legend."""
+def plot_roc(labels: np.ndarray, scores: np.ndarray, path: str | Path, title: str = "") -> Path:
+    """One-vs-rest ROC curve per class (class 1 only for binary problems), AUC in the legend.
+
+    ``scores``: class probabilities or log-probabilities, ranked as in
+    :func:`tcpc_train.metrics.ranking_scores`.
+    """
     labels = np.asarray(labels)
-    probs = np.asarray(probs)
+    scores = np.asarray(scores)
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
-    for c in ([1] if probs.shape[1] == 2 else range(probs.shape[1])):
+    classes = [1] if scores.shape[1] == 2 else range(scores.shape[1])
+    for c, rank in zip(classes, ranking_scores(scores)):
         if 0 < (labels == c).sum() < len(labels):
-            fpr, tpr, _ = roc_curve(labels == c, probs[:, c])
+            fpr, tpr, _ = roc_curve(labels == c, rank)
             ax.plot(fpr, tpr, label=f"class {c} (AUC {auc(fpr, tpr):.3f})")
     ax.plot([0, 1], [0, 1], "k:", lw=0.8)
     ax.set_xlabel("false positive rate")

@@ -8,9 +8,11 @@ import shutil
 
 import pytest
 import torch
+from sklearn.metrics import roc_auc_score
 
 from tcpc_train.checkpoint import load_checkpoint, save_checkpoint
-from tcpc_train.finetuning import FinetuneConfig, evaluate, finetune, stratified_fraction
+from tcpc_train.finetuning import FinetuneConfig, VolumeSample, evaluate, finetune, predict, stratified_fraction
+from tcpc_train.loader import ShardStream, open_shards
 from tcpc_train.metrics import classification_metrics
 from tcpc_train.models import ResNet18_3d, build_encoder
 from tcpc_train.pretraining import PretrainConfig, pretrain
@@ -153,6 +155,24 @@ def test_metrics_known_answers():
     assert classification_metrics([1, 1], [[0.2, 0.8], [0.6, 0.4]])["auc"] is None
     three = classification_metrics([0, 1, 2], [[0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.1, 0.1, 0.8]])
     assert three["acc"] == 1.0 and three["auc"] == 1.0
+
+
+def test_a_confident_model_keeps_its_auc(labelled):
+    """Logits far apart: float32 probabilities are all exactly 1 for class 1 and would tie at
+    AUC 0.5; predict's log-probabilities keep the ranking, so the AUC is that of the logits."""
+    class Confident(torch.nn.Module):
+        def forward(self, x):
+            m = x.mean((1, 2, 3, 4))
+            return torch.stack([torch.zeros_like(m), 2000 * m + 100], 1)
+
+    data = open_shards(labelled / "test")
+    labels, scores = predict(Confident(), data, 4, torch.device("cpu"))
+    stream = ShardStream(data, VolumeSample(False, 0), 4, shuffle_buffer=1, epoch=0, rank=0, world=1)
+    logits = torch.cat([Confident()(b["volume"]) for b in stream])
+    assert (torch.softmax(logits, 1)[:, 1] == 1.0).all()  # saturated in float32
+    expected = roc_auc_score(labels, logits[:, 1].numpy())
+    m = classification_metrics(labels, scores)
+    assert expected > 0.5 and m["auc"] == pytest.approx(expected) and m["acc"] == pytest.approx((labels == 1).mean())
 
 
 class Killed(Exception):

@@ -13,34 +13,39 @@
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 from pathlib import Path
 
+import fsspec
 import numpy as np
 
 from .digest import to_json
 from .labelled import SPLITS
 from .shardio import MANIFEST, read_manifest
-from .tario import tar_samples
 from .store import is_local, open_store
+from .tario import read_npy, tar_samples
 
 _MAX_LINES = 40  # cases or candidates listed before "... and N more"
 
 
+def _fs(path: str) -> tuple:
+    """(filesystem, path without protocol and trailing slash) of a path or fsspec URL."""
+    fs, root = fsspec.core.url_to_fs(path)
+    return fs, root.rstrip("/")
+
+
 def _kind(path: str) -> str:
-    if is_local(path):
-        p = Path(path)
-        if not p.exists():
-            raise FileNotFoundError(f"nothing to inspect at {p}")
-        if (p / MANIFEST).exists() or (p.is_dir() and any(p.glob("*.tar"))):
-            return "shards"
-        if p.is_dir() and any((p / s / MANIFEST).exists() for s in SPLITS):
-            return "splits"
-        if not (p / "zarr.json").exists():
-            raise ValueError(f"{p} is neither a volume store, a case of one, nor a shard directory "
-                             "(no zarr.json or manifest.json)")
+    fs, root = _fs(path)
+    if not fs.exists(root):
+        raise FileNotFoundError(f"nothing to inspect at {path}")
+    if fs.exists(f"{root}/{MANIFEST}") or (fs.isdir(root) and fs.glob(f"{root}/*.tar")):
+        return "shards"
+    if fs.isdir(root) and any(fs.exists(f"{root}/{s}/{MANIFEST}") for s in SPLITS):
+        return "splits"
+    if is_local(path) and not fs.exists(f"{root}/zarr.json"):
+        raise ValueError(f"{path} is neither a volume store, a case of one, nor a shard directory "
+                         "(no zarr.json or manifest.json)")
     import zarr
     node = zarr.open_group(str(path), mode="r", zarr_format=3)
     return "case" if "image" in node else "store"
@@ -65,15 +70,16 @@ def inspect_path(path: str | os.PathLike, *, png: str | os.PathLike | None = Non
     str
         The text summary (several lines).
     """
-    path = str(path)
+    path = str(path).rstrip("/")
     kind = _kind(path)
     if kind == "splits":  # <out>/train, /val, /test of a labelled .npz
-        texts = [_shards_text(Path(path) / s, 0)[0] for s in SPLITS if (Path(path) / s / MANIFEST).exists()]
+        fs, root = _fs(path)
+        texts = [_shards_text(f"{path}/{s}", 0)[0] for s in SPLITS if fs.exists(f"{root}/{s}/{MANIFEST}")]
         if png is not None:
-            inspect_path(Path(path) / "train", png=png, sample=sample)
+            inspect_path(f"{path}/train", png=png, sample=sample)
         return "\n".join(texts)
     if kind == "shards":
-        text, record = _shards_text(Path(path), sample)
+        text, record = _shards_text(path, sample)
         if png is not None:
             _shard_montage(record, png)
         return text
@@ -143,7 +149,7 @@ def _decode(members: dict[str, bytes]) -> dict:
     out = {}
     for ext, data in members.items():
         if ext.endswith("npy"):
-            out[ext] = np.load(io.BytesIO(data), allow_pickle=False)
+            out[ext] = read_npy(data)
         elif ext == "json":
             out[ext] = json.loads(data)
         elif ext == "cls":
@@ -153,20 +159,21 @@ def _decode(members: dict[str, bytes]) -> dict:
     return out
 
 
-def _nth_sample(d: Path, shards: list[str], n: int) -> tuple[str, dict]:
+def _nth_sample(d: str, shards: list[str], n: int) -> tuple[str, dict]:
     seen = 0
     for name in shards:
-        for key, members in tar_samples(d / name):
+        for key, members in tar_samples(f"{d}/{name}"):
             if seen == n:
                 return key, _decode(members)
             seen += 1
     raise ValueError(f"{d} has {seen} samples; sample {n} does not exist")
 
 
-def _shards_text(d: Path, sample: int) -> tuple[str, dict]:
+def _shards_text(d: str, sample: int) -> tuple[str, dict]:
+    fs, root = _fs(d)
     m = read_manifest(d)
     if m is None:
-        names = sorted(p.name for p in d.glob("*.tar"))
+        names = sorted(p.rsplit("/", 1)[-1] for p in fs.glob(f"{root}/*.tar"))
         lines = [f"shard directory {d}: {len(names)} tar file(s), NO manifest.json (incomplete run?)"]
     else:
         names = [s["name"] for s in m["shards"]]
@@ -183,7 +190,7 @@ def _shards_text(d: Path, sample: int) -> tuple[str, dict]:
             lines.append(f"  {s['name']}: {s['samples']} samples")
         if len(m["shards"]) > _MAX_LINES:
             lines.append(f"  ... and {len(m['shards']) - _MAX_LINES} more shards")
-        missing = [n for n in names if not (d / n).exists()]
+        missing = [n for n in names if not fs.exists(f"{root}/{n}")]
         if missing:
             lines.append(f"  MISSING shard files: {missing}")
             names = [n for n in names if n not in missing]

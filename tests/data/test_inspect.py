@@ -1,4 +1,5 @@
 """tcpc inspect: summaries of stores, cases and shard dirs, montage PNGs, and bad paths."""
+import fsspec
 import matplotlib.image as mpimg
 import numpy as np
 import pytest
@@ -64,3 +65,14 @@ def test_bad_paths_are_clear_errors(made, tmp_path):
         inspect_path(tmp_path / "empty")
     with pytest.raises(ValueError, match="sample 99 does not exist"):
         inspect_path(made / "sh", sample=99)
+
+
+def test_shards_behind_a_url_read_like_local_ones(made, tmp_path):
+    url = f"memory://inspect-{tmp_path.name}/sh"
+    write_shards(made / "v.zarr", url, ShardConfig(crop_size=32, cube_size=8, shard_size=5), workers=1)
+    try:
+        text = inspect_path(url, png=tmp_path / "u.png", sample=6)
+        assert text == inspect_path(made / "sh", sample=6).replace(str(made / "sh"), url)
+        assert _colour_fraction(tmp_path / "u.png", (1, 0, 0)) > 0
+    finally:
+        fsspec.filesystem("memory").rm(f"/inspect-{tmp_path.name}", recursive=True)

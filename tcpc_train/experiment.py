@@ -117,6 +117,24 @@ def _saved_config_is(run: Path, cfg) -> bool:
     return json.loads((run / "config.json").read_text()) == json.loads(json.dumps(dataclasses.asdict(cfg)))
 
 
+def _write_results(out: Path, config: ExperimentConfig, cells: list[dict]) -> tuple[dict, str]:
+    """Write ``cells.jsonl`` and ``results.md`` for the cells finished so far; returns (stats, table)."""
+    total = len(config.seeds) * len(config.fractions) * len(config.methods)
+    tmp = out / ".cells.jsonl.tmp"
+    tmp.write_text("".join(json.dumps(c) + "\n" for c in cells))
+    tmp.replace(out / "cells.jsonl")
+    stats = aggregate(cells)
+    table = markdown_table(stats, [LABELS[m] for m in config.methods], list(config.fractions),
+                           MEDMNIST_V2_ADRENAL3D, "MedMNIST v2, Yang et al. 2023, AdrenalMNIST3D test split")
+    header = (f"Test ACC / AUC (mean ± std over seeds {list(config.seeds)}) on {Path(config.npz).name}; "
+              f"{config.arch} width {config.width:g}, pretraining {config.pretrain_steps} steps, "
+              f"fine-tuning epochs {list(config.epochs)} for fractions {list(config.fractions)}.\n\n")
+    if len(cells) < total:
+        header += f"Partial: {len(cells)} of {total} cells finished (the run goes on or was stopped).\n\n"
+    (out / "results.md").write_text(header + table)
+    return stats, table
+
+
 def _pretrain_done(run: Path, cfg: PretrainConfig) -> Path | None:
     """The checkpoint of a finished pretraining run with this config, else None."""
     summary = run / "summary.json"
@@ -212,16 +230,9 @@ def run_experiment(config: ExperimentConfig, out: str | Path, *, progress: bool 
                     skipped += 1
                 cells.append({"method": LABELS[method], "fraction": fraction, "seed": seed,
                               "acc": s["metrics"]["acc"], "auc": s["metrics"]["auc"], "n_train": s["n_train"]})
-    with open(out / "cells.jsonl", "w") as f:
-        f.writelines(json.dumps(c) + "\n" for c in cells)
-    stats = aggregate(cells)
+                _write_results(out, config, cells)  # a run stopped early keeps its table so far
+    stats, table = _write_results(out, config, cells)
     rows = [LABELS[m] for m in config.methods]
-    table = markdown_table(stats, rows, list(config.fractions), MEDMNIST_V2_ADRENAL3D,
-                           "MedMNIST v2, Yang et al. 2023, AdrenalMNIST3D test split")
-    header = (f"Test ACC / AUC (mean ± std over seeds {list(config.seeds)}) on {Path(config.npz).name}; "
-              f"{config.arch} width {config.width:g}, pretraining {config.pretrain_steps} steps, "
-              f"fine-tuning epochs {list(config.epochs)} for fractions {list(config.fractions)}.\n\n")
-    (out / "results.md").write_text(header + table)
     plot = plot_auc_vs_fraction(stats, rows, list(config.fractions), out / "auc_vs_fraction.png",
                                 title=f"{Path(config.npz).stem}: test AUC against label fraction",
                                 reference=MEDMNIST_V2_ADRENAL3D)

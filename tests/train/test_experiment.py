@@ -64,3 +64,30 @@ def test_load_config_resolves_npz_and_rejects_bad_settings(tmp_path):
     bad.write_text('npz = [\n')
     with pytest.raises(ValueError, match="not valid TOML"):
         load_config(bad)
+
+
+def test_a_run_stopped_early_keeps_its_table_so_far(tmp_path, monkeypatch):
+    import tcpc_train.experiment as experiment_mod
+
+    npz = _tiny_npz(tmp_path / "tiny.npz")
+    cfg = ExperimentConfig(npz=str(npz), methods=("scratch",), fractions=(0.5, 1.0), seeds=(0, 1),
+                           epochs=(1, 1), width=0.0625, pretrain_steps=2, pretrain_batch=4,
+                           finetune_batch=4, targets_per_crop=1, device="cpu")
+    finetune, calls = experiment_mod.finetune, []
+
+    def dies_on_the_third(*args, **kwargs):
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the device time ran out
+        calls.append(1)
+        return finetune(*args, **kwargs)
+    monkeypatch.setattr(experiment_mod, "finetune", dies_on_the_third)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(cfg, tmp_path / "exp", log=lambda s: None)
+    rows = [json.loads(x) for x in (tmp_path / "exp" / "cells.jsonl").read_text().splitlines()]
+    assert [(r["fraction"], r["seed"]) for r in rows] == [(0.5, 0), (1.0, 0)]
+    md = (tmp_path / "exp" / "results.md").read_text()
+    assert "Partial: 2 of 4 cells" in md and "| train from scratch |" in md
+    monkeypatch.setattr(experiment_mod, "finetune", finetune)
+    done = run_experiment(cfg, tmp_path / "exp", log=lambda s: None)
+    assert done["skipped"] == 2 and len(done["cells"]) == 4
+    assert "Partial" not in (tmp_path / "exp" / "results.md").read_text()

@@ -101,7 +101,8 @@ def is_current(out_dir: str | os.PathLike, run_digest: str) -> dict | None:
 
 
 def staging_dir(url: str) -> Path:
-    """The local directory where the shard set for ``url`` is built before its upload."""
+    """The local directory where the shard set for ``url`` is built before its upload: under the
+    system's temporary directory (``TMPDIR`` moves it), which needs room for the whole set."""
     return Path(tempfile.gettempdir()) / f"tcpc-shards-{hashlib.sha256(url.encode()).hexdigest()[:16]}"
 
 

@@ -49,6 +49,12 @@ def _number(field: bytes, what: str, path: str) -> int:
         raise ValueError(f"{path}: not a tar file (bad {what} field {field!r})") from None
 
 
+def _signed_checksum(header: bytes) -> int:
+    """The header checksum as some old tars compute it: bytes as signed chars."""
+    field = header[148:156]
+    return sum(b - 256 if b > 127 else b for b in header) - sum(b - 256 if b > 127 else b for b in field) + 8 * 32
+
+
 def _pax_records(data: bytes, path: str) -> dict[str, str]:
     """``"<len> key=value\\n"`` records of a PAX extended header."""
     out, pos = {}, 0
@@ -91,7 +97,7 @@ def tar_members(path: str | os.PathLike) -> Iterator[tuple[str, bytes]]:
                     raise ValueError(f"{path}: truncated tar (a header is cut short)")
                 return  # end-of-archive blocks, or a tar written without them
             stored = _number(header[148:156], "checksum", path)
-            if stored != sum(header) - sum(header[148:156]) + 8 * 32:
+            if stored != sum(header) - sum(header[148:156]) + 8 * 32 and stored != _signed_checksum(header):
                 raise ValueError(f"{path}: not a tar file or corrupt (header checksum mismatch at byte "
                                  f"{f.tell() - _BLOCK})")
             kind = header[156:157]
@@ -109,7 +115,8 @@ def tar_members(path: str | os.PathLike) -> Iterator[tuple[str, bytes]]:
                 continue
             if kind in _REGULAR:
                 name = header[:100].split(b"\0", 1)[0].decode("utf-8")
-                prefix = header[345:500].split(b"\0", 1)[0] if header[257:262] == b"ustar" else b""
+                # The name prefix is POSIX ustar's; GNU headers keep other fields there.
+                prefix = header[345:500].split(b"\0", 1)[0] if header[257:263] == b"ustar\0" else b""
                 if prefix:
                     name = prefix.decode("utf-8") + "/" + name
                 yield pax.get("path") or longname or name, data

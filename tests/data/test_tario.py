@@ -117,3 +117,25 @@ def test_read_npy_refuses_pickles_and_damage():
         read_npy(pickle.dumps(np.zeros(3)))
     with pytest.raises((ValueError, EOFError)):
         read_npy(encode_npy(np.zeros((4, 4)))[:-8])
+
+
+def _set_checksum(header: bytearray, signed: bool = False) -> None:
+    header[148:156] = b" " * 8
+    total = sum((b - 256 if signed and b > 127 else b) for b in header)
+    header[148:156] = b"%06o\0 " % (total & 0o777777)
+
+
+def test_gnu_time_fields_and_signed_checksums(tmp_path):
+    path = tmp_path / "g.tar"
+    with tarfile.open(path, "w", format=tarfile.GNU_FORMAT) as tar:
+        info = tarfile.TarInfo("ü.json")  # a name byte above 127: signed and unsigned sums differ
+        info.size = 3
+        tar.addfile(info, io.BytesIO(b"abc"))
+    raw = bytearray(path.read_bytes())
+    header = raw[:512]
+    assert header[257:265] == b"ustar  \0"  # GNU magic
+    header[345:357] = b"%011o\0" % 1234567  # a GNU atime where POSIX keeps the name prefix
+    _set_checksum(header, signed=True)
+    raw[:512] = header
+    path.write_bytes(bytes(raw))
+    assert list(tar_members(path)) == [("ü.json", b"abc")]

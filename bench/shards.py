@@ -4,7 +4,8 @@ Builds a phantom volume store (normalised images + candidates), then in one run
 measures, per worker (one process):
 
 1. write: ``write_shards`` samples/s (crop, cut, encode, tar, assemble);
-2. read shards: stock ``webdataset`` streaming + ``np.load`` → ``torch`` tensors;
+2. read shards: stock ``webdataset`` streaming + ``np.load`` → ``torch`` tensors,
+   and the same with tcpc's own reader (``tcpc_data.tario``, what the trainer uses);
 3. on the fly (MONAI-style): for the very same samples (case, centre, path
    from each sample's json), read the crop from the Zarr volume and cut the
    cubes per sample, → tensors;
@@ -34,6 +35,7 @@ from tcpc_data.crops import crop  # noqa: E402
 from tcpc_data.phantom import make_phantom  # noqa: E402
 from tcpc_data.shards import ShardConfig, write_shards  # noqa: E402
 from tcpc_data.store import commit_arrays, open_store  # noqa: E402
+from tcpc_data.tario import read_npy, tar_samples  # noqa: E402
 
 
 def build_store(url: Path, cases: int, shape: tuple[int, int, int], candidates: int) -> None:
@@ -59,6 +61,20 @@ def read_shards(out: Path, n_shards: int) -> tuple[int, float, list[dict]]:
         metas.append(json.loads(s["json"]))
         n += 1
     return n, time.perf_counter() - t0, metas
+
+
+def read_shards_tcpc(out: Path, n_shards: int) -> tuple[int, float]:
+    """The same samples through tcpc's tar and .npy readers (the trainer's loader path)."""
+    t0 = time.perf_counter()
+    n = 0
+    for i in range(n_shards):
+        for _, members in tar_samples(out / f"tcpc-{i:06d}.tar"):
+            cubes = torch.from_numpy(read_npy(members["cubes.npy"]).copy())
+            path = torch.from_numpy(read_npy(members["path.npy"]).copy())
+            assert cubes.ndim == 4 and path.ndim == 2
+            json.loads(members["json"])
+            n += 1
+    return n, time.perf_counter() - t0
 
 
 def on_the_fly(store: Path, metas: list[dict], cfg: ShardConfig, stride: int,
@@ -99,16 +115,19 @@ def main() -> None:
         n = man["totals"]["samples"]
         size_mb = sum(p.stat().st_size for p in (tmp / "sh").glob("*.tar")) / 2**20
         n_read, t_read, metas = read_shards(tmp / "sh", man["totals"]["shards"])
+        n_tcpc, t_tcpc = read_shards_tcpc(tmp / "sh", man["totals"]["shards"])
         n_fly, t_fly = on_the_fly(tmp / "v.zarr", metas, cfg, stride)
         n_ram, t_ram = on_the_fly(tmp / "v.zarr", metas, cfg, stride, cached=True)
     print(f"store: {args.cases} cases {shape}, {args.candidates} candidates, {args.targets} targets/crop; "
           f"samples {n} of {g}-grid u-paths, cubes {cfg.cube_size}^3, {size_mb:.1f} MiB of shards")
     print(f"write shards      : {n / t_write:9.1f} samples/s per worker ({t_write:.2f} s)")
     print(f"read shards       : {n_read / t_read:9.1f} samples/s per worker ({t_read:.2f} s) -> torch tensors")
+    print(f"read shards (tcpc): {n_tcpc / t_tcpc:9.1f} samples/s per worker ({t_tcpc:.2f} s) -> torch tensors")
     print(f"on the fly (zarr) : {n_fly / t_fly:9.1f} samples/s per worker ({t_fly:.2f} s) -> torch tensors")
     print(f"on the fly (RAM)  : {n_ram / t_ram:9.1f} samples/s per worker ({t_ram:.2f} s) -> torch tensors, "
           "whole volumes cached")
-    print(f"ratio read shards / on the fly (zarr): {t_fly / t_read:.1f}x; / on the fly (RAM): {t_ram / t_read:.1f}x")
+    print(f"ratio read shards / on the fly (zarr): {t_fly / t_read:.1f}x; / on the fly (RAM): {t_ram / t_read:.1f}x; "
+          f"with tcpc's reader: {t_fly / t_tcpc:.1f}x and {t_ram / t_tcpc:.1f}x")
 
 
 if __name__ == "__main__":

@@ -76,6 +76,18 @@ def _run_options(failures_default: str | None):
     return decorate
 
 
+def _finish_stage(report, progress) -> None:
+    """Print a stage's notes, its failures (unless the live display showed them) and summary; exit 1
+    when a case failed."""
+    for note in report.notes:
+        click.echo(f"note: {note}")
+    if not progress:  # the live display already named each failure as it happened
+        for rec in report.failures:
+            click.echo(f"failed {rec['case']}: {rec['error']}", err=True)
+    click.echo(report.summary())
+    sys.exit(0 if report.ok else 1)
+
+
 @main.command()
 @click.argument("sources", nargs=-1, required=True)
 @click.option("--out", "out", required=True, help="Volume store to write (path or fsspec URL), e.g. volumes.zarr.")
@@ -100,14 +112,7 @@ def ingest(sources, out, clip, spacing, npy_spacing, dtype, irregular, max_voxel
     failures_path = failures_path or f"{str(out).rstrip('/')}.failures.jsonl"
     report = run_ingest(list(sources), out, config, workers=workers, scheduler=scheduler,
                         progress=progress, failures_path=failures_path)
-    for note in report.notes:
-        click.echo(f"note: {note}")
-    if not progress:  # the live display already named each failure as it happened
-        for rec in report.failures:
-            click.echo(f"failed {rec['case']}: {rec['error']}", err=True)
-    click.echo(report.summary())
-    sys.exit(0 if report.ok else 1)
-
+    _finish_stage(report, progress)
 
 
 def _shard_options(fn):
@@ -518,13 +523,7 @@ def supervoxels(store, cases, workers, scheduler, failures_path, progress, candi
     report = run_supervoxels(store, config, cases=list(cases) or None, candidates_csv=candidates_csv,
                              workers=workers, scheduler=scheduler, progress=progress,
                              failures_path=failures_path)
-    for note in report.notes:
-        click.echo(f"note: {note}")
-    if not progress:  # the live display already named each failure as it happened
-        for rec in report.failures:
-            click.echo(f"failed {rec['case']}: {rec['error']}", err=True)
-    click.echo(report.summary())
-    sys.exit(0 if report.ok else 1)
+    _finish_stage(report, progress)
 
 
 @main.command()

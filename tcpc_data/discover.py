@@ -203,16 +203,14 @@ def _scan_file(fs, path: str) -> dict | str | None:
     """
     import pydicom
 
+    suffix, magic = path.lower().endswith(_DICOM_SUFFIXES), False
     try:
-        with fs.open(path, "rb") as f:
-            head = f.read(132)
-    except OSError:
-        head = b""
-    magic = len(head) == 132 and head[128:] == b"DICM"
-    if not magic and not path.lower().endswith(_DICOM_SUFFIXES):
-        return None
-    try:
-        with fs.open(path, "rb") as fh:
+        with fs.open(path, "rb") as fh:  # one open: on remote storage each costs a round trip
+            head = fh.read(132)
+            magic = len(head) == 132 and head[128:] == b"DICM"
+            if not magic and not suffix:
+                return None
+            fh.seek(0)
             ds = pydicom.dcmread(fh, stop_before_pixels=True, specific_tags=_HEADER_TAGS, force=not magic)
         if not any(ds.get(t) for t in ("SeriesInstanceUID", "Modality", "SOPClassUID")):
             raise ValueError("no DICOM image header (no SeriesInstanceUID, Modality or SOPClassUID)")
@@ -223,6 +221,8 @@ def _scan_file(fs, path: str) -> dict | str | None:
                 "ImageType": [str(t).upper() for t in (ds.get("ImageType") or [])],
                 "PatientID": str(ds.get("PatientID", "") or "")}
     except Exception as exc:  # noqa: BLE001 - any parse error of a user's file is that file's failure
+        if not magic and not suffix:  # unreadable, and nothing says it is DICOM
+            return None
         return f"{type(exc).__name__}: {exc}" if not str(exc) else str(exc)
 
 

@@ -215,8 +215,13 @@ def build_shard_set(stage: str, out_dir: str | os.PathLike, *, name: str, shard_
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"shard output {out_dir} is a file, not a directory")
     out.mkdir(parents=True, exist_ok=True)
-    report, manifest = _build(stage, out, str(out_dir), run_digest, name, shard_size, config, inputs, payloads,
-                              make_samples, members, extra, workers, scheduler, progress, failures_path)
+    staged = is_current(out, run_digest) if remote else None  # a staged set whose upload was cut short
+    if staged is not None:
+        report, manifest = RunReport(stage=stage, skipped=sorted(inputs)), staged
+    else:
+        report, manifest = _build(stage, out, str(out_dir), run_digest, name, shard_size, config, inputs,
+                                  payloads, make_samples, members, extra, workers, scheduler, progress,
+                                  failures_path)
     if remote:
         _upload(out, str(out_dir), manifest, name)
         if not manifest["failed_cases"]:  # else the staged parts let a rerun resume
@@ -228,9 +233,6 @@ def _build(stage, out: Path, previous: str, run_digest, name, shard_size, config
            members, extra, workers, scheduler, progress, failures_path) -> tuple[RunReport, dict]:
     """Steps 1-3 in the local directory ``out`` (a staging copy of a remote output); ``previous``
     is where the set written last time lies (``out`` itself, or the URL)."""
-    current = is_current(out, run_digest)  # a staged set whose upload was cut short
-    if current is not None:
-        return RunReport(stage=stage, skipped=sorted(inputs)), current
 
     parts_dir = out / PARTS
     parts_dir.mkdir(exist_ok=True)

@@ -230,8 +230,8 @@ def run_experiment(config: ExperimentConfig, out: str | Path, *, progress: bool 
                     skipped += 1
                 cells.append({"method": LABELS[method], "fraction": fraction, "seed": seed,
                               "acc": s["metrics"]["acc"], "auc": s["metrics"]["auc"], "n_train": s["n_train"]})
-                _write_results(out, config, cells)  # a run stopped early keeps its table so far
-    stats, table = _write_results(out, config, cells)
+                # Rewritten after every cell: a run stopped early keeps its table so far.
+                stats, table = _write_results(out, config, cells)
     rows = [LABELS[m] for m in config.methods]
     plot = plot_auc_vs_fraction(stats, rows, list(config.fractions), out / "auc_vs_fraction.png",
                                 title=f"{Path(config.npz).stem}: test AUC against label fraction",

@@ -175,26 +175,12 @@ def test_a_confident_model_keeps_its_auc(labelled):
     assert expected > 0.5 and m["auc"] == pytest.approx(expected) and m["acc"] == pytest.approx((labels == 1).mean())
 
 
-class Killed(Exception):
-    pass
-
-
-def test_killed_finetune_resumes_at_the_epoch_with_the_same_losses(labelled, tmp_path, monkeypatch):
-    import tcpc_train.finetuning as ft
-
+def test_killed_finetune_resumes_at_the_epoch_with_the_same_losses(labelled, tmp_path, killed_after):
     cfg = FinetuneConfig(arch="vgg", epochs=2, **TINY)
     whole = finetune(labelled, tmp_path / "whole", cfg)
-    write = ft.StepLog.write
-
-    def dying_write(self, row):
-        write(self, row)
-        if row.get("epoch") == 2 and "loss" in row:  # killed in epoch 2; last.pt holds epoch 1
-            raise Killed
-    monkeypatch.setattr(ft.StepLog, "write", dying_write)
-    with pytest.raises(Killed):
+    with killed_after(lambda row: row.get("epoch") == 2 and "loss" in row):  # last.pt holds epoch 1
         finetune(labelled, tmp_path / "killed", cfg)
     assert load_checkpoint(tmp_path / "killed" / "last.pt")["epoch"] == 1
-    monkeypatch.setattr(ft.StepLog, "write", write)
     again = finetune(labelled, tmp_path / "killed", cfg)
 
     def losses(run):

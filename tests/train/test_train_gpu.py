@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 
-import tcpc_train.pretraining as pretrain_mod
 from tcpc_train.checkpoint import load_checkpoint
 from tcpc_train.finetuning import FinetuneConfig, evaluate, finetune
 from tcpc_train.models import build_encoder
@@ -38,24 +36,12 @@ def test_autocast_computes_in_bfloat16_on_cuda_only():
         assert enc.cpu()(x.cpu()).dtype == torch.float32
 
 
-class Killed(Exception):
-    pass
-
-
-def test_pretraining_on_cuda_resumes_with_the_same_losses(u_shards, tmp_path, monkeypatch):
+def test_pretraining_on_cuda_resumes_with_the_same_losses(u_shards, tmp_path, killed_after):
     cfg = PretrainConfig(steps=6, **TINY)
     whole = pretrain(u_shards, tmp_path / "whole", cfg)
     assert whole["chance_loss"] - 1.0 < _losses(tmp_path / "whole")[0] < whole["chance_loss"] + 1.0
-    write = pretrain_mod.StepLog.write
-
-    def dying_write(self, row):
-        write(self, row)
-        if row["step"] == 5:
-            raise Killed
-    monkeypatch.setattr(pretrain_mod.StepLog, "write", dying_write)
-    with pytest.raises(Killed):
+    with killed_after(lambda row: row["step"] == 5):
         pretrain(u_shards, tmp_path / "killed", cfg)
-    monkeypatch.setattr(pretrain_mod.StepLog, "write", write)
     assert pretrain(u_shards, tmp_path / "killed", cfg)["start_step"] == 4
     # Same batches and weights; cuDNN's bf16 kernels may sum in another order, hence the tolerance.
     assert _losses(tmp_path / "killed") == pytest.approx(_losses(tmp_path / "whole"), rel=2e-2)
@@ -88,11 +74,8 @@ def _ddp_worker(rank, world, port, shards, out):
         torch.distributed.destroy_process_group()
 
 
-def test_ddp_with_syncbatchnorm_on_cuda(u_shards, tmp_path):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    mp.spawn(_ddp_worker, args=(2, port, str(u_shards), tmp_path / "run"), nprocs=2, join=True)
+def test_ddp_with_syncbatchnorm_on_cuda(u_shards, tmp_path, free_port):
+    mp.spawn(_ddp_worker, args=(2, free_port, str(u_shards), tmp_path / "run"), nprocs=2, join=True)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["world"] for r in ranks] == [2, 2] and all(r["syncbn"] for r in ranks)
     ck = load_checkpoint(tmp_path / "run" / "last.pt")

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 
-import tcpc_train.pretraining as pretrain_mod
 from tcpc_train.checkpoint import load_checkpoint, save_checkpoint
 from tcpc_train.pretraining import PretrainConfig, learning_rate, pretrain
 from tcpc_train.synthetic import write_synthetic_paths
@@ -36,25 +34,12 @@ def test_each_task_trains_and_writes_its_outputs(shard_root, tmp_path, task, kin
         assert abs(rows[0]["loss"] - s["chance_loss"]) < 1.0  # untrained: near log(batch)
 
 
-class Killed(Exception):
-    pass
-
-
-def test_killed_run_resumes_at_the_same_step_with_the_same_losses(u_shards, tmp_path, monkeypatch):
+def test_killed_run_resumes_at_the_same_step_with_the_same_losses(u_shards, tmp_path, killed_after):
     cfg = PretrainConfig(steps=6, **{**TINY, "workers": 2})
     pretrain(u_shards, tmp_path / "whole", cfg)
-
-    write = pretrain_mod.StepLog.write
-
-    def dying_write(self, row):
-        write(self, row)
-        if row["step"] == 5:  # killed after step 5; the last checkpoint is step 4
-            raise Killed
-    monkeypatch.setattr(pretrain_mod.StepLog, "write", dying_write)
-    with pytest.raises(Killed):
+    with killed_after(lambda row: row["step"] == 5):  # killed after step 5; the last checkpoint is step 4
         pretrain(u_shards, tmp_path / "killed", cfg)
     assert load_checkpoint(tmp_path / "killed" / "last.pt")["step"] == 4
-    monkeypatch.setattr(pretrain_mod.StepLog, "write", write)
     s = pretrain(u_shards, tmp_path / "killed", cfg)
     assert s["start_step"] == 4
     assert _losses(tmp_path / "killed") == pytest.approx(_losses(tmp_path / "whole"), abs=1e-5)
@@ -99,10 +84,14 @@ def test_learning_rate_warms_up_then_decays_to_a_tenth():
     assert learning_rate(10, cfg) == pytest.approx(1.0) and learning_rate(110, cfg) == pytest.approx(0.1)
 
 
+class NotAWeight:
+    pass
+
+
 def test_checkpoints_load_weights_only_and_refuse_pickled_objects(tmp_path):
     save_checkpoint(tmp_path / "ok.pt", {"model": {"w": torch.ones(2)}, "step": 3, "config": {"a": [1, "b"]}})
     assert load_checkpoint(tmp_path / "ok.pt")["step"] == 3
-    torch.save({"model": {}, "evil": Killed()}, tmp_path / "pickled.pt")
+    torch.save({"model": {}, "evil": NotAWeight()}, tmp_path / "pickled.pt")
     with pytest.raises(ValueError, match="not a weights-only torch checkpoint"):
         load_checkpoint(tmp_path / "pickled.pt")
     (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint")
@@ -124,11 +113,8 @@ def _ddp_worker(rank, world, port, shards, out):
         torch.distributed.destroy_process_group()
 
 
-def test_ddp_two_processes_on_cpu_with_gloo(u_shards, tmp_path):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    mp.spawn(_ddp_worker, args=(2, port, str(u_shards), tmp_path / "run"), nprocs=2, join=True)
+def test_ddp_two_processes_on_cpu_with_gloo(u_shards, tmp_path, free_port):
+    mp.spawn(_ddp_worker, args=(2, free_port, str(u_shards), tmp_path / "run"), nprocs=2, join=True)
     r0 = json.loads((tmp_path / "rank0.json").read_text())
     r1 = json.loads((tmp_path / "rank1.json").read_text())
     assert r0["world"] == r1["world"] == 2

@@ -215,7 +215,7 @@ def _scan_file(fs, path: str) -> dict | str | None:
         if not any(ds.get(t) for t in ("SeriesInstanceUID", "Modality", "SOPClassUID")):
             raise ValueError("no DICOM image header (no SeriesInstanceUID, Modality or SOPClassUID)")
         return {"SeriesInstanceUID": str(ds.get("SeriesInstanceUID", "") or ""),
-                "SeriesNumber": str(ds.get("SeriesNumber", "") or ""),
+                "SeriesNumber": str(ds.get("SeriesNumber", "")),  # as before: series 0 stays "0"
                 "Modality": str(ds.get("Modality", "") or ""),
                 "SOPClassUID": str(ds.get("SOPClassUID", "") or ""),
                 "ImageType": [str(t).upper() for t in (ds.get("ImageType") or [])],

@@ -104,7 +104,7 @@ def _finish_stage(report, progress) -> None:
 def ingest(sources, out, clip, spacing, npy_spacing, dtype, irregular, max_voxels, workers, scheduler,
            failures_path, progress):
     """Read CT archives (DICOM, NIfTI, MetaImage, NRRD, NumPy) into a normalised Zarr volume store."""
-    from tcpc_data.ingestion import IngestConfig, ingest as run_ingest
+    from tcpc_data.ingest.stage import IngestConfig, ingest as run_ingest
 
     config = IngestConfig(clip=_floats(clip, (2,), "--clip"), spacing_zyx=_floats(spacing, (1, 3), "--spacing"),
                           npy_spacing_zyx=_floats(npy_spacing, (1, 3), "--npy-spacing"), dtype=dtype,
@@ -151,8 +151,8 @@ def _shard_options(fn):
 
 def _shard_config(kw: dict, side: int | None = None):
     """Build a ShardConfig from the shard options; ``side`` is an npz image side (crop = image)."""
-    from tcpc_data.labelled import pretrain_config_for
-    from tcpc_data.shards import ShardConfig
+    from tcpc_data.shards.labelled import pretrain_config_for
+    from tcpc_data.shards.pretrain import ShardConfig
     fields = dict(overlap=kw["overlap"], path=kw["path_kind"], path_size=kw["path_size"], plane=kw["plane"],
                   opening=kw["opening"], targets_per_crop=kw["targets_per_crop"],
                   target_radius=None if kw["target_radius"] < 0 else kw["target_radius"],
@@ -167,7 +167,7 @@ def _shard_config(kw: dict, side: int | None = None):
 
 def _labelled_config(kw: dict):
     """A LabelledConfig from the shard options (crop side 64 unless given)."""
-    from tcpc_data.labelled import LabelledConfig
+    from tcpc_data.shards.labelled import LabelledConfig
     return LabelledConfig(crop_size=kw["crop_size"] or 64, background=kw["background"],
                           shard_size=kw["shard_size"], name=kw["name"] or "labelled")
 
@@ -197,14 +197,14 @@ def shards(source, out, labels, task, cases, workers, scheduler, failures_path, 
     candidate, or with --labels, labelled crops. An .npz gives one labelled
     shard set per official split in OUT/train, OUT/val, OUT/test.
     """
-    from tcpc_data.shardio import is_remote
+    from tcpc_data.shards.shardset import is_remote
 
     out = out.rstrip("/")
     failures_path = failures_path or ("failures-shards.jsonl" if is_remote(out) else f"{out}/failures-shards.jsonl")
     run = dict(workers=workers, progress=progress, failures_path=failures_path)
     if str(source).endswith(".npz"):
         run["workers"] = workers or 1  # arrays travel in the payloads: processes rarely pay off
-        from tcpc_data.labelled import load_npz_split, write_npz_shards
+        from tcpc_data.shards.labelled import load_npz_split, write_npz_shards
         if labels or cases:
             raise click.UsageError("--labels and --cases apply to a volume store, not an .npz")
         if (task or "finetune") == "pretrain":
@@ -216,14 +216,14 @@ def shards(source, out, labels, task, cases, workers, scheduler, failures_path, 
             _print_run(rep, man, f"{out}/{split}" if split != "pretrain" else out)
         ok = all(rep.ok for rep, _ in results.values())
     elif labels:
-        from tcpc_data.labelled import write_labelled_shards
+        from tcpc_data.shards.labelled import write_labelled_shards
         if task == "pretrain":
             raise click.UsageError("--labels writes fine-tuning shards; drop --task pretrain")
         rep, man = write_labelled_shards(source, labels, out, _labelled_config(kw), scheduler=scheduler, **run)
         _print_run(rep, man, out)
         ok = rep.ok
     else:
-        from tcpc_data.shards import write_shards
+        from tcpc_data.shards.pretrain import write_shards
         if task == "finetune":
             raise click.UsageError("fine-tuning shards from a store need --labels CSV")
         case_list = [c.strip() for c in cases.split(",")] if cases else None
@@ -242,7 +242,7 @@ def shards(source, out, labels, task, cases, workers, scheduler, failures_path, 
 @_friendly
 def inspect(path, png, sample):
     """Summarise a volume STORE, one case (STORE/<case>) or a shard directory."""
-    from tcpc_data.inspect import inspect_path
+    from tcpc_data.overview import inspect_path
     click.echo(inspect_path(path, png=png, sample=sample))
     if png:
         click.echo(f"montage written to {png}")
@@ -326,8 +326,8 @@ class _StageOptionsCommand(click.Command):
     ``tcpc --help`` and the other commands do not import those stages.
     """
 
-    stage_configs = {"ingest": ("tcpc_data.ingestion", "IngestConfig"),
-                     "supervoxels": ("tcpc_data.supervoxel_stage", "SupervoxelConfig")}
+    stage_configs = {"ingest": ("tcpc_data.ingest.stage", "IngestConfig"),
+                     "supervoxels": ("tcpc_data.supervoxels.stage", "SupervoxelConfig")}
 
     def get_params(self, ctx):
         if not getattr(self, "_stage_options", False):
@@ -357,9 +357,9 @@ def preprocess(sources, out, candidates_csv, labels, workers, scheduler, progres
     Every option of `tcpc ingest` and the supervoxels stage is available too
     (see the options marked [ingest] and [supervoxels]).
     """
-    from tcpc_data.ingestion import IngestConfig
-    from tcpc_data.preprocessing import preprocess as run_preprocess
-    from tcpc_data.supervoxel_stage import SupervoxelConfig
+    from tcpc_data.ingest.stage import IngestConfig
+    from tcpc_data.pipeline import preprocess as run_preprocess
+    from tcpc_data.supervoxels.stage import SupervoxelConfig
 
     ingest_config = _config_from(IngestConfig, "ingest", kw)
     if kw.get("supervoxels__crop_size") is None and kw["crop_size"] is not None:
@@ -482,7 +482,7 @@ def experiment(config, out, progress):
     every (method, label fraction, seed) cell, and writes results.md and
     auc_vs_fraction.png. Rerunning resumes where it stopped.
     """
-    from tcpc_train.experiment import load_config, run_experiment
+    from tcpc_train.apps.experiment import load_config, run_experiment
 
     res = run_experiment(load_config(config), out, progress=progress, log=click.echo)
     click.echo(res["table"])
@@ -514,8 +514,8 @@ def supervoxels(store, cases, workers, scheduler, failures_path, progress, candi
     """Supervoxels, per-supervoxel table and ranked crop centres for every case of STORE."""
     import dataclasses
 
-    from tcpc_data.supervoxel_stage import SupervoxelConfig
-    from tcpc_data.supervoxel_stage import supervoxels as run_supervoxels
+    from tcpc_data.supervoxels.stage import SupervoxelConfig
+    from tcpc_data.supervoxels.stage import supervoxels as run_supervoxels
 
     given = {k: v for k, v in fields.items() if v is not None}
     config = dataclasses.replace(SupervoxelConfig(), **given)
@@ -541,7 +541,7 @@ def demo(out, cases, seed, pretrain_steps, finetune_epochs, progress):
     Prints test ACC and AUC of a classifier fine-tuned from TCPC and from scratch,
     and writes a picture of the pipeline's outputs (OUT/pipeline.png).
     """
-    from tcpc_train.demo import DemoConfig, results_table, run_demo
+    from tcpc_train.apps.demo import DemoConfig, results_table, run_demo
 
     cfg = DemoConfig(cases=cases, seed=seed, pretrain_steps=pretrain_steps, finetune_epochs=finetune_epochs)
     res = run_demo(out, cfg, progress=progress, log=click.echo)
@@ -560,7 +560,7 @@ def demo(out, cases, seed, pretrain_steps, finetune_epochs, progress):
 def realct(sources, nodules, out, pretrain_steps, progress):
     """Real CT end to end: TCPC on the candidate crops of chest CTs, and the
     deep-layer feature maps of a nodule for a random, a TCPC and a fine-tuned encoder."""
-    from tcpc_train.realct import RealCTConfig, run_realct
+    from tcpc_train.apps.realct import RealCTConfig, run_realct
 
     res = run_realct(sources, nodules, out, RealCTConfig(pretrain_steps=pretrain_steps), progress=progress,
                      log=click.echo)

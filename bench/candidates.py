@@ -37,7 +37,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     from tcpc_data.store import commit_arrays, open_store
-    from tcpc_data.supervoxel_stage import SupervoxelConfig, supervoxels
+    from tcpc_data.supervoxels.stage import SupervoxelConfig, supervoxels
 
     lidc = Path(args.lidc)
     nodules: dict[str, list[dict]] = {}

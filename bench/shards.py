@@ -5,7 +5,7 @@ measures, per worker (one process):
 
 1. write: ``write_shards`` samples/s (crop, cut, encode, tar, assemble);
 2. read shards: stock ``webdataset`` streaming + ``np.load`` → ``torch`` tensors,
-   and the same with tcpc's own reader (``tcpc_data.tario``, what the trainer uses);
+   and the same with tcpc's own reader (``tcpc_data.shards.tario``, what the trainer uses);
 3. on the fly (MONAI-style): for the very same samples (case, centre, path
    from each sample's json), read the crop from the Zarr volume and cut the
    cubes per sample, → tensors;
@@ -30,12 +30,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tcpc_data import paths as P  # noqa: E402
+from tcpc_data.shards import cubepaths as P  # noqa: E402
 from tcpc_data.crops import crop  # noqa: E402
 from tcpc_data.phantom import make_phantom  # noqa: E402
-from tcpc_data.shards import ShardConfig, write_shards  # noqa: E402
+from tcpc_data.shards.pretrain import ShardConfig, write_shards  # noqa: E402
 from tcpc_data.store import commit_arrays, open_store  # noqa: E402
-from tcpc_data.tario import read_npy, tar_samples  # noqa: E402
+from tcpc_data.shards.tario import read_npy, tar_samples  # noqa: E402
 
 
 def build_store(url: Path, cases: int, shape: tuple[int, int, int], candidates: int) -> None:

@@ -39,7 +39,7 @@ def _run(which: str, path: str, kw: dict, threads: int | None, out: str, queue) 
     if which == "tcpc":
         import numba
 
-        from tcpc_data.slic3d import slic
+        from tcpc_data.supervoxels.slic import slic
         if threads:
             numba.set_num_threads(threads)
         slic(img[:8, :40, :40], **kw)  # JIT compile / load the cache outside the measurement
@@ -81,7 +81,7 @@ def main(argv=None):
     ap.add_argument("--skip-skimage", action="store_true", help="only time tcpc (no ratio)")
     args = ap.parse_args(argv)
 
-    from tcpc_data import segmetrics
+    from tcpc_data.supervoxels import segmetrics
 
     hu, spacing, _ = read_series(args.series)
     hu = hu[:args.slices]

@@ -11,26 +11,26 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it
 _API = {
-    "ingest": "tcpc_data.ingestion",
-    "IngestConfig": "tcpc_data.ingestion",
-    "slic": "tcpc_data.slic3d",
-    "supervoxels": "tcpc_data.supervoxel_stage",
-    "SupervoxelConfig": "tcpc_data.supervoxel_stage",
-    "gaussian": "tcpc_data.smoothing",
-    "body_mask": "tcpc_data.bodymask",
-    "supervoxel_table": "tcpc_data.candidates",
-    "score_table": "tcpc_data.candidates",
-    "top_candidates": "tcpc_data.candidates",
-    "write_shards": "tcpc_data.shards",
-    "ShardConfig": "tcpc_data.shards",
-    "write_labelled_shards": "tcpc_data.labelled",
-    "write_npz_shards": "tcpc_data.labelled",
-    "LabelledConfig": "tcpc_data.labelled",
-    "PATHS": "tcpc_data.paths",
-    "path_positions": "tcpc_data.paths",
+    "ingest": "tcpc_data.ingest",
+    "IngestConfig": "tcpc_data.ingest.stage",
+    "slic": "tcpc_data.supervoxels.slic",
+    "supervoxels": "tcpc_data.supervoxels",
+    "SupervoxelConfig": "tcpc_data.supervoxels.stage",
+    "gaussian": "tcpc_data.supervoxels.smoothing",
+    "body_mask": "tcpc_data.supervoxels.bodymask",
+    "supervoxel_table": "tcpc_data.supervoxels.candidates",
+    "score_table": "tcpc_data.supervoxels.candidates",
+    "top_candidates": "tcpc_data.supervoxels.candidates",
+    "write_shards": "tcpc_data.shards.pretrain",
+    "ShardConfig": "tcpc_data.shards.pretrain",
+    "write_labelled_shards": "tcpc_data.shards.labelled",
+    "write_npz_shards": "tcpc_data.shards.labelled",
+    "LabelledConfig": "tcpc_data.shards.labelled",
+    "PATHS": "tcpc_data.shards.cubepaths",
+    "path_positions": "tcpc_data.shards.cubepaths",
     "crop": "tcpc_data.crops",
-    "preprocess": "tcpc_data.preprocessing",
-    "inspect_path": "tcpc_data.inspect",
+    "preprocess": "tcpc_data.pipeline",
+    "inspect_path": "tcpc_data.overview",
     "make_phantom": "tcpc_data.phantom",
     "write_archive": "tcpc_data.phantom",
 }
@@ -40,5 +40,7 @@ __all__ = sorted(_API)
 
 def __getattr__(name: str):
     if name in _API:
-        return getattr(importlib.import_module(_API[name]), name)
+        module = importlib.import_module(_API[name])
+        # a stage package (tcpc_data.ingest) is itself callable: it is the public name
+        return module if module.__name__ == f"{__name__}.{name}" else getattr(module, name)
     raise AttributeError(f"module 'tcpc_data' has no attribute {name!r}")

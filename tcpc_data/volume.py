@@ -14,7 +14,7 @@ and NRRD's declared space are converted.
 A slice stack whose slices are not evenly spaced along their normal, or are
 sheared in-plane (gantry tilt), carries ``slice_offsets``: per slice, its
 position relative to slice 0 in mm along (normal, column, row) directions.
-Such a volume must be resampled (:mod:`tcpc_data.resample`) before storing.
+Such a volume must be resampled (:mod:`tcpc_data.ingest.resample`) before storing.
 """
 from __future__ import annotations
 

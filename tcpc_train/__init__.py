@@ -14,14 +14,14 @@ _API = {
     "FinetuneConfig": "tcpc_train.finetuning",
     "evaluate": "tcpc_train.finetuning",
     "build_encoder": "tcpc_train.models",
-    "info_nce": "tcpc_train.tcpc",
+    "info_nce": "tcpc_train.contrastive",
     "load_encoder_weights": "tcpc_train.weights",
     "open_shards": "tcpc_train.loader",
     "classification_metrics": "tcpc_train.metrics",
     "write_synthetic_paths": "tcpc_train.synthetic",
     "write_synthetic_labelled": "tcpc_train.synthetic",
-    "run_demo": "tcpc_train.demo",
-    "run_experiment": "tcpc_train.experiment",
+    "run_demo": "tcpc_train.apps.demo",
+    "run_experiment": "tcpc_train.apps.experiment",
 }
 
 __all__ = sorted(_API)

@@ -12,7 +12,7 @@ what it skips. With several workers the DataLoader returns batches round-robin
 exact: a resume at step s lets worker w play the stream of worker (s + w) mod W from its
 ((s + w) div W)-th batch on.
 
-Tars and ``.npy`` members are read by :mod:`tcpc_data.tario` (a header check
+Tars and ``.npy`` members are read by :mod:`tcpc_data.shards.tario` (a header check
 per member, no pickle; about 20x less work per sample than ``tarfile`` and
 ``np.load``); WebDataset supplies the shuffle buffer, and stock WebDataset
 readers and writers stay compatible with these shards.
@@ -33,7 +33,7 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from tcpc_data.digest import digest
-from tcpc_data.tario import read_npy, tar_samples
+from tcpc_data.shards.tario import read_npy, tar_samples
 
 MANIFEST = "manifest.json"
 SPLITS = ("train", "val", "test")

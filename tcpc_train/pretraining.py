@@ -7,7 +7,7 @@ resumed from ``RUN/last.pt`` continues at the same step with the same batches.
 Tasks and the path kinds their shards must hold:
 
 - ``tcpc``: U paths (support set not on a line); ``cpc``: straight paths (3D
-  CPC; the same code). Loss: InfoNCE (:mod:`tcpc_train.tcpc`).
+  CPC; the same code). Loss: InfoNCE (:mod:`tcpc_train.contrastive`).
 - ``rubik``, ``jigsaw``: 2×2×2 blocks (:mod:`tcpc_train.proxy`).
 
 Outputs in ``out``: ``config.json``, ``log.jsonl`` (step, loss, lr,
@@ -34,7 +34,7 @@ from tcpc_train.models import ARCHS, build_encoder
 from tcpc_train.plots import plot_curves
 from tcpc_train.proxy import BlockPuzzle, permutation_set, shuffle_block
 from tcpc_train.runtime import StepLog, autocast, init_distributed, progress_bar, resolve_device
-from tcpc_train.tcpc import ContrastivePredictiveCoding, chance_loss
+from tcpc_train.contrastive import ContrastivePredictiveCoding, chance_loss
 from tcpc_train.weights import load_encoder_weights
 
 TASKS = ("tcpc", "cpc", "rubik", "jigsaw")

@@ -16,7 +16,7 @@ import numpy as np
 from scipy import ndimage
 
 from tcpc_data.digest import digest
-from tcpc_data.tario import encode_npy, write_tar
+from tcpc_data.shards.tario import encode_npy, write_tar
 
 # Grid offsets (relative to the target) of the support set, in reading order, then the target.
 _U_AXIAL_UP = [(0, -1, -1), (0, 0, -1), (0, 1, -1), (0, 1, 0), (0, 1, 1), (0, 0, 1), (0, -1, 1), (0, 0, 0)]

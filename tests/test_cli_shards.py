@@ -76,7 +76,7 @@ def test_config_options_are_generated_from_a_config_dataclass():
     import click
 
     from cli import _config_from, _config_options
-    from tcpc_data.shards import ShardConfig
+    from tcpc_data.shards.pretrain import ShardConfig
 
     got = {}
 

@@ -8,9 +8,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from dicom_factory import field_hu, write_series, z_positions
 
-from tcpc_data.dicom import read_series
-from tcpc_data.discover import discover
-from tcpc_data.resample import to_grid
+from tcpc_data.ingest.dicom import read_series
+from tcpc_data.ingest.discover import discover
+from tcpc_data.ingest.resample import to_grid
 from tcpc_data.volume import index_to_world
 
 KW = {"max_voxels": 10 ** 7, "what": "case"}

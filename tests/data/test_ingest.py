@@ -16,7 +16,7 @@ from dicom_factory import write_series, z_positions
 
 from cli import main
 from tcpc_data import IngestConfig, ingest
-from tcpc_data.normalise import to_hu
+from tcpc_data.ingest.normalise import to_hu
 from tcpc_data.phantom import make_phantom, write_archive, write_nifti
 from tcpc_data.store import commit_arrays, list_cases, open_store
 
@@ -270,7 +270,7 @@ def test_package_api_is_the_function_even_after_its_module_is_imported():
 
     import tcpc_data
 
-    importlib.import_module("tcpc_data.ingestion")
+    importlib.import_module("tcpc_data.ingest.stage")
     assert callable(tcpc_data.ingest) and tcpc_data.ingest is ingest
     assert tcpc_data.IngestConfig is IngestConfig
 

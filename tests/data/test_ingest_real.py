@@ -13,7 +13,7 @@ import pytest
 from scipy import ndimage
 
 from tcpc_data import IngestConfig, ingest
-from tcpc_data.normalise import to_hu
+from tcpc_data.ingest.normalise import to_hu
 from tcpc_data.store import open_store
 from tcpc_data.volume import world_to_index
 

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 from phantom_stores import phantom_store
 
-from tcpc_data.inspect import inspect_path
-from tcpc_data.labelled import write_npz_shards
-from tcpc_data.shards import ShardConfig, write_shards
+from tcpc_data.overview import inspect_path
+from tcpc_data.shards.labelled import write_npz_shards
+from tcpc_data.shards.pretrain import ShardConfig, write_shards
 
 
 @pytest.fixture(scope="module")

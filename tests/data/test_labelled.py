@@ -8,8 +8,8 @@ import pytest
 from phantom_stores import phantom_store
 
 from tcpc_data.crops import crop
-from tcpc_data.labelled import LabelledConfig, write_labelled_shards, write_npz_shards
-from tcpc_data.shards import ShardConfig
+from tcpc_data.shards.labelled import LabelledConfig, write_labelled_shards, write_npz_shards
+from tcpc_data.shards.pretrain import ShardConfig
 from tcpc_data.store import open_store
 
 

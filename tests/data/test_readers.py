@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from tcpc_data.phantom import make_phantom, write_nifti
-from tcpc_data.readers import read_metaimage, read_nifti, read_nrrd, read_numpy
+from tcpc_data.ingest.readers import read_metaimage, read_nifti, read_nrrd, read_numpy
 
 KW = {"max_voxels": 10 ** 7, "what": "case"}
 

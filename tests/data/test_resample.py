@@ -4,8 +4,8 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from tcpc_data.normalise import normalise, to_hu
-from tcpc_data.resample import to_grid
+from tcpc_data.ingest.normalise import normalise, to_hu
+from tcpc_data.ingest.resample import to_grid
 from tcpc_data.volume import Volume, index_to_world, world_to_index
 
 spacing = st.floats(0.4, 3.0)

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from phantom_stores import phantom_store
 
-from tcpc_data import paths as P
+from tcpc_data.shards import cubepaths as P
 from tcpc_data.crops import crop
-from tcpc_data.shards import ShardConfig, path_sample, write_shards
+from tcpc_data.shards.pretrain import ShardConfig, path_sample, write_shards
 from tcpc_data.store import commit_arrays, open_store
 
 CFG = ShardConfig(crop_size=32, cube_size=8, targets_per_crop=3, shard_size=7, name="pre")
@@ -171,7 +171,7 @@ def test_real_ct_torso_end_to_end(shared_data, tmp_path):
 
 
 def test_a_kill_during_assembly_leaves_no_manifest(store, tmp_path, monkeypatch):
-    import tcpc_data.shardio as sio
+    import tcpc_data.shards.shardset as sio
 
     write_shards(store, tmp_path / "o", CFG, workers=1)
 
@@ -198,8 +198,8 @@ def test_a_store_behind_an_fsspec_url(tmp_path):
 def test_shards_written_to_an_fsspec_url_equal_a_local_write(store, tmp_path):
     import fsspec
 
-    from tcpc_data.shardio import staging_dir
-    from tcpc_data.tario import tar_samples
+    from tcpc_data.shards.shardset import staging_dir
+    from tcpc_data.shards.tario import tar_samples
 
     mem, url = fsspec.filesystem("memory"), f"memory://out-{tmp_path.name}/pre"
     try:
@@ -223,7 +223,7 @@ def test_shards_written_to_an_fsspec_url_equal_a_local_write(store, tmp_path):
 
 
 def test_adding_a_case_computes_only_that_case(tmp_path, monkeypatch):
-    import tcpc_data.shards as shards_mod
+    import tcpc_data.shards.pretrain as shards_mod
 
     url = tmp_path / "v.zarr"
     phantom_store(url, n_cases=2)

@@ -4,16 +4,16 @@ import csv
 import numpy as np
 import pytest
 
-from tcpc_data.inspect import inspect_path
-from tcpc_data.labelled import LabelledConfig, write_labelled_shards
-from tcpc_data.tario import tar_samples
-from tcpc_data.shards import ShardConfig, write_shards
+from tcpc_data.overview import inspect_path
+from tcpc_data.shards.labelled import LabelledConfig, write_labelled_shards
+from tcpc_data.shards.tario import tar_samples
+from tcpc_data.shards.pretrain import ShardConfig, write_shards
 from tcpc_data.store import commit_arrays
 
 
 @pytest.fixture(scope="module")
 def lidc_store(lidc_dir, tmp_path_factory):
-    from tcpc_data.ingestion import IngestConfig, ingest
+    from tcpc_data.ingest.stage import IngestConfig, ingest
     url = tmp_path_factory.mktemp("lidc") / "v.zarr"
     rep = ingest([lidc_dir / "LIDC-IDRI-0001"], url, IngestConfig(clip=(-1024, 3071)), workers=1)
     assert rep.ok, rep.failures

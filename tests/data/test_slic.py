@@ -8,10 +8,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import ndimage as ndi
 
-from tcpc_data import segmetrics
-from tcpc_data.smoothing import gaussian
+from tcpc_data.supervoxels import segmetrics
+from tcpc_data.supervoxels.smoothing import gaussian
 from tcpc_data.phantom import make_phantom
-from tcpc_data.slic3d import WINDOW_STEPS, slic
+from tcpc_data.supervoxels.slic import WINDOW_STEPS, slic
 
 
 def _octants(shape=(20, 21, 22), seed=0):

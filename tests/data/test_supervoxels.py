@@ -7,11 +7,11 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tcpc_data.bodymask import body_mask
-from tcpc_data.candidates import TABLE_COLUMNS, csv_centres, score_table, supervoxel_table, top_candidates
+from tcpc_data.supervoxels.bodymask import body_mask
+from tcpc_data.supervoxels.candidates import TABLE_COLUMNS, csv_centres, score_table, supervoxel_table, top_candidates
 from tcpc_data.phantom import PADDING_HU, make_phantom
 from tcpc_data.store import commit_arrays, open_store
-from tcpc_data.supervoxel_stage import SupervoxelConfig, supervoxels
+from tcpc_data.supervoxels.stage import SupervoxelConfig, supervoxels
 
 LO, HI = -1024.0, 3071.0
 CFG = SupervoxelConfig(n_segments=250, sigma=2.0, top_k=6, crop_size=24)

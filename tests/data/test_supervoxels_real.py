@@ -3,8 +3,8 @@ import csv
 
 import numpy as np
 
-from tcpc_data import segmetrics
-from tcpc_data.slic3d import slic
+from tcpc_data.supervoxels import segmetrics
+from tcpc_data.supervoxels.slic import slic
 
 
 def _read_hu(series_dir):
@@ -31,9 +31,9 @@ def test_slic_quality_within_two_percent_of_scikit_image_on_lidc(lidc_dir):
 
 
 def test_ingest_then_supervoxels_finds_the_lidc_nodule(lidc_dir, tmp_path):
-    from tcpc_data.ingestion import IngestConfig, ingest
+    from tcpc_data.ingest.stage import IngestConfig, ingest
     from tcpc_data.store import open_store
-    from tcpc_data.supervoxel_stage import SupervoxelConfig, supervoxels
+    from tcpc_data.supervoxels.stage import SupervoxelConfig, supervoxels
 
     store = tmp_path / "volumes.zarr"
     rep = ingest(lidc_dir / "LIDC-IDRI-0001", store, IngestConfig(spacing_zyx=(2.0, 2.0, 2.0)), workers=1)

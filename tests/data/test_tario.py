@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from tcpc_data.tario import encode_npy, read_npy, tar_members, tar_samples, write_tar
+from tcpc_data.shards.tario import encode_npy, read_npy, tar_members, tar_samples, write_tar
 
 
 def _tarfile_members(path):

@@ -6,7 +6,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli import main
-from tcpc_train.demo import DemoConfig, _split_cases, run_demo
+from tcpc_train.apps.demo import DemoConfig, _split_cases, run_demo
 
 
 def test_demo_runs_the_whole_pipeline_and_draws_it(tmp_path):

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from tcpc_train.experiment import ExperimentConfig, load_config, run_experiment
+from tcpc_train.apps.experiment import ExperimentConfig, load_config, run_experiment
 
 
 def _tiny_npz(path, n=(8, 4, 4), side=28, seed=0):
@@ -67,7 +67,7 @@ def test_load_config_resolves_npz_and_rejects_bad_settings(tmp_path):
 
 
 def test_a_run_stopped_early_keeps_its_table_so_far(tmp_path, monkeypatch):
-    import tcpc_train.experiment as experiment_mod
+    import tcpc_train.apps.experiment as experiment_mod
 
     npz = _tiny_npz(tmp_path / "tiny.npz")
     cfg = ExperimentConfig(npz=str(npz), methods=("scratch",), fractions=(0.5, 1.0), seeds=(0, 1),

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from tcpc_data.store import commit_arrays
-from tcpc_train.featuremaps import deep_features, render_feature_maps
+from tcpc_train.apps.featuremaps import deep_features, render_feature_maps
 from tcpc_train.models import build_encoder
-from tcpc_train.realct import nodule_voxels
+from tcpc_train.apps.realct import nodule_voxels
 
 
 def test_deep_features_are_upsampled_to_the_crop():
@@ -50,7 +50,7 @@ def test_realct_on_lidc_draws_the_figure_for_the_largest_nodule(lidc_dir, tmp_pa
     import dataclasses
     import json
 
-    from tcpc_train.realct import RealCTConfig, run_realct
+    from tcpc_train.apps.realct import RealCTConfig, run_realct
 
     cfg = dataclasses.replace(RealCTConfig(), pretrain_steps=2, finetune_epochs=1, top_k=8)
     res = run_realct([lidc_dir], lidc_dir / "nodules.csv", tmp_path, cfg, log=lambda s: None)

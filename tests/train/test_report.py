@@ -1,7 +1,7 @@
 import pytest
 
-from tcpc_train.published import MEDMNIST_V2_ADRENAL3D
-from tcpc_train.report import aggregate, markdown_table, plot_auc_vs_fraction
+from tcpc_train.apps.published import MEDMNIST_V2_ADRENAL3D
+from tcpc_train.apps.report import aggregate, markdown_table, plot_auc_vs_fraction
 
 CELLS = [
     {"method": "scratch", "fraction": 0.1, "seed": 0, "acc": 0.6, "auc": 0.70},

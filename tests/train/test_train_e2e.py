@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tcpc_data.labelled import pretrain_config_for, write_npz_shards
+from tcpc_data.shards.labelled import pretrain_config_for, write_npz_shards
 from tcpc_train.finetuning import FinetuneConfig, finetune
 from tcpc_train.pretraining import PretrainConfig, pretrain
 

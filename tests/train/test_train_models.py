@@ -9,7 +9,7 @@ import torch
 
 from tcpc_train.models import Classifier, ResNet18_3d, build_encoder
 from tcpc_train.proxy import BlockPuzzle, canonical_order, permutation_set, shuffle_block
-from tcpc_train.tcpc import ContrastivePredictiveCoding, info_nce
+from tcpc_train.contrastive import ContrastivePredictiveCoding, info_nce
 
 
 @pytest.mark.parametrize("arch", ["resnet18", "vgg"])

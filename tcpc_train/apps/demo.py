@@ -15,12 +15,12 @@ import json
 import time
 from pathlib import Path
 
-from tcpc_data.labelled import LabelledConfig, write_labelled_shards
+from tcpc_data.shards.labelled import LabelledConfig, write_labelled_shards
 from tcpc_data.phantom import write_archive
-from tcpc_data.preprocessing import preprocess
-from tcpc_data.shards import ShardConfig
+from tcpc_data.pipeline import preprocess
+from tcpc_data.shards.pretrain import ShardConfig
 from tcpc_data.store import list_cases
-from tcpc_data.supervoxel_stage import SupervoxelConfig
+from tcpc_data.supervoxels.stage import SupervoxelConfig
 from tcpc_train.finetuning import FinetuneConfig, finetune
 from tcpc_train.pretraining import PretrainConfig, pretrain
 
@@ -173,7 +173,7 @@ def _pipeline_picture(out: Path, rows: dict) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from tcpc_data.inspect import inspect_path
+    from tcpc_data.overview import inspect_path
 
     store = out / "pre" / "volumes.zarr"
     first = list_cases(store)[0]

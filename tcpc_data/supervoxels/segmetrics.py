@@ -1,6 +1,6 @@
 """Supervoxel quality metrics: explained variation, undersegmentation error, boundary recall.
 
-Used to compare :func:`tcpc_data.slic3d.slic` with scikit-image in tests and
+Used to compare :func:`tcpc_data.supervoxels.slic.slic` with scikit-image in tests and
 ``bench/slic.py``. Definitions follow Neubert & Protzel, "Superpixel benchmark
 and comparison" (2012); ``reference_segmentation`` builds a ground truth for CT
 volumes without manual labels from tissue classes in HU.

@@ -41,10 +41,10 @@ from typing import Any, Callable, Iterable, Iterator
 
 import fsspec
 
-from .digest import digest as _digest
-from .digest import to_json
-from .runner import DONE, SKIPPED, RunReport, Task, run_cases
-from .tario import Sample, tar_samples, write_tar
+from tcpc_data.digest import digest as _digest
+from tcpc_data.digest import to_json
+from tcpc_data.runner import DONE, SKIPPED, RunReport, Task, run_cases
+from tcpc_data.shards.tario import Sample, tar_samples, write_tar
 
 FORMAT = "tcpc-webdataset"
 FORMAT_VERSION = 1

@@ -20,11 +20,11 @@ from pathlib import Path
 import fsspec
 import numpy as np
 
-from .digest import to_json
-from .labelled import SPLITS
-from .shardio import MANIFEST, read_manifest
-from .store import is_local, open_store
-from .tario import read_npy, tar_samples
+from tcpc_data.digest import to_json
+from tcpc_data.shards.labelled import SPLITS
+from tcpc_data.shards.shardset import MANIFEST, read_manifest
+from tcpc_data.store import is_local, open_store
+from tcpc_data.shards.tario import read_npy, tar_samples
 
 _MAX_LINES = 40  # cases or candidates listed before "... and N more"
 
@@ -291,7 +291,7 @@ def _shard_montage(rec: dict, png) -> None:
 
 def _path_montage(rec: dict, png) -> None:
     """Cubes at their grid positions in the path's plane (one panel per layer), read order drawn."""
-    from .paths import PLANES
+    from tcpc_data.shards.cubepaths import PLANES
 
     cubes, path = rec["cubes.npy"].astype(np.float32), rec["path.npy"].astype(int)
     meta = rec.get("json", {})

@@ -266,7 +266,7 @@ def _scan_all(fs, paths: list[str], src: str, workers: int | None, progress) -> 
 
 def _mhd_data(fs, path: str) -> str | None:
     """The data file a ``.mhd`` header names, when it exists (the reader reports a missing one)."""
-    from tcpc_data.readers import mhd_data_file, read_mhd_header
+    from tcpc_data.ingest.readers import mhd_data_file, read_mhd_header
 
     try:
         with fs.open(path, "rb") as f:

@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from tcpc_data.digest import digest, files_digest
-from tcpc_data.discover import CaseSource, discover
-from tcpc_data.normalise import apply_clip, check_clip, normalise
-from tcpc_data.resample import to_grid
+from tcpc_data.ingest.discover import CaseSource, discover
+from tcpc_data.ingest.normalise import apply_clip, check_clip, normalise
+from tcpc_data.ingest.resample import to_grid
 from tcpc_data.runner import DONE, SKIPPED, RunReport, Task, run_cases
 from tcpc_data.store import array_digest, commit_arrays, is_local, open_store, sweep_staging
 from tcpc_data.volume import Volume, check_finite
@@ -189,7 +189,7 @@ def _ingest_case(job: _Job) -> tuple[str, dict]:
 
 
 def _read(cs: CaseSource, paths: list[str], config: IngestConfig) -> Volume:
-    from tcpc_data import dicom, readers
+    from tcpc_data.ingest import dicom, readers
 
     kw = {"max_voxels": config.max_voxels, "what": cs.case}
     if cs.format == "dicom":

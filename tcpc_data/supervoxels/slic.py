@@ -23,7 +23,7 @@ import numpy as np
 from numba import prange
 from skimage.util import regular_grid
 
-from tcpc_data.smoothing import gaussian
+from tcpc_data.supervoxels.smoothing import gaussian
 
 # Half-width of a centre's search window in grid steps. scikit-image uses 2 (and
 # evaluates 64 voxel-centre pairs per voxel in 3D); Achanta et al. (2012) use 1

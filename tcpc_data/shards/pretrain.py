@@ -17,13 +17,13 @@ from typing import Iterator
 
 import numpy as np
 
-from . import paths as P
-from .crops import crop
-from .digest import digest
-from .runner import RunReport
-from .shardio import build_shard_set, encode_json
-from .tario import Sample, encode_npy
-from .store import list_cases, open_store
+import tcpc_data.shards.cubepaths as P
+from tcpc_data.crops import crop
+from tcpc_data.digest import digest
+from tcpc_data.runner import RunReport
+from tcpc_data.shards.shardset import build_shard_set, encode_json
+from tcpc_data.shards.tario import Sample, encode_npy
+from tcpc_data.store import list_cases, open_store
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,7 +39,7 @@ class ShardConfig:
     overlap
         Fraction of a cube shared with its grid neighbour (0.5: stride c/2).
     path
-        Path kind, a key of ``tcpc_data.paths.PATHS`` ('u', 'straight', 'block').
+        Path kind, a key of ``tcpc_data.shards.cubepaths.PATHS`` ('u', 'straight', 'block').
     path_size
         U radius, straight length or block step in grid units; None = the
         kind's default: 1, 3, and for blocks the step at which cubes touch

@@ -22,15 +22,15 @@ import numpy as np
 import torch
 
 from tcpc_data.crops import crop
-from tcpc_data.ingestion import IngestConfig
-from tcpc_data.labelled import LabelledConfig, write_labelled_shards
-from tcpc_data.preprocessing import preprocess
-from tcpc_data.shards import ShardConfig
+from tcpc_data.ingest.stage import IngestConfig
+from tcpc_data.shards.labelled import LabelledConfig, write_labelled_shards
+from tcpc_data.pipeline import preprocess
+from tcpc_data.shards.pretrain import ShardConfig
 from tcpc_data.store import open_store, sanitize_case_id
-from tcpc_data.supervoxel_stage import SupervoxelConfig
+from tcpc_data.supervoxels.stage import SupervoxelConfig
 from tcpc_data.volume import world_to_index
 from tcpc_train.checkpoint import load_checkpoint
-from tcpc_train.featuremaps import render_feature_maps
+from tcpc_train.apps.featuremaps import render_feature_maps
 from tcpc_train.finetuning import FinetuneConfig, finetune
 from tcpc_train.models import Classifier, build_encoder
 from tcpc_train.pretraining import PretrainConfig, pretrain

@@ -17,12 +17,12 @@ import contextlib
 import dataclasses
 from pathlib import Path
 
-from .ingestion import IngestConfig, ingest
-from .labelled import LabelledConfig, write_labelled_shards
-from .runner import RunReport, progress_display
-from .shards import ShardConfig, write_shards
-from .store import list_cases
-from .supervoxel_stage import SupervoxelConfig, supervoxels
+from tcpc_data.ingest.stage import IngestConfig, ingest
+from tcpc_data.shards.labelled import LabelledConfig, write_labelled_shards
+from tcpc_data.runner import RunReport, progress_display
+from tcpc_data.shards.pretrain import ShardConfig, write_shards
+from tcpc_data.store import list_cases
+from tcpc_data.supervoxels.stage import SupervoxelConfig, supervoxels
 
 
 @dataclasses.dataclass
@@ -57,7 +57,7 @@ def preprocess(sources, out, *, ingest_config=None, supervoxel_config=None,
     Parameters
     ----------
     sources
-        CT folders, files or fsspec URLs (see ``tcpc_data.ingestion.ingest``).
+        CT folders, files or fsspec URLs (see ``tcpc_data.ingest.stage.ingest``).
     out
         Output directory (created).
     ingest_config, supervoxel_config

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tcpc_data import paths as P
+from tcpc_data.shards import cubepaths as P
 
 KINDS = sorted(P.PATHS)
 

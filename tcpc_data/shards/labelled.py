@@ -9,7 +9,7 @@ float16 in [−1, 1], ``cls`` (the integer class as decimal text) and ``json``.
   ``test_*``; images (N, S, S, S) uint8 0..255 or float 0..1): each image is
   the volume, mapped to [−1, 1]; each official split becomes its own shard
   set in ``<out>/<split>``. With ``task='pretrain'`` the training images
-  (labels unused) are cut into path samples instead (``tcpc_data.shards``).
+  (labels unused) are cut into path samples instead (``tcpc_data.shards.pretrain``).
 """
 from __future__ import annotations
 
@@ -20,13 +20,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .crops import crop
-from .digest import digest, files_digest
-from .runner import RunReport
-from .shardio import build_shard_set, encode_json
-from .tario import Sample, encode_npy
-from .shards import ShardConfig, crop_samples, pretrain_members
-from .store import list_cases, open_store, sanitize_case_id
+from tcpc_data.crops import crop
+from tcpc_data.digest import digest, files_digest
+from tcpc_data.runner import RunReport
+from tcpc_data.shards.shardset import build_shard_set, encode_json
+from tcpc_data.shards.tario import Sample, encode_npy
+from tcpc_data.shards.pretrain import ShardConfig, crop_samples, pretrain_members
+from tcpc_data.store import list_cases, open_store, sanitize_case_id
 
 SPLITS = ("train", "val", "test")
 _CHUNK = 256  # npz images per task: parts stay small and resumable

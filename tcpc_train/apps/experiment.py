@@ -7,7 +7,7 @@ fine-tuning on a seeded, stratified label fraction, mean ± std over seeds.
 Every piece is a directory under ``out``, and a rerun skips what is finished:
 
 ```
-out/labelled/{train,val,test}     labelled shards (tcpc_data.labelled)
+out/labelled/{train,val,test}     labelled shards (tcpc_data.shards.labelled)
 out/shards/{u,straight,block}     pretraining shards from the training images
 out/pretrain/<method>/            one pretraining run per method (seed of the config)
 out/cells/<method>-f<fraction>-s<seed>/   one fine-tuning run per table cell
@@ -23,11 +23,11 @@ import time
 import tomllib
 from pathlib import Path
 
-from tcpc_data.labelled import pretrain_config_for, write_npz_shards
+from tcpc_data.shards.labelled import pretrain_config_for, write_npz_shards
 from tcpc_train.finetuning import FinetuneConfig, finetune
 from tcpc_train.pretraining import PretrainConfig, pretrain
-from tcpc_train.published import MEDMNIST_V2_ADRENAL3D
-from tcpc_train.report import aggregate, markdown_table, plot_auc_vs_fraction
+from tcpc_train.apps.published import MEDMNIST_V2_ADRENAL3D
+from tcpc_train.apps.report import aggregate, markdown_table, plot_auc_vs_fraction
 
 # method -> (pretraining task, path kind of its shards); scratch has no pretraining.
 METHODS = {"scratch": None, "cpc": ("cpc", "straight"), "rubik": ("rubik", "block"),

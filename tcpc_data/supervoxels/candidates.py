@@ -119,7 +119,7 @@ def lesion_score_map(hu: np.ndarray, spacing_zyx) -> tuple[np.ndarray, tuple[int
     factors : (f0, f1, f2)
         Subsampling per axis (cells of about ``SCORE_GRID_MM`` mm).
     """
-    from tcpc_data.smoothing import gaussian
+    from tcpc_data.supervoxels.smoothing import gaussian
 
     sp = np.asarray(spacing_zyx, dtype=np.float64)
     f = tuple(max(1, int(round(SCORE_GRID_MM / s))) for s in sp)

@@ -14,12 +14,12 @@ import os
 
 import numpy as np
 
-from tcpc_data.bodymask import body_mask
-from tcpc_data.candidates import (TABLE_COLUMNS, csv_centres, read_candidates_csv, score_table,
+from tcpc_data.supervoxels.bodymask import body_mask
+from tcpc_data.supervoxels.candidates import (TABLE_COLUMNS, csv_centres, read_candidates_csv, score_table,
                                   supervoxel_table, top_candidates)
 from tcpc_data.digest import digest
 from tcpc_data.runner import DONE, SKIPPED, RunReport, Task, run_cases
-from tcpc_data.slic3d import slic
+from tcpc_data.supervoxels.slic import slic
 from tcpc_data.store import (array_digest, commit_arrays, list_cases, open_store, sanitize_case_id,
                              sweep_staging)
 

@@ -164,6 +164,21 @@ def _slice_hu(ds, path: Path, shape: tuple[int, int], what: str) -> np.ndarray:
                          f"{exc}") from exc
     if arr.shape != shape:
         raise ValueError(f"{what}: {path.name} decodes to shape {arr.shape}, expected {shape}")
-    slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
-    intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
+    slope, intercept = _rescale(ds, path, what)
     return arr.astype(np.float32) * np.float32(slope) + np.float32(intercept)
+
+
+def _rescale(ds, path: Path, what: str) -> tuple[float, float]:
+    """RescaleSlope and RescaleIntercept of a slice (1 and 0 when absent), refusing values that are
+    not finite numbers and a slope of 0, which would map every voxel to the intercept."""
+    def value(keyword, default):
+        v = ds.get(keyword)
+        return default if v is None or v == "" else float(v)  # an empty element counts as absent
+    try:
+        slope, intercept = value("RescaleSlope", 1.0), value("RescaleIntercept", 0.0)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{what}: {path.name} has a non-numeric RescaleSlope/RescaleIntercept: {exc}") from exc
+    if not (np.isfinite(slope) and np.isfinite(intercept)) or slope == 0:
+        raise ValueError(f"{what}: {path.name} has RescaleSlope {slope} and RescaleIntercept {intercept}; "
+                         f"HU are undefined (the slope must be a finite non-zero number)")
+    return slope, intercept

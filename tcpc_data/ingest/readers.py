@@ -51,11 +51,55 @@ def read_nifti(path: str | Path, *, max_voxels: int, what: str) -> Volume:
         data = np.asarray(img.dataobj, dtype=np.float32).reshape(shape)
     except Exception as exc:  # truncated gzip / short file
         raise ValueError(f"{what}: cannot read the voxels of NIfTI {path}: {exc}") from exc
+    _check_nifti_pixdim(img, path, what)
     affine = img.affine
     spacing, origin, direction = _geometry_from_xyz(affine[:3, :3].T, affine[:3, 3], _RAS_TO_LPS, what)
     # NIfTI holds float32: record the decimal it was written from (1.4, not 1.399999976)
     spacing, origin = (tuple(float(str(np.float32(v))) for v in t) for t in (spacing, origin))
     return Volume(np.ascontiguousarray(data.transpose(2, 1, 0)), spacing, origin, direction)
+
+
+def _check_nifti_pixdim(img, path, what: str) -> None:
+    """Refuse a NIfTI whose geometry rests on a zero, negative or non-finite voxel size.
+
+    nibabel replaces such pixdims by 1 on load (with a log line only), which would
+    ingest the volume at a made-up 1 mm; the raw header is re-read to see them. The
+    sform, when set, carries its own voxel size and is checked by the geometry code.
+    """
+    from nibabel.openers import ImageOpener
+
+    if int(img.header["sform_code"]) > 0:
+        return
+    with ImageOpener(str(path)) as f:
+        raw = type(img.header).from_fileobj(f, check=False)
+    pixdim = np.asarray(raw["pixdim"][1:4], dtype=np.float64)
+    if not np.all(np.isfinite(pixdim)) or np.any(pixdim <= 0):
+        raise ValueError(f"{what}: NIfTI {path} declares voxel size {pixdim.tolist()} mm (pixdim, x/y/z) "
+                         f"and no sform: the spacing is unknown")
+
+
+def contained_data_file(header_path: str | Path, name: str, what: str) -> Path:
+    """The data file ``name`` that a header at ``header_path`` points to, kept inside the header's folder.
+
+    A header is data, so what it names must not reach outside the tree it was
+    found in: absolute names and ``..`` components are refused. The check is on
+    the name, not the resolved path, so links the user placed are still followed.
+    """
+    parts = Path(name).parts
+    if Path(name).is_absolute() or ".." in parts or not parts:
+        raise ValueError(f"{what}: {Path(header_path).name} names data file {name!r} outside its folder; "
+                         f"only files beside or below the header are read")
+    return Path(header_path).parent / name
+
+
+def _inflate(payload: bytes, limit: int, path, what: str) -> bytes:
+    """zlib-decompress at most ``limit`` bytes: data that expand past their declared size are cut off."""
+    d = zlib.decompressobj()
+    try:
+        out = d.decompress(payload, limit)
+    except zlib.error as exc:
+        raise ValueError(f"{what}: compressed MetaImage data of {path} are corrupt: {exc}") from exc
+    return out
 
 
 _MET_TYPES = {"MET_CHAR": "i1", "MET_UCHAR": "u1", "MET_SHORT": "i2", "MET_USHORT": "u2",
@@ -130,17 +174,14 @@ def read_metaimage(path: str | Path, *, max_voxels: int, what: str) -> Volume:
         marker = raw_header.find(b"ElementDataFile")
         payload = raw_header[raw_header.index(b"\n", marker) + 1:]
     else:
-        data_path = path.parent / data_name
+        data_path = contained_data_file(path, data_name, what)
         if not data_path.is_file():
             raise FileNotFoundError(f"{what}: MetaImage data file {data_path} (named in {path.name}) not found")
         payload = data_path.read_bytes()
-    if header.get("CompressedData", "False").lower() == "true":
-        try:
-            payload = zlib.decompress(payload)
-        except zlib.error as exc:
-            raise ValueError(f"{what}: compressed MetaImage data of {path} is corrupt: {exc}") from exc
     n_bytes = int(np.prod(dims)) * dtype.itemsize
     header_size = int(float(header.get("HeaderSize", "0")))
+    if header.get("CompressedData", "False").lower() == "true":
+        payload = _inflate(payload, n_bytes + max(header_size, 0), path, what)
     if header_size == -1:  # data are the last n_bytes of the file
         header_size = max(len(payload) - n_bytes, 0)
     payload = payload[header_size:]
@@ -174,6 +215,13 @@ def read_nrrd(path: str | Path, *, max_voxels: int, what: str) -> Volume:
     if len(sizes) != 3:
         raise ValueError(f"{what}: NRRD {path} has sizes {sizes}; expected a 3-D volume")
     check_size(tuple(sizes[::-1]), max_voxels, what)
+    for key in ("data file", "datafile"):
+        if key in header:  # detached data: pynrrd would open whatever the header names
+            name = str(header[key])
+            if name.upper().startswith("LIST") or "%" in name:
+                raise ValueError(f"{what}: NRRD {path} spreads its data over several files ({name!r}); "
+                                 f"not supported")
+            contained_data_file(path, name, what)
     try:
         data, header = nrrd.read(str(path), index_order="C")
     except Exception as exc:

@@ -21,7 +21,7 @@ from tcpc_data.ingest.stage import IngestConfig, ingest
 from tcpc_data.shards.labelled import LabelledConfig, write_labelled_shards
 from tcpc_data.runner import RunReport, progress_display
 from tcpc_data.shards.pretrain import ShardConfig, write_shards
-from tcpc_data.store import list_cases
+from tcpc_data.store import is_local, list_cases
 from tcpc_data.supervoxels.stage import SupervoxelConfig, supervoxels
 
 
@@ -29,7 +29,7 @@ from tcpc_data.supervoxels.stage import SupervoxelConfig, supervoxels
 class PreprocessReport:
     """Per-stage reports, the shard manifest(s), and where everything went."""
 
-    out: Path
+    out: str
     stages: dict[str, RunReport]
     manifests: dict[str, dict]
 
@@ -41,7 +41,7 @@ class PreprocessReport:
         lines = [r.summary() for r in self.stages.values()]
         for name, m in self.manifests.items():
             t = m["totals"]
-            lines.append(f"{self.out / name}: {t['samples']} samples in {t['shards']} shards "
+            lines.append(f"{_under(self.out, name)}: {t['samples']} samples in {t['shards']} shards "
                          f"from {t['cases']} cases")
         if "shards" not in self.manifests:
             lines.append("no shards written: no case came through ingest and supervoxels")
@@ -59,7 +59,8 @@ def preprocess(sources, out, *, ingest_config=None, supervoxel_config=None,
     sources
         CT folders, files or fsspec URLs (see ``tcpc_data.ingest.stage.ingest``).
     out
-        Output directory (created).
+        Output directory (created): a path or an fsspec URL (``s3://bucket/run``), under which
+        every output and failures report is written.
     ingest_config, supervoxel_config
         ``IngestConfig`` and ``SupervoxelConfig``; None takes their defaults.
     shard_config
@@ -83,9 +84,10 @@ def preprocess(sources, out, *, ingest_config=None, supervoxel_config=None,
     supervoxel_config = SupervoxelConfig() if supervoxel_config is None else supervoxel_config
     if labels_csv is not None and not Path(labels_csv).is_file():
         raise FileNotFoundError(f"labels CSV not found: {labels_csv}")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    store = out / "volumes.zarr"
+    out = str(out).rstrip("/")
+    if is_local(out):
+        Path(out.removeprefix("file://")).mkdir(parents=True, exist_ok=True)
+    store = _under(out, "volumes.zarr")
     # one live display for the whole command, a line per stage
     display = progress_display() if progress else None
     run = dict(workers=workers, scheduler=scheduler, progress=display or False)
@@ -98,18 +100,33 @@ def _run_stages(sources, out, store, run, ingest_config, supervoxel_config, shar
                 labels_csv, labelled_config) -> PreprocessReport:
     stages: dict[str, RunReport] = {}
     manifests: dict[str, dict] = {}
-    stages["ingest"] = ingest(sources, store, ingest_config, failures_path=out / "failures-ingest.jsonl", **run)
-    if not store.exists() or not list_cases(store):
+    stages["ingest"] = ingest(sources, store, ingest_config, failures_path=_under(out, "failures-ingest.jsonl"),
+                              **run)
+    if not _complete_cases(store, ("image",)):
         return PreprocessReport(out, stages, manifests)
     stages["supervoxels"] = supervoxels(store, supervoxel_config, candidates_csv=candidates_csv,
-                                        failures_path=out / "failures-supervoxels.jsonl", **run)
-    if list_cases(store, require=("image", "candidates")):
+                                        failures_path=_under(out, "failures-supervoxels.jsonl"), **run)
+    if _complete_cases(store, ("image", "candidates")):
         stages["shards"], manifests["shards"] = write_shards(
-            store, out / "shards", shard_config, failures_path=out / "failures-shards.jsonl", **run)
+            store, _under(out, "shards"), shard_config, failures_path=_under(out, "failures-shards.jsonl"), **run)
     if labels_csv is not None:
         lc = labelled_config or LabelledConfig(crop_size=shard_config.crop_size,
                                                background=shard_config.background,
                                                shard_size=shard_config.shard_size)
         stages["labelled"], manifests["labelled"] = write_labelled_shards(
-            store, labels_csv, out / "labelled", lc, failures_path=out / "failures-labelled.jsonl", **run)
+            store, labels_csv, _under(out, "labelled"), lc, failures_path=_under(out, "failures-labelled.jsonl"),
+            **run)
     return PreprocessReport(out, stages, manifests)
+
+
+def _under(out: str, name: str) -> str:
+    """``out/name`` for a path or a URL (a URL must not go through Path, which folds ``s3://`` to ``s3:/``)."""
+    return f"{out}/{name}"
+
+
+def _complete_cases(store: str, require: tuple[str, ...]) -> list[str]:
+    """Complete cases of ``store``; none when no case ever reached it (the store was not created)."""
+    try:
+        return list_cases(store, require=require)
+    except FileNotFoundError:
+        return []

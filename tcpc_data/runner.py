@@ -191,8 +191,12 @@ def run_cases(stage: str, tasks: Sequence[Task], fn: Callable[[Any], tuple[str, 
 
 
 def _write_failures(path: str | os.PathLike, failures: list[dict]) -> None:
+    text = "".join(json.dumps(rec) + "\n" for rec in failures)
+    if "://" in str(path):  # beside a store or shard set on object storage
+        import fsspec
+        with fsspec.open(str(path), "w") as f:
+            f.write(text)
+        return
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    with open(p, "w") as f:
-        for rec in failures:
-            f.write(json.dumps(rec) + "\n")
+    p.write_text(text)

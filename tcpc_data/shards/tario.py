@@ -85,7 +85,8 @@ def tar_members(path: str | os.PathLike) -> Iterator[tuple[str, bytes]]:
     path = os.fspath(path)
     if "://" in path:  # an fsspec URL (s3://, gs://, file://, ...): fsspec is imported only then
         import fsspec
-        opened = fsspec.open(path, "rb", block_size=1 << 22)
+        fs, fpath = fsspec.core.url_to_fs(path)  # fsspec.open would hand block_size to s3fs's constructor
+        opened = fs.open(fpath, "rb", block_size=1 << 22)
     else:
         opened = open(path, "rb", buffering=1 << 20)
     with opened as f:

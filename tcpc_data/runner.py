@@ -115,7 +115,8 @@ def default_workers(n_tasks: int) -> int:
 
 def run_cases(stage: str, tasks: Sequence[Task], fn: Callable[[Any], tuple[str, Any]], *,
               workers: int | None = None, scheduler: str | None = None,
-              failures_path: str | os.PathLike | None = None, progress=False) -> RunReport:
+              failures_path: str | os.PathLike | None = None, progress=False,
+              memory_limit: str | None = None) -> RunReport:
     """Apply ``fn`` to every task's payload in parallel and collect a report.
 
     Parameters
@@ -139,6 +140,19 @@ def run_cases(stage: str, tasks: Sequence[Task], fn: Callable[[Any], tuple[str, 
     progress
         True: a live progress display of its own on the terminal; a display
         from :func:`progress_display`: a line in that shared display; False: none.
+    memory_limit
+        Memory of each local worker process (``"4GiB"``); a worker past it is
+        restarted by its nanny. None: dask's default (the machine's memory
+        shared between workers). Ignored with ``scheduler``, whose workers were
+        started with their own limits.
+
+    Notes
+    -----
+    A case whose worker dies (killed, or over its memory limit) is submitted
+    once more; if that worker dies too, the case is recorded as failed with the
+    reason and the other cases go on. On Ctrl-C the failures report is still
+    written, with every unfinished case recorded as interrupted, before the
+    interrupt propagates.
     """
     if workers is not None and workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
@@ -161,33 +175,71 @@ def run_cases(stage: str, tasks: Sequence[Task], fn: Callable[[Any], tuple[str, 
             for t in tasks:
                 record(*_call(fn, t))
         else:
-            from distributed import Client, LocalCluster, as_completed
-            if scheduler is not None:
-                client, cluster = Client(scheduler), None
-            else:
-                # Processes, one thread each: Numba parallelises inside a case. The
-                # dashboard takes a free port, never colliding with a user's on 8787.
-                cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                                       dashboard_address=":0")
-                client = Client(cluster)
-            try:
-                futures = [client.submit(_call, fn, t, key=f"{stage}-{t.case}-{i}", pure=False)
-                           for i, t in enumerate(tasks)]
-                for fut in as_completed(futures):
-                    record(*fut.result())
-            finally:
-                client.close()
-                if cluster is not None:
-                    cluster.close()
+            _run_distributed(stage, tasks, fn, n, scheduler, memory_limit, record, bar)
+    except KeyboardInterrupt:
+        seen = set(report.done) | set(report.skipped) | {f["case"] for f in report.failures}
+        report.failures += [{"case": t.case, "source": t.source, "error": "interrupted before this case finished",
+                             "traceback": ""} for t in tasks if t.case not in seen]
+        raise
     finally:
         bar.close()
         report.seconds = time.perf_counter() - t0
+        report.failures.sort(key=lambda r: r["case"])
+        if failures_path is not None and report.failures:
+            _write_failures(failures_path, report.failures)
     report.done.sort()
     report.skipped.sort()
-    report.failures.sort(key=lambda r: r["case"])
-    if failures_path is not None and report.failures:
-        _write_failures(failures_path, report.failures)
     return report
+
+
+# Errors a future raises when its worker died rather than the case itself failing
+# (the case's own exceptions come back as records from _call).
+_WORKER_DEATHS = ("KilledWorker", "CommClosedError", "FutureCancelledError", "CancelledError")
+
+
+def _run_distributed(stage, tasks, fn, n, scheduler, memory_limit, record, bar) -> None:
+    """Submit every task to a Dask cluster and record results as they complete; resubmit a
+    case once when its worker dies."""
+    import dask
+    from distributed import Client, LocalCluster, as_completed
+
+    if scheduler is not None:
+        client, cluster = Client(scheduler), None
+    else:
+        # Processes, one thread each: Numba parallelises inside a case. The dashboard
+        # takes a free port, never colliding with a user's on 8787. allowed-failures 0:
+        # a worker death surfaces at once, and the retry below is the only one.
+        with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+            cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
+                                   memory_limit=memory_limit if memory_limit is not None else "auto")
+        client = Client(cluster)
+    try:
+        if bar.bar is not None and client.dashboard_link:
+            bar.bar.console.print(f"{stage}: dask dashboard at {client.dashboard_link}")
+        by_key = {f"{stage}-{t.case}-{i}": t for i, t in enumerate(tasks)}
+        futures = as_completed([client.submit(_call, fn, t, key=k, pure=False) for k, t in by_key.items()])
+        retried: set[str] = set()
+        for fut in futures:
+            task = by_key[fut.key]
+            try:
+                record(*fut.result())
+            except Exception as exc:  # noqa: BLE001 - a lost worker costs at most its case
+                if type(exc).__name__ not in _WORKER_DEATHS:
+                    raise
+                if task.case not in retried:
+                    retried.add(task.case)
+                    key = f"{fut.key}-retry"
+                    by_key[key] = task
+                    futures.add(client.submit(_call, fn, task, key=key, pure=False))
+                    continue
+                record(task.case, "failed", {"case": task.case, "source": task.source, "traceback": "",
+                                             "error": f"the worker died twice while processing this case "
+                                                      f"(killed, or over its memory limit): "
+                                                      f"{type(exc).__name__}: {exc}"})
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
 
 
 def _write_failures(path: str | os.PathLike, failures: list[dict]) -> None:

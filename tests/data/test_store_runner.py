@@ -1,4 +1,6 @@
 import json
+import os
+import signal
 
 import numpy as np
 import pytest
@@ -68,3 +70,35 @@ def test_stages_share_one_live_display():
         run_cases("shards", tasks[:2], _work, workers=1, progress=display)
         assert display.live.is_started  # a shared display is left to its owner
     assert [(t.description, t.completed, t.total) for t in display.tasks] == [("ingest", 3, 3), ("shards", 2, 2)]
+
+
+def _dies(payload):
+    """Kill this worker process: always, or on the first attempt only (a marker file remembers it)."""
+    kind, marker = payload
+    if kind == "always" or (kind == "once" and not os.path.exists(marker)):
+        open(marker, "w").close()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return "done", kind
+
+
+def test_a_killed_worker_costs_at_most_its_case_retried_once(tmp_path):
+    tasks = [Task(name, name, (kind, str(tmp_path / name)))
+             for name, kind in [("a", "ok"), ("b", "once"), ("c", "always"), ("d", "ok")]]
+    rep = run_cases("t", tasks, _dies, workers=2, failures_path=tmp_path / "f.jsonl")
+    assert rep.done == ["a", "b", "d"] and rep.results["b"] == "once"  # b's worker died once: retried
+    recs = [json.loads(line) for line in (tmp_path / "f.jsonl").read_text().splitlines()]
+    assert [r["case"] for r in recs] == ["c"] and "worker died twice" in recs[0]["error"]
+
+
+def _interrupted_at_2(payload):
+    if payload == 2:
+        raise KeyboardInterrupt
+    return "done", payload
+
+
+def test_ctrl_c_still_writes_the_failures_report(tmp_path):
+    tasks = [Task(f"c{i}", f"s{i}", i) for i in range(4)]
+    with pytest.raises(KeyboardInterrupt):
+        run_cases("t", tasks, _interrupted_at_2, workers=1, failures_path=tmp_path / "f.jsonl")
+    recs = [json.loads(line) for line in (tmp_path / "f.jsonl").read_text().splitlines()]
+    assert [r["case"] for r in recs] == ["c2", "c3"] and all("interrupted" in r["error"] for r in recs)

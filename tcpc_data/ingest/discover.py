@@ -28,6 +28,7 @@ from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
 import fsspec
+from fsspec.implementations.local import LocalFileSystem
 
 from tcpc_data.runner import progress_display
 from tcpc_data.store import sanitize_case_id
@@ -145,15 +146,13 @@ def _discover_one(src: str, fs, root: str, found: Discovery, workers: int | None
         base, files, dirs = posixpath.dirname(root), [root], []
     else:
         base = root
-        listing = fs.find(root, withdirs=True, detail=True)
-        files = sorted(p for p, info in listing.items() if info["type"] == "file"
-                       and not posixpath.basename(p).startswith("."))
-        dirs = sorted(p for p, info in listing.items() if info["type"] == "directory" and p.rstrip("/") != root)
+        all_files, dirs = _walk(fs, root)
+        files = [p for p in all_files if not posixpath.basename(p).startswith(".")]
         if not files:
             found.failures.append({"case": _case_id(posixpath.basename(root) or "source"),
                                    "source": src, "error": f"empty folder: no files under {src}"})
             return []
-        occupied = {posixpath.dirname(f) for f in listing if listing[f]["type"] == "file"}
+        occupied = {posixpath.dirname(f) for f in all_files}
         for f in list(occupied):  # every ancestor of a file is occupied too
             while f not in ("", "/") and f != root:
                 f = posixpath.dirname(f)
@@ -193,6 +192,31 @@ def _discover_one(src: str, fs, root: str, found: Discovery, workers: int | None
         found.notes.append(f"{src}: ignored {len(ignored)} file(s) that are neither images nor DICOM ({names})")
     out += _dicom_series(src, fs, base, dicom_files, found)
     return out
+
+
+def _walk(fs, root: str) -> tuple[list[str], list[str]]:
+    """Sorted files and sub-folders under ``root``.
+
+    Local folders follow symbolic links, since datasets are often folders of
+    links into an archive; a link back to a folder already walked (a loop) is
+    not entered twice. Remote filesystems have no links.
+    """
+    if not isinstance(fs, LocalFileSystem):
+        listing = fs.find(root, withdirs=True, detail=True)
+        return (sorted(p for p, i in listing.items() if i["type"] == "file"),
+                sorted(p for p, i in listing.items() if i["type"] == "directory" and p.rstrip("/") != root))
+    files, dirs, seen = [], [], set()
+    for folder, subdirs, names in os.walk(root, followlinks=True):
+        st = os.stat(folder)
+        if (st.st_dev, st.st_ino) in seen:
+            subdirs[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        subdirs.sort()
+        if folder != root:
+            dirs.append(folder)
+        files += [posixpath.join(folder, n) for n in names if os.path.isfile(posixpath.join(folder, n))]
+    return sorted(files), sorted(dirs)
 
 
 def _scan_file(fs, path: str) -> dict | str | None:

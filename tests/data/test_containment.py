@@ -1,4 +1,5 @@
-"""What a header says never reads outside its folder, inflates past its size, or invents geometry."""
+"""Containment: what a header says never reads outside its folder, inflates past its size or invents
+geometry; links the user placed are followed and link loops end."""
 import os
 import zlib
 
@@ -106,3 +107,21 @@ def test_dicom_without_rescale_elements_reads_stored_values_as_hu(tmp_path):
         ds.save_as(p)
     vol = read_series(paths, **KW)
     assert vol.hu.shape == (3, 12, 10) and np.isfinite(vol.hu).all()
+
+
+def test_a_folder_of_links_is_ingested_and_a_link_loop_ends(tmp_path):
+    from tcpc_data.ingest.discover import discover
+    from tcpc_data.phantom import write_nifti
+
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    for name in ("a", "b"):
+        write_nifti(archive / f"{name}.nii.gz", ARR, (2.0, 1.0, 1.0))
+    dataset = tmp_path / "dataset"
+    (dataset / "more").mkdir(parents=True)
+    os.symlink(archive / "a.nii.gz", dataset / "first.nii.gz")  # a file link
+    os.symlink(archive, dataset / "more" / "all")                 # a folder link
+    os.symlink(dataset, dataset / "more" / "loop")               # back to the top: must end
+    found = discover(dataset)
+    assert sorted(c.case for c in found.cases) == ["a", "b", "first"] and not found.failures
+    assert all(c.source.startswith(str(dataset)) for c in found.cases)  # named by the user's links

@@ -19,6 +19,8 @@ Such a volume must be resampled (:mod:`tcpc_data.ingest.resample`) before storin
 from __future__ import annotations
 
 import dataclasses
+import functools
+from pathlib import Path
 
 import numpy as np
 
@@ -99,3 +101,31 @@ def check_finite(hu: np.ndarray, what: str) -> None:
         n = int(bad.sum())
         first = tuple(int(i) for i in np.argwhere(bad)[0])
         raise ValueError(f"{what}: {n} voxels are NaN or infinite (first at z, y, x = {first})")
+
+
+def one_line(exc: BaseException) -> str:
+    """A library's exception text on one line (decoders' messages often span several)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def reader(read):
+    """Make a reader's every failure a one-line ``ValueError`` that names the case and the file.
+
+    A reader parses untrusted bytes with several libraries, each with its own
+    exception types; the caller (the ingest stage) records any of them as that
+    case's failure. Messages the reader wrote itself (starting with the case
+    name) and missing files pass through unchanged.
+    """
+    @functools.wraps(read)
+    def wrapper(path, *args, what: str, **kwargs):
+        try:
+            return read(path, *args, what=what, **kwargs)
+        except FileNotFoundError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - untrusted input: any library error is this case's failure
+            if isinstance(exc, ValueError) and str(exc).startswith(f"{what}: ") and "\n" not in str(exc):
+                raise
+            first = path[0] if isinstance(path, (list, tuple)) and path else path
+            raise ValueError(f"{what}: cannot read {Path(str(first)).name}: {type(exc).__name__}: "
+                             f"{one_line(exc)}") from exc
+    return wrapper

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tcpc_data.volume import Volume, check_size
+from tcpc_data.volume import Volume, check_size, one_line, reader
 
 # Relative deviation of a slice gap from the median gap still counted as even
 _GAP_TOL = 0.02
@@ -38,6 +38,7 @@ def _floats(ds, keyword: str, n: int, path: Path, what: str) -> np.ndarray:
     return vals
 
 
+@reader
 def read_series(files, *, max_voxels: int, what: str, irregular: str = "resample") -> Volume:
     """Read the files of one CT series into a :class:`Volume` in HU.
 
@@ -70,7 +71,7 @@ def read_series(files, *, max_voxels: int, what: str, irregular: str = "resample
         try:
             datasets.append(pydicom.dcmread(p))
         except Exception as exc:  # noqa: BLE001 - pydicom raises many types for damaged files; name the file
-            raise ValueError(f"{what}: cannot read DICOM file {p}: {exc}") from exc
+            raise ValueError(f"{what}: cannot read DICOM file {p}: {one_line(exc)}") from exc
 
     first = datasets[0]
     rows, cols = int(first.get("Rows", 0)), int(first.get("Columns", 0))
@@ -161,7 +162,7 @@ def _slice_hu(ds, path: Path, shape: tuple[int, int], what: str) -> np.ndarray:
         ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         name = getattr(ts, "name", ts)
         raise ValueError(f"{what}: cannot decode the pixel data of {path.name} (transfer syntax {name}): "
-                         f"{exc}") from exc
+                         f"{one_line(exc)}") from exc
     if arr.shape != shape:
         raise ValueError(f"{what}: {path.name} decodes to shape {arr.shape}, expected {shape}")
     slope, intercept = _rescale(ds, path, what)
@@ -177,7 +178,7 @@ def _rescale(ds, path: Path, what: str) -> tuple[float, float]:
     try:
         slope, intercept = value("RescaleSlope", 1.0), value("RescaleIntercept", 0.0)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"{what}: {path.name} has a non-numeric RescaleSlope/RescaleIntercept: {exc}") from exc
+        raise ValueError(f"{what}: {path.name} has a non-numeric RescaleSlope/RescaleIntercept: {one_line(exc)}") from exc
     if not (np.isfinite(slope) and np.isfinite(intercept)) or slope == 0:
         raise ValueError(f"{what}: {path.name} has RescaleSlope {slope} and RescaleIntercept {intercept}; "
                          f"HU are undefined (the slope must be a finite non-zero number)")

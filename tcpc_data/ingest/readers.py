@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tcpc_data.volume import Volume, check_size, orthonormal_direction
+from tcpc_data.volume import Volume, check_size, one_line, orthonormal_direction, reader
 
 # RAS -> LPS: negate world x and y (in z/y/x component order: y and x)
 _RAS_TO_LPS = np.array([1.0, -1.0, -1.0])
@@ -33,6 +33,7 @@ def _geometry_from_xyz(axes_xyz: np.ndarray, origin_xyz: np.ndarray, flip_zyx: n
     return tuple(float(s) for s in spacing), tuple(float(v) for v in origin), direction
 
 
+@reader
 def read_nifti(path: str | Path, *, max_voxels: int, what: str) -> Volume:
     """Read a NIfTI-1/2 file (``.nii``, ``.nii.gz``); scaling (scl_slope/inter) is applied."""
     import nibabel as nib
@@ -40,7 +41,7 @@ def read_nifti(path: str | Path, *, max_voxels: int, what: str) -> Volume:
     try:
         img = nib.load(str(path))
     except Exception as exc:  # nibabel raises several types for corrupt headers
-        raise ValueError(f"{what}: cannot read NIfTI {path}: {exc}") from exc
+        raise ValueError(f"{what}: cannot read NIfTI {path}: {one_line(exc)}") from exc
     shape = img.shape
     if len(shape) == 4 and shape[3] == 1:
         shape = shape[:3]
@@ -50,7 +51,7 @@ def read_nifti(path: str | Path, *, max_voxels: int, what: str) -> Volume:
     try:
         data = np.asarray(img.dataobj, dtype=np.float32).reshape(shape)
     except Exception as exc:  # truncated gzip / short file
-        raise ValueError(f"{what}: cannot read the voxels of NIfTI {path}: {exc}") from exc
+        raise ValueError(f"{what}: cannot read the voxels of NIfTI {path}: {one_line(exc)}") from exc
     _check_nifti_pixdim(img, path, what)
     affine = img.affine
     spacing, origin, direction = _geometry_from_xyz(affine[:3, :3].T, affine[:3, 3], _RAS_TO_LPS, what)
@@ -98,7 +99,7 @@ def _inflate(payload: bytes, limit: int, path, what: str) -> bytes:
     try:
         out = d.decompress(payload, limit)
     except zlib.error as exc:
-        raise ValueError(f"{what}: compressed MetaImage data of {path} are corrupt: {exc}") from exc
+        raise ValueError(f"{what}: compressed MetaImage data of {path} are corrupt: {one_line(exc)}") from exc
     return out
 
 
@@ -150,6 +151,7 @@ def _mhd_numbers(header, keys, n, what, default=None):
     return np.asarray(default, float)
 
 
+@reader
 def read_metaimage(path: str | Path, *, max_voxels: int, what: str) -> Volume:
     """Read a MetaImage volume: ``.mhd`` text header + data file (LUNA16), or ``.mha`` (LOCAL data)."""
     path = Path(path)
@@ -203,6 +205,7 @@ _NRRD_SPACES = {"left-posterior-superior": np.ones(3), "lps": np.ones(3),
                 "left-anterior-superior": np.array([1.0, -1.0, 1.0]), "las": np.array([1.0, -1.0, 1.0])}
 
 
+@reader
 def read_nrrd(path: str | Path, *, max_voxels: int, what: str) -> Volume:
     """Read a NRRD volume (``.nrrd``, attached data); geometry from space directions/origin."""
     import nrrd
@@ -210,7 +213,7 @@ def read_nrrd(path: str | Path, *, max_voxels: int, what: str) -> Volume:
     try:
         header = nrrd.read_header(str(path))
     except Exception as exc:  # pynrrd raises NRRDError and others for bad headers
-        raise ValueError(f"{what}: cannot read NRRD header of {path}: {exc}") from exc
+        raise ValueError(f"{what}: cannot read NRRD header of {path}: {one_line(exc)}") from exc
     sizes = [int(s) for s in header.get("sizes", [])]
     if len(sizes) != 3:
         raise ValueError(f"{what}: NRRD {path} has sizes {sizes}; expected a 3-D volume")
@@ -225,7 +228,7 @@ def read_nrrd(path: str | Path, *, max_voxels: int, what: str) -> Volume:
     try:
         data, header = nrrd.read(str(path), index_order="C")
     except Exception as exc:
-        raise ValueError(f"{what}: cannot read the voxels of NRRD {path}: {exc}") from exc
+        raise ValueError(f"{what}: cannot read the voxels of NRRD {path}: {one_line(exc)}") from exc
     space = str(header.get("space", "left-posterior-superior")).lower()
     if space not in _NRRD_SPACES:
         raise ValueError(f"{what}: NRRD {path} has unsupported space {space!r}")
@@ -240,6 +243,7 @@ def read_nrrd(path: str | Path, *, max_voxels: int, what: str) -> Volume:
     return Volume(np.ascontiguousarray(data, dtype=np.float32), spacing, origin, direction)
 
 
+@reader
 def read_numpy(path: str | Path, *, spacing_zyx, max_voxels: int, what: str) -> Volume:
     """Read a (Z, Y, X) array from ``.npy`` or ``.npz`` (key ``image``, or its only array), in HU.
 
@@ -256,15 +260,13 @@ def read_numpy(path: str | Path, *, spacing_zyx, max_voxels: int, what: str) -> 
             with np.load(path, allow_pickle=False) as z:
                 keys = list(z.keys())
                 key = "image" if "image" in keys else (keys[0] if len(keys) == 1 else None)
-                if key is None:
-                    raise ValueError(f"{what}: {path} holds arrays {keys}; name the volume 'image'")
-                arr = z[key]
+                arr = None if key is None else z[key]
         else:
             arr = np.load(path, mmap_mode="r", allow_pickle=False)
-    except ValueError:
-        raise
-    except Exception as exc:  # zip/format errors of a corrupt file
-        raise ValueError(f"{what}: cannot read NumPy file {path}: {exc}") from exc
+    except Exception as exc:  # zip/format errors of a corrupt file; object arrays refused unpickled
+        raise ValueError(f"{what}: cannot read NumPy file {path}: {one_line(exc)}") from exc
+    if arr is None:
+        raise ValueError(f"{what}: {path} holds arrays {keys}; name the volume 'image'")
     if arr.ndim != 3:
         raise ValueError(f"{what}: {path} holds an array of shape {arr.shape}; expected (Z, Y, X)")
     if not (np.issubdtype(arr.dtype, np.number) and not np.issubdtype(arr.dtype, np.complexfloating)):

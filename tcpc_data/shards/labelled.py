@@ -188,7 +188,10 @@ def load_npz_split(path: str | os.PathLike, split: str) -> tuple[np.ndarray, np.
         if missing:
             raise ValueError(f"{p}: no {missing} (MedMNIST layout needs {split}_images and "
                              f"{split}_labels; found {sorted(data.files)})")
-        images, labels = data[keys[0]], data[keys[1]]
+        try:
+            images, labels = data[keys[0]], data[keys[1]]
+        except ValueError as exc:  # object arrays: numpy refuses to unpickle them
+            raise ValueError(f"{p}: cannot read {split}_images/{split}_labels: {exc}") from None
     if images.ndim == 5 and images.shape[-1] == 1:
         images = images[..., 0]  # (N, S, S, S, 1) channel-last
     if images.ndim != 4 or len(set(images.shape[1:])) != 1:

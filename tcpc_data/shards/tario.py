@@ -90,6 +90,8 @@ def tar_members(path: str | os.PathLike) -> Iterator[tuple[str, bytes]]:
     else:
         opened = open(path, "rb", buffering=1 << 20)
     with opened as f:
+        total = f.seek(0, io.SEEK_END)  # a header's size is checked against it before any read
+        f.seek(0)
         pax, longname = {}, None
         while True:
             header = f.read(_BLOCK)
@@ -104,6 +106,9 @@ def tar_members(path: str | os.PathLike) -> Iterator[tuple[str, bytes]]:
             kind = header[156:157]
             size = int(pax.get("size", _number(header[124:136], "size", path))) if kind in _REGULAR \
                 else _number(header[124:136], "size", path)
+            if size > total - f.tell():
+                raise ValueError(f"{path}: truncated tar (the member at byte {f.tell() - _BLOCK} "
+                                 f"declares {size} bytes; {total - f.tell()} remain)")
             data = f.read(size)
             if len(data) < size:
                 raise ValueError(f"{path}: truncated tar (member data cut short)")

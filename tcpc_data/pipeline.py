@@ -19,6 +19,7 @@ from pathlib import Path
 
 from tcpc_data.ingest.stage import IngestConfig, ingest
 from tcpc_data.shards.labelled import LabelledConfig, write_labelled_shards
+from tcpc_data.shards.manifest import Manifest, describe
 from tcpc_data.runner import RunReport, progress_display
 from tcpc_data.shards.pretrain import ShardConfig, write_shards
 from tcpc_data.store import list_cases
@@ -31,7 +32,7 @@ class PreprocessReport:
 
     out: Path
     stages: dict[str, RunReport]
-    manifests: dict[str, dict]
+    manifests: dict[str, Manifest]
 
     @property
     def ok(self) -> bool:
@@ -40,9 +41,7 @@ class PreprocessReport:
     def summary(self) -> str:
         lines = [r.summary() for r in self.stages.values()]
         for name, m in self.manifests.items():
-            t = m["totals"]
-            lines.append(f"{self.out / name}: {t['samples']} samples in {t['shards']} shards "
-                         f"from {t['cases']} cases")
+            lines.append(f"{self.out / name}: {describe(m)}")
         if "shards" not in self.manifests:
             lines.append("no shards written: no case came through ingest and supervoxels")
         return "\n".join(lines)
@@ -97,7 +96,7 @@ def preprocess(sources, out, *, ingest_config=None, supervoxel_config=None,
 def _run_stages(sources, out, store, run, ingest_config, supervoxel_config, shard_config, candidates_csv,
                 labels_csv, labelled_config) -> PreprocessReport:
     stages: dict[str, RunReport] = {}
-    manifests: dict[str, dict] = {}
+    manifests: dict[str, Manifest] = {}
     stages["ingest"] = ingest(sources, store, ingest_config, failures_path=out / "failures-ingest.jsonl", **run)
     if not store.exists() or not list_cases(store):
         return PreprocessReport(out, stages, manifests)

@@ -117,14 +117,14 @@ def test_cascade_external_then_tcpc_then_finetune(u_shards, labelled, tmp_path):
     assert load_checkpoint(tmp_path / "ft" / "best.pt")["kind"] == "classifier"
 
 
-def test_finetune_bad_input(labelled, tmp_path, u_shards):
+def test_finetune_bad_input(labelled, tmp_path, u_shards, shard_manifest):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         finetune(tmp_path / "none", tmp_path / "o", FinetuneConfig(**TINY))
     with pytest.raises(FileNotFoundError, match="train not found"):
         finetune(u_shards, tmp_path / "o", FinetuneConfig(**TINY))
     broken = tmp_path / "broken"
     shutil.copytree(labelled, broken)
-    (broken / "test" / "manifest.json").write_text(json.dumps({"shards": [], "total": 0}))
+    shard_manifest(broken / "test", [], kind="finetune")
     with pytest.raises(ValueError, match="empty manifest"):
         finetune(broken, tmp_path / "o", FinetuneConfig(**TINY))
     with pytest.raises(ValueError, match="label fraction"):

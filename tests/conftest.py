@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from types import ModuleType
 
+import numpy as np
 import pytest
 
 from tcpc_data.shards.manifest import new_manifest, write_manifest
@@ -55,3 +56,13 @@ def shard_manifest():
             kind=kind, name="x", stage="test", config={}, digest="0" * 64, shard_size=max([1] + [n for _, n in shards]),
             members={}, shards=entries, cases={"c": sum(n for _, n in shards)}, case_digests={"c": "0"}))
     return write
+
+
+@pytest.fixture(scope="session")
+def read_png():
+    """``read_png(path) -> (H, W, 3) uint8``: the RGB pixels of a PNG, to assert what a figure shows."""
+    def read(path):
+        import matplotlib.image as mpimg
+        img = mpimg.imread(path)  # float RGBA in [0, 1]
+        return (img[..., :3] * 255).round().astype(np.uint8)
+    return read

@@ -4,6 +4,7 @@ input fails clearly."""
 from __future__ import annotations
 
 import json
+import math
 import shutil
 
 import pytest
@@ -30,6 +31,9 @@ def test_finetune_reaches_high_accuracy_on_a_separable_set(labelled, tmp_path):
         assert (tmp_path / name).is_file()
     assert json.loads((tmp_path / "metrics.json").read_text())["acc"] == m["acc"]
     assert len(s["val"]) == 3 and s["init_report"] is None
+    rows = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in rows if "loss" in r]
+    assert {r["epoch"] for r in rows if "loss" in r} == {1, 2, 3} and all(math.isfinite(x) for x in losses)
     again = evaluate(tmp_path / "best.pt", labelled, tmp_path / "eval")
     assert again["acc"] == m["acc"] and again["confusion"] == m["confusion"]
     assert (tmp_path / "eval" / "roc.png").is_file()

@@ -204,8 +204,8 @@ def read_manifest(shard_dir: str | os.PathLike) -> Manifest:
     """
     manifest = find_manifest(shard_dir)
     if manifest is None:
-        raise FileNotFoundError(f"{manifest_url(shard_dir)} not found: {shard_dir} does not exist or is not "
-                                "a finished shard set (write shards first)")
+        raise FileNotFoundError(f"shard directory {shard_dir} has no manifest: {manifest_url(shard_dir)} not found "
+                                "(it does not exist, or its run has not finished; write shards first)")
     return manifest
 
 

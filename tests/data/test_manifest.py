@@ -59,7 +59,7 @@ def test_contract_breaks_are_one_line_errors_naming_the_file(tmp_path, change, m
 
 def test_malformed_or_missing_files(tmp_path):
     assert find_manifest(tmp_path) is None and find_manifest(tmp_path / "nope") is None
-    with pytest.raises(FileNotFoundError, match="manifest.json not found: .* does not exist or is not a finished"):
+    with pytest.raises(FileNotFoundError, match="has no manifest: .*/nope/manifest.json not found \\(it does not exist"):
         read_manifest(tmp_path / "nope")
     (tmp_path / "manifest.json").write_text('{"format": ')
     with pytest.raises(ValueError, match=f"{tmp_path}/manifest.json: not valid JSON"):

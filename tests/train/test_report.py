@@ -1,4 +1,3 @@
-import numpy as np
 import pytest
 
 from tcpc_train.apps.published import MEDMNIST_V2_ADRENAL3D

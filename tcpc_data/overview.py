@@ -17,33 +17,26 @@ import json
 import os
 from pathlib import Path
 
-import fsspec
 import numpy as np
 
 from tcpc_data.digest import to_json
-from tcpc_data.shards.labelled import SPLITS
-from tcpc_data.shards.shardset import MANIFEST, read_manifest
-from tcpc_data.store import is_local, open_store
+from tcpc_data.shards.manifest import MANIFEST, SPLITS, describe, find_manifest
 from tcpc_data.shards.tario import read_npy, tar_samples
+from tcpc_data.store import open_store
+from tcpc_data.urls import filesystem, is_local, join
 
 _MAX_LINES = 40  # cases or candidates listed before "... and N more"
 
 
-def _fs(path: str) -> tuple:
-    """(filesystem, path without protocol and trailing slash) of a path or fsspec URL."""
-    fs, root = fsspec.core.url_to_fs(path)
-    return fs, root.rstrip("/")
-
-
 def _kind(path: str) -> str:
-    fs, root = _fs(path)
+    fs, root = filesystem(path)
     if not fs.exists(root):
         raise FileNotFoundError(f"nothing to inspect at {path}")
-    if fs.exists(f"{root}/{MANIFEST}") or (fs.isdir(root) and fs.glob(f"{root}/*.tar")):
+    if fs.exists(join(root, MANIFEST)) or (fs.isdir(root) and fs.glob(join(root, "*.tar"))):
         return "shards"
-    if fs.isdir(root) and any(fs.exists(f"{root}/{s}/{MANIFEST}") for s in SPLITS):
+    if fs.isdir(root) and any(fs.exists(join(root, s, MANIFEST)) for s in SPLITS):
         return "splits"
-    if is_local(path) and not fs.exists(f"{root}/zarr.json"):
+    if is_local(path) and not fs.exists(join(root, "zarr.json")):
         raise ValueError(f"{path} is neither a volume store, a case of one, nor a shard directory "
                          "(no zarr.json or manifest.json)")
     import zarr
@@ -73,10 +66,10 @@ def inspect_path(path: str | os.PathLike, *, png: str | os.PathLike | None = Non
     path = str(path).rstrip("/")
     kind = _kind(path)
     if kind == "splits":  # <out>/train, /val, /test of a labelled .npz
-        fs, root = _fs(path)
-        texts = [_shards_text(f"{path}/{s}", 0)[0] for s in SPLITS if fs.exists(f"{root}/{s}/{MANIFEST}")]
+        fs, root = filesystem(path)
+        texts = [_shards_text(join(path, s), 0)[0] for s in SPLITS if fs.exists(join(root, s, MANIFEST))]
         if png is not None:
-            inspect_path(f"{path}/train", png=png, sample=sample)
+            inspect_path(join(path, "train"), png=png, sample=sample)
         return "\n".join(texts)
     if kind == "shards":
         text, record = _shards_text(path, sample)
@@ -162,7 +155,7 @@ def _decode(members: dict[str, bytes]) -> dict:
 def _nth_sample(d: str, shards: list[str], n: int) -> tuple[str, dict]:
     seen = 0
     for name in shards:
-        for key, members in tar_samples(f"{d}/{name}"):
+        for key, members in tar_samples(join(d, name)):
             if seen == n:
                 return key, _decode(members)
             seen += 1
@@ -170,17 +163,15 @@ def _nth_sample(d: str, shards: list[str], n: int) -> tuple[str, dict]:
 
 
 def _shards_text(d: str, sample: int) -> tuple[str, dict]:
-    fs, root = _fs(d)
-    m = read_manifest(d)
+    fs, root = filesystem(d)
+    m = find_manifest(d)
     if m is None:
-        names = sorted(p.rsplit("/", 1)[-1] for p in fs.glob(f"{root}/*.tar"))
+        names = sorted(p.rsplit("/", 1)[-1] for p in fs.glob(join(root, "*.tar")))
         lines = [f"shard directory {d}: {len(names)} tar file(s), NO manifest.json (incomplete run?)"]
     else:
         names = [s["name"] for s in m["shards"]]
-        t = m["totals"]
-        lines = [f"shard directory {d}: {m.get('kind', '?')} set, format {m['format']} v{m['format_version']}",
-                 f"  {t['samples']} samples in {t['shards']} shards from {t['cases']} cases; "
-                 f"failed cases: {m['failed_cases'] or 'none'}",
+        lines = [f"shard directory {d}: {m['kind']} set, format {m['format']} v{m['format_version']}",
+                 f"  {describe(m)}; failed cases: {m['failed_cases'] or 'none'}",
                  f"  digest {m['digest']}", f"  config {to_json(m['config'])}",
                  f"  members {to_json(m['members'])}"]
         for k in ("source", "labels", "split", "intensity_map", "classes"):
@@ -190,7 +181,7 @@ def _shards_text(d: str, sample: int) -> tuple[str, dict]:
             lines.append(f"  {s['name']}: {s['samples']} samples")
         if len(m["shards"]) > _MAX_LINES:
             lines.append(f"  ... and {len(m['shards']) - _MAX_LINES} more shards")
-        missing = [n for n in names if not fs.exists(f"{root}/{n}")]
+        missing = [n for n in names if not fs.exists(join(root, n))]
         if missing:
             lines.append(f"  MISSING shard files: {missing}")
             names = [n for n in names if n not in missing]

@@ -19,10 +19,12 @@ from pathlib import Path
 
 from tcpc_data.ingest.stage import IngestConfig, ingest
 from tcpc_data.shards.labelled import LabelledConfig, write_labelled_shards
+from tcpc_data.shards.manifest import Manifest, describe
 from tcpc_data.runner import RunReport, progress_display
 from tcpc_data.shards.pretrain import ShardConfig, write_shards
-from tcpc_data.store import is_local, list_cases
+from tcpc_data.store import list_cases
 from tcpc_data.supervoxels.stage import SupervoxelConfig, supervoxels
+from tcpc_data.urls import is_local, join, local_path
 
 
 @dataclasses.dataclass
@@ -31,7 +33,7 @@ class PreprocessReport:
 
     out: str
     stages: dict[str, RunReport]
-    manifests: dict[str, dict]
+    manifests: dict[str, Manifest]
 
     @property
     def ok(self) -> bool:
@@ -40,9 +42,7 @@ class PreprocessReport:
     def summary(self) -> str:
         lines = [r.summary() for r in self.stages.values()]
         for name, m in self.manifests.items():
-            t = m["totals"]
-            lines.append(f"{_under(self.out, name)}: {t['samples']} samples in {t['shards']} shards "
-                         f"from {t['cases']} cases")
+            lines.append(f"{join(self.out, name)}: {describe(m)}")
         if "shards" not in self.manifests:
             lines.append("no shards written: no case came through ingest and supervoxels")
         return "\n".join(lines)
@@ -86,8 +86,8 @@ def preprocess(sources, out, *, ingest_config=None, supervoxel_config=None,
         raise FileNotFoundError(f"labels CSV not found: {labels_csv}")
     out = str(out).rstrip("/")
     if is_local(out):
-        Path(out.removeprefix("file://")).mkdir(parents=True, exist_ok=True)
-    store = _under(out, "volumes.zarr")
+        local_path(out).mkdir(parents=True, exist_ok=True)
+    store = join(out, "volumes.zarr")
     # one live display for the whole command, a line per stage
     display = progress_display() if progress else None
     run = dict(workers=workers, scheduler=scheduler, progress=display or False)
@@ -99,29 +99,24 @@ def preprocess(sources, out, *, ingest_config=None, supervoxel_config=None,
 def _run_stages(sources, out, store, run, ingest_config, supervoxel_config, shard_config, candidates_csv,
                 labels_csv, labelled_config) -> PreprocessReport:
     stages: dict[str, RunReport] = {}
-    manifests: dict[str, dict] = {}
-    stages["ingest"] = ingest(sources, store, ingest_config, failures_path=_under(out, "failures-ingest.jsonl"),
+    manifests: dict[str, Manifest] = {}
+    stages["ingest"] = ingest(sources, store, ingest_config, failures_path=join(out, "failures-ingest.jsonl"),
                               **run)
     if not _complete_cases(store, ("image",)):
         return PreprocessReport(out, stages, manifests)
     stages["supervoxels"] = supervoxels(store, supervoxel_config, candidates_csv=candidates_csv,
-                                        failures_path=_under(out, "failures-supervoxels.jsonl"), **run)
+                                        failures_path=join(out, "failures-supervoxels.jsonl"), **run)
     if _complete_cases(store, ("image", "candidates")):
         stages["shards"], manifests["shards"] = write_shards(
-            store, _under(out, "shards"), shard_config, failures_path=_under(out, "failures-shards.jsonl"), **run)
+            store, join(out, "shards"), shard_config, failures_path=join(out, "failures-shards.jsonl"), **run)
     if labels_csv is not None:
         lc = labelled_config or LabelledConfig(crop_size=shard_config.crop_size,
                                                background=shard_config.background,
                                                shard_size=shard_config.shard_size)
         stages["labelled"], manifests["labelled"] = write_labelled_shards(
-            store, labels_csv, _under(out, "labelled"), lc, failures_path=_under(out, "failures-labelled.jsonl"),
+            store, labels_csv, join(out, "labelled"), lc, failures_path=join(out, "failures-labelled.jsonl"),
             **run)
     return PreprocessReport(out, stages, manifests)
-
-
-def _under(out: str, name: str) -> str:
-    """``out/name`` for a path or a URL (a URL must not go through Path, which folds ``s3://`` to ``s3:/``)."""
-    return f"{out}/{name}"
 
 
 def _complete_cases(store: str, require: tuple[str, ...]) -> list[str]:

@@ -18,13 +18,14 @@ import re
 import shutil
 import time
 import uuid
-from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 import zarr
 import zarr.errors
 from zarr.codecs import BloscCodec
+
+from tcpc_data.urls import is_local, local_path
 
 _CASE_RE = re.compile(r"[^A-Za-z0-9_-]+")
 # Blosc zstd level 1 on bit-shuffled values: on a LIDC volume it writes in 0.9 s
@@ -44,20 +45,9 @@ def sanitize_case_id(name: str) -> str:
     return cid
 
 
-def is_local(url: str | os.PathLike) -> bool:
-    """True for plain paths and ``file://`` URLs."""
-    s = str(url)
-    return "://" not in s or s.startswith("file://")
-
-
-def _local_path(url: str | os.PathLike) -> Path:
-    s = str(url)
-    return Path(s[len("file://"):] if s.startswith("file://") else s)
-
-
 def open_store(url: str | os.PathLike, mode: str = "a") -> zarr.Group:
     """Open (``mode='a'`` creates) the root group of a volume store."""
-    if mode == "r" and is_local(url) and not _local_path(url).exists():
+    if mode == "r" and is_local(url) and not local_path(url).exists():
         raise FileNotFoundError(f"no volume store at {url}")
     try:
         return zarr.open_group(str(url), mode=mode, zarr_format=3)
@@ -143,7 +133,7 @@ def commit_arrays(url: str | os.PathLike, case_id: str, arrays: Mapping[str, np.
             case.attrs.update(dict(case_attrs))
         return
 
-    store_dir = _local_path(url).resolve()
+    store_dir = local_path(url).resolve()
     staging_root = store_dir.parent / f".{store_dir.name}.staging"
     staging = staging_root / f"{case_id}-{uuid.uuid4().hex}"
     try:
@@ -191,7 +181,7 @@ def sweep_staging(url: str | os.PathLike, older_than_s: float = STALE_STAGING_S)
     """
     if not is_local(url):
         return []
-    store_dir = _local_path(url).resolve()
+    store_dir = local_path(url).resolve()
     staging_root = store_dir.parent / f".{store_dir.name}.staging"
     if not staging_root.is_dir():
         return []

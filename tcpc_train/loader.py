@@ -21,22 +21,18 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 import zlib
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
-import fsspec
 import numpy as np
 import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from tcpc_data.digest import digest
+from tcpc_data.shards.manifest import SPLITS, find_manifest, manifest_url, read_manifest
 from tcpc_data.shards.tario import read_npy, tar_samples
-
-MANIFEST = "manifest.json"
-SPLITS = ("train", "val", "test")
+from tcpc_data.urls import filesystem, join
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,28 +47,9 @@ class ShardSet:
     config: dict
 
 
-def _manifest_entries(shards: Any, mpath: Path) -> list[tuple[str, int]]:
-    """[(file name, sample count)] from a list of {name, samples|count} or a {name: count} mapping."""
-    if isinstance(shards, dict):
-        items = list(shards.items())
-    elif isinstance(shards, list) and all(isinstance(s, dict) and "name" in s for s in shards):
-        items = [(s["name"], s.get("samples", s.get("count"))) for s in shards]
-    else:
-        raise ValueError(f"{mpath}: 'shards' must list {{'name', 'samples'}} objects or map names to "
-                         f"sample counts, got {type(shards).__name__}")
-    for name, n in items:
-        if not isinstance(n, int) or n < 0:
-            raise ValueError(f"{mpath}: shard {name!r} has no valid sample count (got {n!r})")
-    return [(str(name), n) for name, n in items]
-
-
-def _join(root: str, name: str) -> str:
-    """``root/name`` for a local path or an fsspec URL."""
-    return f"{root.rstrip('/')}/{name}"
-
-
 def open_shards(root: str | Path) -> ShardSet:
-    """Read and check ``root/manifest.json``: every listed shard exists and there are samples.
+    """Read and check ``root/manifest.json`` (:mod:`tcpc_data.shards.manifest`): every listed shard
+    exists and there are samples.
 
     ``root`` is a local directory or an fsspec URL of one (``s3://bucket/shards``,
     ``file://...``); training then streams the shards from there.
@@ -82,34 +59,21 @@ def open_shards(root: str | Path) -> ShardSet:
     FileNotFoundError
         The directory, its manifest or a listed shard is missing.
     ValueError
-        The manifest is not JSON, lacks ``shards``, or lists no samples.
+        The manifest breaks the shard contract or lists no samples.
     """
     root = str(root)
-    fs, path = fsspec.core.url_to_fs(root)
-    path = path.rstrip("/") or "/"
-    if not fs.isdir(path):
-        raise FileNotFoundError(f"shard directory {root} does not exist")
-    mpath = _join(root, MANIFEST)
-    if not fs.isfile(_join(path, MANIFEST)):
-        raise FileNotFoundError(f"{mpath} not found: {root} is not a shard directory "
-                                f"(write shards first; labelled sets need {root}/train, /val, /test)")
-    try:
-        manifest = json.loads(fs.cat_file(_join(path, MANIFEST)))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{mpath}: not valid JSON ({exc})") from None
-    if not isinstance(manifest, dict) or "shards" not in manifest:
-        raise ValueError(f"{mpath}: no 'shards' entry")
-    entries = [(n, c) for n, c in _manifest_entries(manifest["shards"], mpath) if c > 0]
+    manifest = read_manifest(root)
+    entries = [(s["name"], s["samples"]) for s in manifest["shards"] if s["samples"] > 0]
     total = sum(c for _, c in entries)
     if total == 0:
-        raise ValueError(f"{mpath}: lists no samples (empty manifest)")
+        raise ValueError(f"{manifest_url(root)}: lists no samples (empty manifest)")
+    fs, path = filesystem(root)
     for name, _ in entries:
-        if not fs.isfile(_join(path, name)):
-            raise FileNotFoundError(f"{mpath} lists shard {name} but {_join(root, name)} is missing")
-    return ShardSet(root=root, urls=tuple(_join(root, n) for n, _ in entries),
+        if not fs.isfile(join(path, name)):
+            raise FileNotFoundError(f"{manifest_url(root)} lists shard {name} but {join(root, name)} is missing")
+    return ShardSet(root=root, urls=tuple(join(root, n) for n, _ in entries),
                     counts=tuple(c for _, c in entries), total=total,
-                    digest=str(manifest.get("digest") or digest(manifest)),
-                    config=manifest.get("config") or {})
+                    digest=manifest["digest"], config=manifest["config"])
 
 
 def _npy(raw: dict, member: str, layout: str) -> np.ndarray:
@@ -224,7 +188,7 @@ def first_sample(data: ShardSet) -> dict:
     an error reads clearly, before loader workers start."""
     for raw in raw_samples(data.urls[0]):
         return raw
-    raise ValueError(f"{data.urls[0]}: holds no samples although {data.root}/{MANIFEST} counts some")
+    raise ValueError(f"{data.urls[0]}: holds no samples although {manifest_url(data.root)} counts some")
 
 
 def _collate(items: list[dict]) -> dict:
@@ -333,21 +297,17 @@ def make_loader(stream: ShardStream, workers: int = 0, pin_memory: bool = False)
 def labelled_splits(root: str | Path) -> dict[str, ShardSet]:
     """The train/val/test shard sets of a labelled directory (or URL); train and test are required."""
     root = str(root)
-    fs, path = fsspec.core.url_to_fs(root)
-    if not fs.isdir(path):
-        raise FileNotFoundError(f"labelled shard directory {root} does not exist")
-    out = {s: open_shards(_join(root, s)) for s in SPLITS if fs.isdir(_join(path, s))}
+    present = [s for s in SPLITS if find_manifest(join(root, s)) is not None]
     for s in ("train", "test"):
-        if s not in out:
-            raise FileNotFoundError(f"{_join(root, s)} not found: a labelled set needs train/, val/ (optional) "
-                                    "and test/ shard directories")
-    return out
+        if s not in present:
+            raise FileNotFoundError(f"{join(root, s)} not found ({root} does not exist or has no finished {s} "
+                                    "set): a labelled set needs train/, val/ (optional) and test/ shard directories")
+    return {s: open_shards(join(root, s)) for s in present}
 
 
 def split_or_set(root: str | Path, split: str = "test") -> str:
-    """``root`` when it is a shard directory (has a manifest), else its ``split`` directory if any."""
+    """``root`` when it is a shard directory (has a manifest), else its ``split`` set if it has one."""
     root = str(root)
-    fs, path = fsspec.core.url_to_fs(root)
-    if not fs.exists(_join(path, MANIFEST)) and fs.isdir(_join(path, split)):
-        return _join(root, split)
+    if find_manifest(root) is None and find_manifest(join(root, split)) is not None:
+        return join(root, split)
     return root

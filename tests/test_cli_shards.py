@@ -1,21 +1,16 @@
 """The shards and inspect commands: exit codes, one-line errors, summaries."""
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
-sys.path.insert(0, str(Path(__file__).parent / "data"))
-from phantom_stores import phantom_store  # noqa: E402
-
-from cli import main  # noqa: E402
-from tcpc_data.store import commit_arrays  # noqa: E402
+from cli import main
+from tcpc_data.store import commit_arrays
 
 
 @pytest.fixture()
-def store(tmp_path):
+def store(tmp_path, phantom_store):
     phantom_store(tmp_path / "v.zarr")
     return tmp_path / "v.zarr"
 

@@ -27,11 +27,11 @@ import re
 from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
-import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from tcpc_data.runner import progress_display
 from tcpc_data.store import sanitize_case_id
+from tcpc_data.urls import filesystem, is_local
 
 _VOLUME_SUFFIXES = {".nii.gz": "nifti", ".nii": "nifti", ".mhd": "metaimage", ".mha": "metaimage",
                     ".nrrd": "nrrd", ".npy": "numpy", ".npz": "numpy"}
@@ -111,10 +111,10 @@ def discover(sources, *, workers: int | None = 1, progress=False) -> Discovery:
     found = Discovery()
     candidates: list[tuple[list[str], CaseSource]] = []  # (name levels, case with a provisional id)
     for src in sources:
-        fs, root = fsspec.core.url_to_fs(src)
+        fs, root = filesystem(src)
         if not fs.exists(root):
             raise FileNotFoundError(f"source {src} does not exist")
-        candidates += _discover_one(src, fs, root.rstrip("/") or "/", found, workers, progress)
+        candidates += _discover_one(src, fs, root, found, workers, progress)
     found.cases = _assign_ids(candidates)
     return found
 
@@ -129,7 +129,7 @@ def _case_id(name: str) -> str:
 
 def _url(fs, path: str, src: str) -> str:
     """Path as given for local sources, full URL for remote ones."""
-    return path if "://" not in src or src.startswith("file://") else fs.unstrip_protocol(path)
+    return path if is_local(src) else fs.unstrip_protocol(path)
 
 
 def _strip_suffix(name: str) -> tuple[str, str | None]:

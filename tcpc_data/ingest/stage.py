@@ -24,7 +24,8 @@ from tcpc_data.ingest.discover import CaseSource, discover
 from tcpc_data.ingest.normalise import apply_clip, check_clip, normalise
 from tcpc_data.ingest.resample import to_grid
 from tcpc_data.runner import DONE, SKIPPED, RunReport, Task, run_cases
-from tcpc_data.store import array_digest, commit_arrays, is_local, open_store, sweep_staging
+from tcpc_data.store import array_digest, commit_arrays, open_store, sweep_staging
+from tcpc_data.urls import is_local, local_path
 from tcpc_data.volume import Volume, check_finite
 
 _DTYPES = ("float32", "float16")
@@ -219,7 +220,7 @@ def _local_copies(files: tuple[str, ...]):
     header finds its data file by name).
     """
     if all(is_local(f) for f in files):
-        yield [f[len("file://"):] if f.startswith("file://") else f for f in files]
+        yield [str(local_path(f)) for f in files]
         return
     import fsspec
 

@@ -23,12 +23,12 @@ import numpy as np
 from tcpc_data.crops import crop
 from tcpc_data.digest import digest, files_digest
 from tcpc_data.runner import RunReport
+from tcpc_data.shards.manifest import SPLITS
 from tcpc_data.shards.shardset import build_shard_set, encode_json
 from tcpc_data.shards.tario import Sample, encode_npy
 from tcpc_data.shards.pretrain import ShardConfig, crop_samples, pretrain_members
 from tcpc_data.store import list_cases, open_store, sanitize_case_id
 
-SPLITS = ("train", "val", "test")
 _CHUNK = 256  # npz images per task: parts stay small and resumable
 
 

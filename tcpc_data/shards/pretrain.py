@@ -128,8 +128,10 @@ def _targets(kind, grid, size, radius, variant) -> np.ndarray:
     return P.valid_targets(kind, grid, size, radius, (variant,))
 
 
-def sample_rng(seed: int, case: str, candidate: int, draw: int) -> np.random.Generator:
-    """The generator of one sample's draws: a function of its identity only."""
+def draw_rng(seed: int, case: str, candidate: int, draw: int) -> np.random.Generator:
+    """The generator of one cut sample's variant and target: keyed by its identity (seed, case,
+    candidate, draw) only, so shards are the same bytes whatever the worker count. (The trainer's
+    per-epoch augmentation has its own key: ``tcpc_train.loader.sample_rng``.)"""
     return np.random.default_rng([seed, zlib.crc32(case.encode()), candidate, draw])
 
 
@@ -176,7 +178,7 @@ def crop_samples(crop_arr: np.ndarray, config: ShardConfig, case: str, candidate
     grid = config.validate()
     out = []
     for t in range(config.targets_per_crop):
-        s = path_sample(crop_arr, config, sample_rng(config.seed, case, candidate, t), grid)
+        s = path_sample(crop_arr, config, draw_rng(config.seed, case, candidate, t), grid)
         meta = {"case": case, "candidate": candidate, "draw": t, "kind": config.path,
                 "size": config.size(),
                 "plane": s["plane"], "opening": s["opening"], "target": s["path"][-1].tolist(),

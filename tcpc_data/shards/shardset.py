@@ -9,9 +9,9 @@ Every shard set (pretraining or labelled) is written the same way:
 2. the parts are concatenated in sorted case order into ``<name>-%06d.tar``
    shards of ``shard_size`` samples, each written to a temporary name and
    renamed;
-3. ``manifest.json`` (format version, config, digest, per-shard sample counts,
-   totals, member schema) is written last: a shard directory without one is
-   incomplete.
+3. ``manifest.json`` (:mod:`tcpc_data.shards.manifest`: format version,
+   config, digest, per-shard sample counts, totals, member schema) is written
+   last: a shard directory without one is incomplete.
 
 A finished run deletes its parts; when cases are added later, the parts of
 the unchanged ones are cut back out of the previous shards (the manifest
@@ -35,20 +35,17 @@ import json
 import os
 import shutil
 import tempfile
-import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
-
-import fsspec
 
 from tcpc_data.digest import digest as _digest
 from tcpc_data.digest import to_json
 from tcpc_data.runner import DONE, SKIPPED, RunReport, Task, run_cases
+from tcpc_data.shards.manifest import (FORMAT_VERSION, MANIFEST, Manifest, find_manifest, new_manifest,
+                                       write_manifest)
 from tcpc_data.shards.tario import Sample, tar_samples, write_tar
+from tcpc_data.urls import filesystem, is_remote, join
 
-FORMAT = "tcpc-webdataset"
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
 PARTS = ".parts"
 
 
@@ -65,37 +62,13 @@ def _write_part(make_samples: Callable[[Any], Iterable[Sample]], payload: Any, p
     return DONE, write_tar(p, make_samples(payload))
 
 
-def _fs_path(out_dir: str | os.PathLike) -> tuple[Any, str]:
-    fs, root = fsspec.core.url_to_fs(str(out_dir))
-    return fs, root.rstrip("/")
-
-
-def is_remote(out_dir: str | os.PathLike) -> bool:
-    """True for an fsspec URL other than ``file://`` (a local path or file URL is written in place)."""
-    text = str(out_dir)
-    return "://" in text and not text.startswith("file://")
-
-
-def read_manifest(out_dir: str | os.PathLike) -> dict | None:
-    """The manifest of a shard directory (path or URL), or None when it has none (never written or
-    incomplete)."""
-    fs, root = _fs_path(out_dir)
-    p = f"{root}/{MANIFEST}"
-    if not fs.exists(p):
-        return None
-    m = json.loads(fs.cat_file(p))
-    if m.get("format") != FORMAT:
-        raise ValueError(f"{out_dir}/{MANIFEST} is not a tcpc shard manifest (format {m.get('format')!r})")
-    return m
-
-
-def is_current(out_dir: str | os.PathLike, run_digest: str) -> dict | None:
+def is_current(out_dir: str | os.PathLike, run_digest: str) -> Manifest | None:
     """The manifest when ``out_dir`` already holds a complete, failure-free set of this digest."""
-    m = read_manifest(out_dir)
+    m = find_manifest(out_dir)
     if m is None or m["digest"] != run_digest or m["failed_cases"]:
         return None
-    fs, root = _fs_path(out_dir)
-    if all(fs.exists(f"{root}/{s['name']}") for s in m["shards"]):
+    fs, root = filesystem(out_dir)
+    if all(fs.exists(join(root, s["name"])) for s in m["shards"]):
         return m
     return None
 
@@ -106,10 +79,10 @@ def staging_dir(url: str) -> Path:
     return Path(tempfile.gettempdir()) / f"tcpc-shards-{hashlib.sha256(url.encode()).hexdigest()[:16]}"
 
 
-def _upload(staging: Path, url: str, manifest: dict, name: str) -> None:
+def _upload(staging: Path, url: str, manifest: Manifest, name: str) -> None:
     """Copy a finished local set to ``url``: manifest removed first, shards, stale ones removed,
     manifest last, so the remote set is never vouched for while it is mixed."""
-    fs, root = _fs_path(url)
+    fs, root = filesystem(url)
     fs.makedirs(root, exist_ok=True)
     if fs.exists(f"{root}/{MANIFEST}"):
         fs.rm(f"{root}/{MANIFEST}")
@@ -158,19 +131,12 @@ def _take(first: Sample, it: Iterator[Sample], n: int) -> Iterator[Sample]:
         yield s
 
 
-def write_manifest(out_dir: Path, manifest: dict) -> None:
-    """Write ``manifest.json`` atomically (pretty, sorted keys: same bytes for the same content)."""
-    tmp = out_dir / f".{MANIFEST}.{uuid.uuid4().hex}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, out_dir / MANIFEST)
-
-
 def build_shard_set(stage: str, out_dir: str | os.PathLike, *, name: str, shard_size: int,
                     config: Any, inputs: dict[str, str], payloads: dict[str, Any],
                     make_samples: Callable[[Any], Iterable[Sample]], members: dict,
                     extra: dict | None = None, workers: int | None = None,
                     scheduler: str | None = None, progress: bool = False,
-                    failures_path: str | os.PathLike | None = None) -> tuple[RunReport, dict]:
+                    failures_path: str | os.PathLike | None = None) -> tuple[RunReport, Manifest]:
     """Write one shard set from per-case sample generators (steps 1-3 of the module docstring).
 
     Parameters
@@ -194,7 +160,8 @@ def build_shard_set(stage: str, out_dir: str | os.PathLike, *, name: str, shard_
     members
         Member schema for the manifest: extension -> {"shape", "dtype", ...}.
     extra
-        More manifest fields (e.g. how intensities were mapped).
+        The manifest's ``kind`` and its optional fields (e.g. how intensities
+        were mapped): see :class:`tcpc_data.shards.manifest.Manifest`.
 
     Returns
     -------
@@ -211,7 +178,7 @@ def build_shard_set(stage: str, out_dir: str | os.PathLike, *, name: str, shard_
     if current is not None:
         return RunReport(stage=stage, skipped=sorted(inputs)), current
     remote = is_remote(out_dir)
-    out = staging_dir(str(out_dir)) if remote else Path(_fs_path(out_dir)[1])
+    out = staging_dir(str(out_dir)) if remote else Path(filesystem(out_dir)[1])
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"shard output {out_dir} is a file, not a directory")
     out.mkdir(parents=True, exist_ok=True)
@@ -230,7 +197,7 @@ def build_shard_set(stage: str, out_dir: str | os.PathLike, *, name: str, shard_
 
 
 def _build(stage, out: Path, previous: str, run_digest, name, shard_size, config, inputs, payloads, make_samples,
-           members, extra, workers, scheduler, progress, failures_path) -> tuple[RunReport, dict]:
+           members, extra, workers, scheduler, progress, failures_path) -> tuple[RunReport, Manifest]:
     """Steps 1-3 in the local directory ``out`` (a staging copy of a remote output); ``previous``
     is where the set written last time lies (``out`` itself, or the URL)."""
 
@@ -253,16 +220,10 @@ def _build(stage, out: Path, previous: str, run_digest, name, shard_size, config
     (out / MANIFEST).unlink(missing_ok=True)
     shards = ShardWriter(out, name, shard_size).write(
         s for c in good for s in tar_samples(parts[c]))
-    manifest = {
-        "format": FORMAT, "format_version": FORMAT_VERSION, "stage": stage, "name": name,
-        "config": json.loads(to_json(config)), "digest": run_digest, "shard_size": shard_size,
-        "members": members, "shards": shards, "cases": {c: int(report.results[c]) for c in good},
-        "case_digests": {c: inputs[c] for c in good},
-        "failed_cases": failed,
-        "totals": {"samples": sum(s["samples"] for s in shards), "shards": len(shards),
-                   "cases": len(good)},
-        **(extra or {}),
-    }
+    manifest = new_manifest(stage=stage, name=name, config=json.loads(to_json(config)), digest=run_digest,
+                            shard_size=shard_size, members=members, shards=shards,
+                            cases={c: int(report.results[c]) for c in good},
+                            case_digests={c: inputs[c] for c in good}, failed_cases=failed, **(extra or {}))
     write_manifest(out, manifest)
     if not failed:  # keep parts only where a rerun can still use them
         shutil.rmtree(parts_dir, ignore_errors=True)
@@ -280,16 +241,15 @@ def _recover_parts(previous: str, parts: dict[str, Path], inputs: dict[str, str]
     shards end the recovery; those cases are then computed as usual.
     """
     try:
-        old = read_manifest(previous)
+        old = find_manifest(previous)
     except (ValueError, OSError):
         return
-    if not old or not isinstance(old.get("case_digests"), dict):
+    if old is None:
         return
     wanted = {c for c, p in parts.items() if not p.exists() and old["case_digests"].get(c) == inputs[c]}
     if not wanted:
         return
-    root = previous.rstrip("/")
-    stream = (s for shard in old["shards"] for s in tar_samples(f"{root}/{shard['name']}"))
+    stream = (s for shard in old["shards"] for s in tar_samples(join(previous, shard["name"])))
     try:
         for case in sorted(old["cases"]):
             n = int(old["cases"][case])

@@ -8,8 +8,8 @@ two CPU cores (``bench/train.py``).
 This module reads the same bytes with one 512-byte header check per member
 and a regular expression per array header, and falls back to
 :func:`numpy.load` for any header it does not recognise. It depends on NumPy
-alone (and fsspec for URLs), so the trainer can import it without the engine's
-Dask stack.
+alone (and fsspec for URLs, through :mod:`tcpc_data.urls`), so the trainer
+can import it without the engine's Dask stack.
 
 Supported tar features: ustar/GNU/PAX members, the ustar name prefix, PAX
 ``path``/``size`` records, GNU long names; directories, links and global
@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
+
+from tcpc_data.urls import open_binary
 
 _BLOCK = 512
 _REGULAR = (b"0", b"\0", b"7")
@@ -83,13 +85,7 @@ def tar_members(path: str | os.PathLike) -> Iterator[tuple[str, bytes]]:
         A header fails its checksum or the file ends inside a member.
     """
     path = os.fspath(path)
-    if "://" in path:  # an fsspec URL (s3://, gs://, file://, ...): fsspec is imported only then
-        import fsspec
-        fs, fpath = fsspec.core.url_to_fs(path)  # fsspec.open would hand block_size to s3fs's constructor
-        opened = fs.open(fpath, "rb", block_size=1 << 22)
-    else:
-        opened = open(path, "rb", buffering=1 << 20)
-    with opened as f:
+    with open_binary(path) as f:
         total = f.seek(0, io.SEEK_END)  # a header's size is checked against it before any read
         f.seek(0)
         pax, longname = {}, None

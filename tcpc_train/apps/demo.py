@@ -24,8 +24,6 @@ from tcpc_data.supervoxels.stage import SupervoxelConfig
 from tcpc_train.finetuning import FinetuneConfig, finetune
 from tcpc_train.pretraining import PretrainConfig, pretrain
 
-SPLITS = ("train", "val", "test")
-
 
 @dataclasses.dataclass(frozen=True)
 class DemoConfig:

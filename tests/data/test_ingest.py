@@ -12,7 +12,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from dicom_factory import write_series, z_positions
 
 from cli import main
 from tcpc_data import IngestConfig, ingest
@@ -89,7 +88,7 @@ def test_rerun_skips_matching_cases_and_redoes_changed_ones(archive, tmp_path):
                       workers=1).skipped) == 3
 
 
-def test_bad_inputs_become_failure_lines_and_good_cases_survive(tmp_path):
+def test_bad_inputs_become_failure_lines_and_good_cases_survive(tmp_path, dicom_factory):
     src = tmp_path / "src"
     src.mkdir()
     write_nifti(src / "good.nii.gz", _phantom_hu(0), (2.5, 1.4, 1.4))
@@ -102,10 +101,10 @@ def test_bad_inputs_become_failure_lines_and_good_cases_survive(tmp_path):
     np.save(src / "inf.npy", inf)
     np.save(src / "huge.npy", np.zeros((40, 40, 40), np.int16))  # over the size guard below
     (src / "empty").mkdir()
-    write_series(src / "oneslice", z_positions([0]))
-    write_series(src / "mixed", z_positions([0, 3, 6]), series_uid="1.2.3.4.111", names=["a0", "a1", "a2"])
-    write_series(src / "mixed", z_positions([0, 2]), series_uid="1.2.3.4.222", names=["b0", "b1"])
-    write_series(src / "gap", z_positions([0, 3, 9, 12]))
+    dicom_factory.write_series(src / "oneslice", dicom_factory.z_positions([0]))
+    dicom_factory.write_series(src / "mixed", dicom_factory.z_positions([0, 3, 6]), series_uid="1.2.3.4.111", names=["a0", "a1", "a2"])
+    dicom_factory.write_series(src / "mixed", dicom_factory.z_positions([0, 2]), series_uid="1.2.3.4.222", names=["b0", "b1"])
+    dicom_factory.write_series(src / "gap", dicom_factory.z_positions([0, 3, 9, 12]))
     (src / "corrupt.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\xff" * 50)
     failures = tmp_path / "v.zarr.failures.jsonl"
     failures.write_text("stale report from an earlier run\n")

@@ -3,7 +3,6 @@ import fsspec
 import matplotlib.image as mpimg
 import numpy as np
 import pytest
-from phantom_stores import phantom_store
 
 from tcpc_data.overview import inspect_path
 from tcpc_data.shards.labelled import write_npz_shards
@@ -11,7 +10,7 @@ from tcpc_data.shards.pretrain import ShardConfig, write_shards
 
 
 @pytest.fixture(scope="module")
-def made(tmp_path_factory):
+def made(tmp_path_factory, phantom_store):
     d = tmp_path_factory.mktemp("i")
     phantom_store(d / "v.zarr")
     write_shards(d / "v.zarr", d / "sh", ShardConfig(crop_size=32, cube_size=8, shard_size=5), workers=1)

@@ -5,7 +5,6 @@ import tarfile
 
 import numpy as np
 import pytest
-from phantom_stores import phantom_store
 
 from tcpc_data.crops import crop
 from tcpc_data.shards.labelled import LabelledConfig, write_labelled_shards, write_npz_shards
@@ -26,7 +25,7 @@ def _samples(shard_dir):
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
+def store(tmp_path_factory, phantom_store):
     url = tmp_path_factory.mktemp("l") / "v.zarr"
     phantoms = phantom_store(url)
     return url, phantoms

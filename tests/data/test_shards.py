@@ -9,7 +9,6 @@ import textwrap
 
 import numpy as np
 import pytest
-from phantom_stores import phantom_store
 
 from tcpc_data.shards import cubepaths as P
 from tcpc_data.crops import crop
@@ -20,7 +19,7 @@ CFG = ShardConfig(crop_size=32, cube_size=8, targets_per_crop=3, shard_size=7, n
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
+def store(tmp_path_factory, phantom_store):
     url = tmp_path_factory.mktemp("s") / "v.zarr"
     phantom_store(url)
     return url
@@ -79,7 +78,7 @@ def test_rerun_is_byte_identical_and_independent_of_workers(store, tmp_path):
     assert _bytes(tmp_path / "c")["pre-000000.tar"] != first["pre-000000.tar"]
 
 
-def test_a_bad_case_is_reported_the_rest_written_and_a_rerun_resumes(tmp_path):
+def test_a_bad_case_is_reported_the_rest_written_and_a_rerun_resumes(tmp_path, phantom_store):
     url = tmp_path / "v.zarr"
     phantom_store(url)
     good = np.asarray(open_store(url, "r")["ph-01"]["candidates"][...])
@@ -188,7 +187,7 @@ def test_a_kill_during_assembly_leaves_no_manifest(store, tmp_path, monkeypatch)
     assert man["config"]["seed"] == 3 and man["totals"]["samples"] == 24
 
 
-def test_a_store_behind_an_fsspec_url(tmp_path):
+def test_a_store_behind_an_fsspec_url(tmp_path, phantom_store):
     url = f"memory://shards-{tmp_path.name}/v.zarr"
     phantom_store(url, n_cases=1)
     rep, man = write_shards(url, tmp_path / "o", CFG, workers=1)
@@ -222,7 +221,7 @@ def test_shards_written_to_an_fsspec_url_equal_a_local_write(store, tmp_path):
         write_shards(store, tmp_path / "afile", CFG, workers=1)
 
 
-def test_adding_a_case_computes_only_that_case(tmp_path, monkeypatch):
+def test_adding_a_case_computes_only_that_case(tmp_path, monkeypatch, phantom_store):
     import tcpc_data.shards.pretrain as shards_mod
 
     url = tmp_path / "v.zarr"

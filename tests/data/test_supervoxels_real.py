@@ -8,10 +8,7 @@ from tcpc_data.supervoxels.slic import slic
 
 
 def _read_hu(series_dir):
-    import sys
-    from pathlib import Path
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    from bench.lidc import read_series
+    from bench.lidc import read_series  # the repository root is on pytest's pythonpath
     return read_series(series_dir)
 
 

@@ -52,17 +52,14 @@ def test_load_config_resolves_npz_and_rejects_bad_settings(tmp_path):
     cfg = load_config(good)
     assert cfg.npz == str(npz.resolve()) and cfg.fractions == (0.1, 1.0)
     bad = tmp_path / "bad.toml"
-    bad.write_text('npz = "tiny.npz"\nepoch = 3\n')
-    with pytest.raises(ValueError, match="unknown settings \\['epoch'\\]"):
-        load_config(bad)
-    bad.write_text('npz = "tiny.npz"\nfractions = [0.1, 1.0]\n')
-    with pytest.raises(ValueError, match="one epoch count per label fraction"):
-        load_config(bad)
+    for text, message in [('npz = "tiny.npz"\nepoch = 3\n', "unknown settings \\['epoch'\\]"),
+                          ('npz = "tiny.npz"\nfractions = [0.1, 1.0]\n', "one epoch count per label fraction"),
+                          ('npz = [\n', "not valid TOML")]:
+        bad.write_text(text)
+        with pytest.raises(ValueError, match=message):
+            load_config(bad)
     bad.write_text('npz = "missing.npz"\n')
     with pytest.raises(FileNotFoundError, match="missing.npz"):
-        load_config(bad)
-    bad.write_text('npz = [\n')
-    with pytest.raises(ValueError, match="not valid TOML"):
         load_config(bad)
 
 

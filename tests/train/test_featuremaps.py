@@ -45,6 +45,7 @@ def test_nodule_voxels_map_pixel_and_mm_through_the_stored_geometry(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # minutes of SLIC on two 1 mm series: past the suite's 300 s default
 def test_realct_on_lidc_draws_the_figure_for_the_largest_nodule(lidc_dir, tmp_path):
     """The whole real-CT run, shortened (minutes: two LIDC series at 1 mm through SLIC)."""
     import dataclasses

@@ -24,10 +24,20 @@ def test_markdown_table_has_a_row_per_method_and_missing_cells_marked():
     assert "| ResNet-18 + 3D | 0.721 | 0.827 |" in md
 
 
-def test_plot_is_written(tmp_path):
-    p = plot_auc_vs_fraction(aggregate(CELLS), ["scratch", "tcpc"], [0.1, 1.0], tmp_path / "f.png",
+def test_plot_draws_a_curve_per_method_and_the_published_line(tmp_path, read_png):
+    cells = CELLS + [{"method": "scratch", "fraction": 1.0, "seed": 0, "acc": 0.9, "auc": 0.9}]
+    p = plot_auc_vs_fraction(aggregate(cells), ["scratch", "tcpc"], [0.1, 1.0], tmp_path / "f.png",
                              reference=MEDMNIST_V2_ADRENAL3D)
-    assert p.stat().st_size > 5000
+    img = read_png(p).astype(int)
+    assert img.shape == (528, 768, 3)  # 6.4 x 4.4 inches at 120 dpi
+    # Matplotlib's line colours in order: scratch (C0) a line over two fractions, tcpc (C1) one
+    # point, no third method (C2).
+    count = {c: int((img == rgb).all(-1).sum()) for c, rgb in
+             {"C0": (31, 119, 180), "C1": (255, 127, 14), "C2": (44, 160, 44)}.items()}
+    assert count["C0"] > 2 * count["C1"] > 100 and count["C2"] == 0, count
+    # the published best is a dashed grey line across the axes: one row mostly mid-grey
+    grey = (img.max(-1) - img.min(-1) <= 8) & (img.min(-1) >= 90) & (img.max(-1) <= 170)
+    assert grey.sum(1).max() > 0.3 * img.shape[1]
 
 
 def test_cells_without_auc_are_left_out_of_the_mean():

@@ -4,6 +4,7 @@ input fails clearly."""
 from __future__ import annotations
 
 import json
+import math
 import shutil
 
 import pytest
@@ -30,6 +31,9 @@ def test_finetune_reaches_high_accuracy_on_a_separable_set(labelled, tmp_path):
         assert (tmp_path / name).is_file()
     assert json.loads((tmp_path / "metrics.json").read_text())["acc"] == m["acc"]
     assert len(s["val"]) == 3 and s["init_report"] is None
+    rows = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in rows if "loss" in r]
+    assert {r["epoch"] for r in rows if "loss" in r} == {1, 2, 3} and all(math.isfinite(x) for x in losses)
     again = evaluate(tmp_path / "best.pt", labelled, tmp_path / "eval")
     assert again["acc"] == m["acc"] and again["confusion"] == m["confusion"]
     assert (tmp_path / "eval" / "roc.png").is_file()
@@ -117,14 +121,14 @@ def test_cascade_external_then_tcpc_then_finetune(u_shards, labelled, tmp_path):
     assert load_checkpoint(tmp_path / "ft" / "best.pt")["kind"] == "classifier"
 
 
-def test_finetune_bad_input(labelled, tmp_path, u_shards):
+def test_finetune_bad_input(labelled, tmp_path, u_shards, shard_manifest):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         finetune(tmp_path / "none", tmp_path / "o", FinetuneConfig(**TINY))
     with pytest.raises(FileNotFoundError, match="train not found"):
         finetune(u_shards, tmp_path / "o", FinetuneConfig(**TINY))
     broken = tmp_path / "broken"
     shutil.copytree(labelled, broken)
-    (broken / "test" / "manifest.json").write_text(json.dumps({"shards": [], "total": 0}))
+    shard_manifest(broken / "test", [], kind="finetune")
     with pytest.raises(ValueError, match="empty manifest"):
         finetune(broken, tmp_path / "o", FinetuneConfig(**TINY))
     with pytest.raises(ValueError, match="label fraction"):

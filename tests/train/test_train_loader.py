@@ -35,7 +35,7 @@ def test_open_shards_reads_manifest(u_shards):
     assert data.config["kind"] == "u" and len(data.digest) == 64
 
 
-def test_open_shards_bad_input(tmp_path, u_shards):
+def test_open_shards_bad_input(tmp_path, u_shards, shard_manifest):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         open_shards(tmp_path / "nope")
     with pytest.raises(FileNotFoundError, match="manifest.json not found"):
@@ -44,22 +44,22 @@ def test_open_shards_bad_input(tmp_path, u_shards):
     with pytest.raises(ValueError, match="not valid JSON"):
         open_shards(tmp_path)
     (tmp_path / "manifest.json").write_text(json.dumps({"format_version": 1, "shards": [], "total": 0}))
+    with pytest.raises(ValueError, match="not a tcpc shard manifest"):  # the old synthetic shape
+        open_shards(tmp_path)
+    shard_manifest(tmp_path, [])
     with pytest.raises(ValueError, match="empty manifest"):
         open_shards(tmp_path)
-    (tmp_path / "manifest.json").write_text(json.dumps({"shards": [{"name": "x-000000.tar", "samples": 3}]}))
+    shard_manifest(tmp_path, [("x-000000.tar", 3)])
     with pytest.raises(FileNotFoundError, match="lists shard x-000000.tar"):
-        open_shards(tmp_path)
-    (tmp_path / "manifest.json").write_text(json.dumps({"shards": [{"name": "x-000000.tar", "samples": "3"}]}))
-    with pytest.raises(ValueError, match="no valid sample count"):
         open_shards(tmp_path)
     with pytest.raises(FileNotFoundError, match="train not found"):
         labelled_splits(u_shards.parent / "u")
 
 
-def _one_sample_shards(tmp_path, sample):
+def _one_sample_shards(tmp_path, sample, shard_manifest):
     with wds.TarWriter(str(tmp_path / "bad-000000.tar")) as tw:
         tw.write({"__key__": "s0", **sample})
-    (tmp_path / "manifest.json").write_text(json.dumps({"shards": {"bad-000000.tar": 1}, "total": 1}))
+    shard_manifest(tmp_path, [("bad-000000.tar", 1)])
     return open_shards(tmp_path)
 
 
@@ -79,8 +79,8 @@ def _npy(a):
     ({"cubes.npy": _npy(np.array([{"a": 1}] * 3, dtype=object)), "path.npy": _npy(np.zeros((3, 3)))},
      "not a plain .npy"),  # pickled object arrays are refused
 ])
-def test_bad_sample_layouts_are_named(tmp_path, sample, match):
-    data = _one_sample_shards(tmp_path, sample)
+def test_bad_sample_layouts_are_named(tmp_path, sample, match, shard_manifest):
+    data = _one_sample_shards(tmp_path, sample, shard_manifest)
     with pytest.raises(ValueError, match=match) as exc:
         next(iter(ShardStream(data, _decode, 1, rank=0, world=1)))
     assert "bad-000000.tar: sample s0" in str(exc.value)

@@ -3,6 +3,7 @@ weights-only checkpoints, and clear errors for wrong shards or configs."""
 from __future__ import annotations
 
 import json
+import math
 import os
 
 import pytest
@@ -10,6 +11,7 @@ import torch
 import torch.multiprocessing as mp
 
 from tcpc_train.checkpoint import load_checkpoint, save_checkpoint
+from tcpc_train.loader import ShardStream, open_shards
 from tcpc_train.pretraining import PretrainConfig, learning_rate, pretrain
 from tcpc_train.synthetic import write_synthetic_paths
 
@@ -26,6 +28,7 @@ def test_each_task_trains_and_writes_its_outputs(shard_root, tmp_path, task, kin
     assert s["steps"] == 2 and s["start_step"] == 0 and s["samples_per_s"] > 0
     rows = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2] and {"loss", "lr", "samples_per_s"} <= set(rows[0])
+    assert all(math.isfinite(r["loss"]) and r["loss"] > 0 for r in rows) and math.isfinite(s["final_loss"])
     for name in ("last.pt", "loss.png", "summary.json", "config.json"):
         assert (tmp_path / name).is_file()
     ck = load_checkpoint(tmp_path / "last.pt")
@@ -104,12 +107,22 @@ def test_checkpoints_load_weights_only_and_refuse_pickled_objects(tmp_path):
 def _ddp_worker(rank, world, port, shards, out):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+    seen = []  # (epoch, key) of every sample this rank's loader read (workers=0: in this process)
+    read = ShardStream._epoch_samples
+
+    def recording(self, epoch, stream, nstreams):
+        for raw in read(self, epoch, stream, nstreams):
+            seen.append((epoch, raw["__key__"]))
+            yield raw
+    ShardStream._epoch_samples = recording
     try:
         torch.set_num_threads(1)
         s = pretrain(shards, out, PretrainConfig(steps=3, **TINY))
         with open(out.parent / f"rank{rank}.json", "w") as f:
-            json.dump({"world": s["world_size"], "final_loss": s["final_loss"]}, f)
+            json.dump({"world": s["world_size"], "final_loss": s["final_loss"],
+                       "epoch0": [k for e, k in seen if e == 0]}, f)
     finally:
+        ShardStream._epoch_samples = read
         torch.distributed.destroy_process_group()
 
 
@@ -117,8 +130,11 @@ def test_ddp_two_processes_on_cpu_with_gloo(u_shards, tmp_path, free_port):
     mp.spawn(_ddp_worker, args=(2, free_port, str(u_shards), tmp_path / "run"), nprocs=2, join=True)
     r0 = json.loads((tmp_path / "rank0.json").read_text())
     r1 = json.loads((tmp_path / "rank1.json").read_text())
-    assert r0["world"] == r1["world"] == 2
-    assert r0["final_loss"] != r1["final_loss"]  # each rank trained on its own part of the shards
+    assert r0["world"] == r1["world"] == 2 and math.isfinite(r0["final_loss"])
+    # Each rank's first epoch is its own half of the set: 3 steps x 4 samples = 12 = 24 / 2, all trained on.
+    keys = [set(r["epoch0"]) for r in (r0, r1)]
+    assert len(r0["epoch0"]) == len(r1["epoch0"]) == 12 and not keys[0] & keys[1]
+    assert keys[0] | keys[1] == {f"synthetic{i:05d}_c0" for i in range(open_shards(u_shards).total)}
     rows = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3]  # only rank 0 logs
     assert load_checkpoint(tmp_path / "run" / "last.pt")["step"] == 3

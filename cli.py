@@ -127,13 +127,13 @@ class _Leaf:
     default: object
 
 
-def _leaves(cls, default, path: tuple[str, ...] = ()) -> list[_Leaf]:
+def _leaves(cls, default=None, path: tuple[str, ...] = ()) -> list[_Leaf]:
     """Every settable field of config class ``cls`` (nested configs flattened), with its default
-    taken from the instance ``default``."""
+    taken from the instance ``default`` or else the class (``dataclasses.MISSING``: required)."""
     hints = typing.get_type_hints(cls)
     out = []
     for f in dataclasses.fields(cls):
-        value = getattr(default, f.name)
+        value = getattr(default, f.name) if default is not None else f.default
         if dataclasses.is_dataclass(hints[f.name]):
             out += _leaves(hints[f.name], value, path + (f.name,))
         else:
@@ -172,7 +172,7 @@ def config_options(configs: dict[str, type], omit: tuple[str, ...] = ()) -> list
     """
     by_name: dict[str, list[tuple[str, _Leaf]]] = {}
     for key, cls in configs.items():
-        for leaf in _leaves(cls, cls()):
+        for leaf in _leaves(cls):
             if leaf.field.name in omit:
                 continue
             if "help" not in leaf.field.metadata:
@@ -185,7 +185,9 @@ def config_options(configs: dict[str, type], omit: tuple[str, ...] = ()) -> list
             raise TypeError(f"--{name} means fields of different types: {[u.hint for _, u in uses]}")
         base, optional = _optional(leaf.hint)
         dest = name.replace("-", "_")
-        if len({_show(u.default) for _, u in uses}) == 1:
+        if leaf.default is dataclasses.MISSING:
+            common = dict(required=True)
+        elif len({_show(u.default) for _, u in uses}) == 1:
             common = dict(default=leaf.default, show_default=leaf.default is not None)
         else:  # one option, several defaults: say which is whose
             common = dict(default=None, show_default="; ".join(f"{_show(u.default)} for {k}" for k, u in uses))
@@ -218,7 +220,7 @@ def build_fields(cls, given: dict) -> dict:
     """The keyword arguments of config class ``cls`` that ``given`` (option dest -> value) sets;
     a nested config is its default with the given fields replaced."""
     nested: dict = {}
-    for leaf in _leaves(cls, cls()):
+    for leaf in _leaves(cls):
         dest = _option_name(leaf).replace("-", "_")
         if dest in given:
             node = nested
@@ -312,6 +314,15 @@ class StageRun(Display):
         "help": "Worker processes; none: one per core."})
     scheduler: str | None = dataclasses.field(default=None, metadata={
         "help": "Address of a running dask scheduler (tcp://host:8786).", "metavar": "ADDRESS"})
+
+
+@dataclasses.dataclass(frozen=True)
+class RunDir:
+    """Where a training run writes, and whether it continues a run found there."""
+
+    out: Path = dataclasses.field(metadata={"help": "Run directory (created)."})
+    fresh: bool = dataclasses.field(default=False, metadata={
+        "help": "Start over instead of resuming from the run directory's last.pt."})
 
 
 def _stage_run(settings: Settings) -> dict:
@@ -478,40 +489,38 @@ def _print_summary(title: str, rows: dict) -> None:
         click.echo(f"  {k:<14} {v}")
 
 
-@main.command(cls=ConfigCommand, configs={"pretrain": "tcpc_train.pretraining:PretrainConfig"})
+@main.command(cls=ConfigCommand, configs={"pretrain": "tcpc_train.pretraining:PretrainConfig", "run": RunDir})
 @click.argument("shards", type=click.Path())
-@click.option("--out", type=click.Path(), required=True, help="Run directory (resumes from its last.pt).")
-@click.option("--fresh", is_flag=True, help="Ignore an existing last.pt in --out (default: resume).")
 @_friendly
-def pretrain(shards, out, fresh, settings):
+def pretrain(shards, settings):
     """Self-supervised pretraining on SHARDS (TCPC or a baseline). Run under torchrun for DDP."""
     from tcpc_train.pretraining import pretrain as run
 
-    cfg = settings.build("pretrain")
-    s = run(shards, out, cfg, resume=not fresh, progress=settings.verbosity > 0)
+    cfg, where = settings.build("pretrain"), settings.build("run")
+    s = run(shards, where.out, cfg, resume=not where.fresh, progress=settings.verbosity > 0)
     if s["world_size"] > 1 and int(os.environ.get("RANK", 0)) != 0:
         return
-    _print_summary(f"pretrained {cfg.task} ({cfg.arch}, width {cfg.width}) -> {out}", {
+    _print_summary(f"pretrained {cfg.task} ({cfg.arch}, width {cfg.width}) -> {where.out}", {
         "steps": f"{s['start_step']} -> {s['steps']}", "final loss": s["final_loss"],
         "chance loss": s["chance_loss"], "samples/s": s["samples_per_s"], "checkpoint": s["checkpoint"]})
 
 
-@main.command(cls=ConfigCommand, configs={"finetune": "tcpc_train.finetuning:FinetuneConfig"})
+@main.command(cls=ConfigCommand, configs={"finetune": "tcpc_train.finetuning:FinetuneConfig", "run": RunDir})
 @click.argument("labelled_shards", type=click.Path())
-@click.option("--out", type=click.Path(), required=True, help="Run directory.")
 @click.option("--scratch", is_flag=True, help="Train from random initialisation (instead of --init).")
 @_friendly
-def finetune(labelled_shards, out, scratch, settings):
+def finetune(labelled_shards, scratch, settings):
     """Fine-tune a classifier on LABELLED_SHARDS/{train,val,test}; report test ACC and AUC."""
     from tcpc_train.finetuning import finetune as run
 
-    cfg = settings.build("finetune")
+    cfg, where = settings.build("finetune"), settings.build("run")
     if bool(cfg.init) == scratch:
         raise click.UsageError("give exactly one of --init CKPT or --scratch")
-    s = run(labelled_shards, out, cfg, progress=settings.verbosity > 0)
+    s = run(labelled_shards, where.out, cfg, resume=not where.fresh, progress=settings.verbosity > 0)
     rep = s["init_report"]
     m = s["metrics"]
-    _print_summary(f"fine-tuned {cfg.arch} on {s['n_train']} samples ({cfg.label_fraction:g} of train) -> {out}", {
+    title = f"fine-tuned {cfg.arch} on {s['n_train']} samples ({cfg.label_fraction:g} of train) -> {where.out}"
+    _print_summary(title, {
         "init": "scratch" if rep is None else
         f"{len(rep['matched']) + len(rep['adapted'])} matched, {len(rep['missing'])} missing, "
         f"{len(rep['unexpected'])} unexpected (see init_report.json)",

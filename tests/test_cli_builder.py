@@ -128,7 +128,7 @@ def test_every_command_has_one_option_per_config_field(name):
     cmd = main.commands[name]
     ctx = click.Context(cmd, info_name=name)
     generated = {o.opts[0] for o in cmd.get_params(ctx) if o in cmd.generated and not o.hidden}
-    expected = {f"--{_option_name(leaf)}" for cls in cmd.classes.values() for leaf in _leaves(cls, cls())
+    expected = {f"--{_option_name(leaf)}" for cls in cmd.classes.values() for leaf in _leaves(cls)
                 if leaf.field.name not in cmd.omit}
     assert generated == expected
     assert all(o.help for o in cmd.generated if not o.hidden)
@@ -138,7 +138,7 @@ def test_every_config_field_of_the_project_has_help():
     for _, cmd in _commands():
         cmd.get_params(click.Context(cmd))
         for cls in cmd.classes.values():
-            for leaf in _leaves(cls, cls()):
+            for leaf in _leaves(cls):
                 assert leaf.field.metadata.get("help", "").endswith("."), (cls.__name__, leaf.path)
 
 

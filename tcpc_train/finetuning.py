@@ -8,6 +8,12 @@ external state dict, with a report of matched / missing / unexpected keys
 (:mod:`tcpc_train.weights`); pretraining with ``init`` set and fine-tuning
 from its checkpoint is the cascade external → TCPC → fine-tune.
 
+The run is four pieces on one state (``_Run``): ``_setup`` (data checks, the
+label subset, model, resume), ``_train_epoch`` (one pass through
+:func:`tcpc_train.runtime.optimiser_steps`, the prefetching step loop
+pretraining uses too), ``_select`` (validation, ``best.pt``/``last.pt``) and
+``_test``.
+
 Outputs in ``out``: ``config.json``, ``init_report.json``, ``log.jsonl``
 (per step: epoch, loss, lr, samples/s; per epoch: validation metrics),
 ``last.pt`` and ``best.pt`` (plain-dict checkpoints), ``metrics.json`` (test

@@ -159,7 +159,7 @@ def config_options(configs: dict[str, type], omit: tuple[str, ...] = ()) -> list
     Parameters
     ----------
     configs
-        Config dataclasses by a name that :func:`build_configs` returns them under.
+        Config dataclasses by the name :meth:`Settings.build` takes.
     omit
         Field names the command does not use.
 
@@ -232,7 +232,8 @@ def build_fields(cls, given: dict) -> dict:
 
 def _nest(cls, fields: dict) -> dict:
     hints = typing.get_type_hints(cls)
-    return {k: dataclasses.replace(getattr(cls(), k), **_nest(hints[k], v)) if isinstance(v, dict) else v
+    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+    return {k: dataclasses.replace(defaults[k], **_nest(hints[k], v)) if isinstance(v, dict) else v
             for k, v in fields.items()}
 
 
@@ -252,7 +253,7 @@ class Settings:
         config = self.classes[key](**self.fields(key))
         if self.verbosity > 1 and key not in self.shown:
             self.shown.add(key)
-            click.echo(f"{key} config: {json.dumps(dataclasses.asdict(config))}")
+            click.echo(f"{key} config: {json.dumps(dataclasses.asdict(config), default=str)}")
         return config
 
     def say(self, message: str) -> None:

@@ -161,6 +161,9 @@ def test_real_commands_take_environment_variables_aliases_and_verbosity(tmp_path
     r = CliRunner().invoke(main, ["finetune", str(tmp_path), "--scratch", "--out", str(tmp_path / "o")],
                            env={"TCPC_FINETUNE_LABEL_FRACTION": "2"})
     assert r.exit_code == 2 and "label fraction must be in (0, 1], got 2.0" in r.output
+    r = CliRunner().invoke(main, ["-v", "pretrain", str(tmp_path / "none"), "--out", str(tmp_path / "o"),
+                                  "--workers", "0"])
+    assert r.exit_code == 2 and f'"out": "{tmp_path / "o"}"' in r.output and '"workers": 0' in r.output
     r = CliRunner().invoke(main, ["-q", "-v", "inspect", str(tmp_path)])
     assert r.exit_code == 2 and "--quiet or --verbose" in r.output
 

@@ -422,10 +422,11 @@ def _print_sets(results: dict) -> bool:
               help="CSV case,z,y,x,label: labelled crops for fine-tuning instead of path samples.")
 @click.option("--task", type=click.Choice(["pretrain", "finetune"]), default=None,
               help="npz only: finetune (labelled split sets, default) or pretrain (path samples of train images).")
-@click.option("--cases", default=None, help="Comma-separated case ids [all complete cases].")
+@click.option("--case", "cases", multiple=True, help="Only this case (repeatable) [all complete cases].")
+@click.option("--cases", "case_list", default=None, hidden=True)  # the old comma-separated form of --case
 @_failures_option("OUT/failures-shards.jsonl; ./failures-shards.jsonl for a URL")
 @_friendly
-def shards(source, out, labels, task, cases, failures_path, settings):
+def shards(source, out, labels, task, cases, case_list, failures_path, settings):
     """Write WebDataset shards from a volume STORE or a MedMNIST .npz SOURCE.
 
     A store gives U-path (or straight/block) pretraining samples around each
@@ -437,7 +438,7 @@ def shards(source, out, labels, task, cases, failures_path, settings):
 
     results = write_shard_sets(source, out, shard_fields=settings.fields("shards"),
                                labelled_fields=settings.fields("labelled"), labels_csv=labels, task=task,
-                               cases=[c.strip() for c in cases.split(",")] if cases else None,
+                               cases=[*cases, *(c.strip() for c in (case_list or "").split(",") if c)] or None,
                                failures_path=failures_path, **_stage_run(settings))
     sys.exit(0 if _print_sets(results) else 1)
 

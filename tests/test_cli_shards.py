@@ -36,6 +36,13 @@ def test_shards_then_inspect(store, tmp_path):
     assert r.exit_code == 0 and "straight" in r.output and (tmp_path / "m.png").exists()
 
 
+def test_case_options_pick_cases(store, tmp_path):
+    for args in (["--case", "ph-01"], ["--cases", "ph-01"]):  # the old comma-separated form still works
+        r = _run("shards", store, "--out", tmp_path / args[0], "--crop-size", 32, "--cube-size", 8, *args,
+                 "--workers", 1, "--no-progress")
+        assert r.exit_code == 0 and "16 samples in 1 shards from 1 cases" in r.output, r.output
+
+
 def test_a_failed_case_exits_1(store, tmp_path):
     commit_arrays(store, "ph-01", {"candidates": np.array([[900, 0, 0]], np.int32)}, {"candidates": {"digest": "x"}})
     r = _run("shards", store, "--out", tmp_path / "sh", "--crop-size", 32, "--cube-size", 8,
@@ -49,7 +56,8 @@ def test_a_failed_case_exits_1(store, tmp_path):
     (["shards", "missing.zarr", "--out", "o"], "error: no volume store at missing.zarr"),
     (["shards", "{store}", "--out", "o", "--crop-size", "30"], "error: cubes of 16 voxels"),
     (["inspect", "nowhere"], "error: nothing to inspect at nowhere"),
-    (["shards", "m.npz", "--out", "o", "--cases", "a"], "error: a labels CSV and a case list apply to a volume store"),
+    (["shards", "m.npz", "--out", "o", "--case", "a"], "error: a labels CSV and a case list apply to a volume store"),
+    (["shards", "m.npz", "--out", "o", "--cases", "a,b"], "error: a labels CSV and a case list apply to a volume"),
     (["shards", "{store}", "--out", "o", "--task", "finetune"], "error: fine-tuning shards from a volume store need"),
 ])
 def test_user_errors_are_one_line_and_exit_2(store, tmp_path, monkeypatch, args, message):

@@ -40,14 +40,15 @@ from tcpc_train.weights import load_encoder_weights
 Arch = Literal[ARCHS]
 # Config fields a resumed run may change: they alter neither the model nor the data order.
 _RESUMABLE_CHANGES = {"steps", "runtime.device", "checkpoint_every"}
+_TASK_HELP = "Pretraining task (and the path kind its shards hold): " + ", ".join(
+    f"{t.name} ({t.label}; {t.path_kind})" for t in TASKS.values()) + "."
 
 
 @dataclasses.dataclass(frozen=True)
 class PretrainConfig:
     """Pretraining settings (saved with every checkpoint and as ``config.json``)."""
 
-    task: TaskName = field(default="tcpc", metadata={
-        "help": "Pretraining task: tcpc (U paths), cpc (straight paths), rubik / jigsaw (2x2x2 blocks)."})
+    task: TaskName = field(default="tcpc", metadata={"help": _TASK_HELP})
     arch: Arch = field(default="resnet18", metadata={"help": "Encoder architecture."})
     width: float = field(default=1.0, metadata={"help": "Channel multiplier of the encoder (1/8 for a CPU)."})
     steps: int = field(default=1000, metadata={"help": "Optimiser steps in all."})

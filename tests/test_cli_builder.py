@@ -13,7 +13,6 @@ from click.testing import CliRunner
 from hypothesis import given
 from hypothesis import strategies as st
 
-import cli
 from cli import ConfigCommand, _leaves, _Numbers, _option_name, config_options, main
 
 
@@ -167,8 +166,3 @@ def test_real_commands_take_environment_variables_aliases_and_verbosity(tmp_path
     r = CliRunner().invoke(main, ["-q", "-v", "inspect", str(tmp_path)])
     assert r.exit_code == 2 and "--quiet or --verbose" in r.output
 
-
-def test_cli_holds_no_domain_rules():
-    """The shard-source dispatch and the npz crop rule live in tcpc_data.pipeline, not here."""
-    source = Path(cli.__file__).read_text()
-    assert "pretrain_config_for" not in source and ".npz\")" not in source and "_field_help" not in source

@@ -30,12 +30,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tcpc_train.loader import ShardStream, make_loader, open_shards, raw_samples  # noqa: E402
 from tcpc_train.models import ResNet18_3d  # noqa: E402
 from tcpc_train.pretraining import PretrainConfig, TaskSample, build_task_model, train_steps  # noqa: E402
+from tcpc_train.runtime import RuntimeConfig  # noqa: E402
 from tcpc_train.synthetic import write_synthetic_paths  # noqa: E402
 
 
 def _run(cfg: PretrainConfig, batches, steps: int, warmup: int, device: torch.device) -> list[float]:
     """Per-step wall times (s) of ``steps`` training steps (the pretraining loop's own) after ``warmup``."""
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.runtime.seed)
     model = build_task_model(cfg).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
     run = dataclasses.replace(cfg, steps=warmup + steps)
@@ -47,8 +48,9 @@ def bench_loader(shards: Path, cfg: PretrainConfig, steps: int, warmup: int, dev
     pin = device.type == "cuda"
 
     def loader():
-        stream = ShardStream(data, TaskSample(cfg), cfg.batch_size, seed=cfg.seed, shuffle_buffer=cfg.shuffle_buffer)
-        return iter(make_loader(stream, cfg.workers, pin_memory=pin))
+        stream = ShardStream(data, TaskSample(cfg), cfg.batch_size, seed=cfg.runtime.seed,
+                             shuffle_buffer=cfg.runtime.shuffle_buffer)
+        return iter(make_loader(stream, cfg.runtime.workers, pin_memory=pin))
     cached = list(batch for _, batch in zip(range(warmup + steps), loader()))
     if pin:
         cached = [{k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in b.items()} for b in cached]
@@ -79,7 +81,8 @@ def bench_loader_stages(shards: Path, cfg: PretrainConfig, repeat: int = 3) -> d
                 prepare(raw, 0)
             t_tar, t_prep = t_tar + t1 - t0, t_prep + time.perf_counter() - t1
     n = repeat * data.total
-    stream = iter(ShardStream(data, prepare, cfg.batch_size, seed=cfg.seed, shuffle_buffer=cfg.shuffle_buffer,
+    stream = iter(ShardStream(data, prepare, cfg.batch_size, seed=cfg.runtime.seed,
+                              shuffle_buffer=cfg.runtime.shuffle_buffer,
                               rank=0, world=1))
     batches = n // cfg.batch_size
     t0 = time.perf_counter()
@@ -134,8 +137,8 @@ def main() -> None:
         for name, r in bench_stems(args.cubes, args.width, 2).items():
             print(f"  {name:<48} {r['step_s']:7.2f} s/step, final map {r['final_map']}")
         return
-    cfg = PretrainConfig(arch=args.arch, width=args.width, batch_size=args.batch_size, workers=args.workers,
-                         warmup=0, shuffle_buffer=64)
+    cfg = PretrainConfig(arch=args.arch, width=args.width, batch_size=args.batch_size, warmup=0,
+                         runtime=RuntimeConfig(workers=args.workers, shuffle_buffer=64))
     with tempfile.TemporaryDirectory() as tmp:
         shards = args.shards or write_synthetic_paths(Path(tmp) / "u", args.samples, "u", per_shard=16)
         if args.loader_stages:

@@ -18,13 +18,14 @@ import dataclasses
 from pathlib import Path
 
 from tcpc_data.ingest.stage import IngestConfig, ingest
-from tcpc_data.shards.labelled import LabelledConfig, write_labelled_shards
+from tcpc_data.shards.labelled import (LabelledConfig, load_npz_split, pretrain_config_for, write_labelled_shards,
+                                       write_npz_shards)
 from tcpc_data.shards.manifest import Manifest, describe
 from tcpc_data.runner import RunReport, progress_display
 from tcpc_data.shards.pretrain import ShardConfig, write_shards
 from tcpc_data.store import list_cases
 from tcpc_data.supervoxels.stage import SupervoxelConfig, supervoxels
-from tcpc_data.urls import is_local, join, local_path
+from tcpc_data.urls import is_local, is_remote, join, local_path
 
 
 @dataclasses.dataclass
@@ -125,3 +126,70 @@ def _complete_cases(store: str, require: tuple[str, ...]) -> list[str]:
         return list_cases(store, require=require)
     except FileNotFoundError:
         return []
+
+
+def write_shard_sets(source, out, *, shard_fields: dict | None = None, labelled_fields: dict | None = None,
+                     labels_csv=None, task: str | None = None, cases=None, workers: int | None = None,
+                     scheduler: str | None = None, progress: bool = False,
+                     failures_path=None) -> dict[str, tuple[RunReport, dict]]:
+    """Shards from a volume store or a MedMNIST-layout ``.npz``, whichever ``source`` is.
+
+    - ``.npz``, ``task`` 'finetune' (the default): one labelled shard set per
+      split in ``out/{train,val,test}``; 'pretrain': path samples of the
+      training images in ``out``, whose crop is the image and whose cube side,
+      unless given, is the one that tiles it (``pretrain_config_for``).
+    - a store with ``labels_csv``: labelled crops in ``out``;
+    - a store: path samples around each candidate in ``out``.
+
+    Parameters
+    ----------
+    source
+        Volume store path or URL, or an ``.npz`` file.
+    out
+        Output directory or fsspec URL.
+    shard_fields, labelled_fields
+        The ``ShardConfig`` / ``LabelledConfig`` fields that were given; the
+        others take their defaults (or, for an ``.npz``, follow its images).
+    labels_csv
+        CSV ``case,z,y,x,label`` (store only).
+    task
+        'pretrain' or 'finetune'; None: what the inputs say.
+    cases
+        Case ids of the store to use (pretraining shards); None: all complete cases.
+    workers, scheduler, progress
+        As in ``tcpc_data.runner.run_cases`` (an ``.npz`` runs in one process
+        unless ``workers`` says otherwise: its arrays travel in the payloads).
+    failures_path
+        JSON-lines report of failed cases; None: ``out/failures-shards.jsonl``
+        (``./failures-shards.jsonl`` for a URL).
+
+    Returns
+    -------
+    dict
+        Output location -> (report, manifest), one per shard set written.
+    """
+    shard_fields, labelled_fields = dict(shard_fields or {}), dict(labelled_fields or {})
+    if task not in (None, "pretrain", "finetune"):
+        raise ValueError(f"task must be 'pretrain' or 'finetune', got {task!r}")
+    out = str(out).rstrip("/")
+    if failures_path is None:
+        failures_path = "failures-shards.jsonl" if is_remote(out) else join(out, "failures-shards.jsonl")
+    run = dict(workers=workers, progress=progress, failures_path=failures_path)
+    if str(source).endswith(".npz"):
+        if labels_csv is not None or cases is not None:
+            raise ValueError("a labels CSV and a case list apply to a volume store, not an .npz")
+        run["workers"] = workers or 1
+        if task == "pretrain":
+            side = load_npz_split(source, "train")[0].shape[1]
+            config = pretrain_config_for(side, **shard_fields)
+            return {out: write_npz_shards(source, out, task="pretrain", config=config, **run)["pretrain"]}
+        results = write_npz_shards(source, out, config=LabelledConfig(**labelled_fields), **run)
+        return {join(out, split): res for split, res in results.items()}
+    if labels_csv is not None:
+        if task == "pretrain":
+            raise ValueError("a labels CSV makes fine-tuning shards; pretraining shards take no labels")
+        return {out: write_labelled_shards(source, labels_csv, out, LabelledConfig(**labelled_fields),
+                                           scheduler=scheduler, **run)}
+    if task == "finetune":
+        raise ValueError("fine-tuning shards from a volume store need a labels CSV")
+    return {out: write_shards(source, out, ShardConfig(**shard_fields), cases=cases, scheduler=scheduler, **run)}

@@ -6,23 +6,22 @@ from __future__ import annotations
 
 import importlib
 
-# public name -> module that defines it
-_API = {
-    "pretrain": "tcpc_train.pretraining",
-    "PretrainConfig": "tcpc_train.pretraining",
-    "finetune": "tcpc_train.finetuning",
-    "FinetuneConfig": "tcpc_train.finetuning",
-    "evaluate": "tcpc_train.finetuning",
-    "build_encoder": "tcpc_train.models",
-    "info_nce": "tcpc_train.contrastive",
-    "load_encoder_weights": "tcpc_train.weights",
-    "open_shards": "tcpc_train.loader",
-    "classification_metrics": "tcpc_train.metrics",
-    "write_synthetic_paths": "tcpc_train.synthetic",
-    "write_synthetic_labelled": "tcpc_train.synthetic",
-    "run_demo": "tcpc_train.apps.demo",
-    "run_experiment": "tcpc_train.apps.experiment",
+# module -> the public names it defines
+_MODULES = {
+    "tcpc_train.pretraining": ("pretrain", "PretrainConfig"),
+    "tcpc_train.finetuning": ("finetune", "FinetuneConfig", "evaluate", "EvaluateConfig"),
+    "tcpc_train.runtime": ("RuntimeConfig",),
+    "tcpc_train.tasks": ("TASKS",),
+    "tcpc_train.models": ("build_encoder",),
+    "tcpc_train.contrastive": ("info_nce",),
+    "tcpc_train.weights": ("load_encoder_weights",),
+    "tcpc_train.loader": ("open_shards",),
+    "tcpc_train.metrics": ("classification_metrics",),
+    "tcpc_train.synthetic": ("write_synthetic_paths", "write_synthetic_labelled"),
+    "tcpc_train.apps.demo": ("run_demo",),
+    "tcpc_train.apps.experiment": ("run_experiment",),
 }
+_API = {name: module for module, names in _MODULES.items() for name in names}
 
 __all__ = sorted(_API)
 

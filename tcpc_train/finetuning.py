@@ -8,6 +8,12 @@ external state dict, with a report of matched / missing / unexpected keys
 (:mod:`tcpc_train.weights`); pretraining with ``init`` set and fine-tuning
 from its checkpoint is the cascade external → TCPC → fine-tune.
 
+The run is four pieces on one state (``_Run``): ``_setup`` (data checks, the
+label subset, model, resume), ``_train_epoch`` (one pass through
+:func:`tcpc_train.runtime.optimiser_steps`, the prefetching step loop
+pretraining uses too), ``_select`` (validation, ``best.pt``/``last.pt``) and
+``_test``.
+
 Outputs in ``out``: ``config.json``, ``init_report.json``, ``log.jsonl``
 (per step: epoch, loss, lr, samples/s; per epoch: validation metrics),
 ``last.pt`` and ``best.pt`` (plain-dict checkpoints), ``metrics.json`` (test
@@ -18,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
-import time
+from dataclasses import field
 from pathlib import Path
 
 import numpy as np
@@ -32,46 +38,50 @@ from tcpc_train.loader import (ShardSet, ShardStream, augment_volume, decode_lab
 from tcpc_train.metrics import classification_metrics
 from tcpc_train.models import ARCHS, Classifier, build_encoder
 from tcpc_train.plots import plot_curves, plot_roc
-from tcpc_train.runtime import StepLog, autocast, progress_bar, resolve_device
+from tcpc_train.pretraining import Arch
+from tcpc_train.runtime import (RuntimeConfig, StepLog, autocast, config_changes, optimiser_steps, progress_bar,
+                                resolve_device)
 from tcpc_train.weights import load_encoder_weights
 
 
 @dataclasses.dataclass(frozen=True)
 class FinetuneConfig:
-    """Fine-tuning settings (saved with the checkpoints).
+    """Fine-tuning settings (saved with the checkpoints and as ``config.json``)."""
 
-    arch, width : encoder; must match ``init`` when it is a tcpc checkpoint
-    epochs, batch_size, lr, weight_decay : Adam on the selected training samples
-    label_fraction : in (0, 1]; per class, round(fraction · n) samples (at least 1), seeded
-    init : checkpoint or external state dict for the encoder; None trains from scratch
-    augment : random flips / 90° rotations of training volumes
-    shuffle_buffer, workers, seed, device, amp : as in pretraining
-    """
-
-    arch: str = "resnet18"
-    width: float = 1.0
-    epochs: int = 10
-    batch_size: int = 8
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    label_fraction: float = 1.0
-    init: str | None = None
-    augment: bool = True
-    shuffle_buffer: int = 512
-    workers: int = 2
-    seed: int = 0
-    device: str = "auto"
-    amp: bool = True
+    arch: Arch = field(default="resnet18", metadata={
+        "help": "Encoder architecture; must match --init when it is a tcpc checkpoint."})
+    width: float = field(default=1.0, metadata={"help": "Channel multiplier of the encoder."})
+    epochs: int = field(default=10, metadata={"help": "Passes over the selected training samples."})
+    batch_size: int = field(default=8, metadata={"help": "Samples per step (at least 2: batch norm)."})
+    lr: float = field(default=1e-3, metadata={"help": "Adam learning rate."})
+    weight_decay: float = field(default=0.0, metadata={"help": "Adam weight decay."})
+    label_fraction: float = field(default=1.0, metadata={
+        "help": "Share of the training labels used, in (0, 1]: per class round(fraction * n), at least 1, seeded."})
+    init: str | None = field(default=None, metadata={
+        "help": "Checkpoint or external state dict for the encoder; none: train from scratch."})
+    augment: bool = field(default=True, metadata={"help": "Random flips / 90-degree rotations of training volumes."})
+    runtime: RuntimeConfig = field(default=RuntimeConfig(shuffle_buffer=512), metadata={
+        "help": "How the run executes."})
 
     def validate(self) -> None:
         if self.arch not in ARCHS:
             raise ValueError(f"unknown architecture {self.arch!r}; choose one of {', '.join(ARCHS)}")
         if not 0 < self.label_fraction <= 1:
             raise ValueError(f"label fraction must be in (0, 1], got {self.label_fraction}")
-        if self.epochs < 1 or self.batch_size < 2 or self.shuffle_buffer < 1 or self.workers < 0:
-            raise ValueError("epochs and shuffle_buffer must be >= 1, batch_size >= 2 (batch norm), workers >= 0")
+        if self.epochs < 1 or self.batch_size < 2:
+            raise ValueError("epochs must be >= 1, batch_size >= 2 (batch norm)")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        self.runtime.validate()
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluateConfig:
+    """How a fine-tuned classifier is scored (the runtime's seed and shuffle buffer are unused:
+    every sample is scored once, in a fixed order)."""
+
+    batch_size: int = field(default=8, metadata={"help": "Samples per forward pass."})
+    runtime: RuntimeConfig = field(default=RuntimeConfig(workers=0), metadata={"help": "How the run executes."})
 
 
 def read_labels(data: ShardSet) -> dict[str, int]:
@@ -134,10 +144,9 @@ def predict(model: torch.nn.Module, data: ShardSet, batch_size: int, device: tor
 
 
 def _check_resume(ck: dict, cfg: FinetuneConfig, data_digest: str, path: Path) -> None:
-    old = ck.get("config", {})
-    diff = sorted(k for k, v in dataclasses.asdict(cfg).items() if k not in ("epochs", "device") and old.get(k) != v)
+    diff = config_changes(ck.get("config", {}), dataclasses.asdict(cfg), {"epochs", "runtime.device"})
     if ck.get("kind") != "classifier" or diff:
-        was = ", ".join(f"{k}: {old.get(k)!r}" for k in diff) or "not a classifier"
+        was = ", ".join(f"{k}: {old!r}" for k, (old, _) in sorted(diff.items())) or "not a classifier"
         raise ValueError(f"{path} holds another run ({was});"
                          " resume with the same settings or choose a new output directory")
     if ck.get("data_digest") != data_digest:
@@ -180,6 +189,121 @@ def _write_eval(out: Path, metrics: dict, labels: np.ndarray, scores: np.ndarray
     plot_roc(labels, scores, out / "roc.png", title)
 
 
+@dataclasses.dataclass
+class _Run:
+    """A fine-tuning run in progress: its data, model, optimiser and selection state."""
+
+    config: FinetuneConfig
+    out: Path
+    device: torch.device
+    splits: dict[str, ShardSet]
+    keys: frozenset  # the selected training samples
+    n_classes: int
+    model: Classifier
+    opt: torch.optim.Optimizer
+    init_report: dict | None
+    log: StepLog
+    step: int = 0  # optimiser steps done
+    start: int = 0  # epochs done before this process
+    val: list = dataclasses.field(default_factory=list)  # per-epoch validation metrics
+    best_key: tuple | None = None  # (val AUC, val ACC) of best.pt
+
+    def state(self, epoch: int) -> dict:
+        return {"kind": "classifier", "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+                "step": self.step, "epoch": epoch, "n_classes": self.n_classes,
+                "config": dataclasses.asdict(self.config), "data_digest": self.splits["train"].digest,
+                "val": self.val, "best_key": list(self.best_key or ())}
+
+
+def _setup(labelled: str | Path, out: str | Path, config: FinetuneConfig, resume: bool) -> _Run:
+    """Check the data, select the training samples, build the model and resume from ``out/last.pt``."""
+    config.validate()
+    rt = config.runtime
+    splits = labelled_splits(labelled)
+    out = Path(out)
+    device = resolve_device(rt.device)
+    for split in splits.values():  # wrong layout: a clear error before workers start
+        VolumeSample(False, 0)(first_sample(split), 0)
+    train_labels = read_labels(splits["train"])
+    if len(set(train_labels.values())) < 2:
+        raise ValueError(f"{splits['train'].root}: the training split holds a single class; need at least two")
+    keys = stratified_fraction(train_labels, config.label_fraction, rt.seed)
+
+    torch.manual_seed(rt.seed)
+    n_classes = max(train_labels.values()) + 1
+    encoder = build_encoder(config.arch, config.width)
+    init_report = load_encoder_weights(encoder, config.init, {"arch": config.arch, "width": config.width}) \
+        if config.init else None
+    model = Classifier(encoder, n_classes).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=1))
+    (out / "init_report.json").write_text(json.dumps(init_report, indent=1))
+    done = dict(step=0, start=0, val=[], best_key=None)
+    if resume and (out / "last.pt").exists():
+        ck = load_checkpoint(out / "last.pt", map_location=device)
+        _check_resume(ck, config, splits["train"].digest, out / "last.pt")
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        done = dict(step=int(ck["step"]), start=int(ck["epoch"]), val=list(ck["val"]), best_key=tuple(ck["best_key"]))
+    log = StepLog(out / "log.jsonl", True, keep_until_step=done["step"])
+    return _Run(config, out, device, splits, keys, n_classes, model, opt, init_report, log, **done)
+
+
+def _train_epoch(run: _Run, epoch: int, advance) -> None:
+    """One pass over the selected training samples (order a pure function of seed and epoch), then
+    precise batch-norm statistics; ``advance(status)`` after every step."""
+    cfg, rt = run.config, run.config.runtime
+    run.model.train()
+    stream = ShardStream(run.splits["train"], VolumeSample(cfg.augment, rt.seed), cfg.batch_size, seed=rt.seed,
+                         shuffle_buffer=rt.shuffle_buffer, epoch=epoch, keys=run.keys,
+                         drop_last=len(run.keys) > cfg.batch_size, rank=0, world=1)
+    batches = iter(make_loader(stream, rt.workers, pin_memory=run.device.type == "cuda"))
+
+    def loss_of(batch: dict) -> torch.Tensor:
+        return F.cross_entropy(run.model(batch["volume"]).float(), batch["label"])
+
+    for value, lr, dt, n in optimiser_steps(loss_of, run.opt, batches, run.device, lambda i: cfg.lr, rt.amp):
+        run.step += 1
+        run.log.write({"step": run.step, "epoch": epoch + 1, "loss": value, "lr": lr, "samples_per_s": n / dt})
+        advance(f"epoch {epoch + 1} loss {value:.4f}")
+    recalibrate_batchnorm(run.model, run.splits["train"], run.keys, cfg.batch_size, run.device, rt.workers, rt.amp)
+
+
+def _select(run: _Run, epoch: int) -> None:
+    """Score epoch ``epoch`` on ``val`` (AUC, then ACC; the last epoch without ``val``), keep the best
+    weights in ``best.pt`` and the run's state in ``last.pt``."""
+    cfg, rt = run.config, run.config.runtime
+    if "val" in run.splits:
+        m = classification_metrics(*predict(run.model, run.splits["val"], cfg.batch_size, run.device,
+                                            rt.workers, rt.amp))
+        run.val.append({"epoch": epoch + 1, **m})
+        run.log.write({"step": run.step, "epoch": epoch + 1, "val_acc": m["acc"], "val_auc": m["auc"]})
+        key = (m["auc"] if m["auc"] is not None else -1.0, m["acc"])
+    else:
+        key = (epoch, 0.0)
+    if run.best_key is None or key > run.best_key:
+        run.best_key = key
+        save_checkpoint(run.out / "best.pt", run.state(epoch + 1))
+    save_checkpoint(run.out / "last.pt", run.state(epoch + 1))
+
+
+def _test(run: _Run) -> dict:
+    """Evaluate ``best.pt`` on ``test``; write metrics, ROC, curves and the summary."""
+    cfg, rt = run.config, run.config.runtime
+    best = load_checkpoint(run.out / "best.pt", map_location=run.device)
+    run.model.load_state_dict(best["model"])
+    labels, scores = predict(run.model, run.splits["test"], cfg.batch_size, run.device, rt.workers, rt.amp)
+    metrics = {**classification_metrics(labels, scores), "split": "test", "best_epoch": best["epoch"],
+               "label_fraction": cfg.label_fraction, "n_train": len(run.keys)}
+    _write_eval(run.out, metrics, labels, scores, f"test (best epoch {best['epoch']})")
+    plot_curves(run.log.rows, run.out / "curves.png", ("loss", "val_auc"), "fine-tuning")
+    summary = {"metrics": metrics, "val": run.val, "n_train": len(run.keys), "n_classes": run.n_classes,
+               "init_report": run.init_report, "checkpoint": str(run.out / "best.pt"), "out": str(run.out)}
+    (run.out / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
 def finetune(labelled: str | Path, out: str | Path, config: FinetuneConfig = FinetuneConfig(),
              resume: bool = True, progress: bool = False) -> dict:
     """Fine-tune a classifier on ``labelled/train``, select on ``val``, report on ``test``.
@@ -194,9 +318,9 @@ def finetune(labelled: str | Path, out: str | Path, config: FinetuneConfig = Fin
     config : FinetuneConfig
     resume : bool
         Continue from ``out/last.pt`` (written after every epoch; same config
-        but ``epochs``/``device``, same data) instead of starting over. Epoch
-        e's order is a pure function of (seed, e), so the resumed run matches
-        an uninterrupted one; a partly done epoch is redone.
+        but ``epochs``/``runtime.device``, same data) instead of starting over.
+        Epoch e's order is a pure function of (seed, e), so the resumed run
+        matches an uninterrupted one; a partly done epoch is redone.
     progress : bool
         Show a progress bar.
 
@@ -206,105 +330,19 @@ def finetune(labelled: str | Path, out: str | Path, config: FinetuneConfig = Fin
     validation metrics), ``n_train`` (selected samples), ``n_classes``,
     ``init_report``, ``checkpoint`` (best.pt), ``out``.
     """
-    config.validate()
-    splits = labelled_splits(labelled)
-    out = Path(out)
-    device = resolve_device(config.device)
-    for split in splits.values():  # wrong layout: a clear error before workers start
-        VolumeSample(False, 0)(first_sample(split), 0)
-    train_labels = read_labels(splits["train"])
-    n_classes = max(train_labels.values()) + 1
-    if len(set(train_labels.values())) < 2:
-        raise ValueError(f"{splits['train'].root}: the training split holds a single class; need at least two")
-    keys = stratified_fraction(train_labels, config.label_fraction, config.seed)
-
-    torch.manual_seed(config.seed)
-    encoder = build_encoder(config.arch, config.width)
-    init_report = load_encoder_weights(encoder, config.init, {"arch": config.arch, "width": config.width}) \
-        if config.init else None
-    model = Classifier(encoder, n_classes).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=1))
-    (out / "init_report.json").write_text(json.dumps(init_report, indent=1))
-    data_digest = splits["train"].digest
-    best_key, val_hist, step, start = None, [], 0, 0
-    if resume and (out / "last.pt").exists():
-        ck = load_checkpoint(out / "last.pt", map_location=device)
-        _check_resume(ck, config, data_digest, out / "last.pt")
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        step, start, val_hist = int(ck["step"]), int(ck["epoch"]), list(ck["val"])
-        best_key = tuple(ck["best_key"])
-    log = StepLog(out / "log.jsonl", True, keep_until_step=step)
-
-    def state(epoch: int) -> dict:
-        return {"kind": "classifier", "model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
-                "epoch": epoch, "n_classes": n_classes, "config": dataclasses.asdict(config),
-                "data_digest": data_digest, "val": val_hist, "best_key": list(best_key or ())}
-
-    steps_per_epoch = max(1, len(keys) // config.batch_size)
+    run = _setup(labelled, out, config, resume)
+    steps_per_epoch = max(1, len(run.keys) // config.batch_size)
     with progress_bar(progress, "finetune") as bar:
-        task = bar.add_task("", total=config.epochs * steps_per_epoch, completed=start * steps_per_epoch, status="")
-        for epoch in range(start, config.epochs):
-            model.train()
-            stream = ShardStream(splits["train"], VolumeSample(config.augment, config.seed), config.batch_size,
-                                 seed=config.seed, shuffle_buffer=config.shuffle_buffer, epoch=epoch, keys=keys,
-                                 drop_last=len(keys) > config.batch_size, rank=0, world=1)
-            t0 = time.perf_counter()
-            pending = None  # (step, loss tensor, samples) of the step whose loss is not read yet
-
-            def record(done: int, loss: torch.Tensor, n: int) -> None:
-                nonlocal t0
-                value = loss.item()
-                dt, t0 = time.perf_counter() - t0, time.perf_counter()
-                log.write({"step": done, "epoch": epoch + 1, "loss": value, "lr": config.lr,
-                           "samples_per_s": n / dt})
-                bar.update(task, advance=1, status=f"epoch {epoch + 1} loss {value:.4f}")
-
-            for batch in make_loader(stream, config.workers, pin_memory=device.type == "cuda"):
-                with autocast(device, config.amp):
-                    logits = model(batch["volume"].to(device, non_blocking=True))
-                loss = F.cross_entropy(logits.float(), batch["label"].to(device))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                step += 1
-                # Read the previous step's loss, not this one's: on a GPU this step's kernels
-                # then run while the loop fetches the next batch, instead of after it.
-                if pending is not None:
-                    record(*pending)
-                pending = (step, loss.detach(), len(batch["label"]))
-            if pending is not None:
-                record(*pending)
-            recalibrate_batchnorm(model, splits["train"], keys, config.batch_size, device, config.workers, config.amp)
-            if "val" in splits:
-                m = classification_metrics(*predict(model, splits["val"], config.batch_size, device,
-                                                    config.workers, config.amp))
-                val_hist.append({"epoch": epoch + 1, **m})
-                log.write({"step": step, "epoch": epoch + 1, "val_acc": m["acc"], "val_auc": m["auc"]})
-                key = (m["auc"] if m["auc"] is not None else -1.0, m["acc"])
-            else:
-                key = (epoch, 0.0)  # no validation split: keep the last epoch
-            if best_key is None or key > best_key:
-                best_key = key
-                save_checkpoint(out / "best.pt", state(epoch + 1))
-            save_checkpoint(out / "last.pt", state(epoch + 1))
-    best = load_checkpoint(out / "best.pt", map_location=device)
-    model.load_state_dict(best["model"])
-    labels, scores = predict(model, splits["test"], config.batch_size, device, config.workers, config.amp)
-    metrics = {**classification_metrics(labels, scores), "split": "test", "best_epoch": best["epoch"],
-               "label_fraction": config.label_fraction, "n_train": len(keys)}
-    _write_eval(out, metrics, labels, scores, f"test (best epoch {best['epoch']})")
-    plot_curves(log.rows, out / "curves.png", ("loss", "val_auc"), "fine-tuning")
-    summary = {"metrics": metrics, "val": val_hist, "n_train": len(keys), "n_classes": n_classes,
-               "init_report": init_report, "checkpoint": str(out / "best.pt"), "out": str(out)}
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    return summary
+        task = bar.add_task("", total=config.epochs * steps_per_epoch, completed=run.start * steps_per_epoch,
+                            status="")
+        for epoch in range(run.start, config.epochs):
+            _train_epoch(run, epoch, lambda status: bar.update(task, advance=1, status=status))
+            _select(run, epoch)
+    return _test(run)
 
 
 def evaluate(checkpoint: str | Path, shards: str | Path, out: str | Path | None = None,
-             batch_size: int = 8, device: str = "auto", workers: int = 0) -> dict:
+             config: EvaluateConfig = EvaluateConfig()) -> dict:
     """Evaluate a fine-tuned classifier checkpoint on one shard split.
 
     Parameters
@@ -316,6 +354,7 @@ def evaluate(checkpoint: str | Path, shards: str | Path, out: str | Path | None 
         directory, whose ``test/`` is then used.
     out : path, optional
         Where to write ``metrics.json`` and ``roc.png``.
+    config : EvaluateConfig
 
     Returns
     -------
@@ -328,10 +367,12 @@ def evaluate(checkpoint: str | Path, shards: str | Path, out: str | Path | None 
     shards = split_or_set(shards, "test")
     data = open_shards(shards)
     cfg = ck["config"]
-    dev = resolve_device(device)
+    rt = config.runtime
+    rt.validate()
+    dev = resolve_device(rt.device)
     model = Classifier(build_encoder(cfg["arch"], cfg["width"]), int(ck["n_classes"]))
     model.load_state_dict(ck["model"])
-    labels, scores = predict(model.to(dev), data, batch_size, dev, workers)
+    labels, scores = predict(model.to(dev), data, config.batch_size, dev, rt.workers, rt.amp)
     if labels.max() >= scores.shape[1]:
         raise ValueError(f"{shards}: holds class {labels.max()} but the model knows {scores.shape[1]} classes")
     metrics = {**classification_metrics(labels, scores), "checkpoint": str(checkpoint), "shards": str(shards)}

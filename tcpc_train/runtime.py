@@ -1,6 +1,8 @@
 """Where and how a training loop runs: device, torchrun/DDP setup, mixed precision, logs and progress.
 
-Shared by pretraining and fine-tuning so both loops stay short. Under
+Shared by pretraining, fine-tuning and evaluation so their loops stay short:
+:class:`RuntimeConfig` holds the settings of a run's execution (seed, loader,
+device, precision) that all three take, once. Under
 ``torchrun`` (``WORLD_SIZE`` > 1 in the environment) the process group is
 initialised here (NCCL on CUDA, gloo on CPU) unless the caller already did;
 only rank 0 writes files and shows progress.
@@ -8,13 +10,58 @@ only rank 0 writes files and shows progress.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
+import time
+from dataclasses import field
 from pathlib import Path
+from typing import Callable, Iterator
 
 import torch
 import torch.distributed as dist
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+
+@dataclasses.dataclass(frozen=True)
+class RuntimeConfig:
+    """How a training or evaluation run executes (saved inside its config and checkpoints).
+
+    The data order is a pure function of ``seed`` and ``shuffle_buffer``
+    (:mod:`tcpc_train.loader`), never of ``workers`` or ``device``.
+    """
+
+    seed: int = field(default=0, metadata={"help": "Seed of initialisation, sample selection and data order."})
+    workers: int = field(default=2, metadata={"help": "Loader processes (0: load in the training process)."})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N."})
+    amp: bool = field(default=True, metadata={"help": "bfloat16 autocast on CUDA GPUs that support it."})
+    shuffle_buffer: int = field(default=256, metadata={"help": "Samples in the loader's shuffle buffer."})
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first field outside its range."""
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0, got {self.workers}")
+        if self.shuffle_buffer < 1:
+            raise ValueError(f"shuffle_buffer must be >= 1, got {self.shuffle_buffer}")
+
+
+def config_changes(old: dict, new: dict, allowed: set[str], prefix: str = "") -> dict[str, tuple]:
+    """``{field: (old, new)}`` of the fields of two saved configs (``dataclasses.asdict``) that differ.
+
+    Nested configs are compared field by field as ``outer.inner``; names in
+    ``allowed`` (either form) may differ.
+    """
+    diff = {}
+    for k, v in new.items():
+        name = f"{prefix}{k}"
+        if name in allowed:
+            continue
+        was = old.get(k) if isinstance(old, dict) else None
+        if isinstance(v, dict):
+            diff.update(config_changes(was if isinstance(was, dict) else {}, v, allowed, f"{name}."))
+        elif was != v:
+            diff[name] = (was, v)
+    return diff
 
 
 def resolve_device(name: str) -> torch.device:
@@ -50,6 +97,43 @@ def autocast(device: torch.device, enabled: bool):
     if enabled and device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def optimiser_steps(loss_of: Callable[[dict], torch.Tensor], opt: torch.optim.Optimizer, batches: Iterator[dict],
+                    device: torch.device, lr_at: Callable[[int], float], amp: bool,
+                    steps: int | None = None) -> Iterator[tuple[float, float, float, int]]:
+    """Optimiser steps on loader batches until ``steps`` are done or the batches run out.
+
+    Yields (loss, lr, seconds, samples) per step; ``lr_at(i)`` is the learning
+    rate of the i-th step of this call and ``loss_of(batch)`` the loss of a
+    batch already on ``device`` (its ``key`` member dropped). The next batch is
+    taken from the loader and copied to the device right after a step's kernels
+    are queued and before ``loss.item()`` waits for them, so on a GPU the
+    loader's hand-over and the copy overlap the compute instead of leaving the
+    GPU idle between steps.
+    """
+    def fetch() -> dict | None:
+        if steps is not None and done >= steps:
+            return None
+        raw = next(batches, None)
+        return None if raw is None else {k: v.to(device, non_blocking=True) for k, v in raw.items() if k != "key"}
+
+    done = 0
+    batch = fetch()
+    while batch is not None:
+        t0 = time.perf_counter()
+        lr = lr_at(done)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        with autocast(device, amp):
+            loss = loss_of(batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        done += 1
+        n = len(next(iter(batch.values())))
+        batch = fetch()
+        yield loss.item(), lr, time.perf_counter() - t0, n
 
 
 class StepLog:

@@ -31,6 +31,13 @@ def test_shards_then_inspect(store, tmp_path):
     assert r.exit_code == 0 and "straight" in r.output and (tmp_path / "m.png").exists()
 
 
+def test_case_options_pick_cases(store, tmp_path):
+    for args in (["--case", "ph-01"], ["--cases", "ph-01"]):  # the old comma-separated form still works
+        r = _run("shards", store, "--out", tmp_path / args[0], "--crop-size", 32, "--cube-size", 8, *args,
+                 "--workers", 1, "--no-progress")
+        assert r.exit_code == 0 and "16 samples in 1 shards from 1 cases" in r.output, r.output
+
+
 def test_a_failed_case_exits_1(store, tmp_path):
     commit_arrays(store, "ph-01", {"candidates": np.array([[900, 0, 0]], np.int32)}, {"candidates": {"digest": "x"}})
     r = _run("shards", store, "--out", tmp_path / "sh", "--crop-size", 32, "--cube-size", 8,
@@ -44,6 +51,9 @@ def test_a_failed_case_exits_1(store, tmp_path):
     (["shards", "missing.zarr", "--out", "o"], "error: no volume store at missing.zarr"),
     (["shards", "{store}", "--out", "o", "--crop-size", "30"], "error: cubes of 16 voxels"),
     (["inspect", "nowhere"], "error: nothing to inspect at nowhere"),
+    (["shards", "m.npz", "--out", "o", "--case", "a"], "error: a labels CSV and a case list apply to a volume store"),
+    (["shards", "m.npz", "--out", "o", "--cases", "a,b"], "error: a labels CSV and a case list apply to a volume"),
+    (["shards", "{store}", "--out", "o", "--task", "finetune"], "error: fine-tuning shards from a volume store need"),
 ])
 def test_user_errors_are_one_line_and_exit_2(store, tmp_path, monkeypatch, args, message):
     monkeypatch.chdir(tmp_path)
@@ -65,26 +75,6 @@ def test_npz_finetune_and_pretrain(tmp_path):
     assert r.exit_code == 0, r.output
     man = json.loads((tmp_path / "pre" / "manifest.json").read_text())
     assert man["config"]["crop_size"] == 28 and man["config"]["cube_size"] == 8 and man["totals"]["samples"] == 12
-
-
-def test_config_options_are_generated_from_a_config_dataclass():
-    import click
-
-    from cli import _config_from, _config_options
-    from tcpc_data.shards.pretrain import ShardConfig
-
-    got = {}
-
-    @click.command(params=_config_options(ShardConfig, "shards", {"--seed"}))
-    def cmd(**kw):
-        got["cfg"] = _config_from(ShardConfig, "shards", kw)
-
-    r = CliRunner().invoke(cmd, ["--crop-size", "32", "--plane", "coronal", "--shards-seed", "5",
-                                 "--overlap", "0.25"])
-    assert r.exit_code == 0, r.output
-    assert got["cfg"] == ShardConfig(crop_size=32, plane="coronal", seed=5, overlap=0.25)
-    help_text = CliRunner().invoke(cmd, ["--help"]).output
-    assert "Crop side S in voxels around each candidate." in help_text and "--shards-seed" in help_text
 
 
 def test_shards_to_a_url_then_pretrain_from_it(store, tmp_path, monkeypatch):

@@ -15,7 +15,9 @@ import dataclasses
 import os
 import posixpath
 import tempfile
+from dataclasses import field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -47,34 +49,22 @@ def _positive3(value, name: str) -> tuple[float, float, float] | None:
 
 @dataclasses.dataclass(frozen=True)
 class IngestConfig:
-    """How cases are read and normalised (saved in each image's ``config`` attribute).
+    """How cases are read and normalised (saved in each image's ``config`` attribute)."""
 
-    Attributes
-    ----------
-    clip
-        HU window ``(lo, hi)`` applied before min/max normalisation, or None.
-        LIDC pads outside the scan field with -2048/-3024 HU, so (-1024, 3071)
-        keeps padding from dominating the range.
-    spacing_zyx
-        Resample to this voxel size in mm (one number = isotropic); None keeps
-        the native grid.
-    npy_spacing_zyx
-        Voxel size of NumPy inputs, which carry none; None refuses them.
-    dtype
-        Stored dtype, ``float32`` or ``float16``.
-    irregular
-        Tilted or unevenly spaced DICOM series: ``resample`` onto a regular grid
-        or ``refuse``.
-    max_voxels
-        Size guard: refuse any volume (before or after resampling) above it.
-    """
-
-    clip: tuple[float, float] | None = None
-    spacing_zyx: tuple[float, float, float] | None = None
-    npy_spacing_zyx: tuple[float, float, float] | None = None
-    dtype: str = "float32"
-    irregular: str = "resample"
-    max_voxels: int = 1 << 30
+    # LIDC pads outside the scan field with -2048/-3024 HU: (-1024, 3071) keeps padding from dominating the range.
+    clip: tuple[float, float] | None = field(default=None, metadata={
+        "help": "HU window lo,hi applied before min/max normalisation, e.g. -1024,3071.", "metavar": "LO,HI"})
+    spacing_zyx: tuple[float, ...] | None = field(default=None, metadata={
+        "help": "Resample to this voxel size in mm (one number: isotropic); none keeps the native grid.",
+        "metavar": "S|Z,Y,X", "option": "spacing", "aliases": ("spacing-zyx",)})
+    npy_spacing_zyx: tuple[float, ...] | None = field(default=None, metadata={
+        "help": "Voxel size in mm of .npy/.npz inputs, which carry none; none refuses them.",
+        "metavar": "S|Z,Y,X", "option": "npy-spacing", "aliases": ("npy-spacing-zyx",)})
+    dtype: Literal[_DTYPES] = field(default="float32", metadata={"help": "Stored dtype."})
+    irregular: Literal[_IRREGULAR] = field(default="resample", metadata={
+        "help": "Tilted or unevenly spaced DICOM series: resample onto a regular grid, or refuse."})
+    max_voxels: int = field(default=1 << 30, metadata={
+        "help": "Size guard: refuse any volume (before or after resampling) with more voxels."})
 
     def __post_init__(self):
         object.__setattr__(self, "clip", check_clip(self.clip))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import os
+from dataclasses import field
 from pathlib import Path
 
 import numpy as np
@@ -34,25 +35,13 @@ _CHUNK = 256  # npz images per task: parts stay small and resumable
 
 @dataclasses.dataclass(frozen=True)
 class LabelledConfig:
-    """How labelled volumes are cut and packed.
+    """How labelled volumes are cut and packed (saved in the manifest)."""
 
-    Attributes
-    ----------
-    crop_size
-        Crop side S in voxels around each CSV centre (ignored for ``.npz``,
-        whose images are the volumes).
-    background
-        Value of crop voxels outside the volume.
-    shard_size
-        Samples per shard file.
-    name
-        Shard file prefix.
-    """
-
-    crop_size: int = 64
-    background: float = -1.0
-    shard_size: int = 1000
-    name: str = "labelled"
+    crop_size: int = field(default=64, metadata={
+        "help": "Crop side S in voxels around each CSV centre (an .npz's images are the volumes)."})
+    background: float = field(default=-1.0, metadata={"help": "Value of crop voxels outside the volume."})
+    shard_size: int = field(default=1000, metadata={"help": "Samples per shard file."})
+    name: str = field(default="labelled", metadata={"help": "Shard file prefix: <name>-%06d.tar."})
 
     def validate(self) -> None:
         for field in ("crop_size", "shard_size"):

@@ -12,8 +12,9 @@ from __future__ import annotations
 import dataclasses
 import os
 import zlib
+from dataclasses import field
 from functools import lru_cache
-from typing import Iterator
+from typing import Iterator, Literal
 
 import numpy as np
 
@@ -28,57 +29,34 @@ from tcpc_data.store import list_cases, open_store
 
 @dataclasses.dataclass(frozen=True)
 class ShardConfig:
-    """How crops are cut into path samples and packed into shards.
+    """How crops are cut into path samples and packed into shards (saved in the manifest)."""
 
-    Attributes
-    ----------
-    crop_size
-        Crop side S in voxels around each candidate.
-    cube_size
-        Cube side c in voxels.
-    overlap
-        Fraction of a cube shared with its grid neighbour (0.5: stride c/2).
-    path
-        Path kind, a key of ``tcpc_data.shards.cubepaths.PATHS`` ('u', 'straight', 'block').
-    path_size
-        U radius, straight length or block step in grid units; None = the
-        kind's default: 1, 3, and for blocks the step at which cubes touch
-        without overlapping (2 at overlap 0.5), so a Jigsaw or Rubik's-cube
-        net cannot solve its puzzle from shared voxels.
-    plane, opening
-        Fix the variant; None draws it per sample from the seed.
-    targets_per_crop
-        Samples (target draws) per candidate crop.
-    target_radius
-        Targets lie within this many grid steps of the crop centre; None
-        allows any target whose path fits.
-    candidates_per_case
-        Use the best this many candidates of each case; None = all.
-    background
-        Value of crop voxels outside the volume (−1: the bottom of [−1, 1]).
-    shard_size
-        Samples per shard file.
-    name
-        Shard file prefix: ``<name>-%06d.tar``.
-    seed
-        Seed of every draw; a sample's draws depend only on (seed, case,
-        candidate, draw index), never on the worker count.
-    """
-
-    crop_size: int = 64
-    cube_size: int = 16
-    overlap: float = 0.5
-    path: str = "u"
-    path_size: int | None = None
-    plane: str | None = None
-    opening: str | None = None
-    targets_per_crop: int = 4
-    target_radius: int | None = 1
-    candidates_per_case: int | None = None
-    background: float = -1.0
-    shard_size: int = 1000
-    name: str = "tcpc"
-    seed: int = 0
+    crop_size: int = field(default=64, metadata={"help": "Crop side S in voxels around each candidate."})
+    cube_size: int = field(default=16, metadata={"help": "Cube side c in voxels."})
+    overlap: float = field(default=0.5, metadata={
+        "help": "Fraction of a cube shared with its grid neighbour (0.5: stride c/2)."})
+    path: Literal[tuple(P.PATHS)] = field(default="u", metadata={
+        "help": "Path kind: u (TCPC), straight (3D CPC), block (Rubik's cube / Jigsaw)."})
+    # The block default keeps cubes from overlapping, so a Jigsaw or Rubik's-cube net cannot solve
+    # its puzzle from shared voxels.
+    path_size: int | None = field(default=None, metadata={
+        "help": "U radius, straight length or block step in cubes; none: the kind's default "
+                "(1, 3, and for blocks the step at which cubes touch: 2 at overlap 0.5)."})
+    plane: Literal[tuple(P.PLANES)] | None = field(default=None, metadata={
+        "help": "Fix the path plane; none draws it per sample from the seed."})
+    opening: Literal[P.OPENINGS] | None = field(default=None, metadata={
+        "help": "Fix the path opening; none draws it per sample from the seed."})
+    targets_per_crop: int = field(default=4, metadata={"help": "Samples (target draws) per candidate crop."})
+    target_radius: int | None = field(default=1, metadata={
+        "help": "Targets lie within this many grid steps of the crop centre; none: anywhere the path fits."})
+    candidates_per_case: int | None = field(default=None, metadata={
+        "help": "Use the best this many candidates of each case; none: all."})
+    background: float = field(default=-1.0, metadata={
+        "help": "Value of crop voxels outside the volume (-1: the bottom of [-1, 1])."})
+    shard_size: int = field(default=1000, metadata={"help": "Samples per shard file."})
+    name: str = field(default="tcpc", metadata={"help": "Shard file prefix: <name>-%06d.tar."})
+    # A sample's draws depend only on (seed, case, candidate, draw index), never on the worker count.
+    seed: int = field(default=0, metadata={"help": "Seed of every draw."})
 
     def variants(self) -> tuple[tuple[str, str], ...]:
         """The (plane, opening) variants samples are drawn from."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from dataclasses import field
 
 import numpy as np
 
@@ -30,52 +31,30 @@ ALGORITHM_VERSION = 1
 
 @dataclasses.dataclass(frozen=True)
 class SupervoxelConfig:
-    """Settings of the supervoxels stage (saved with its outputs).
+    """Settings of the supervoxels stage (saved with its outputs)."""
 
-    Attributes
-    ----------
-    n_segments
-        Approximate number of supervoxels inside the body. 2000 gives about
-        10 mL (a 21 mm cube) per supervoxel in a chest and 2-3 mL in a head:
-        the size of the 3-30 mm lesions to find and a third of a 64 mm crop.
-    compactness
-        SLIC's intensity/space balance; 0.1 lets tissue boundaries (lung,
-        soft tissue, bone differ by 0.2-0.5 of the [0, 1] range) win over cube shapes.
-    max_num_iter
-        k-means iterations (TCPC paper: at most 10).
-    sigma
-        Gaussian smoothing before clustering (TCPC paper: 10), in mm when
-        use_spacing is on (scikit-image divides a scalar sigma by the spacing).
-    use_spacing
-        Weight distances and sigma by the voxel spacing.
-    enforce_connectivity
-        Make every supervoxel one connected piece.
-    min_size_factor
-        Pieces smaller than this times the mean supervoxel size merge into a neighbour.
-    max_size_factor
-        Connected pieces are cut at this times the mean supervoxel size.
-    body_threshold_hu
-        HU above which a voxel is tissue when finding the body mask.
-    body_opening_mm
-        In-plane opening radius (mm) that detaches the table from the body.
-    top_k
-        Crop centres kept per case (best first).
-    crop_size
-        Crop side in voxels of the image, for non-maximum suppression and the shards.
-    """
-
-    n_segments: int = 2000
-    compactness: float = 0.1
-    max_num_iter: int = 10
-    sigma: float = 10.0
-    use_spacing: bool = True
-    enforce_connectivity: bool = True
-    min_size_factor: float = 0.5
-    max_size_factor: float = 3.0
-    body_threshold_hu: float = -500.0
-    body_opening_mm: float = 3.0
-    top_k: int = 32
-    crop_size: int = 64
+    # 2000 gives about 10 mL (a 21 mm cube) per supervoxel in a chest and 2-3 mL in a head:
+    # the size of the 3-30 mm lesions to find and a third of a 64 mm crop.
+    n_segments: int = field(default=2000, metadata={"help": "Approximate number of supervoxels inside the body."})
+    # 0.1 lets tissue boundaries (lung, soft tissue, bone differ by 0.2-0.5 of the [0, 1] range) win over cubes.
+    compactness: float = field(default=0.1, metadata={"help": "SLIC's balance of intensity against space."})
+    max_num_iter: int = field(default=10, metadata={"help": "k-means iterations (TCPC paper: at most 10)."})
+    # scikit-image divides a scalar sigma by the spacing when use_spacing is on.
+    sigma: float = field(default=10.0, metadata={
+        "help": "Gaussian smoothing before clustering (TCPC paper: 10), in mm when --use-spacing is on."})
+    use_spacing: bool = field(default=True, metadata={"help": "Weight distances and sigma by the voxel spacing."})
+    enforce_connectivity: bool = field(default=True, metadata={"help": "Make every supervoxel one connected piece."})
+    min_size_factor: float = field(default=0.5, metadata={
+        "help": "Pieces smaller than this times the mean supervoxel size merge into a neighbour."})
+    max_size_factor: float = field(default=3.0, metadata={
+        "help": "Connected pieces are cut at this times the mean supervoxel size."})
+    body_threshold_hu: float = field(default=-500.0, metadata={
+        "help": "HU above which a voxel is tissue when finding the body mask."})
+    body_opening_mm: float = field(default=3.0, metadata={
+        "help": "In-plane opening radius in mm that detaches the table from the body."})
+    top_k: int = field(default=32, metadata={"help": "Crop centres kept per case (best first)."})
+    crop_size: int = field(default=64, metadata={
+        "help": "Crop side in voxels, for non-maximum suppression of the centres and the shards."})
 
     def validate(self) -> None:
         """Raise ValueError naming the first field outside its range."""

@@ -13,6 +13,7 @@ import csv
 import dataclasses
 import json
 import time
+from dataclasses import field
 from pathlib import Path
 
 from tcpc_data.shards.labelled import LabelledConfig, write_labelled_shards
@@ -23,36 +24,30 @@ from tcpc_data.store import list_cases
 from tcpc_data.supervoxels.stage import SupervoxelConfig
 from tcpc_train.finetuning import FinetuneConfig, finetune
 from tcpc_train.pretraining import PretrainConfig, pretrain
+from tcpc_train.runtime import RuntimeConfig
 
 
 @dataclasses.dataclass(frozen=True)
 class DemoConfig:
-    """Sizes of the demo (saved as ``demo.json``); the defaults run in a few minutes on 2 cores.
+    """Sizes of the demo (saved as ``demo.json``); the defaults run in a few minutes on 2 cores."""
 
-    cases, lesions_per_case, shape, seed : the phantom archive (shape (Z, Y, X) voxels)
-    split : fraction of cases for train and val; the rest is test
-    crop_size, cube_size : crop side S and cube side c in voxels (S=32, c=8: a 7³ grid)
-    n_segments, sigma : SLIC on the phantoms (small volumes, small lesions: less smoothing
-        than the paper's sigma 10 mm for real chest CT)
-    top_k : candidate crops per case for pretraining
-    width : encoder channel multiplier
-    pretrain_steps, finetune_epochs, batch_size : training lengths
-    """
-
-    cases: int = 24
-    lesions_per_case: int = 6
-    shape: tuple[int, int, int] = (48, 96, 96)
-    seed: int = 0
-    split: tuple[float, float] = (0.6, 0.15)
-    crop_size: int = 32
-    cube_size: int = 8
-    n_segments: int = 300
-    sigma: float = 1.0
-    top_k: int = 16
-    width: float = 0.125
-    pretrain_steps: int = 150
-    finetune_epochs: int = 12
-    batch_size: int = 16
+    cases: int = field(default=24, metadata={"help": "Phantom CTs to generate."})
+    lesions_per_case: int = field(default=6, metadata={"help": "Lesions per phantom."})
+    shape: tuple[int, int, int] = field(default=(48, 96, 96), metadata={
+        "help": "Phantom size in voxels.", "metavar": "Z,Y,X"})
+    seed: int = field(default=0, metadata={"help": "Seed of the phantoms, the draws and the training."})
+    split: tuple[float, float] = field(default=(0.6, 0.15), metadata={
+        "help": "Fractions of cases for train and val; the rest is test.", "metavar": "TRAIN,VAL"})
+    crop_size: int = field(default=32, metadata={"help": "Crop side S in voxels (S=32, c=8: a 7^3 cube grid)."})
+    cube_size: int = field(default=8, metadata={"help": "Cube side c in voxels."})
+    # Small volumes, small lesions: less smoothing than the paper's sigma 10 mm for real chest CT.
+    n_segments: int = field(default=300, metadata={"help": "SLIC supervoxels per phantom."})
+    sigma: float = field(default=1.0, metadata={"help": "SLIC smoothing in mm."})
+    top_k: int = field(default=16, metadata={"help": "Candidate crops per case for pretraining."})
+    width: float = field(default=0.125, metadata={"help": "Channel multiplier of the encoder."})
+    pretrain_steps: int = field(default=150, metadata={"help": "TCPC pretraining steps."})
+    finetune_epochs: int = field(default=12, metadata={"help": "Fine-tuning epochs."})
+    batch_size: int = field(default=16, metadata={"help": "Samples per step."})
 
     def validate(self) -> None:
         if self.cases < 3:
@@ -131,7 +126,7 @@ def run_demo(out: str | Path, config: DemoConfig = DemoConfig(), *, progress: bo
                               LabelledConfig(crop_size=config.crop_size), workers=1)
 
     pcfg = PretrainConfig(task="tcpc", width=config.width, steps=config.pretrain_steps,
-                          batch_size=config.batch_size, workers=0, seed=config.seed, device="auto",
+                          batch_size=config.batch_size, runtime=RuntimeConfig(workers=0, seed=config.seed),
                           warmup=min(50, config.pretrain_steps // 5),
                           checkpoint_every=config.pretrain_steps)
     pre = pretrain(out / "pre" / "shards", out / "runs" / "tcpc", pcfg, progress=progress)
@@ -141,7 +136,7 @@ def run_demo(out: str | Path, config: DemoConfig = DemoConfig(), *, progress: bo
     rows = {}
     for method, init in (("scratch", None), ("TCPC", pre["checkpoint"])):
         fcfg = FinetuneConfig(width=config.width, epochs=config.finetune_epochs, batch_size=config.batch_size,
-                              init=init, workers=0, seed=config.seed)
+                              init=init, runtime=RuntimeConfig(workers=0, seed=config.seed, shuffle_buffer=512))
         s = finetune(out / "labelled", out / "runs" / f"finetune-{method.lower()}", fcfg, progress=progress)
         rows[method] = {"acc": s["metrics"]["acc"], "auc": s["metrics"]["auc"], "n_train": s["n_train"],
                         "n_test": s["metrics"].get("n"), "run": s["out"]}

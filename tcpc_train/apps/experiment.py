@@ -26,14 +26,13 @@ from pathlib import Path
 from tcpc_data.shards.labelled import pretrain_config_for, write_npz_shards
 from tcpc_train.finetuning import FinetuneConfig, finetune
 from tcpc_train.pretraining import PretrainConfig, pretrain
+from tcpc_train.runtime import RuntimeConfig
+from tcpc_train.tasks import TASKS
 from tcpc_train.apps.published import MEDMNIST_V2_ADRENAL3D
 from tcpc_train.apps.report import aggregate, markdown_table, plot_auc_vs_fraction
 
-# method -> (pretraining task, path kind of its shards); scratch has no pretraining.
-METHODS = {"scratch": None, "cpc": ("cpc", "straight"), "rubik": ("rubik", "block"),
-           "jigsaw": ("jigsaw", "block"), "tcpc": ("tcpc", "u")}
-LABELS = {"scratch": "train from scratch", "cpc": "3D CPC", "rubik": "Rubik's cube",
-          "jigsaw": "3D Jigsaw", "tcpc": "TCPC"}
+# method -> row label: training from scratch, and one row per pretraining task (tcpc_train.tasks).
+LABELS = {"scratch": "train from scratch", **{name: task.label for name, task in TASKS.items()}}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,7 +40,7 @@ class ExperimentConfig:
     """One experiment (saved as ``experiment.json`` beside its results).
 
     npz : MedMNIST-layout file (``{train,val,test}_{images,labels}``)
-    methods : rows, keys of ``METHODS``
+    methods : rows: ``scratch`` or a task of ``tcpc_train.tasks.TASKS``
     fractions : label fractions in (0, 1]
     seeds : fine-tuning seeds (label subset, head init, data order)
     epochs : fine-tuning epochs per fraction (same length as ``fractions``):
@@ -72,9 +71,9 @@ class ExperimentConfig:
     device: str = "auto"
 
     def validate(self) -> None:
-        unknown = [m for m in self.methods if m not in METHODS]
+        unknown = [m for m in self.methods if m not in LABELS]
         if unknown:
-            raise ValueError(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
+            raise ValueError(f"unknown methods {unknown}; choose from {', '.join(LABELS)}")
         if len(self.epochs) != len(self.fractions):
             raise ValueError(f"epochs has {len(self.epochs)} entries but fractions has {len(self.fractions)}; "
                              "give one epoch count per label fraction")
@@ -189,16 +188,17 @@ def run_experiment(config: ExperimentConfig, out: str | Path, *, progress: bool 
     side = int(labelled["train"][1]["config"]["crop_size"])  # the volumes' side S
     checkpoints: dict[str, str | None] = {"scratch": None}
     for method in config.methods:
-        if METHODS[method] is None:
+        if method not in TASKS:
             continue
-        task, path_kind = METHODS[method]
+        task, path_kind = method, TASKS[method].path_kind
         shards = out / "shards" / path_kind
         write_npz_shards(config.npz, shards, task="pretrain", progress=progress,
                          config=pretrain_config_for(side, path=path_kind, targets_per_crop=config.targets_per_crop,
                                                     name=path_kind))
         pcfg = PretrainConfig(task=task, arch=config.arch, width=config.width, steps=config.pretrain_steps,
-                              batch_size=config.pretrain_batch, lr=config.pretrain_lr, seed=config.pretrain_seed,
-                              workers=config.workers, device=config.device,
+                              batch_size=config.pretrain_batch, lr=config.pretrain_lr,
+                              runtime=RuntimeConfig(seed=config.pretrain_seed, workers=config.workers,
+                                                    device=config.device),
                               checkpoint_every=max(1, config.pretrain_steps // 4))
         run = out / "pretrain" / method
         ck = _pretrain_done(run, pcfg)
@@ -218,8 +218,9 @@ def run_experiment(config: ExperimentConfig, out: str | Path, *, progress: bool 
             for method in config.methods:
                 fcfg = FinetuneConfig(arch=config.arch, width=config.width, epochs=epochs,
                                       batch_size=config.finetune_batch, lr=config.finetune_lr,
-                                      label_fraction=fraction, init=checkpoints[method], workers=config.workers,
-                                      seed=seed, device=config.device)
+                                      label_fraction=fraction, init=checkpoints[method],
+                                      runtime=RuntimeConfig(seed=seed, workers=config.workers, device=config.device,
+                                                            shuffle_buffer=512))
                 cell = _cell_dir(out, method, fraction, seed)
                 s = _cell_done(cell, fcfg)
                 if s is None:

@@ -16,6 +16,7 @@ import csv
 import dataclasses
 import json
 import time
+from dataclasses import field
 from pathlib import Path
 
 import numpy as np
@@ -34,36 +35,31 @@ from tcpc_train.apps.featuremaps import render_feature_maps
 from tcpc_train.finetuning import FinetuneConfig, finetune
 from tcpc_train.models import Classifier, build_encoder
 from tcpc_train.pretraining import PretrainConfig, pretrain
+from tcpc_train.runtime import RuntimeConfig
 from tcpc_train.weights import load_encoder_weights
 
 
 @dataclasses.dataclass(frozen=True)
 class RealCTConfig:
-    """Settings of the real-CT run (saved as ``realct.json``).
+    """Settings of the real-CT run (saved as ``realct.json``)."""
 
-    spacing, clip : ingest (mm; HU window, LIDC pads with -2048/-3024)
-    crop_size, cube_size : pretraining crops and cubes (64 mm, 16 mm at 1 mm)
-    top_k : SLIC candidate crops per case
-    label_crop : side of the labelled crops for fine-tuning (voxels)
-    jitter, per_nodule : positives per nodule, centres shifted up to ``jitter`` voxels
-    negative_distance_mm : negatives are candidates at least this far from every nodule
-    width, pretrain_steps, finetune_epochs, batch_size, seed : training
-    """
-
-    spacing: float = 1.0
-    clip: tuple[float, float] = (-1024.0, 3071.0)
-    crop_size: int = 64
-    cube_size: int = 16
-    top_k: int = 32
-    label_crop: int = 48
-    jitter: int = 3
-    per_nodule: int = 6
-    negative_distance_mm: float = 25.0
-    width: float = 0.125
-    pretrain_steps: int = 200
-    finetune_epochs: int = 4
-    batch_size: int = 8
-    seed: int = 0
+    spacing: float = field(default=1.0, metadata={"help": "Isotropic voxel size in mm after ingest."})
+    # LIDC pads outside the scan field with -2048/-3024 HU.
+    clip: tuple[float, float] = field(default=(-1024.0, 3071.0), metadata={
+        "help": "HU window applied before normalisation.", "metavar": "LO,HI"})
+    crop_size: int = field(default=64, metadata={"help": "Pretraining crop side in voxels (64 mm at 1 mm)."})
+    cube_size: int = field(default=16, metadata={"help": "Cube side in voxels (16 mm at 1 mm)."})
+    top_k: int = field(default=32, metadata={"help": "SLIC candidate crops per case."})
+    label_crop: int = field(default=48, metadata={"help": "Side in voxels of the labelled crops for fine-tuning."})
+    jitter: int = field(default=3, metadata={"help": "Positive crops' centres are shifted up to this many voxels."})
+    per_nodule: int = field(default=6, metadata={"help": "Positive crops per nodule."})
+    negative_distance_mm: float = field(default=25.0, metadata={
+        "help": "Negatives are candidates at least this far in mm from every nodule."})
+    width: float = field(default=0.125, metadata={"help": "Channel multiplier of the encoder."})
+    pretrain_steps: int = field(default=200, metadata={"help": "TCPC pretraining steps."})
+    finetune_epochs: int = field(default=4, metadata={"help": "Fine-tuning epochs."})
+    batch_size: int = field(default=8, metadata={"help": "Fine-tuning samples per step."})
+    seed: int = field(default=0, metadata={"help": "Seed of the draws and the training."})
 
 
 def nodule_voxels(store, nodules_csv: str | Path) -> dict[str, list[tuple[np.ndarray, dict]]]:
@@ -149,12 +145,14 @@ def run_realct(sources, nodules_csv, out, config: RealCTConfig = RealCTConfig(),
                               LabelledConfig(crop_size=config.label_crop), workers=1)
 
     pcfg = PretrainConfig(task="tcpc", width=config.width, steps=config.pretrain_steps, batch_size=16,
-                          workers=0, seed=config.seed, warmup=min(50, config.pretrain_steps // 5),
+                          runtime=RuntimeConfig(workers=0, seed=config.seed),
+                          warmup=min(50, config.pretrain_steps // 5),
                           checkpoint_every=config.pretrain_steps)
     pre = pretrain(out / "pre" / "shards", out / "runs" / "tcpc", pcfg, progress=progress)
     log(f"TCPC on LIDC candidate crops: InfoNCE {pre['final_loss']:.3f} (chance {pre['chance_loss']:.3f})")
     fcfg = FinetuneConfig(width=config.width, epochs=config.finetune_epochs, batch_size=config.batch_size,
-                          init=pre["checkpoint"], workers=0, seed=config.seed)
+                          init=pre["checkpoint"],
+                          runtime=RuntimeConfig(workers=0, seed=config.seed, shuffle_buffer=512))
     fin = finetune(out / "labelled", out / "runs" / "finetune", fcfg, progress=progress)
     log(f"fine-tuned nodule vs candidate on {fin['n_train']} crops (training fit ACC {fin['metrics']['acc']:.3f})")
 

@@ -54,3 +54,14 @@ def test_a_damaged_shard_read_by_a_loader_worker_is_one_line_and_keeps_the_check
     assert res.exit_code == 2 and "Traceback" not in res.output
     assert f"error: {tar}: truncated tar (member data cut short)" in res.output
     assert (tmp_path / "run" / "last.pt").read_bytes() == before
+
+
+def test_a_rerun_resumes_unless_fresh(labelled, tmp_path):
+    args = ["finetune", str(labelled), "--scratch", "--arch", "vgg", "--epochs", "1", "--out", str(tmp_path / "ft"),
+            *TINY]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    res = CliRunner().invoke(main, [*args, "--lr", "0.01"])
+    assert res.exit_code == 2 and "holds another run (lr: 0.001)" in res.output
+    res = CliRunner().invoke(main, [*args, "--lr", "0.01", "--fresh"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "ft" / "config.json").read_text())["lr"] == 0.01

@@ -8,6 +8,7 @@ import pytest
 from tcpc_data.shards.labelled import pretrain_config_for, write_npz_shards
 from tcpc_train.finetuning import FinetuneConfig, finetune
 from tcpc_train.pretraining import PretrainConfig, pretrain
+from tcpc_train.runtime import RuntimeConfig
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +26,7 @@ def test_pretrain_on_engine_shards(adrenal_subset, tmp_path, task, kind):
     (_, manifest), = write_npz_shards(adrenal_subset, tmp_path / "shards", task="pretrain", config=cfg).values()
     assert manifest["totals"]["samples"] == 32
     s = pretrain(tmp_path / "shards", tmp_path / "run", PretrainConfig(
-        task=task, steps=2, width=1 / 16, batch_size=4, workers=0, n_permutations=10))
+        task=task, steps=2, width=1 / 16, batch_size=4, runtime=RuntimeConfig(workers=0), n_permutations=10))
     assert s["steps"] == 2 and np.isfinite(s["final_loss"])
 
 
@@ -33,8 +34,10 @@ def test_finetune_from_tcpc_on_engine_shards(adrenal_subset, tmp_path):
     write_npz_shards(adrenal_subset, tmp_path / "pre", task="pretrain",
                      config=pretrain_config_for(28, targets_per_crop=1, shard_size=8))
     write_npz_shards(adrenal_subset, tmp_path / "lab", task="finetune")
-    p = pretrain(tmp_path / "pre", tmp_path / "tcpc", PretrainConfig(steps=2, width=1 / 16, batch_size=4, workers=0))
+    p = pretrain(tmp_path / "pre", tmp_path / "tcpc", PretrainConfig(steps=2, width=1 / 16, batch_size=4,
+                                                                 runtime=RuntimeConfig(workers=0)))
     s = finetune(tmp_path / "lab", tmp_path / "ft", FinetuneConfig(
-        epochs=1, width=1 / 16, batch_size=4, workers=0, init=p["checkpoint"], label_fraction=0.5))
+        epochs=1, width=1 / 16, batch_size=4, init=p["checkpoint"], label_fraction=0.5,
+        runtime=RuntimeConfig(workers=0, shuffle_buffer=512)))
     assert s["n_train"] == 16 and s["init_report"]["missing"] == []
     assert s["metrics"]["n"] == 16 and s["metrics"]["auc"] is not None

@@ -17,9 +17,10 @@ from tcpc_train.loader import ShardStream, open_shards
 from tcpc_train.metrics import classification_metrics
 from tcpc_train.models import ResNet18_3d, build_encoder
 from tcpc_train.pretraining import PretrainConfig, pretrain
+from tcpc_train.runtime import RuntimeConfig
 from tcpc_train.weights import load_encoder_weights
 
-TINY = dict(width=1 / 16, batch_size=8, workers=0)
+TINY = dict(width=1 / 16, batch_size=8, runtime=RuntimeConfig(workers=0, shuffle_buffer=512))
 
 
 def test_finetune_reaches_high_accuracy_on_a_separable_set(labelled, tmp_path):
@@ -111,7 +112,8 @@ def test_unrelated_state_dict_is_refused(tmp_path):
 
 def test_cascade_external_then_tcpc_then_finetune(u_shards, labelled, tmp_path):
     torch.save(_external_state_dict(1 / 16), tmp_path / "ext.pth")
-    p = pretrain(u_shards, tmp_path / "tcpc", PretrainConfig(steps=1, width=1 / 16, batch_size=4, workers=0,
+    p = pretrain(u_shards, tmp_path / "tcpc", PretrainConfig(steps=1, width=1 / 16, batch_size=4,
+                                                              runtime=RuntimeConfig(workers=0),
                                                               init=str(tmp_path / "ext.pth")))
     assert p["init_report"]["missing"] == ["conv1.weight"]
     s = finetune(labelled, tmp_path / "ft", FinetuneConfig(epochs=1, init=str(tmp_path / "tcpc" / "last.pt"), **TINY))

@@ -3,6 +3,7 @@ SyncBatchNorm over two ranks sharing one GPU. Skipped where there is no GPU (CI 
 ``bench/gpu-check.sh`` runs them on a GPU machine."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -11,14 +12,15 @@ import torch
 import torch.multiprocessing as mp
 
 from tcpc_train.checkpoint import load_checkpoint
-from tcpc_train.finetuning import FinetuneConfig, evaluate, finetune
+from tcpc_train.finetuning import EvaluateConfig, FinetuneConfig, evaluate, finetune
 from tcpc_train.models import build_encoder
 from tcpc_train.pretraining import PretrainConfig, pretrain
-from tcpc_train.runtime import autocast
+from tcpc_train.runtime import RuntimeConfig, autocast
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
-TINY = dict(width=1 / 8, batch_size=8, workers=2, warmup=1, checkpoint_every=2, shuffle_buffer=8, device="cuda")
+CUDA = RuntimeConfig(workers=2, shuffle_buffer=8, device="cuda")
+TINY = dict(width=1 / 8, batch_size=8, warmup=1, checkpoint_every=2, runtime=CUDA)
 
 
 def _losses(run):
@@ -51,10 +53,10 @@ def test_pretraining_on_cuda_resumes_with_the_same_losses(u_shards, tmp_path, ki
 
 def test_finetuning_on_cuda_and_evaluating_anywhere(labelled, tmp_path):
     s = finetune(labelled, tmp_path, FinetuneConfig(arch="vgg", epochs=3, width=1 / 16, batch_size=8,
-                                                    workers=2, device="cuda"))
+                                                    runtime=dataclasses.replace(CUDA, shuffle_buffer=512)))
     assert s["metrics"]["acc"] >= 0.9 and s["metrics"]["auc"] >= 0.95
-    on_gpu = evaluate(tmp_path / "best.pt", labelled, device="cuda")
-    on_cpu = evaluate(tmp_path / "best.pt", labelled, device="cpu")
+    on_gpu = evaluate(tmp_path / "best.pt", labelled, config=EvaluateConfig(runtime=RuntimeConfig(device="cuda")))
+    on_cpu = evaluate(tmp_path / "best.pt", labelled, config=EvaluateConfig(runtime=RuntimeConfig(device="cpu")))
     assert on_gpu["acc"] == s["metrics"]["acc"] and on_cpu["acc"] >= 0.9
 
 
@@ -67,7 +69,7 @@ def _ddp_worker(rank, world, port, shards, out):
     convert = torch.nn.SyncBatchNorm.convert_sync_batchnorm
     torch.nn.SyncBatchNorm.convert_sync_batchnorm = lambda *a: converted.append(1) or convert(*a)
     try:
-        s = pretrain(shards, out, PretrainConfig(steps=3, **{**TINY, "workers": 0}))
+        s = pretrain(shards, out, PretrainConfig(steps=3, **{**TINY, "runtime": dataclasses.replace(CUDA, workers=0)}))
         with open(out.parent / f"rank{rank}.json", "w") as f:
             json.dump({"world": s["world_size"], "final_loss": s["final_loss"], "syncbn": bool(converted)}, f)
     finally:

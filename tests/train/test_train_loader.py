@@ -180,6 +180,7 @@ def test_shards_stream_from_an_fsspec_url(u_shards, labelled, tmp_path):
 
     from tcpc_train.finetuning import FinetuneConfig, evaluate, finetune
     from tcpc_train.loader import split_or_set
+    from tcpc_train.runtime import RuntimeConfig
 
     mem = fsspec.filesystem("memory")
     for src in (u_shards, labelled):
@@ -194,7 +195,8 @@ def test_shards_stream_from_an_fsspec_url(u_shards, labelled, tmp_path):
         assert [b["key"] for b in batches[0]] == [b["key"] for b in batches[1]]
         assert all(np.array_equal(a["cubes"], b["cubes"]) for a, b in zip(*batches))
         s = finetune("memory://tcpc-url/labelled", tmp_path / "ft",
-                     FinetuneConfig(arch="vgg", epochs=1, width=1 / 16, batch_size=8, workers=0))
+                     FinetuneConfig(arch="vgg", epochs=1, width=1 / 16, batch_size=8,
+                                    runtime=RuntimeConfig(workers=0, shuffle_buffer=512)))
         assert split_or_set("memory://tcpc-url/labelled") == "memory://tcpc-url/labelled/test"
         assert evaluate(tmp_path / "ft" / "best.pt", "memory://tcpc-url/labelled")["acc"] == s["metrics"]["acc"]
         mem.rm("/tcpc-url/u/synthetic-000001.tar")

@@ -13,9 +13,11 @@ import torch.multiprocessing as mp
 from tcpc_train.checkpoint import load_checkpoint, save_checkpoint
 from tcpc_train.loader import ShardStream, open_shards
 from tcpc_train.pretraining import PretrainConfig, learning_rate, pretrain
+from tcpc_train.runtime import RuntimeConfig
 from tcpc_train.synthetic import write_synthetic_paths
 
-TINY = dict(width=1 / 16, batch_size=4, workers=0, warmup=1, checkpoint_every=2, shuffle_buffer=8)
+TINY = dict(width=1 / 16, batch_size=4, warmup=1, checkpoint_every=2,
+            runtime=RuntimeConfig(workers=0, shuffle_buffer=8))
 
 
 def _losses(run):
@@ -38,7 +40,7 @@ def test_each_task_trains_and_writes_its_outputs(shard_root, tmp_path, task, kin
 
 
 def test_killed_run_resumes_at_the_same_step_with_the_same_losses(u_shards, tmp_path, killed_after):
-    cfg = PretrainConfig(steps=6, **{**TINY, "workers": 2})
+    cfg = PretrainConfig(steps=6, **{**TINY, "runtime": RuntimeConfig(workers=2, shuffle_buffer=8)})
     pretrain(u_shards, tmp_path / "whole", cfg)
     with killed_after(lambda row: row["step"] == 5):  # killed after step 5; the last checkpoint is step 4
         pretrain(u_shards, tmp_path / "killed", cfg)
@@ -64,7 +66,7 @@ def test_wrong_shards_for_the_task_fail_clearly(shard_root, tmp_path):
         pretrain(shard_root / "block", tmp_path / "a", PretrainConfig(task="tcpc", steps=1, **TINY))
     with pytest.raises(ValueError, match="task cpc needs 'straight' paths"):
         pretrain(shard_root / "u", tmp_path / "b", PretrainConfig(task="cpc", steps=1, **TINY))
-    with pytest.raises(ValueError, match="task rubik needs 'block' shards"):
+    with pytest.raises(ValueError, match=r"task rubik needs 'block' paths .*planar \(use --task tcpc\)"):
         pretrain(shard_root / "u", tmp_path / "c", PretrainConfig(task="rubik", steps=1, **TINY))
     with pytest.raises(ValueError, match="no 'cubes.npy' member"):
         pretrain(shard_root / "labelled" / "train", tmp_path / "d", PretrainConfig(steps=1, **TINY))
@@ -76,7 +78,7 @@ def test_wrong_shards_for_the_task_fail_clearly(shard_root, tmp_path):
 def test_bad_configs_are_refused(u_shards, tmp_path):
     for bad, match in [({"task": "simclr"}, "unknown task"), ({"arch": "vit"}, "unknown architecture"),
                        ({"batch_size": 1}, "in-batch negatives"), ({"steps": 0}, "steps must be"),
-                       ({"device": "tpu"}, "unknown device")]:
+                       ({"runtime": RuntimeConfig(device="tpu")}, "unknown device")]:
         with pytest.raises(ValueError, match=match):
             pretrain(u_shards, tmp_path, PretrainConfig(**{**TINY, **bad}))
 

@@ -457,6 +457,20 @@ def inspect(path, png, sample):
         click.echo(f"montage written to {png}")
 
 
+@main.command()
+@click.argument("path")
+@_friendly
+def verify(path):
+    """Check a volume STORE, a shard set or a directory of split sets: digests, chunk checksums,
+    shapes, attributes and tar integrity. Prints each problem; exit 1 if there is any."""
+    from tcpc_data.verify import verify as run_verify
+    report = run_verify(path)
+    for problem in report.problems:
+        click.echo(f"problem: {problem}")
+    click.echo(report.summary())
+    sys.exit(0 if report.ok else 1)
+
+
 @main.command(cls=ConfigCommand, configs={"ingest": "tcpc_data.ingest.stage:IngestConfig",
                                           "supervoxels": "tcpc_data.supervoxels.stage:SupervoxelConfig",
                                           **_SHARD_CONFIGS, "run": StageRun})

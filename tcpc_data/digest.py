@@ -8,10 +8,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
+
+from tcpc_data.urls import open_binary
 
 
 def _canonical(obj: Any) -> Any:
@@ -58,4 +61,13 @@ def files_digest(paths: Iterable[str | Path], chunk_size: int = 1 << 20) -> str:
         with open(p, "rb") as f:
             while block := f.read(chunk_size):
                 h.update(block)
+    return h.hexdigest()
+
+
+def file_sha256(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
+    """SHA-256 of one file's bytes (a local path or an fsspec URL): the integrity check of a shard."""
+    h = hashlib.sha256()
+    with open_binary(path) as f:
+        while block := f.read(chunk_size):
+            h.update(block)
     return h.hexdigest()

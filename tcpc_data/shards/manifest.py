@@ -21,7 +21,7 @@ import json
 import os
 import uuid
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 from tcpc_data.urls import filesystem, join
 
@@ -33,10 +33,12 @@ SPLITS = ("train", "val", "test")  # the split sets of a labelled set, in this o
 
 
 class ShardEntry(TypedDict):
-    """One shard file of the set and its sample count."""
+    """One shard file of the set, its sample count and (sets written by tcpc_data) its SHA-256,
+    which ``tcpc verify`` checks."""
 
     name: str
     samples: int
+    sha256: NotRequired[str]
 
 
 class Totals(TypedDict):

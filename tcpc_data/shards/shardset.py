@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from tcpc_data.digest import digest as _digest
+from tcpc_data.digest import file_sha256
 from tcpc_data.digest import to_json
 from tcpc_data.runner import DONE, SKIPPED, RunReport, Task, run_cases
 from tcpc_data.shards.manifest import (FORMAT_VERSION, MANIFEST, Manifest, find_manifest, new_manifest,
@@ -103,7 +104,7 @@ class ShardWriter:
         self.shards: list[dict] = []
 
     def write(self, samples: Iterable[Sample]) -> list[dict]:
-        """Write all ``samples``; returns [{"name", "samples"}] per shard."""
+        """Write all ``samples``; returns [{"name", "samples", "sha256"}] per shard."""
         it = iter(samples)
         while True:
             first = next(it, None)
@@ -111,7 +112,7 @@ class ShardWriter:
                 break
             name = f"{self.name}-{len(self.shards):06d}.tar"
             n = write_tar(self.out_dir / name, _take(first, it, self.shard_size))
-            self.shards.append({"name": name, "samples": n})
+            self.shards.append({"name": name, "samples": n, "sha256": file_sha256(self.out_dir / name)})
         self._remove_stale()
         return self.shards
 

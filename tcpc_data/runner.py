@@ -7,6 +7,7 @@ report, and never lets one bad case stop the run.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -216,11 +217,33 @@ def _run_distributed(stage, tasks, fn, n, scheduler, memory_limit, record, bar) 
     try:
         if bar.bar is not None and client.dashboard_link:
             bar.bar.console.print(f"{stage}: dask dashboard at {client.dashboard_link}")
-        by_key = {f"{stage}-{t.case}-{i}": t for i, t in enumerate(tasks)}
-        futures = as_completed([client.submit(_call, fn, t, key=k, pure=False) for k, t in by_key.items()])
+        # As many cases in flight as the cluster has threads: a worker holds only the case it runs,
+        # so a worker's death costs that case alone, and the client holds one future per thread.
+        workers = client.scheduler_info()["workers"]
+        slots = sum(w["nthreads"] for w in workers.values()) or n
+        by_key: dict[str, Task] = {}
+        futures = as_completed()
+        queue = iter(enumerate(tasks))
+
+        def submit(task: Task, key: str) -> None:
+            # After a death, wait for the nanny's replacement: else the next case would queue
+            # behind another on a surviving worker and share its fate.
+            if len(client.scheduler_info()["workers"]) < len(workers):
+                with contextlib.suppress(TimeoutError):
+                    client.wait_for_workers(len(workers), timeout=120)
+            by_key[key] = task
+            futures.add(client.submit(_call, fn, task, key=key, pure=False))
+
+        def submit_next() -> None:
+            i, task = next(queue, (None, None))
+            if task is not None:
+                submit(task, f"{stage}-{task.case}-{i}")
+
+        for _ in range(slots):
+            submit_next()
         retried: set[str] = set()
         for fut in futures:
-            task = by_key[fut.key]
+            task = by_key.pop(fut.key)
             try:
                 record(*fut.result())
             except Exception as exc:  # noqa: BLE001 - a lost worker costs at most its case
@@ -228,14 +251,13 @@ def _run_distributed(stage, tasks, fn, n, scheduler, memory_limit, record, bar) 
                     raise
                 if task.case not in retried:
                     retried.add(task.case)
-                    key = f"{fut.key}-retry"
-                    by_key[key] = task
-                    futures.add(client.submit(_call, fn, task, key=key, pure=False))
+                    submit(task, f"{fut.key}-retry")
                     continue
                 record(task.case, "failed", {"case": task.case, "source": task.source, "traceback": "",
                                              "error": f"the worker died twice while processing this case "
                                                       f"(killed, or over its memory limit): "
                                                       f"{type(exc).__name__}: {exc}"})
+            submit_next()
     finally:
         client.close()
         if cluster is not None:

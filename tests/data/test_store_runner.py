@@ -85,7 +85,7 @@ def test_a_killed_worker_costs_at_most_its_case_retried_once(tmp_path):
     tasks = [Task(name, name, (kind, str(tmp_path / name)))
              for name, kind in [("a", "ok"), ("b", "once"), ("c", "always"), ("d", "ok")]]
     rep = run_cases("t", tasks, _dies, workers=2, failures_path=tmp_path / "f.jsonl")
-    assert rep.done == ["a", "b", "d"] and rep.results["b"] == "once"  # b's worker died once: retried
+    assert rep.done == ["a", "b", "d"] and rep.results["b"] == "once", rep.failures  # b died once: retried
     recs = [json.loads(line) for line in (tmp_path / "f.jsonl").read_text().splitlines()]
     assert [r["case"] for r in recs] == ["c"] and "worker died twice" in recs[0]["error"]
 

@@ -169,7 +169,8 @@ def _labelled_config(kw: dict):
     """A LabelledConfig from the shard options (crop side 64 unless given)."""
     from tcpc_data.shards.labelled import LabelledConfig
     return LabelledConfig(crop_size=kw["crop_size"] or 64, background=kw["background"],
-                          shard_size=kw["shard_size"], name=kw["name"] or "labelled")
+                          shard_size=kw["shard_size"], name=kw["name"] or "labelled",
+                          split_as=kw.get("split_as") or "")
 
 
 def _print_run(report, manifest, out) -> None:
@@ -183,14 +184,19 @@ def _print_run(report, manifest, out) -> None:
 @click.argument("source")
 @click.option("--out", "out", required=True, help="Shard directory: a path or an fsspec URL (s3://bucket/shards).")
 @click.option("--labels", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="CSV case,z,y,x,label: labelled crops for fine-tuning instead of path samples.")
+              help="Labels table (case,z,y,x,label; world mm; a nodules.csv; LUNA16 candidates.csv): labelled "
+                   "crops, one set per split in OUT/<split> when it has a split column.")
+@click.option("--split", default=None,
+              help="Only the rows of this split of --labels; with --task pretrain, the cases of this split [train].")
+@click.option("--split-as", default="", help="Rename --labels splits first, FROM=TO[,FROM=TO], e.g. val=test.")
 @click.option("--task", type=click.Choice(["pretrain", "finetune"]), default=None,
-              help="npz only: finetune (labelled split sets, default) or pretrain (path samples of train images).")
+              help="npz: finetune (labelled split sets, default) or pretrain (path samples of train images); "
+                   "store with --labels: pretrain cuts path samples of the --split cases, labels unused.")
 @click.option("--cases", default=None, help="Comma-separated case ids [all complete cases].")
 @_shard_options
 @_run_options("OUT/failures-shards.jsonl; ./failures-shards.jsonl for a URL")
 @_friendly
-def shards(source, out, labels, task, cases, workers, scheduler, failures_path, progress, **kw):
+def shards(source, out, labels, split, split_as, task, cases, workers, scheduler, failures_path, progress, **kw):
     """Write WebDataset shards from a volume STORE or a MedMNIST .npz SOURCE.
 
     A store gives U-path (or straight/block) pretraining samples around each
@@ -205,25 +211,41 @@ def shards(source, out, labels, task, cases, workers, scheduler, failures_path, 
     if str(source).endswith(".npz"):
         run["workers"] = workers or 1  # arrays travel in the payloads: processes rarely pay off
         from tcpc_data.shards.labelled import load_npz_split, write_npz_shards
-        if labels or cases:
-            raise click.UsageError("--labels and --cases apply to a volume store, not an .npz")
+        if labels or cases or split or split_as:
+            raise click.UsageError("--labels, --split, --split-as and --cases apply to a volume store, not an .npz")
         if (task or "finetune") == "pretrain":
             side = load_npz_split(source, "train")[0].shape[1]
             results = write_npz_shards(source, out, task="pretrain", config=_shard_config(kw, side), **run)
         else:
             results = write_npz_shards(source, out, config=_labelled_config(kw), **run)
-        for split, (rep, man) in results.items():
-            _print_run(rep, man, f"{out}/{split}" if split != "pretrain" else out)
+        for name, (rep, man) in results.items():
+            _print_run(rep, man, f"{out}/{name}" if name != "pretrain" else out)
         ok = all(rep.ok for rep, _ in results.values())
-    elif labels:
-        from tcpc_data.shards.labelled import write_labelled_shards
-        if task == "pretrain":
-            raise click.UsageError("--labels writes fine-tuning shards; drop --task pretrain")
-        rep, man = write_labelled_shards(source, labels, out, _labelled_config(kw), scheduler=scheduler, **run)
+    elif labels and task == "pretrain":
+        from tcpc_data.shards.labelled import training_cases
+        from tcpc_data.shards.pretrain import write_shards
+        if cases:
+            raise click.UsageError("--task pretrain with --labels takes its cases from the CSV; drop --cases")
+        case_list = training_cases(labels, source, split or "train", split_as)
+        rep, man = write_shards(source, out, _shard_config(kw), cases=case_list, scheduler=scheduler, **run)
         _print_run(rep, man, out)
         ok = rep.ok
+    elif labels:
+        from tcpc_data.shards.labelled import labels_have_splits, write_labelled_shards, write_labelled_splits
+        config = _labelled_config({**kw, "split_as": split_as})
+        if split is None and labels_have_splits(labels):
+            results = write_labelled_splits(source, labels, out, config, scheduler=scheduler, **run)
+            for name, (rep, man) in results.items():
+                _print_run(rep, man, f"{out}/{name}")
+            ok = all(rep.ok for rep, _ in results.values())
+        else:
+            rep, man = write_labelled_shards(source, labels, out, config, split=split, scheduler=scheduler, **run)
+            _print_run(rep, man, out)
+            ok = rep.ok
     else:
         from tcpc_data.shards.pretrain import write_shards
+        if split or split_as:
+            raise click.UsageError("--split and --split-as select rows of --labels; give --labels CSV")
         if task == "finetune":
             raise click.UsageError("fine-tuning shards from a store need --labels CSV")
         case_list = [c.strip() for c in cases.split(",")] if cases else None

@@ -167,6 +167,9 @@ def test_bad_tables_name_the_row(tmp_path):
     bad.write_text("name,patient_id,split,coordX,coordY,coordZ,diagnosis\nA,p1,train,1,2,3,1\nB,p1,val,1,2,3,0\n")
     with pytest.raises(ValueError, match="line 3: patient p1 is in split 'val' here but in 'train' at line 2"):
         check_patient_splits(read_centres(bad), "bad.csv")
+    r = CliRunner().invoke(main, ["shards", str(tmp_path / "v.zarr"), "--labels", str(bad), "--out",
+                                  str(tmp_path / "o"), "--no-progress"])
+    assert r.exit_code == 2 and r.output.count("\n") == 1 and "line 3: patient p1 is in split 'val'" in r.output
     # LUNA16 layout: LPS x/y/z becomes world z/y/x; seriesuid names the case
     luna = tmp_path / "candidates.csv"
     luna.write_text("seriesuid,coordX,coordY,coordZ,class\n1.2.3.4.5,-10.5,20,-30,1\n")
@@ -259,3 +262,35 @@ def test_all_790_centres_land_in_their_masks(tmp_path):
     assert rep.ok and len(list_cases(store)) == 790
     found = _centres_in_masks(store, NODULES / "nodules.csv")
     assert {k for k, v in found.items() if not v} == OFF_SOURCE
+
+
+def test_luna16_annotations_match_cases_by_series_uid(tmp_path):
+    """annotations.csv rows find a UID-named file's case (LUNA16's <seriesuid>.mhd) and a DICOM case
+    by its series_uid attribute, and become supervoxel candidates at the right voxels."""
+    from tcpc_data.supervoxels.candidates import read_candidates_csv
+    from tcpc_data.supervoxels.stage import SupervoxelConfig, supervoxels
+    from tcpc_data.volume import index_to_world
+
+    src = tmp_path / "src"
+    src.mkdir()
+    affine = np.diag([-0.9, -0.9, 2.0, 1.0])  # RAS with L->R and P->A reversed: LPS-ordered voxels
+    hu = np.random.default_rng(1).integers(-1000, 400, size=(24, 20, 10)).astype(np.int16)
+    for name in ("1.2.840.99.1", "ct-a"):
+        nib.save(nib.Nifti1Image(hu, affine), str(src / f"{name}.nii.gz"))
+    store = tmp_path / "v.zarr"
+    assert ingest(src, store, IngestConfig(), workers=1).ok
+    open_store(store, "a")["ct-a"].attrs["series_uid"] = "1.2.840.99.2"  # as ingest records for DICOM
+    attrs = dict(open_store(store, "r")["ct-a"]["image"].attrs)
+    want = {"1_2_840_99_1": [4, 5, 6], "ct-a": [7, 8, 9]}
+    lines = ["seriesuid,coordX,coordY,coordZ,diameter_mm"]
+    for uid, case in (("1.2.840.99.1", "1_2_840_99_1"), ("1.2.840.99.2", "ct-a")):
+        z, y, x = index_to_world(want[case], attrs["origin_zyx"], attrs["spacing_zyx"], attrs["direction"])
+        lines.append(f"{uid},{x},{y},{z},5.0")
+    ann = tmp_path / "annotations.csv"
+    ann.write_text("\n".join(lines) + "\n")
+    assert sorted(read_candidates_csv(ann, store)) == ["1_2_840_99_1", "ct-a"]
+    rep = supervoxels(store, SupervoxelConfig(n_segments=20, sigma=1.0, top_k=2, crop_size=8),
+                      candidates_csv=ann, workers=1)
+    assert rep.ok
+    for case, voxel in want.items():
+        assert open_store(store, "r")[case]["candidates"][...].tolist() == [voxel]

@@ -237,7 +237,8 @@ def test_end_to_end_cli_ingest_to_evaluate(tmp_path):
     store, csv_path = tmp_path / "v.zarr", voi / "nodules.csv"
     run = ("--workers", 1, "--no-progress")
     _cli("ingest", voi, "--out", store, "--spacing", 1, "--clip", "-1000,400", *run)
-    _cli("supervoxels", store, "--n-segments", 16, "--sigma", 1, "--top-k", 4, "--crop-size", 32, *run)
+    _cli("supervoxels", store, "--n-segments", 16, "--sigma", 1, "--top-k", 4, "--crop-size", 32,
+         "--body-threshold-hu", -1024, *run)  # a VOI lies inside the body: all of it is tissue
     out = _cli("shards", store, "--labels", csv_path, "--split-as", "val=test", "--crop-size", 32,
                "--out", tmp_path / "lab", *run)
     assert "lab/train: 6 samples" in out and "lab/test: 2 samples" in out

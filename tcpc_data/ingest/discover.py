@@ -203,11 +203,11 @@ def _discover_one(src: str, fs, root: str, found: Discovery, workers: int | None
             if data is not None:
                 members.append(data)
                 claimed.add(data)
-        folder = posixpath.basename(posixpath.dirname(f)).lower()
+        image_dir = posixpath.dirname(f)
+        folder = posixpath.basename(image_dir).lower()
         if folder in _NNUNET_IMAGES and stem.endswith(_CHANNEL_0):
             stem = stem[: -len(_CHANNEL_0)]
-        image_dir = posixpath.dirname(f)
-        mask = masks.pop((posixpath.dirname(image_dir), posixpath.basename(image_dir).lower(), stem), None)
+        mask = masks.pop((posixpath.dirname(image_dir), folder, stem), None)
         levels = _levels(posixpath.relpath(posixpath.dirname(f), base)) + [stem]
         out.append((levels, CaseSource(_case_id(stem), fmt, _url(fs, f, src),
                                        tuple(_url(fs, m, src) for m in sorted(members)),

@@ -99,16 +99,18 @@ def _finish_stage(report, progress) -> None:
 @click.option("--irregular", type=click.Choice(["resample", "refuse"]), default="resample", show_default=True,
               help="Tilted or unevenly spaced DICOM series: resample onto a regular grid, or refuse.")
 @click.option("--max-voxels", type=int, default=1 << 30, show_default=True, help="Refuse larger volumes.")
+@click.option("--fixed-window", is_flag=True,
+              help="Map the --clip window onto [-1, 1] (one HU scale for all cases) instead of each case's min/max.")
 @_run_options("<STORE>.failures.jsonl")
 @_friendly
-def ingest(sources, out, clip, spacing, npy_spacing, dtype, irregular, max_voxels, workers, scheduler,
+def ingest(sources, out, clip, spacing, npy_spacing, dtype, irregular, max_voxels, fixed_window, workers, scheduler,
            failures_path, progress):
     """Read CT archives (DICOM, NIfTI, MetaImage, NRRD, NumPy) into a normalised Zarr volume store."""
     from tcpc_data.ingest.stage import IngestConfig, ingest as run_ingest
 
     config = IngestConfig(clip=_floats(clip, (2,), "--clip"), spacing_zyx=_floats(spacing, (1, 3), "--spacing"),
                           npy_spacing_zyx=_floats(npy_spacing, (1, 3), "--npy-spacing"), dtype=dtype,
-                          irregular=irregular, max_voxels=max_voxels)
+                          irregular=irregular, max_voxels=max_voxels, fixed_window=fixed_window)
     failures_path = failures_path or f"{str(out).rstrip('/')}.failures.jsonl"
     report = run_ingest(list(sources), out, config, workers=workers, scheduler=scheduler,
                         progress=progress, failures_path=failures_path)

@@ -95,7 +95,8 @@ def sample(tmp_path_factory):
     flips = {picked[0]["name"]: 0, picked[1]["name"]: 2}
     root = _voi_folder(tmp_path_factory.mktemp("voi"), picked, flips)
     store = root.parent / "v.zarr"
-    rep = ingest(root, store, IngestConfig(clip=(-1000, 400), spacing_zyx=(1.0, 1.0, 1.0)), workers=1)
+    rep = ingest(root, store, IngestConfig(clip=(-1000, 400), spacing_zyx=(1.0, 1.0, 1.0), fixed_window=True),
+                 workers=1)
     assert rep.ok, rep.failures
     return root, store, picked, flips
 
@@ -110,6 +111,10 @@ def test_masks_become_mask_arrays_not_cases(sample):
         grp = root_grp[name]
         assert grp["mask"].shape == grp["image"].shape and grp["mask"].dtype == np.uint8
         assert grp["mask"].attrs["labels"] == [0, 1] and grp["mask"].attrs["source"].endswith(f"masks/{name}.nii.gz")
+        # one HU scale for every VOI: the window, not each VOI's min/max, maps onto [-1, 1]
+        assert grp["image"].attrs["intensity_range"] == [-1000, 400]
+    with pytest.raises(ValueError, match="give clip"):
+        IngestConfig(fixed_window=True)
 
 
 @needs_data
@@ -236,7 +241,7 @@ def test_end_to_end_cli_ingest_to_evaluate(tmp_path):
     voi = _voi_folder(tmp_path / "voi", pick)
     store, csv_path = tmp_path / "v.zarr", voi / "nodules.csv"
     run = ("--workers", 1, "--no-progress")
-    _cli("ingest", voi, "--out", store, "--spacing", 1, "--clip", "-1000,400", *run)
+    _cli("ingest", voi, "--out", store, "--spacing", 1, "--clip", "-1000,400", "--fixed-window", *run)
     _cli("supervoxels", store, "--n-segments", 16, "--sigma", 1, "--top-k", 4, "--crop-size", 32,
          "--body-threshold-hu", -1024, *run)  # a VOI lies inside the body: all of it is tissue
     out = _cli("shards", store, "--labels", csv_path, "--split-as", "val=test", "--crop-size", 32,

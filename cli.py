@@ -419,14 +419,18 @@ def _print_sets(results: dict) -> bool:
 @click.argument("source")
 @click.option("--out", required=True, help="Shard directory: a path or an fsspec URL (s3://bucket/shards).")
 @click.option("--labels", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="CSV case,z,y,x,label: labelled crops for fine-tuning instead of path samples.")
+              help="Labels table (case,z,y,x,label; world mm; a nodules.csv; LUNA16 candidates.csv): labelled "
+                   "crops, one set per split in OUT/<split> when it has a split column.")
+@click.option("--split", default=None,
+              help="Only the rows of this split of --labels; with --task pretrain, the cases of this split [train].")
 @click.option("--task", type=click.Choice(["pretrain", "finetune"]), default=None,
-              help="npz only: finetune (labelled split sets, default) or pretrain (path samples of train images).")
+              help="npz: finetune (labelled split sets, default) or pretrain (path samples of train images); "
+                   "store with --labels: pretrain cuts path samples of the --split cases, labels unused.")
 @click.option("--case", "cases", multiple=True, help="Only this case (repeatable) [all complete cases].")
 @click.option("--cases", "case_list", default=None, hidden=True)  # the old comma-separated form of --case
 @_failures_option("OUT/failures-shards.jsonl; ./failures-shards.jsonl for a URL")
 @_friendly
-def shards(source, out, labels, task, cases, case_list, failures_path, settings):
+def shards(source, out, labels, split, task, cases, case_list, failures_path, settings):
     """Write WebDataset shards from a volume STORE or a MedMNIST .npz SOURCE.
 
     A store gives U-path (or straight/block) pretraining samples around each
@@ -437,7 +441,8 @@ def shards(source, out, labels, task, cases, case_list, failures_path, settings)
     from tcpc_data.pipeline import write_shard_sets
 
     results = write_shard_sets(source, out, shard_fields=settings.fields("shards"),
-                               labelled_fields=settings.fields("labelled"), labels_csv=labels, task=task,
+                               labelled_fields=settings.fields("labelled"), labels_csv=labels, split=split,
+                               task=task,
                                cases=[*cases, *(c.strip() for c in (case_list or "").split(",") if c)] or None,
                                failures_path=failures_path, **_stage_run(settings))
     sys.exit(0 if _print_sets(results) else 1)

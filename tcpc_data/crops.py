@@ -17,6 +17,17 @@ def crop_box(centre, size: int) -> np.ndarray:
     return np.stack([start, start + size])
 
 
+def crop_padding(box, shape) -> list[list[int]]:
+    """Voxels of background before and after the volume on each axis, ``[[z0, z1], [y0, y1], [x0, x1]]``.
+
+    A thin volume (a nodule VOI a few slices deep) gives large z padding: a
+    reader sees how much of a crop is real data without knowing the volume.
+    """
+    b = np.asarray(box, dtype=np.int64)
+    n = np.asarray(shape, dtype=np.int64)
+    return np.stack([np.clip(-b[0], 0, None), np.clip(b[1] - n, 0, None)], axis=1).tolist()
+
+
 def crop(volume, centre, size: int, background: float) -> tuple[np.ndarray, np.ndarray]:
     """Cut a (size, size, size) crop centred on ``centre``, padding outside the volume.
 

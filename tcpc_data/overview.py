@@ -108,7 +108,7 @@ def _store_text(url: str) -> tuple[str, str | None]:
             sp = im.attrs.get("spacing_zyx")
             parts.append(f"image {tuple(im.shape)} {im.dtype} spacing {sp} mm "
                          f"digest {str(im.attrs.get('digest', 'INCOMPLETE'))[:12]}")
-        for name in ("supervoxels", "candidates"):
+        for name in ("mask", "supervoxels", "candidates"):
             if name in grp:
                 parts.append(f"{name} {tuple(grp[name].shape)}"
                              + ("" if grp[name].attrs.get("digest") else " INCOMPLETE"))

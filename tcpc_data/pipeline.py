@@ -18,8 +18,8 @@ import dataclasses
 from pathlib import Path
 
 from tcpc_data.ingest.stage import IngestConfig, ingest
-from tcpc_data.shards.labelled import (LabelledConfig, load_npz_split, pretrain_config_for, write_labelled_shards,
-                                       write_npz_shards)
+from tcpc_data.shards.labelled import (LabelledConfig, labels_have_splits, load_npz_split, pretrain_config_for,
+                                       training_cases, write_labelled_shards, write_labelled_splits, write_npz_shards)
 from tcpc_data.shards.manifest import Manifest, describe
 from tcpc_data.runner import RunReport, progress_display
 from tcpc_data.shards.pretrain import ShardConfig, write_shards
@@ -129,7 +129,8 @@ def _complete_cases(store: str, require: tuple[str, ...]) -> list[str]:
 
 
 def write_shard_sets(source, out, *, shard_fields: dict | None = None, labelled_fields: dict | None = None,
-                     labels_csv=None, task: str | None = None, cases=None, workers: int | None = None,
+                     labels_csv=None, split: str | None = None, task: str | None = None, cases=None,
+                     workers: int | None = None,
                      scheduler: str | None = None, progress: bool = False,
                      failures_path=None) -> dict[str, tuple[RunReport, dict]]:
     """Shards from a volume store or a MedMNIST-layout ``.npz``, whichever ``source`` is.
@@ -138,7 +139,10 @@ def write_shard_sets(source, out, *, shard_fields: dict | None = None, labelled_
       split in ``out/{train,val,test}``; 'pretrain': path samples of the
       training images in ``out``, whose crop is the image and whose cube side,
       unless given, is the one that tiles it (``pretrain_config_for``).
-    - a store with ``labels_csv``: labelled crops in ``out``;
+    - a store with ``labels_csv``: labelled crops in ``out``, or one set per
+      split in ``out/<split>`` when the table has a split column and no
+      ``split`` is chosen; with ``task`` 'pretrain', path samples of the cases
+      of ``split`` (default train) and no labels;
     - a store: path samples around each candidate in ``out``.
 
     Parameters
@@ -151,7 +155,10 @@ def write_shard_sets(source, out, *, shard_fields: dict | None = None, labelled_
         The ``ShardConfig`` / ``LabelledConfig`` fields that were given; the
         others take their defaults (or, for an ``.npz``, follow its images).
     labels_csv
-        CSV ``case,z,y,x,label`` (store only).
+        Labels table (store only): ``case,z,y,x,label``, world mm, a nodule
+        table or LUNA16 ``candidates.csv`` (:mod:`tcpc_data.centres`).
+    split
+        Only this split's rows of ``labels_csv`` (with ``task`` 'pretrain': its cases).
     task
         'pretrain' or 'finetune'; None: what the inputs say.
     cases
@@ -176,8 +183,8 @@ def write_shard_sets(source, out, *, shard_fields: dict | None = None, labelled_
         failures_path = "failures-shards.jsonl" if is_remote(out) else join(out, "failures-shards.jsonl")
     run = dict(workers=workers, progress=progress, failures_path=failures_path)
     if str(source).endswith(".npz"):
-        if labels_csv is not None or cases is not None:
-            raise ValueError("a labels CSV and a case list apply to a volume store, not an .npz")
+        if labels_csv is not None or cases is not None or split is not None:
+            raise ValueError("a labels CSV and a case list apply to a volume store, not an .npz (so does a split)")
         run["workers"] = workers or 1
         if task == "pretrain":
             side = load_npz_split(source, "train")[0].shape[1]
@@ -187,9 +194,18 @@ def write_shard_sets(source, out, *, shard_fields: dict | None = None, labelled_
         return {join(out, split): res for split, res in results.items()}
     if labels_csv is not None:
         if task == "pretrain":
-            raise ValueError("a labels CSV makes fine-tuning shards; pretraining shards take no labels")
-        return {out: write_labelled_shards(source, labels_csv, out, LabelledConfig(**labelled_fields),
-                                           scheduler=scheduler, **run)}
+            if cases is not None:
+                raise ValueError("pretraining shards of a labels table take its --split's cases; drop the case list")
+            picked = training_cases(labels_csv, source, split or "train", labelled_fields.get("split_as", ""))
+            return {out: write_shards(source, out, ShardConfig(**shard_fields), cases=picked, scheduler=scheduler,
+                                      **run)}
+        config = LabelledConfig(**labelled_fields)
+        if split is None and labels_have_splits(labels_csv):
+            return {join(out, s): res for s, res in
+                    write_labelled_splits(source, labels_csv, out, config, scheduler=scheduler, **run).items()}
+        return {out: write_labelled_shards(source, labels_csv, out, config, split=split, scheduler=scheduler, **run)}
+    if split is not None:
+        raise ValueError("a split selects rows of a labels table; give one")
     if task == "finetune":
         raise ValueError("fine-tuning shards from a volume store need a labels CSV")
     return {out: write_shards(source, out, ShardConfig(**shard_fields), cases=cases, scheduler=scheduler, **run)}

@@ -71,6 +71,56 @@ def world_to_index(world_zyx, origin_zyx, spacing_zyx, direction) -> np.ndarray:
     return (w @ np.asarray(direction, float).T) / np.asarray(spacing_zyx, float)
 
 
+def lps_xyz_to_zyx(x_mm, y_mm, z_mm) -> tuple[float, float, float]:
+    """World z/y/x (this module's order) of a point given as LPS x, y, z in mm.
+
+    LUNA16's ``coordX, coordY, coordZ`` and ITK/SimpleITK physical points are
+    LPS in x/y/z order; only the order differs from :func:`world_to_index`'s input.
+    """
+    return float(z_mm), float(y_mm), float(x_mm)
+
+
+def stored_geometry(attrs, what: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(origin_zyx, spacing_zyx, direction) of a stored image from its attributes, validated.
+
+    Parameters
+    ----------
+    attrs
+        Mapping with ``spacing_zyx`` (3 positive mm), ``origin_zyx`` (3 mm) and
+        ``direction`` (3x3; ingest writes all three). A missing origin or
+        direction is refused rather than assumed: an identity guess silently
+        misplaces every point of a flipped or permuted volume.
+    what
+        Case name for error messages.
+    """
+    try:
+        origin = np.asarray(attrs["origin_zyx"], dtype=np.float64).reshape(3)
+        spacing = np.asarray(attrs["spacing_zyx"], dtype=np.float64).reshape(3)
+        direction = attrs["direction"]
+    except KeyError as exc:
+        raise ValueError(f"{what}: image has no {exc.args[0]} attribute; world coordinates "
+                         f"cannot be mapped to voxels") from None
+    except (TypeError, ValueError):
+        raise ValueError(f"{what}: image origin_zyx and spacing_zyx must be 3 numbers each") from None
+    if not np.all(np.isfinite(origin)) or not np.all(spacing > 0):
+        raise ValueError(f"{what}: image origin {origin.tolist()} / spacing {spacing.tolist()} invalid")
+    return origin, spacing, orthonormal_direction(direction, what)
+
+
+def world_to_voxel(world_zyx, attrs, shape, what: str) -> np.ndarray:
+    """Nearest voxel (3,) int64 of one LPS z/y/x mm point in a stored image; outside raises.
+
+    Uses :func:`world_to_index` with the image's full geometry (origin,
+    spacing *and* direction), so flipped, permuted and oblique volumes agree
+    with their world coordinates (module docstring).
+    """
+    idx = np.rint(world_to_index(world_zyx, *stored_geometry(attrs, what))).astype(np.int64)
+    if np.any(idx < 0) or np.any(idx >= np.asarray(shape)):
+        raise ValueError(f"{what}: world point z/y/x {tuple(round(float(v), 3) for v in world_zyx)} mm "
+                         f"lies outside the volume (voxel {idx.tolist()}, shape {list(shape)})")
+    return idx
+
+
 def orthonormal_direction(direction, what: str) -> np.ndarray:
     """Validate a 3x3 direction matrix (rows unit length and mutually orthogonal)."""
     d = np.asarray(direction, dtype=np.float64)

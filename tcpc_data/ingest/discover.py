@@ -10,6 +10,13 @@ localizer images are skipped with a note; files that are neither images nor
 DICOM (XML annotations, licences) are ignored with a note. Empty folders and
 unreadable DICOM headers become failure records; they never stop discovery.
 
+Label maps are not cases: a volume file in a ``masks/`` or ``labels/``
+folder beside an ``images/`` folder, or in nnU-Net's ``labelsTr/``/``labelsTs/``
+beside ``imagesTr/``/``imagesTs/``, is the mask of the image of the same name
+(nnU-Net's ``<case>_0000`` image channel suffix is dropped from the case id)
+and is ingested as that case's ``mask`` array. A label map without an image
+is skipped with a note.
+
 Case ids are sanitised, unique and stable: a file's name without extensions
 (``phantom-000``); a DICOM series' folder relative to the source without its
 UID-named levels (``LIDC-IDRI-0001``), plus a short series-UID suffix when one
@@ -45,6 +52,11 @@ _NON_IMAGE_SOP_PREFIXES = ("1.2.840.10008.5.1.4.1.1.88.",     # structured repor
                            "1.2.840.10008.5.1.4.1.1.104.")    # encapsulated documents
 _HEADER_TAGS = ["SeriesInstanceUID", "SeriesNumber", "Modality", "SOPClassUID", "ImageType", "PatientID"]
 _UID_NAME = re.compile(r"\d+(\.\d+){3,}")
+# Label-map folders and the image folder beside each (nnU-Net raw layout, and images/ + masks/):
+# their files are masks of the image of the same name, never CT cases.
+_LABEL_FOLDERS = {"masks": "images", "labels": "images", "labelstr": "imagestr", "labelsts": "imagests"}
+_NNUNET_IMAGES = ("imagestr", "imagests")
+_CHANNEL_0 = "_0000"  # nnU-Net's channel suffix of a single-channel image
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +75,9 @@ class CaseSource:
         Every file whose bytes define the case (URLs for remote sources), sorted.
     info
         Extra case attributes, e.g. DICOM ``patient_id``, ``series_uid``, ``modality``.
+    mask
+        Label map of the case (a file of a ``masks/`` or ``labelsTr/`` folder
+        beside the images), stored as its ``mask`` array; None when there is none.
     """
 
     case: str
@@ -70,6 +85,7 @@ class CaseSource:
     source: str
     files: tuple[str, ...]
     info: tuple[tuple[str, str], ...] = ()
+    mask: str | None = None
 
 
 @dataclasses.dataclass
@@ -165,6 +181,9 @@ def _discover_one(src: str, fs, root: str, found: Discovery, workers: int | None
 
     out: list[tuple[list[str], CaseSource]] = []
     claimed: set[str] = set()
+    masks = _label_maps(files)
+    mask_files = set(masks.values())
+    files = [f for f in files if f not in mask_files]
     unknown = [f for f in files if _strip_suffix(posixpath.basename(f))[1] is None]
     scans = dict(zip(unknown, _scan_all(fs, unknown, src, workers, progress)))
     dicom_files: list[tuple[str, dict | str]] = []  # (path, header tags or the parse error)
@@ -183,9 +202,19 @@ def _discover_one(src: str, fs, root: str, found: Discovery, workers: int | None
             if data is not None:
                 members.append(data)
                 claimed.add(data)
+        image_dir = posixpath.dirname(f)
+        folder = posixpath.basename(image_dir).lower()
+        if folder in _NNUNET_IMAGES and stem.endswith(_CHANNEL_0):
+            stem = stem[: -len(_CHANNEL_0)]
+        mask = masks.pop((posixpath.dirname(image_dir), folder, stem), None)
         levels = _levels(posixpath.relpath(posixpath.dirname(f), base)) + [stem]
         out.append((levels, CaseSource(_case_id(stem), fmt, _url(fs, f, src),
-                                       tuple(_url(fs, m, src) for m in sorted(members)))))
+                                       tuple(_url(fs, m, src) for m in sorted(members)),
+                                       mask=None if mask is None else _url(fs, mask, src))))
+    unpaired = sorted(masks.values())  # those left: no image of their name
+    if unpaired:
+        names = ", ".join(posixpath.relpath(f, base) for f in unpaired[:3]) + (" ..." if len(unpaired) > 3 else "")
+        found.notes.append(f"{src}: ignored {len(unpaired)} label map(s) with no image of the same name ({names})")
     ignored = [f for f in ignored if f not in claimed]
     if ignored:
         names = ", ".join(posixpath.basename(f) for f in ignored[:3]) + (" ..." if len(ignored) > 3 else "")
@@ -217,6 +246,20 @@ def _walk(fs, root: str) -> tuple[list[str], list[str]]:
             dirs.append(folder)
         files += [posixpath.join(folder, n) for n in names if os.path.isfile(posixpath.join(folder, n))]
     return sorted(files), sorted(dirs)
+
+
+def _label_maps(files: list[str]) -> dict[tuple[str, str, str], str]:
+    """Volume files inside a label-map folder (``masks/``, ``labelsTr/``...) that has its image
+    folder beside it, keyed by (parent folder, image folder name in lower case, case name)."""
+    out: dict[tuple[str, str, str], str] = {}
+    dirs = {(posixpath.dirname(d), posixpath.basename(d).lower()) for d in map(posixpath.dirname, files)}
+    for f in files:
+        folder = posixpath.dirname(f)
+        images = _LABEL_FOLDERS.get(posixpath.basename(folder).lower())
+        stem, fmt = _strip_suffix(posixpath.basename(f))
+        if images is not None and fmt is not None and (posixpath.dirname(folder), images) in dirs:
+            out[(posixpath.dirname(folder), images, stem)] = f
+    return out
 
 
 def _scan_file(fs, path: str) -> dict | str | None:

@@ -4,7 +4,11 @@ Per case: hash the source files with the config (the digest), skip the case
 when the store already holds that digest, else read it (DICOM series or
 volume file), refuse NaN/Inf, apply the HU window, resample when the series is
 irregular or a spacing is asked for, normalise min/max to [-1, 1], and commit
-it atomically with its geometry and the mapping back to HU. Cases run in
+it atomically with its geometry and the mapping back to HU. A case whose
+image has a label map beside it (``masks/``, nnU-Net ``labelsTr/``:
+:mod:`tcpc_data.ingest.discover`) also gets a ``mask`` array on the image's
+grid (nearest neighbour when resampled); a mask on another grid fails the
+case. Cases run in
 parallel through :func:`tcpc_data.runner.run_cases`; a bad case becomes one
 failure record and never stops the run.
 """
@@ -22,7 +26,7 @@ from typing import Literal
 import numpy as np
 
 from tcpc_data.digest import digest, files_digest
-from tcpc_data.ingest.discover import CaseSource, discover
+from tcpc_data.ingest.discover import CaseSource, _strip_suffix, discover
 from tcpc_data.ingest.normalise import apply_clip, check_clip, normalise
 from tcpc_data.ingest.resample import to_grid
 from tcpc_data.runner import DONE, SKIPPED, RunReport, Task, run_cases
@@ -65,6 +69,9 @@ class IngestConfig:
         "help": "Tilted or unevenly spaced DICOM series: resample onto a regular grid, or refuse."})
     max_voxels: int = field(default=1 << 30, metadata={
         "help": "Size guard: refuse any volume (before or after resampling) with more voxels."})
+    fixed_window: bool = field(default=False, metadata={
+        "help": "Map the clip window itself onto [-1, 1] (one HU scale for every case) instead of each "
+                "case's min/max after clipping; needs clip (HU)."})
 
     def __post_init__(self):
         object.__setattr__(self, "clip", check_clip(self.clip))
@@ -74,6 +81,8 @@ class IngestConfig:
             raise ValueError(f"dtype must be one of {_DTYPES}, got {self.dtype!r}")
         if self.irregular not in _IRREGULAR:
             raise ValueError(f"irregular must be one of {_IRREGULAR}, got {self.irregular!r}")
+        if self.fixed_window and self.clip is None:
+            raise ValueError("fixed_window maps the clip window onto [-1, 1]: give clip (lo, hi) too")
         if int(self.max_voxels) < 8:
             raise ValueError(f"max_voxels must be at least 8, got {self.max_voxels}")
         object.__setattr__(self, "max_voxels", int(self.max_voxels))
@@ -82,6 +91,8 @@ class IngestConfig:
         """The fields that shape a case of format ``fmt`` (the size guard does not)."""
         d = dataclasses.asdict(self)
         d.pop("max_voxels")
+        if not d["fixed_window"]:  # stores ingested before the option keep their digests
+            d.pop("fixed_window")
         if fmt != "numpy":
             d.pop("npy_spacing_zyx")
         return d
@@ -145,12 +156,16 @@ def _ingest_case(job: _Job) -> tuple[str, dict]:
     if job.error is not None:
         raise ValueError(job.error)
     cs, config = job.case, job.config
-    with _local_copies(cs.files) as paths:
-        d = digest(files_digest(paths), config.digest_fields(cs.format))
+    with _local_copies(cs.files + ((cs.mask,) if cs.mask else ())) as paths:
+        image_paths = paths[:len(cs.files)]
+        d = digest(files_digest(image_paths), config.digest_fields(cs.format))
+        if cs.mask:  # a changed mask redoes the case; cases without one keep their digest
+            d = digest(d, "mask", files_digest(paths[-1:]))
         n_bytes = sum(os.path.getsize(p) for p in paths)
         if _stored_digest(job.out, cs.case) == d:
             return SKIPPED, {"source_bytes": n_bytes}
-        volume = _read(cs, paths, config)
+        volume = _read(cs, image_paths, config)
+        mask = _read_mask(cs, paths[-1], volume, config) if cs.mask else None
     check_finite(volume.hu, cs.case)
     volume = dataclasses.replace(volume, hu=apply_clip(volume.hu, config.clip))
     source_spacing, notes = volume.spacing_zyx, list(volume.notes)
@@ -159,7 +174,12 @@ def _ingest_case(job: _Job) -> tuple[str, dict]:
         if notes:
             notes.append("resampled onto a regular grid of " + " x ".join(f"{s:.3f}" for s in volume.spacing_zyx)
                          + " mm (z, y, x)")
-    values, (lo, hi) = normalise(volume.hu, cs.case)
+    if config.fixed_window:
+        lo, hi = config.clip
+        values = np.clip((volume.hu - np.float32(lo)) * np.float32(2.0 / (hi - lo)) - 1.0, -1.0, 1.0)
+        values = values.astype(np.float32, copy=False)
+    else:
+        values, (lo, hi) = normalise(volume.hu, cs.case)
     attrs = {
         "spacing_zyx": list(volume.spacing_zyx),
         "origin_zyx": list(volume.origin_zyx),
@@ -174,15 +194,19 @@ def _ingest_case(job: _Job) -> tuple[str, dict]:
     case_attrs = {"source": cs.source, "format": cs.format, **dict(cs.info)}
     if notes:
         case_attrs["notes"] = notes
-    commit_arrays(job.out, cs.case, {"image": values.astype(config.dtype, copy=False)},
-                  {"image": attrs}, case_attrs)
+    arrays, array_attrs = {"image": values.astype(config.dtype, copy=False)}, {"image": attrs}
+    if mask is not None:
+        arrays["mask"] = mask_on_grid(mask, source_spacing, volume.spacing_zyx, values.shape)
+        array_attrs["mask"] = {"source": cs.mask, "labels": np.unique(arrays["mask"]).tolist(),
+                               "grid": "the image's (nearest-neighbour when resampled)", "digest": d}
+    commit_arrays(job.out, cs.case, arrays, array_attrs, case_attrs)
     return DONE, {"shape": list(values.shape), "source_bytes": n_bytes, "notes": notes}
 
 
-def _read(cs: CaseSource, paths: list[str], config: IngestConfig) -> Volume:
+def _read(cs: CaseSource, paths: list[str], config: IngestConfig, what: str | None = None) -> Volume:
     from tcpc_data.ingest import dicom, readers
 
-    kw = {"max_voxels": config.max_voxels, "what": cs.case}
+    kw = {"max_voxels": config.max_voxels, "what": what or cs.case}
     if cs.format == "dicom":
         return dicom.read_series(paths, irregular=config.irregular, **kw)
     main = paths[0] if cs.format != "metaimage" else next(p for p in paths if p.lower().endswith((".mhd", ".mha")))
@@ -193,6 +217,37 @@ def _read(cs: CaseSource, paths: list[str], config: IngestConfig) -> Volume:
     if cs.format == "nrrd":
         return readers.read_nrrd(main, **kw)
     return readers.read_numpy(main, spacing_zyx=config.npy_spacing_zyx, **kw)
+
+
+def _read_mask(cs: CaseSource, path: str, volume: Volume, config: IngestConfig) -> np.ndarray:
+    """A case's label map as non-negative integers on the image's native grid; refuses a mask
+    whose grid (shape, origin, spacing, direction) is not the image's."""
+    fmt = _strip_suffix(posixpath.basename(cs.mask))[1]
+    what = f"{cs.case} mask"
+    mask = _read(dataclasses.replace(cs, format=fmt, files=(cs.mask,)), [path], config, what=what)
+    same = (mask.hu.shape == volume.hu.shape and volume.regular
+            and np.allclose(mask.spacing_zyx, volume.spacing_zyx, rtol=1e-4, atol=1e-4)
+            and np.allclose(mask.origin_zyx, volume.origin_zyx, atol=1e-3)
+            and np.allclose(mask.direction, volume.direction, atol=1e-4))
+    if not same:
+        raise ValueError(f"{what} {cs.mask}: its grid (shape {list(mask.hu.shape)}, spacing "
+                         f"{list(mask.spacing_zyx)}, origin {list(mask.origin_zyx)}) is not the image's "
+                         f"(shape {list(volume.hu.shape)}, spacing {list(volume.spacing_zyx)}, "
+                         f"origin {list(volume.origin_zyx)})")
+    values = mask.hu
+    if not np.all(np.isfinite(values)) or np.any(values < 0) or np.any(values != np.rint(values)):
+        raise ValueError(f"{what} {cs.mask}: a label map must hold non-negative integers")
+    top = int(values.max(initial=0))
+    return values.astype(np.uint8 if top < 256 else np.uint16 if top < 65536 else np.uint32)
+
+
+def mask_on_grid(mask: np.ndarray, source_spacing, spacing, shape) -> np.ndarray:
+    """Nearest-neighbour copy of a (Z, Y, X) label map onto a regular grid of ``spacing`` mm and
+    ``shape`` with the same origin and direction (what :func:`to_grid` makes of a regular image):
+    labels are never blended."""
+    idx = [np.clip(np.rint(np.arange(n) * (t / s)), 0, m - 1).astype(np.int64)
+           for n, t, s, m in zip(shape, spacing, source_spacing, mask.shape)]
+    return np.ascontiguousarray(mask[np.ix_(*idx)])
 
 
 def _stored_digest(out: str, case: str) -> str | None:

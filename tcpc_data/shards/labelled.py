@@ -3,8 +3,12 @@
 Two sources, one sample layout (``DESIGN.md``): ``volume.npy`` (S, S, S)
 float16 in [−1, 1], ``cls`` (the integer class as decimal text) and ``json``.
 
-- A volume store plus a CSV ``case,z,y,x,label``: one crop of side S centred
-  on each row's voxel (padded with the background value at the border).
+- A volume store plus a labels table (``case,z,y,x,label``, centres in world
+  mm, a nodule table or LUNA16's ``candidates.csv``; ``tcpc_data.centres``):
+  one crop of side S centred on each row's voxel, padded with the background
+  value where it passes the volume's border (a thin VOI pads along z; each
+  sample's json records the ``padding``). With a ``split`` column, each split
+  becomes its own set in ``<out>/<split>`` and no patient may be in two.
 - A MedMNIST-layout ``.npz`` (``train_images``, ``train_labels``, ``val_*``,
   ``test_*``; images (N, S, S, S) uint8 0..255 or float 0..1): each image is
   the volume, mapped to [−1, 1]; each official split becomes its own shard
@@ -13,7 +17,6 @@ float16 in [−1, 1], ``cls`` (the integer class as decimal text) and ``json``.
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
 import os
 from dataclasses import field
@@ -21,14 +24,17 @@ from pathlib import Path
 
 import numpy as np
 
-from tcpc_data.crops import crop
+from tcpc_data.centres import (CentreRow, check_patient_splits, match_cases, parse_split_as, read_centres,
+                               rename_splits)
+from tcpc_data.crops import crop, crop_padding
 from tcpc_data.digest import digest, files_digest
 from tcpc_data.runner import RunReport
 from tcpc_data.shards.manifest import SPLITS
 from tcpc_data.shards.shardset import build_shard_set, encode_json
 from tcpc_data.shards.tario import Sample, encode_npy
 from tcpc_data.shards.pretrain import ShardConfig, crop_samples, pretrain_members
-from tcpc_data.store import list_cases, open_store, sanitize_case_id
+from tcpc_data.store import list_cases, open_store
+from tcpc_data.volume import world_to_voxel
 
 _CHUNK = 256  # npz images per task: parts stay small and resumable
 
@@ -42,11 +48,14 @@ class LabelledConfig:
     background: float = field(default=-1.0, metadata={"help": "Value of crop voxels outside the volume."})
     shard_size: int = field(default=1000, metadata={"help": "Samples per shard file."})
     name: str = field(default="labelled", metadata={"help": "Shard file prefix: <name>-%06d.tar."})
+    split_as: str = field(default="", metadata={"help": "Rename the labels CSV's splits before writing, "
+                                                 "FROM=TO[,FROM=TO], e.g. 'val=test' (no unit)."})
 
     def validate(self) -> None:
-        for field in ("crop_size", "shard_size"):
-            if getattr(self, field) < 1:
-                raise ValueError(f"{field} must be >= 1, got {getattr(self, field)}")
+        for name in ("crop_size", "shard_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        parse_split_as(self.split_as)
 
 
 def _members(side: int, json_keys: list[str]) -> dict:
@@ -59,95 +68,182 @@ def _labelled_sample(key: str, volume: np.ndarray, label: int, meta: dict) -> Sa
                  "json": encode_json({**meta, "label": int(label)})}
 
 
-def read_labels_csv(path: str | os.PathLike) -> dict[str, list[tuple[int, tuple[int, int, int], int]]]:
-    """Rows of a ``case,z,y,x,label`` CSV grouped by sanitised case id: [(line, centre, label)].
+def read_labels_csv(path: str | os.PathLike, store=None) -> dict[str, list[CentreRow]]:
+    """Rows of a labels table grouped by case id (``tcpc_data.centres``: tcpc, nodule or LUNA16 layout).
+
+    Parameters
+    ----------
+    path
+        CSV with a case (``case``/``name``/``seriesuid``), a point (voxels,
+        LPS mm z/y/x, or LUNA16 coordX/Y/Z) and a label (``label``,
+        ``diagnosis`` or ``class``) column; ``split`` and ``patient_id`` optional.
+    store
+        Volume store, to match LUNA16 ``seriesuid`` rows to DICOM cases.
 
     Raises
     ------
     FileNotFoundError
         No such file.
     ValueError
-        Missing columns, or a value that is not an integer (names the line).
+        Missing columns, a value that is not a number (names the line), no
+        rows, or a patient in two splits (names the line).
     """
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"labels CSV not found: {p}")
-    out: dict[str, list] = {}
-    with open(p, newline="") as f:
-        reader = csv.DictReader(f)
-        missing = {"case", "z", "y", "x", "label"} - set(reader.fieldnames or ())
-        if missing:
-            raise ValueError(f"{p}: missing column(s) {sorted(missing)}; need case,z,y,x,label")
-        for line, row in enumerate(reader, start=2):
-            try:
-                centre = tuple(int(row[k]) for k in ("z", "y", "x"))
-                label = int(row["label"])
-            except (TypeError, ValueError):
-                raise ValueError(f"{p} line {line}: z, y, x and label must be integers, got {row}") from None
-            out.setdefault(sanitize_case_id(row["case"]), []).append((line, centre, label))
-    if not out:
-        raise ValueError(f"{p} has no rows")
-    return out
+    rows = read_centres(path, need_label=True, what="labels CSV")
+    check_patient_splits(rows, Path(path).name)
+    return match_cases(rows, store)
 
 
 def _store_case_samples(payload) -> list[Sample]:
     url, case, rows, config, csv_name = payload
     root = open_store(url, mode="r")
     if case not in root or "image" not in root[case]:
-        raise ValueError(f"case {case!r} of {csv_name} has no image in the store {url}")
-    image = np.asarray(root[case]["image"][...])
+        lines = ", ".join(str(r.line) for r in rows)
+        raise ValueError(f"{csv_name} line {lines}: {rows[0].key!r} names no image in the store {url} "
+                         f"(case {case!r})")
+    arr = root[case]["image"]
+    attrs, shape = dict(arr.attrs), arr.shape
+    image = np.asarray(arr[...])
     out = []
-    for n, (line, centre, label) in enumerate(rows):
-        try:
-            vol, box = crop(image, centre, config.crop_size, config.background)
-        except ValueError as exc:
-            raise ValueError(f"case {case!r}, {csv_name} line {line}: {exc}") from None
-        meta = {"case": case, "centre": list(centre), "crop_box": box.tolist(), "row": line,
-                "background": config.background}
-        out.append(_labelled_sample(f"{case}_l{n:05d}", vol, label, meta))
+    for n, r in enumerate(rows):
+        where = f"case {case!r}, {r.where(csv_name)}"
+        if r.unit == "mm":
+            centre = world_to_voxel(r.zyx, attrs, shape, where)
+        else:
+            centre = np.rint(r.zyx).astype(np.int64)
+            if np.any(centre < 0) or np.any(centre >= np.asarray(shape)):
+                raise ValueError(f"{where}: centre {list(r.zyx)} (voxels) lies outside the volume of "
+                                 f"shape {list(shape)}")
+        vol, box = crop(image, centre, config.crop_size, config.background)
+        meta = {"case": case, "centre": centre.tolist(), "crop_box": box.tolist(),
+                "padding": crop_padding(box, shape), "row": r.line, "background": config.background,
+                "split": r.split, "patient": r.patient}
+        if r.unit == "mm":
+            meta["world_zyx"] = list(r.zyx)
+        out.append(_labelled_sample(f"{case}_l{n:05d}", vol, r.label, meta))
     return out
 
 
+_JSON_KEYS = ["case", "label", "centre", "crop_box", "padding", "row", "background", "split", "patient",
+              "world_zyx"]
+
+
 def write_labelled_shards(store, labels_csv, out_dir, config: LabelledConfig = LabelledConfig(), *,
-                          workers: int | None = None, scheduler: str | None = None,
-                          progress: bool = False,
+                          split: str | None = None, workers: int | None = None,
+                          scheduler: str | None = None, progress: bool = False,
                           failures_path: str | os.PathLike | None = None) -> tuple[RunReport, dict]:
-    """Crops of side S around labelled centres of a volume store, as fine-tuning shards.
+    """Crops of side S around labelled centres of a volume store, as one fine-tuning shard set.
 
     Parameters
     ----------
     store
         Volume store with ``<case>/image``.
     labels_csv
-        CSV with columns case, z, y, x (voxels of ``image``), label (integer).
+        Labels table (:func:`read_labels_csv`): centres in voxels of ``image``
+        or in world mm (mapped through the image's origin, spacing and
+        direction), integer labels.
     out_dir
         Shard directory (path or fsspec URL).
     config
-        Crop size, background, packing.
+        Crop size, background, packing; ``split_as`` renames splits first.
+    split
+        Only the rows of this split (after renaming); None takes every row.
     workers, scheduler, progress, failures_path
         As in ``tcpc_data.runner.run_cases``; a case missing from the store
-        or a centre outside its volume fails that case only.
+        or a centre outside its volume fails that case only, naming the row.
 
     Returns
     -------
     report, manifest
+        Each sample's json records its centre, crop box and ``padding``
+        (background voxels before/after the volume on each axis).
     """
     config.validate()
-    rows = read_labels_csv(labels_csv)
+    rows = _selected(labels_csv, store, config, split)
+    return _write_rows(store, labels_csv, out_dir, config, rows, split, workers=workers, scheduler=scheduler,
+                       progress=progress, failures_path=failures_path)
+
+
+def write_labelled_splits(store, labels_csv, out_dir, config: LabelledConfig = LabelledConfig(), *,
+                          workers: int | None = None, scheduler: str | None = None, progress: bool = False,
+                          failures_path: str | os.PathLike | None = None) -> dict[str, tuple[RunReport, dict]]:
+    """One labelled shard set per split of a labels table with a ``split`` column, in ``<out>/<split>``.
+
+    Splits are renamed by ``config.split_as`` first (``val=test`` turns the
+    nodule table's held-out patients into the ``test`` set that fine-tuning
+    reports on; ``train=test,val=test`` scores an external folder as a whole).
+    A patient with rows in two splits is refused before anything is written.
+
+    Returns
+    -------
+    dict
+        Split -> (report, manifest), splits in sorted order.
+    """
+    config.validate()
+    rows = _selected(labels_csv, store, config, None)
+    splits = sorted({r.split for rs in rows.values() for r in rs if r.split is not None})
+    if not splits:
+        raise ValueError(f"{labels_csv}: no split column; write one set with write_labelled_shards")
+    out = str(out_dir).rstrip("/")
+    results = {}
+    for split in splits:
+        chosen = {c: [r for r in rs if r.split == split] for c, rs in rows.items()}
+        chosen = {c: rs for c, rs in chosen.items() if rs}
+        results[split] = _write_rows(
+            store, labels_csv, f"{out}/{split}", config, chosen, split, workers=workers, scheduler=scheduler,
+            progress=progress, failures_path=None if failures_path is None else f"{failures_path}.{split}")
+    return results
+
+
+def _selected(labels_csv, store, config: LabelledConfig, split: str | None) -> dict[str, list[CentreRow]]:
+    """Rows by case after renaming splits (then checked by patient), restricted to ``split``."""
+    name = Path(labels_csv).name
+    rows = read_labels_csv(labels_csv, store)
+    if config.split_as:
+        rows = {c: rename_splits(rs, config.split_as) for c, rs in rows.items()}
+        check_patient_splits([r for rs in rows.values() for r in rs], name)
+    if split is not None:
+        rows = {c: [r for r in rs if r.split == split] for c, rs in rows.items()}
+        rows = {c: rs for c, rs in rows.items() if rs}
+        if not rows:
+            raise ValueError(f"{labels_csv}: no row of split {split!r}")
+    return rows
+
+
+def _write_rows(store, labels_csv, out_dir, config: LabelledConfig, rows: dict[str, list[CentreRow]],
+                split: str | None, **run) -> tuple[RunReport, dict]:
     root = open_store(store, mode="r")
     complete = set(list_cases(store))
-    inputs = {c: digest(root[c]["image"].attrs["digest"] if c in complete else "absent", r,
-                        dataclasses.replace(config, shard_size=1, name="x")) for c, r in rows.items()}
-    payloads = {c: (str(store), c, r, config, Path(labels_csv).name) for c, r in rows.items()}
-    members = _members(config.crop_size, ["case", "label", "centre", "crop_box", "row", "background"])
-    classes = sorted({lab for r in rows.values() for _, _, lab in r})
-    return build_shard_set("labelled", out_dir, name=config.name, shard_size=config.shard_size,
-                           config=config, inputs=inputs, payloads=payloads,
-                           make_samples=_store_case_samples, members=members,
-                           extra={"kind": "finetune", "source": str(store),
-                                  "labels": str(labels_csv), "classes": classes},
-                           workers=workers, scheduler=scheduler, progress=progress,
-                           failures_path=failures_path)
+    sample_config = dataclasses.replace(config, shard_size=1, name="x")
+    inputs = {c: digest(root[c]["image"].attrs["digest"] if c in complete else "absent",
+                        [dataclasses.astuple(r) for r in rs], sample_config) for c, rs in rows.items()}
+    payloads = {c: (str(store), c, rs, config, Path(labels_csv).name) for c, rs in rows.items()}
+    classes = sorted({r.label for rs in rows.values() for r in rs})
+    extra = {"kind": "finetune", "source": str(store), "labels": str(labels_csv), "classes": classes}
+    if split is not None:
+        extra["split"] = split
+    return build_shard_set("labelled" if split is None else f"labelled {split}", out_dir, name=config.name,
+                           shard_size=config.shard_size, config=config, inputs=inputs, payloads=payloads,
+                           make_samples=_store_case_samples, members=_members(config.crop_size, _JSON_KEYS),
+                           extra=extra, **run)
+
+
+def labels_have_splits(labels_csv) -> bool:
+    """True when the labels table has a ``split`` value on some row (then one set per split is written)."""
+    return any(r.split is not None for r in read_centres(labels_csv, need_label=True, what="labels CSV"))
+
+
+def training_cases(labels_csv, store, split: str = "train", split_as: str = "") -> list[str]:
+    """Sorted case ids of a table's rows in ``split`` (after ``split_as`` renaming): the cases a
+    pretraining set may use without seeing the held-out patients; labels are not read further."""
+    rows = read_centres(labels_csv, what="labels CSV")
+    if split_as:
+        rows = rename_splits(rows, split_as)
+    if not any(r.split is not None for r in rows):
+        raise ValueError(f"{labels_csv}: no split column to select split {split!r} from")
+    cases = sorted(c for c, rs in match_cases([r for r in rows if r.split == split], store).items())
+    if not cases:
+        raise ValueError(f"{labels_csv}: no row of split {split!r}")
+    return cases
 
 
 def to_unit_range(images: np.ndarray, source: str) -> tuple[np.ndarray, str]:

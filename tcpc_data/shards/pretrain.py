@@ -19,7 +19,7 @@ from typing import Iterator, Literal
 import numpy as np
 
 import tcpc_data.shards.cubepaths as P
-from tcpc_data.crops import crop
+from tcpc_data.crops import crop, crop_padding
 from tcpc_data.digest import digest
 from tcpc_data.runner import RunReport
 from tcpc_data.shards.shardset import build_shard_set, encode_json
@@ -182,6 +182,7 @@ def _case_samples(payload) -> Iterator[Sample]:
     for i in range(k):
         arr, box = crop(image, cands[i], config.crop_size, config.background)
         info = {"centre": cands[i].tolist(), "crop_box": box.tolist(),
+                "padding": crop_padding(box, image.shape),
                 "score": None if np.isnan(scores[i]) else float(scores[i])}
         yield from crop_samples(arr, config, case, i, info)
 
@@ -192,7 +193,7 @@ def pretrain_members(config: ShardConfig) -> dict:
     c = config.cube_size
     return {"cubes.npy": {"shape": [n, c, c, c], "dtype": "float16", "order": "path order, target last"},
             "path.npy": {"shape": [n, 3], "dtype": "int16", "unit": "cube grid position z, y, x"},
-            "json": {"keys": ["case", "candidate", "draw", "centre", "crop_box", "kind", "plane",
+            "json": {"keys": ["case", "candidate", "draw", "centre", "crop_box", "padding", "kind", "plane",
                               "opening", "target", "size", "cube_size", "stride", "grid"]}}
 
 

@@ -24,12 +24,13 @@ kept best first when no better centre lies within half a crop on every axis
 """
 from __future__ import annotations
 
-import csv
-import math
 from pathlib import Path
 
 import numba
 import numpy as np
+
+from tcpc_data.centres import match_cases, read_centres
+from tcpc_data.volume import world_to_voxel
 
 TABLE_COLUMNS = ("label", "voxels", "cz", "cy", "cx", "mean", "z0", "y0", "x0", "z1", "y1", "x1", "score")
 
@@ -234,51 +235,41 @@ def top_candidates(centres_zyx: np.ndarray, scores: np.ndarray, *, k: int, crop_
     return c[kept].astype(np.int32).reshape(-1, 3), s[kept].astype(np.float32)
 
 
-def read_candidates_csv(path: str | Path) -> dict[str, list[tuple[str, tuple[float, float, float]]]]:
-    """Centres per case from a CSV with columns case,z,y,x (voxels) or case,z_mm,y_mm,x_mm (world).
+def read_candidates_csv(path: str | Path, store=None) -> dict[str, list[tuple[str, tuple[float, float, float]]]]:
+    """Centres per case from a centre table: tcpc (case,z,y,x voxels or case,z_mm,y_mm,x_mm),
+    a nodule table or LUNA16's annotations.csv / candidates.csv (``tcpc_data.centres``).
 
-    Returns case -> list of ("vox" | "mm", (z, y, x)). Extra columns are ignored.
+    Parameters
+    ----------
+    path
+        The CSV; extra columns are ignored.
+    store
+        Volume store used to match LUNA16 ``seriesuid`` rows to DICOM cases by
+        their ``series_uid`` attribute (``tcpc_data.centres.match_cases``).
+
+    Returns
+    -------
+    dict
+        Case id -> list of ("vox" | "mm", (z, y, x)) in file order; "mm" is LPS world z/y/x.
     """
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"candidates CSV not found: {p}")
-    with open(p, newline="") as f:
-        reader = csv.DictReader(f)
-        cols = set(reader.fieldnames or ())
-        if {"case", "z", "y", "x"} <= cols:
-            unit, keys = "vox", ("z", "y", "x")
-        elif {"case", "z_mm", "y_mm", "x_mm"} <= cols:
-            unit, keys = "mm", ("z_mm", "y_mm", "x_mm")
-        else:
-            raise ValueError(f"{p}: needs columns case,z,y,x (voxels) or case,z_mm,y_mm,x_mm, "
-                             f"got {sorted(cols)}")
-        out: dict[str, list] = {}
-        for line, row in enumerate(reader, start=2):
-            try:
-                zyx = tuple(float(row[k]) for k in keys)
-            except (TypeError, ValueError):
-                raise ValueError(f"{p} line {line}: {keys} must be numbers, got "
-                                 f"{[row.get(k) for k in keys]}") from None
-            if not all(math.isfinite(v) for v in zyx):
-                raise ValueError(f"{p} line {line}: coordinates must be finite, got {zyx}")
-            out.setdefault(row["case"], []).append((unit, zyx))
-    return out
+    rows = read_centres(path, what="candidates CSV")
+    return {case: [(r.unit, r.zyx) for r in rs] for case, rs in match_cases(rows, store).items()}
 
 
-def csv_centres(rows, *, case: str, shape, spacing_zyx, origin_zyx) -> np.ndarray:
+def csv_centres(rows, *, case: str, shape, spacing_zyx, origin_zyx, direction) -> np.ndarray:
     """(K, 3) int32 voxel centres of one case's CSV rows (from :func:`read_candidates_csv`), in file order.
 
-    World coordinates map to voxels as ``(mm - origin) / spacing``; a centre
-    outside the volume raises ValueError naming the case.
+    World points map to the nearest voxel through the image's origin, spacing
+    and direction (``tcpc_data.volume.world_to_index``); a centre outside the
+    volume raises ValueError naming the case.
     """
-    sp = np.asarray(spacing_zyx, dtype=np.float64)
-    org = np.asarray(origin_zyx, dtype=np.float64)
+    geometry = {"origin_zyx": origin_zyx, "spacing_zyx": spacing_zyx, "direction": direction}
     out = []
     for unit, zyx in rows:
-        v = np.asarray(zyx, dtype=np.float64)
         if unit == "mm":
-            v = (v - org) / sp
-        r = np.rint(v)
+            out.append(world_to_voxel(zyx, geometry, shape, f"case {case}: candidate"))
+            continue
+        r = np.rint(np.asarray(zyx, dtype=np.float64))
         if np.any(r < 0) or np.any(r >= np.asarray(shape)):
             raise ValueError(f"case {case}: candidate {zyx} ({unit}) lies outside the volume "
                              f"of shape {tuple(shape)}")

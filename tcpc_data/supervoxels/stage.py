@@ -112,7 +112,7 @@ def supervoxels(store, config: SupervoxelConfig = SupervoxelConfig(), *, cases=N
     csv_rows = None
     if candidates_csv is not None:
         csv_rows = {}
-        for name, rows in read_candidates_csv(candidates_csv).items():
+        for name, rows in read_candidates_csv(candidates_csv, store).items():
             csv_rows.setdefault(sanitize_case_id(name), []).extend(rows)
     url = os.fspath(store)
     tasks = []
@@ -175,7 +175,8 @@ def _process_case(payload) -> tuple[str, dict]:
         source = "slic"
     else:
         cands = csv_centres(rows, case=case, shape=image.shape, spacing_zyx=spacing,
-                            origin_zyx=attrs.get("origin_zyx", (0.0, 0.0, 0.0)))
+                            origin_zyx=attrs.get("origin_zyx", (0.0, 0.0, 0.0)),
+                            direction=attrs.get("direction", np.eye(3)))
         # A CSV centre's score is that of the supervoxel holding it (0 outside the body).
         by_label = np.zeros(int(labels.max()) + 1, dtype=np.float32)
         by_label[table[:, 0].astype(np.int64)] = table[:, score_col]

@@ -63,7 +63,8 @@ def test_phantom_archive_ingests_back_to_exactly_its_arrays(archive, tmp_path):
         assert attrs["origin_zyx"] == [0.0, 0.0, 0.0]
         assert attrs["direction"] == [[1.0, 0.0, 0.0], [0.0, -1.0, 0.0], [0.0, 0.0, -1.0]]
         assert attrs["config"] == {"clip": None, "spacing_zyx": None, "npy_spacing_zyx": None,
-                                   "dtype": "float32", "irregular": "resample", "max_voxels": 1 << 30}
+                                   "dtype": "float32", "irregular": "resample", "max_voxels": 1 << 30,
+                                   "fixed_window": False}
         assert len(attrs["digest"]) == 64 and list(attrs)[-1] == "digest"
         group = dict(open_store(store, "r")[case].attrs)
         assert group == {"source": str(archive / f"{case}.nii.gz"), "format": "nifti"}

@@ -214,5 +214,5 @@ def test_nms_properties(points, k, crop):
 def test_csv_world_mm_round_trip_to_voxels(vox, spacing, origin):
     mm = np.array(origin) + np.array(vox) * np.array(spacing)
     got = csv_centres([("mm", tuple(mm))], case="c", shape=(20, 30, 40), spacing_zyx=spacing,
-                      origin_zyx=origin)
+                      origin_zyx=origin, direction=np.eye(3))
     assert got.tolist() == [list(vox)]

@@ -294,10 +294,9 @@ def write_npz_shards(npz, out_dir, *, task: str = "finetune", config=None, worke
 
 def pretrain_config_for(side: int, **fields) -> ShardConfig:
     """A ``ShardConfig`` for whole images of side ``side``: crop = image; cubes of 16 voxels
-    when they tile it at the overlap, else 8 (28 → 8, g = 6; 64 → 16, g = 7)."""
+    when a grid of 3 fits it at the overlap, else 8 (28 → 8; 64 → 16)."""
     overlap = fields.get("overlap", ShardConfig.overlap)
-    cube = next((c for c in (16, 8, 4) if c <= side and (side - c) % max(1, round(c * (1 - overlap))) == 0),
-                side)
+    cube = next((c for c in (16, 8, 4) if c + 2 * max(1, round(c * (1 - overlap))) <= side), side)
     return ShardConfig(**{"crop_size": side, "cube_size": cube, **fields})
 
 

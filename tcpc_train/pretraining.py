@@ -20,6 +20,7 @@ import json
 import math
 import statistics
 import time
+from dataclasses import field
 from pathlib import Path
 from typing import Iterator
 
@@ -28,8 +29,8 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from tcpc_train.checkpoint import load_checkpoint, save_checkpoint
-from tcpc_train.loader import (ShardStream, augment_path, decode_path_sample, first_sample, make_loader, open_shards,
-                               sample_rng)
+from tcpc_train.loader import (ShardStream, augment_intensity, augment_path, decode_path_sample, first_sample,
+                               make_loader, open_shards, sample_rng)
 from tcpc_train.models import ARCHS, build_encoder
 from tcpc_train.plots import plot_curves
 from tcpc_train.proxy import BlockPuzzle, permutation_set, shuffle_block
@@ -53,6 +54,7 @@ class PretrainConfig:
     temperature, own_negatives : InfoNCE (tcpc, cpc)
     n_permutations : permutation classes (rubik, jigsaw)
     augment : same random flips / 90° rotations for every cube of a sample
+    cube_intensity : per-cube intensity augmentation strength (0: off)
     shuffle_buffer, workers, seed : loader (data order is a pure function of seed and step)
     device, amp : ``auto``/``cpu``/``cuda[:N]``; bfloat16 autocast on CUDA
     checkpoint_every : steps between checkpoints (and one at the end)
@@ -78,6 +80,9 @@ class PretrainConfig:
     amp: bool = True
     checkpoint_every: int = 100
     init: str | None = None
+    cube_intensity: float = field(default=0.1, metadata={
+        "help": "Per-cube intensity augmentation v: each cube gets its own contrast factor in [1-v, 1+v], "
+                "offset in [-v, v] and noise of sd up to v/5 ([-1, 1] intensity units); 0: none (the paper)."})
 
     def validate(self) -> None:
         if self.task not in TASKS:
@@ -89,6 +94,8 @@ class PretrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.batch_size < 2 and self.task in ("tcpc", "cpc"):
             raise ValueError("InfoNCE needs in-batch negatives: batch_size must be >= 2")
+        if not self.cube_intensity >= 0:
+            raise ValueError(f"cube_intensity must be >= 0, got {self.cube_intensity}")
         if self.workers < 0 or self.warmup < 0 or not self.lr > 0 or not self.temperature > 0:
             raise ValueError("workers and warmup must be >= 0, lr and temperature > 0")
 
@@ -122,13 +129,14 @@ class TaskSample:
     """Turns a raw shard sample into the task's input (runs in loader workers)."""
 
     def __init__(self, cfg: PretrainConfig):
-        self.task, self.augment, self.seed = cfg.task, cfg.augment, cfg.seed
+        self.task, self.augment, self.seed, self.intensity = cfg.task, cfg.augment, cfg.seed, cfg.cube_intensity
         self.perms = permutation_set(cfg.n_permutations) if cfg.task in ("rubik", "jigsaw") else None
 
     def __call__(self, raw: dict, epoch: int) -> dict:
         s = decode_path_sample(raw)
         rng = sample_rng(self.seed, epoch, s["key"])
         cubes, path = augment_path(s["cubes"], s["path"], rng) if self.augment else (s["cubes"], s["path"])
+        cubes = augment_intensity(cubes, rng, self.intensity)
         where = f"{raw.get('__url__', '?')}: sample {s['key']}"
         if self.perms is not None:
             try:

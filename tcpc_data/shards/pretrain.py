@@ -108,7 +108,7 @@ class ShardConfig:
                 "(floor(jitter*c) voxels, drawn per cube); None: for blocks as far as keeps cubes apart, else 0."})
 
     @classmethod
-    def preset(cls, name: str, **overrides) -> "ShardConfig":
+    def preset(cls, geometry: str, /, **overrides) -> "ShardConfig":
         """A named geometry with ``overrides`` applied.
 
         ``default``: the field defaults (a gap between cubes; no copy shortcut).
@@ -119,9 +119,9 @@ class ShardConfig:
         """
         presets = {"default": {}, "paper": {"overlap": 0.5, "jitter": 0.0,
                                             "path_size": 3 if overrides.get("path") == "straight" else None}}
-        if name not in presets:
-            raise ValueError(f"unknown geometry preset {name!r}; known: {', '.join(presets)}")
-        return cls(**{**presets[name], **overrides})
+        if geometry not in presets:
+            raise ValueError(f"unknown geometry preset {geometry!r}; known: {', '.join(presets)}")
+        return cls(**{**presets[geometry], **overrides})
 
     def variants(self) -> tuple[tuple[str, str], ...]:
         """The (plane, opening) variants samples are drawn from."""

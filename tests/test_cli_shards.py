@@ -47,7 +47,7 @@ def test_a_failed_case_exits_1(store, tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["shards", "missing.zarr", "--out", "o"], "error: no volume store at missing.zarr"),
-    (["shards", "{store}", "--out", "o", "--crop-size", "30"], "error: cubes of 16 voxels"),
+    (["shards", "{store}", "--out", "o", "--crop-size", "30"], "error: no target fits"),
     (["inspect", "nowhere"], "error: nothing to inspect at nowhere"),
 ])
 def test_user_errors_are_one_line_and_exit_2(store, tmp_path, monkeypatch, args, message):

@@ -3,7 +3,8 @@
 Phantom chest CTs (``tcpc_data.phantom``) go through ingest, SLIC
 candidates and the shard stage once; the same candidate crops are then cut
 with the paper's geometry (``ShardConfig.preset("paper")``: 50 % overlap,
-target next to its support) and the default one (a quarter-cube gap). For
+target next to its support), with touching cubes (overlap 0) and with the
+default one (a quarter-cube gap). For
 each, a GRU + predictor head is trained on a frozen random encoder
 (:mod:`tcpc_train.probe`), without and with per-cube intensity augmentation;
 the table shows how far held-out InfoNCE falls below chance, log(batch).
@@ -37,6 +38,8 @@ def main() -> None:
     ap.add_argument("--top-k", type=int, default=16, help="candidate crops per case")
     ap.add_argument("--targets", type=int, default=4, help="samples per crop")
     ap.add_argument("--kinds", default="u,straight", help="path kinds to probe")
+    ap.add_argument("--geometries", default="paper,touching,default",
+                    help="paper, touching (overlap 0) and/or default (overlap -0.25)")
     ap.add_argument("--steps", type=int, default=400, help="head optimiser steps")
     ap.add_argument("--width", type=float, default=0.25, help="encoder channel multiplier")
     ap.add_argument("--seeds", type=int, default=2, help="probe seeds (encoder, split, batches)")
@@ -56,8 +59,10 @@ def main() -> None:
         print(f"preprocessed {args.cases} phantoms in {time.perf_counter() - t0:.0f} s", flush=True)
         rows = []
         for kind in args.kinds.split(","):
-            for geometry in ("paper", "default"):
-                cfg = ShardConfig.preset(geometry, path=kind, targets_per_crop=args.targets, name="p")
+            for geometry in args.geometries.split(","):
+                cfg = ShardConfig.preset("default" if geometry == "touching" else geometry, path=kind,
+                                         targets_per_crop=args.targets, name="p",
+                                         **({"overlap": 0.0} if geometry == "touching" else {}))
                 out = tmp / f"{kind}-{geometry}"
                 write_shards(store, out, cfg, workers=1)
                 for intensity in (0.0, 0.1):

@@ -96,18 +96,23 @@ def probe_arrays(cubes: np.ndarray, cases: list[str], config: ProbeConfig = Prob
     opt = torch.optim.Adam(head.parameters(), lr=config.lr)
     gen = torch.Generator().manual_seed(config.seed)
     losses = []
-    for _ in range(config.steps):
-        batch = train[torch.randperm(len(train), generator=gen)[:b]]
-        loss = info_nce(head(batch[:, :-1]), batch[:, -1], config.temperature)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    head.eval()
-    with torch.no_grad():
-        order = hold[torch.randperm(len(hold), generator=gen)]
-        held_losses = [info_nce(head(x[:, :-1]), x[:, -1], config.temperature).item()
-                       for x in order[:len(order) // b * b].split(b)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a small head: handing its tiny ops to threads costs far more than it saves
+    try:
+        for _ in range(config.steps):
+            batch = train[torch.randperm(len(train), generator=gen)[:b]]
+            loss = info_nce(head(batch[:, :-1]), batch[:, -1], config.temperature)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        head.eval()
+        with torch.no_grad():
+            order = hold[torch.randperm(len(hold), generator=gen)]
+            held_losses = [info_nce(head(x[:, :-1]), x[:, -1], config.temperature).item()
+                           for x in order[:len(order) // b * b].split(b)]
+    finally:
+        torch.set_num_threads(threads)
     chance = math.log(b)
     held_loss = float(np.mean(held_losses))
     return {"chance": chance, "train_loss": float(np.mean(losses[-max(1, config.steps // 10):])),

@@ -27,7 +27,6 @@ import dataclasses
 import math
 import os
 import zlib
-from dataclasses import field
 from functools import lru_cache
 from typing import Iterator
 
@@ -103,7 +102,7 @@ class ShardConfig:
     shard_size: int = 1000
     name: str = "tcpc"
     seed: int = 0
-    jitter: float | None = field(default=None, metadata={
+    jitter: float | None = dataclasses.field(default=None, metadata={
         "help": "Largest shift of each cube from its grid place per axis, as a fraction of the cube side "
                 "(floor(jitter*c) voxels, drawn per cube); None: for blocks as far as keeps cubes apart, else 0."})
 

@@ -194,6 +194,7 @@ def run_realct(sources, nodules_csv, out, config: RealCTConfig = RealCTConfig(),
     result = {"figure": str(figure), "pretrain": pre, "finetune": {k: fin[k] for k in ("metrics", "n_train")},
               "labelled": {"nodule_crops": sum(r[-1] for r in rows), "candidate_crops": sum(1 - r[-1] for r in rows),
                            "note": "train = val = test: fine-tuning only makes the figure's third encoder"},
-              "nodule": {"case": case, "index": fig_k, "voxel": idx.tolist(), "in_finetuning": False}, "seconds": time.perf_counter() - t0}
+              "nodule": {"case": case, "index": fig_k, "voxel": idx.tolist(), "in_finetuning": False},
+              "seconds": time.perf_counter() - t0}
     (out / "results.json").write_text(json.dumps(result, indent=1, default=str))
     return result

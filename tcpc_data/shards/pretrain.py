@@ -15,7 +15,7 @@ is 0 for every kind, against 100 % for the paper's U and 50 % for its line)
 and a predictor cannot copy the target. A gap rather than touching cubes or
 jitter alone: ``bench/probe.py`` (24 phantoms, 64³ crops, 16³ cubes, a head
 trained on a frozen random encoder, 2 seeds) measured held-out InfoNCE
-0.58 nats below chance (log 32 = 3.47) for the paper's U, 0.45 with touching
+0.59 nats below chance (log 32 = 3.47) for the paper's U, 0.45 with touching
 cubes (no shared voxel, but continuous edges) and 0.37 with the gap; a jitter
 small enough to keep cubes apart would need a wider gap that 28³ images
 with 8-voxel cubes cannot hold. ``ShardConfig.preset("paper")`` keeps

@@ -168,6 +168,40 @@ def augment_path(cubes: np.ndarray, path: np.ndarray, rng: np.random.Generator) 
     return np.ascontiguousarray(cubes), lo + q
 
 
+def augment_intensity(cubes: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
+    """Give every cube of a sample its own contrast, offset and noise.
+
+    Cubes of one sample come from one image, so they share its intensity
+    statistics; a predictor could match targets by those statistics instead
+    of by content. Independent draws per cube remove that cue while the
+    geometric transform (:func:`augment_path`) stays shared, as the path
+    geometry requires (``docs/design.md``, Geometry).
+
+    Parameters
+    ----------
+    cubes : (N, c, c, c) array, intensities in [-1, 1]
+    rng : numpy Generator
+    strength : float >= 0
+        v: each cube is scaled by a factor in [1 − v, 1 + v], shifted by an
+        offset in [−v, v] and given Gaussian noise of a standard deviation in
+        [0, v/5], each drawn uniformly and independently per cube; 0 returns
+        ``cubes`` unchanged.
+
+    Returns
+    -------
+    (N, c, c, c) array of the dtype of ``cubes``.
+    """
+    if strength == 0:
+        return cubes
+    n = len(cubes)
+    shape = (n,) + (1,) * (cubes.ndim - 1)
+    scale = rng.uniform(1 - strength, 1 + strength, n).reshape(shape)
+    shift = rng.uniform(-strength, strength, n).reshape(shape)
+    sd = rng.uniform(0, strength / 5, n).reshape(shape)
+    noise = rng.standard_normal(cubes.shape, dtype=np.float32)
+    return (cubes.astype(np.float32) * scale + shift + sd * noise).astype(cubes.dtype)
+
+
 def augment_volume(volume: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Random flips and a 90° rotation of a cubic (S, S, S) volume."""
     for axis in range(3):

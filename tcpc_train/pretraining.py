@@ -27,8 +27,8 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from tcpc_train.checkpoint import load_checkpoint, save_checkpoint
-from tcpc_train.loader import (ShardStream, augment_path, decode_path_sample, first_sample, make_loader, open_shards,
-                               sample_rng)
+from tcpc_train.loader import (ShardStream, augment_intensity, augment_path, decode_path_sample, first_sample,
+                               make_loader, open_shards, sample_rng)
 from tcpc_train.models import ARCHS, build_encoder
 from tcpc_train.plots import plot_curves
 from tcpc_train.runtime import (RuntimeConfig, StepLog, config_changes, init_distributed, optimiser_steps,
@@ -66,6 +66,9 @@ class PretrainConfig:
     init: str | None = field(default=None, metadata={
         "help": "Encoder weights to start from (cascade: external -> TCPC); none: random."})
     runtime: RuntimeConfig = field(default=RuntimeConfig(), metadata={"help": "How the run executes."})
+    cube_intensity: float = field(default=0.1, metadata={
+        "help": "Per-cube intensity augmentation v: each cube gets its own contrast factor in [1-v, 1+v], "
+                "offset in [-v, v] and noise of sd up to v/5 ([-1, 1] intensity units); 0: none (the paper)."})
 
     def validate(self) -> None:
         if self.task not in TASKS:
@@ -80,6 +83,8 @@ class PretrainConfig:
                              f"{TASKS[self.task].min_batch_size}")
         if self.warmup < 0 or not self.lr > 0 or not self.temperature > 0:
             raise ValueError("warmup must be >= 0, lr and temperature > 0")
+        if not self.cube_intensity >= 0:
+            raise ValueError(f"cube_intensity must be >= 0, got {self.cube_intensity}")
         self.runtime.validate()
 
 
@@ -101,6 +106,7 @@ class TaskSample:
         s = decode_path_sample(raw)
         rng = sample_rng(self.cfg.runtime.seed, epoch, s["key"])
         cubes, path = augment_path(s["cubes"], s["path"], rng) if self.cfg.augment else (s["cubes"], s["path"])
+        cubes = augment_intensity(cubes, rng, self.cfg.cube_intensity)
         self.task.check_path(s["path"], f"{raw.get('__url__', '?')}: sample {s['key']}")
         return self.task.prepare(cubes, path, rng, self.cfg)
 

@@ -49,7 +49,7 @@ def test_a_failed_case_exits_1(store, tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["shards", "missing.zarr", "--out", "o"], "error: no volume store at missing.zarr"),
-    (["shards", "{store}", "--out", "o", "--crop-size", "30"], "error: cubes of 16 voxels"),
+    (["shards", "{store}", "--out", "o", "--crop-size", "30"], "error: no target fits"),
     (["inspect", "nowhere"], "error: nothing to inspect at nowhere"),
     (["shards", "m.npz", "--out", "o", "--case", "a"], "error: a labels CSV and a case list apply to a volume store"),
     (["shards", "m.npz", "--out", "o", "--cases", "a,b"], "error: a labels CSV and a case list apply to a volume"),

@@ -34,7 +34,7 @@ from tcpc_data.shards.shardset import build_shard_set, encode_json
 from tcpc_data.shards.tario import Sample, encode_npy
 from tcpc_data.shards.pretrain import ShardConfig, crop_samples, pretrain_members
 from tcpc_data.store import list_cases, open_store
-from tcpc_data.volume import world_to_voxel
+from tcpc_data.volume import index_to_world, stored_geometry, world_to_voxel
 
 _CHUNK = 256  # npz images per task: parts stay small and resumable
 
@@ -117,10 +117,18 @@ def _store_case_samples(payload) -> list[Sample]:
         meta = {"case": case, "centre": centre.tolist(), "crop_box": box.tolist(),
                 "padding": crop_padding(box, shape), "row": r.line, "background": config.background,
                 "split": r.split, "patient": r.patient}
-        if r.unit == "mm":
-            meta["world_zyx"] = list(r.zyx)
+        # Every sample says where it lies in the patient (LPS mm), whichever unit its row gave
+        # (null for a voxel row of a store without geometry attributes).
+        meta["world_zyx"] = list(r.zyx) if r.unit == "mm" else _world(centre, attrs, where)
         out.append(_labelled_sample(f"{case}_l{n:05d}", vol, r.label, meta))
     return out
+
+
+def _world(centre: np.ndarray, attrs, where: str) -> list[float] | None:
+    try:
+        return index_to_world(centre, *stored_geometry(attrs, where)).tolist()
+    except ValueError:
+        return None
 
 
 _JSON_KEYS = ["case", "label", "centre", "crop_box", "padding", "row", "background", "split", "patient",
@@ -382,10 +390,9 @@ def write_npz_shards(npz, out_dir, *, task: str = "finetune", config=None, worke
 
 def pretrain_config_for(side: int, **fields) -> ShardConfig:
     """A ``ShardConfig`` for whole images of side ``side``: crop = image; cubes of 16 voxels
-    when they tile it at the overlap, else 8 (28 → 8, g = 6; 64 → 16, g = 7)."""
+    when a grid of 3 fits it at the overlap, else 8 (28 → 8; 64 → 16)."""
     overlap = fields.get("overlap", ShardConfig.overlap)
-    cube = next((c for c in (16, 8, 4) if c <= side and (side - c) % max(1, round(c * (1 - overlap))) == 0),
-                side)
+    cube = next((c for c in (16, 8, 4) if c + 2 * max(1, round(c * (1 - overlap))) <= side), side)
     return ShardConfig(**{"crop_size": side, "cube_size": cube, **fields})
 
 

@@ -3,13 +3,34 @@
 One sample per (case, candidate, target draw): members ``cubes.npy``
 (P+1, c, c, c) float16 in path order, the target last; ``path.npy`` (P+1, 3)
 int16 grid positions; ``json`` (case, candidate, centre, crop box, path kind,
-plane, opening, ...). The pure functions ``path_sample``/``crop_samples`` work
-on any crop array, so callers with data outside a store (MedMNIST images,
-tests) reuse them; ``write_shards`` maps them over a volume store.
+plane, opening, ``origins``: each cube's first voxel in the crop, ...). The
+pure functions ``path_sample``/``crop_samples`` work on any crop array, so
+callers with data outside a store (MedMNIST images, tests) reuse them;
+``write_shards`` maps them over a volume store.
+
+Default geometry (``docs/design.md``, Geometry): neighbouring grid cubes are
+a quarter cube apart (overlap −0.25: 4 voxels between 16-voxel cubes), so no
+support cube holds a target voxel (:func:`tcpc_data.shards.cubepaths.target_share`
+is 0 for every kind, against 100 % for the paper's U and 50 % for its line)
+and a predictor cannot copy the target. A gap rather than touching cubes or
+jitter alone: ``bench/probe.py`` (24 phantoms, 64³ crops, 16³ cubes, a head
+trained on a frozen random encoder, 2 seeds) measured held-out InfoNCE
+0.59 nats below chance (log 32 = 3.47) for the paper's U, 0.45 with touching
+cubes (no shared voxel, but continuous edges) and 0.37 with the gap; a jitter
+small enough to keep cubes apart would need a wider gap that 28³ images
+with 8-voxel cubes cannot hold. ``ShardConfig.preset("paper")`` keeps
+the paper's 50 % overlap and adjacent target for the ablation. 3D CPC reads
+as many support cubes as TCPC's U (7) and has TCPC's targets: when its line
+is longer than the crop's grid, it continues past the crop along its axis
+(cut from the volume; background outside it). Rubik's-cube and Jigsaw blocks
+get the gaps and jitter of their papers (Noroozi & Favaro 2016; Zhuang et
+al. 2019): each cube moves at random within its cell, never touching its
+neighbours.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import zlib
 from dataclasses import field
@@ -33,15 +54,18 @@ class ShardConfig:
 
     crop_size: int = field(default=64, metadata={"help": "Crop side S in voxels around each candidate."})
     cube_size: int = field(default=16, metadata={"help": "Cube side c in voxels."})
-    overlap: float = field(default=0.5, metadata={
-        "help": "Fraction of a cube shared with its grid neighbour (0.5: stride c/2)."})
+    # The default gap keeps every target voxel out of the support cubes (target_share 0): with the
+    # paper's 0.5 a U's support holds the whole target and InfoNCE can fall by copying voxels.
+    overlap: float = field(default=-0.25, metadata={
+        "help": "Fraction of a cube shared with its grid neighbour: 0.5 the paper (stride c/2), 0 touching, "
+                "negative a gap of -overlap*c voxels (default: a quarter cube, no copy shortcut)."})
     path: Literal[tuple(P.PATHS)] = field(default="u", metadata={
         "help": "Path kind: u (TCPC), straight (3D CPC), block (Rubik's cube / Jigsaw)."})
-    # The block default keeps cubes from overlapping, so a Jigsaw or Rubik's-cube net cannot solve
-    # its puzzle from shared voxels.
+    # The block default keeps cubes apart, so a Jigsaw or Rubik's-cube net cannot solve its puzzle
+    # from shared voxels.
     path_size: int | None = field(default=None, metadata={
         "help": "U radius, straight length or block step in cubes; none: the kind's default "
-                "(1, 3, and for blocks the step at which cubes touch: 2 at overlap 0.5)."})
+                "(1; 7, as many support cubes as the U; for blocks the step at which cubes stop overlapping)."})
     plane: Literal[tuple(P.PLANES)] | None = field(default=None, metadata={
         "help": "Fix the path plane; none draws it per sample from the seed."})
     opening: Literal[P.OPENINGS] | None = field(default=None, metadata={
@@ -57,6 +81,25 @@ class ShardConfig:
     name: str = field(default="tcpc", metadata={"help": "Shard file prefix: <name>-%06d.tar."})
     # A sample's draws depend only on (seed, case, candidate, draw index), never on the worker count.
     seed: int = field(default=0, metadata={"help": "Seed of every draw."})
+    jitter: float | None = field(default=None, metadata={
+        "help": "Largest shift of each cube from its grid place per axis, as a fraction of the cube side "
+                "(floor(jitter*c) voxels, drawn per cube); None: for blocks as far as keeps cubes apart, else 0."})
+
+    @classmethod
+    def preset(cls, geometry: str, /, **overrides) -> "ShardConfig":
+        """A named geometry with ``overrides`` applied.
+
+        ``default``: the field defaults (a gap between cubes; no copy shortcut).
+        ``paper``: the TCPC paper's grid, 50 % overlap with the target next to
+        its support (a U holds every target voxel, a line half of them), a
+        3-cube line for 3D CPC and touching blocks: the ablation row of the
+        copy shortcut, cut exactly as tcpc cut it before the gap.
+        """
+        presets = {"default": {}, "paper": {"overlap": 0.5, "jitter": 0.0,
+                                            "path_size": 3 if overrides.get("path") == "straight" else None}}
+        if geometry not in presets:
+            raise ValueError(f"unknown geometry preset {geometry!r}; known: {', '.join(presets)}")
+        return cls(**{**presets[geometry], **overrides})
 
     def variants(self) -> tuple[tuple[str, str], ...]:
         """The (plane, opening) variants samples are drawn from."""
@@ -74,12 +117,28 @@ class ShardConfig:
         if self.path_size is not None:
             return self.path_size
         if self.path == "block":
-            return max(1, round(1 / (1 - self.overlap)))
+            return max(1, math.ceil(1 / (1 - self.overlap) - 1e-9))
         return P.PATHS[self.path].default_size
+
+    def jitter_voxels(self) -> int:
+        """Largest per-axis cube shift j in voxels: ``jitter`` or the kind's default (see ``jitter``)."""
+        if self.jitter is not None:
+            return P.jitter_voxels(self.cube_size, self.jitter)
+        if self.path == "block" and self.overlap < 0:
+            # as far as each cube can move with neighbours still at least one voxel apart
+            gap = P.grid_stride(self.cube_size, self.overlap) - self.cube_size
+            return max(0, (gap - 1) // 2)
+        return 0
+
+    def target_share(self) -> float:
+        """Expected share of target voxels that also lie in a support cube, over every variant (the
+        largest); see :func:`tcpc_data.shards.cubepaths.target_share`."""
+        return max(P.target_share(self.path, self.cube_size, self.overlap, self.size(), self.jitter_voxels(),
+                                  plane, opening) for plane, opening in self.variants())
 
     def validate(self) -> tuple[int, int]:
         """Check every field; returns the grid (g, stride). Raises ValueError naming the field."""
-        g, stride = P.grid_size(self.crop_size, self.cube_size, self.overlap)
+        g, stride = P.grid_size(self.crop_size, self.cube_size, self.overlap, self.jitter_voxels())
         for field in ("targets_per_crop", "shard_size"):
             if getattr(self, field) < 1:
                 raise ValueError(f"{field} must be >= 1, got {getattr(self, field)}")
@@ -88,13 +147,25 @@ class ShardConfig:
         if self.path_size is not None and self.path_size < 1:
             raise ValueError(f"path_size must be >= 1, got {self.path_size}")
         for v in self.variants():
-            if not len(_targets(self.path, g, self.size(), self.target_radius, v)):
+            if not len(self.targets(g, v)):
                 raise ValueError(
                     f"no target fits a {self.path!r} path (size {self.size()}, variant {v}) in a "
                     f"{g}^3 cube grid (crop {self.crop_size}, cube {self.cube_size}, overlap "
                     f"{self.overlap}) within target_radius {self.target_radius}: use a bigger crop, "
                     "smaller cubes, a shorter path or a larger target_radius")
         return g, stride
+
+    def extends(self, grid: int) -> bool:
+        """Whether a straight path continues past the crop: its line does not fit the grid anywhere."""
+        return self.path == "straight" and not any(
+            len(_targets(self.path, grid, self.size(), None, v)) for v in self.variants())
+
+    def targets(self, grid: int, variant: tuple[str, str]) -> np.ndarray:
+        """(T, 3) grid positions a target of ``variant`` is drawn from; a line longer than the grid
+        (see ``extends``) takes TCPC's targets, those of the default U of the same variant."""
+        if self.extends(grid):
+            return _targets("u", grid, P.PATHS["u"].default_size, self.target_radius, variant)
+        return _targets(self.path, grid, self.size(), self.target_radius, variant)
 
     def sample_config(self) -> "ShardConfig":
         """This config without the packing fields: what a sample's bytes depend on."""
@@ -114,53 +185,80 @@ def draw_rng(seed: int, case: str, candidate: int, draw: int) -> np.random.Gener
 
 
 def path_sample(crop_arr: np.ndarray, config: ShardConfig, rng: np.random.Generator,
-                grid: tuple[int, int] | None = None) -> dict:
-    """Draw a variant and a target, then cut one path sample from a crop.
+                grid: tuple[int, int] | None = None, volume=None, start=None) -> dict:
+    """Draw a variant, a target and the cubes' jitter, then cut one path sample from a crop.
 
     Parameters
     ----------
     crop_arr
         (S, S, S) crop, S = ``config.crop_size``.
     config
-        Path kind, size, variants, target radius, cube grid.
+        Path kind, size, variants, target radius, cube grid and jitter.
     rng
-        Source of the variant and target draws.
+        Source of the variant, target and jitter draws (in that order; no
+        jitter draw when the jitter is 0, so such samples are cut as before).
     grid
         (g, stride) when already validated; None validates ``config``.
+    volume, start
+        The volume the crop was cut from and the crop's first voxel in it:
+        cubes of a line that continues past the crop are cut from there
+        (background outside it); None: background past the crop.
 
     Returns
     -------
     dict
         ``cubes`` (P+1, c, c, c) float16 in path order, target last;
-        ``path`` (P+1, 3) int16 grid positions; ``plane``, ``opening``.
+        ``path`` (P+1, 3) int16 grid positions; ``origins`` (P+1, 3) int64
+        first voxel of each cube in the crop; ``plane``, ``opening``.
     """
     g, stride = config.validate() if grid is None else grid
     if crop_arr.shape != (config.crop_size,) * 3:
         raise ValueError(f"crop has shape {crop_arr.shape}, config.crop_size is {config.crop_size}")
     variants = config.variants()
     plane, opening = variants[int(rng.integers(len(variants)))]
-    targets = _targets(config.path, g, config.size(), config.target_radius, (plane, opening))
+    targets = config.targets(g, (plane, opening))
     target = targets[int(rng.integers(len(targets)))]
     pos = P.path_positions(config.path, target, plane, opening, config.size())
-    cubes = np.stack([crop_arr[P.cube_slices(p, stride, config.cube_size)] for p in pos])
-    return {"cubes": cubes.astype(np.float16), "path": pos.astype(np.int16),
+    c, j = config.cube_size, config.jitter_voxels()
+    origins = P.grid_margin(config.crop_size, c, g, stride) + pos * stride
+    if j:
+        origins = origins + rng.integers(-j, j + 1, size=origins.shape)
+    if ((origins >= 0) & (origins + c <= config.crop_size)).all():
+        cubes = np.stack([crop_arr[tuple(slice(a, a + c) for a in o)] for o in origins])
+    else:  # a line longer than the grid: cut past the crop (docs/design.md, Geometry)
+        src, off = (crop_arr, 0) if volume is None else (volume, np.asarray(start, dtype=np.int64))
+        cubes = np.stack([_cut(src, off + o, c, config.background) for o in origins])
+    return {"cubes": cubes.astype(np.float16), "path": pos.astype(np.int16), "origins": origins,
             "plane": plane, "opening": opening}
 
 
+def _cut(volume, first, size: int, background: float) -> np.ndarray:
+    """The (size,)*3 box of ``volume`` from voxel ``first``; background where it leaves the volume."""
+    out = np.full((size,) * 3, background, dtype=volume.dtype)
+    lo = np.maximum(first, 0)
+    hi = np.minimum(np.asarray(first) + size, volume.shape)
+    if (hi > lo).all():
+        out[tuple(slice(a - f, b - f) for a, b, f in zip(lo, hi, first))] = \
+            volume[tuple(slice(a, b) for a, b in zip(lo, hi))]
+    return out
+
+
 def crop_samples(crop_arr: np.ndarray, config: ShardConfig, case: str, candidate: int,
-                 info: dict) -> list[Sample]:
+                 info: dict, volume=None, start=None) -> list[Sample]:
     """All ``targets_per_crop`` encoded samples of one crop, keyed ``<case>_c<candidate>_t<draw>``.
 
-    ``info`` (centre, crop box, ...) is merged into each sample's ``json``.
+    ``info`` (centre, crop box, ...) is merged into each sample's ``json``;
+    ``volume``/``start`` as in :func:`path_sample`.
     """
     grid = config.validate()
     out = []
     for t in range(config.targets_per_crop):
-        s = path_sample(crop_arr, config, draw_rng(config.seed, case, candidate, t), grid)
+        s = path_sample(crop_arr, config, draw_rng(config.seed, case, candidate, t), grid, volume, start)
         meta = {"case": case, "candidate": candidate, "draw": t, "kind": config.path,
                 "size": config.size(),
                 "plane": s["plane"], "opening": s["opening"], "target": s["path"][-1].tolist(),
                 "cube_size": config.cube_size, "stride": grid[1], "grid": grid[0],
+                "origins": s["origins"].tolist(),
                 "crop_size": config.crop_size, "background": config.background, **info}
         key = f"{case}_c{candidate:05d}_t{t:02d}"
         out.append((key, {"cubes.npy": encode_npy(s["cubes"]), "path.npy": encode_npy(s["path"]),
@@ -184,7 +282,7 @@ def _case_samples(payload) -> Iterator[Sample]:
         info = {"centre": cands[i].tolist(), "crop_box": box.tolist(),
                 "padding": crop_padding(box, image.shape),
                 "score": None if np.isnan(scores[i]) else float(scores[i])}
-        yield from crop_samples(arr, config, case, i, info)
+        yield from crop_samples(arr, config, case, i, info, image, box[0])
 
 
 def pretrain_members(config: ShardConfig) -> dict:
@@ -194,7 +292,7 @@ def pretrain_members(config: ShardConfig) -> dict:
     return {"cubes.npy": {"shape": [n, c, c, c], "dtype": "float16", "order": "path order, target last"},
             "path.npy": {"shape": [n, 3], "dtype": "int16", "unit": "cube grid position z, y, x"},
             "json": {"keys": ["case", "candidate", "draw", "centre", "crop_box", "padding", "kind", "plane",
-                              "opening", "target", "size", "cube_size", "stride", "grid"]}}
+                              "opening", "target", "size", "cube_size", "stride", "grid", "origins"]}}
 
 
 def write_shards(store, out_dir, config: ShardConfig = ShardConfig(), *, cases=None,

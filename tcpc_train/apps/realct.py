@@ -60,6 +60,9 @@ class RealCTConfig:
     finetune_epochs: int = field(default=4, metadata={"help": "Fine-tuning epochs."})
     batch_size: int = field(default=8, metadata={"help": "Fine-tuning samples per step."})
     seed: int = field(default=0, metadata={"help": "Seed of the draws and the training."})
+    figure_nodule: str | None = field(default=None, metadata={
+        "help": "Nodule drawn in the feature-map figure and never used in fine-tuning, as CASE:K (the K-th "
+                "nodule of CASE in the CSV, from 0); None: the largest nodule."})
 
 
 def nodule_voxels(store, nodules_csv: str | Path) -> dict[str, list[tuple[np.ndarray, dict]]]:
@@ -87,14 +90,30 @@ def nodule_voxels(store, nodules_csv: str | Path) -> dict[str, list[tuple[np.nda
     return out
 
 
-def _labelled_rows(store, nodules: dict, cfg: RealCTConfig) -> list[tuple[str, int, int, int, int]]:
-    """Jittered nodule centres (label 1) and candidates far from every nodule (label 0)."""
+def figure_nodule(nodules: dict, name: str | None = None) -> tuple[str, int]:
+    """(case, k) of the figure's nodule: ``name`` 'CASE:K' (K-th nodule of CASE, from 0), or the largest."""
+    if name is None:
+        return max(((c, k) for c, items in nodules.items() for k in range(len(items))),
+                   key=lambda ck: float(nodules[ck[0]][ck[1]][1]["diameter_mm"]))
+    case, _, k = name.rpartition(":")
+    if case not in nodules or not k.isdigit() or int(k) >= len(nodules[case]):
+        raise ValueError(f"figure_nodule {name!r} names no nodule; known: "
+                         f"{', '.join(f'{c}:{i}' for c, items in nodules.items() for i in range(len(items)))}")
+    return case, int(k)
+
+
+def _labelled_rows(store, nodules: dict, cfg: RealCTConfig,
+                   leave_out: tuple[str, int] | None = None) -> list[tuple[str, int, int, int, int]]:
+    """Jittered nodule centres (label 1), except the nodule ``leave_out``, and candidates far from
+    every nodule, that one included (label 0)."""
     rng = np.random.default_rng(cfg.seed)
     root = open_store(store, mode="r")
     rows = []
     for case, items in sorted(nodules.items()):
         spacing = np.asarray(root[case]["image"].attrs["spacing_zyx"], float)
-        for idx, _ in items:
+        for k, (idx, _) in enumerate(items):
+            if (case, k) == leave_out:
+                continue
             for j in range(cfg.per_nodule):
                 shift = np.zeros(3, int) if j == 0 else rng.integers(-cfg.jitter, cfg.jitter + 1, 3)
                 rows.append((case, *(int(v) for v in idx + shift), 1))
@@ -134,7 +153,8 @@ def run_realct(sources, nodules_csv, out, config: RealCTConfig = RealCTConfig(),
     nodules = nodule_voxels(store, nodules_csv)
     if not nodules:
         raise ValueError(f"no case of {nodules_csv} is among the preprocessed cases")
-    rows = _labelled_rows(store, nodules, config)
+    fig_case, fig_k = figure_nodule(nodules, config.figure_nodule)  # checked before any training
+    rows = _labelled_rows(store, nodules, config, leave_out=(fig_case, fig_k))
     labels_csv = out / "labelled.csv"
     with open(labels_csv, "w", newline="") as f:
         w = csv.writer(f)
@@ -162,17 +182,16 @@ def run_realct(sources, nodules_csv, out, config: RealCTConfig = RealCTConfig(),
     load_encoder_weights(tcpc_enc, pre["checkpoint"], {"arch": "resnet18", "width": config.width})
     clf = Classifier(build_encoder("resnet18", config.width), fin["n_classes"])
     clf.load_state_dict(load_checkpoint(fin["checkpoint"])["model"])
-    # the largest nodule: the clearest picture
-    case, (idx, row) = max(((c, it) for c, items in nodules.items() for it in items),
-                           key=lambda ci: float(ci[1][1]["diameter_mm"]))
+    case, (idx, row) = fig_case, nodules[fig_case][fig_k]  # not seen in fine-tuning
     nodule_crop, _ = crop(open_store(store, mode="r")[case]["image"], idx, config.crop_size, -1.0)
     figure = render_feature_maps({"random": random_enc, "TCPC-pretrained": tcpc_enc, "fine-tuned": clf.encoder},
                                  nodule_crop, out / "featuremaps.png",
-                                 title=f"{case} nodule ({float(row['diameter_mm']):.0f} mm): deep-layer "
-                                       "feature maps, central axial slice")
+                                 title=f"{case} nodule ({float(row['diameter_mm']):.0f} mm, not used in "
+                                       "fine-tuning): deep-layer feature maps, central axial slice")
     result = {"figure": str(figure), "pretrain": pre, "finetune": {k: fin[k] for k in ("metrics", "n_train")},
               "labelled": {"nodule_crops": sum(r[-1] for r in rows), "candidate_crops": sum(1 - r[-1] for r in rows),
                            "note": "train = val = test: fine-tuning only makes the figure's third encoder"},
-              "nodule": {"case": case, "voxel": idx.tolist()}, "seconds": time.perf_counter() - t0}
+              "nodule": {"case": case, "index": fig_k, "voxel": idx.tolist(), "in_finetuning": False},
+              "seconds": time.perf_counter() - t0}
     (out / "results.json").write_text(json.dumps(result, indent=1, default=str))
     return result

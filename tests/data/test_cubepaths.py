@@ -15,10 +15,20 @@ def test_grid_of_the_design_example():
     assert P.grid_size(64, 16, 0.5) == (7, 8)
     assert P.grid_size(28, 8, 0.5) == (6, 4)
     assert P.grid_size(64, 16, 0.0) == (4, 16)
+    assert P.grid_size(64, 16, -0.25) == (3, 20)  # the default gap: 4 voxels between cubes
+    assert P.grid_size(64, 16, -0.25, jitter=2) == (3, 20)
 
 
-@pytest.mark.parametrize("args, match", [((64, 16, 1.0), "overlap"), ((64, 80, 0.5), "cube size"),
-                                         ((64, 5, 0.5), "stride"), ((30, 8, 0.5), "tile")])
+def test_grid_is_centred_when_the_cubes_do_not_tile_the_crop():
+    g, s = P.grid_size(64, 16, -0.25)
+    assert P.grid_margin(64, 16, g, s) == 4  # 64 - (16 + 2*20) = 8 voxels left, 4 on each side
+    assert P.grid_margin(64, 16, *P.grid_size(64, 16, 0.5)) == 0  # the paper's grid tiles exactly
+    assert P.grid_size(30, 8, 0.5) == (6, 4) and P.grid_margin(30, 8, 6, 4) == 1
+
+
+@pytest.mark.parametrize("args, match", [((64, 16, 1.0), "overlap"), ((64, 80, 0.5), "fit the crop"),
+                                         ((64, 5, 0.5), "stride"), ((64, 16, -0.1), "stride"),
+                                         ((20, 16, 0.5, 3), "jitter")])
 def test_grid_rejects_bad_geometry(args, match):
     with pytest.raises(ValueError, match=match):
         P.grid_size(*args)
@@ -31,8 +41,10 @@ def test_u_path_is_the_drawing_of_design_md():
 
 
 def test_straight_and_block_known_answers():
-    assert P.path_positions("straight", (3, 3, 3), "coronal", "up").tolist() == [
+    assert P.path_positions("straight", (3, 3, 3), "coronal", "up", 3).tolist() == [
         [6, 3, 3], [5, 3, 3], [4, 3, 3], [3, 3, 3]]
+    # by default a line reads as many support cubes as the default U
+    assert len(P.path_positions("straight", (0, 0, 0), "axial", "up")) == len(P.path_positions("u", (0, 0, 0), "axial", "up"))
     blk = P.path_positions("block", (3, 3, 3), "axial", "up", 2)
     assert blk[-1].tolist() == [3, 3, 3] and blk[0].tolist() == [1, 1, 1]
     assert {tuple(p) for p in blk} == set(itertools.product((1, 3), repeat=3))

@@ -36,7 +36,6 @@ def test_samples_are_the_cubes_of_the_crop(store, tmp_path):
     assert [s["samples"] for s in man["shards"]] == [7, 7, 7, 3]
     assert man["members"]["cubes.npy"]["shape"] == [8, 8, 8, 8]
     root = open_store(store, "r")
-    g, stride = P.grid_size(32, 8, 0.5)
     seen = 0
     for shard in man["shards"]:
         with tarfile.open(tmp_path / "o" / shard["name"]) as tar:
@@ -51,10 +50,12 @@ def test_samples_are_the_cubes_of_the_crop(store, tmp_path):
                 image = root[meta["case"]]["image"][...]
                 cr, box = crop(image, meta["centre"], 32, -1.0)
                 assert box.tolist() == meta["crop_box"]
-                for p, cube in zip(path, cubes):
-                    np.testing.assert_array_equal(cube, cr[P.cube_slices(p, stride, 8)].astype(np.float16))
+                for o, cube in zip(meta["origins"], cubes):
+                    np.testing.assert_array_equal(cube, cr[P.cube_slices((0, 0, 0), 0, 8, o)].astype(np.float16))
+                # grid of 3 cubes, stride 10 (gap 2) from voxel 2: origins follow the path
+                assert (np.asarray(meta["origins"]) == 2 + 10 * path).all()
                 assert path[-1].tolist() == meta["target"]
-                assert np.abs(path[-1] - 3).max() <= 1  # near the crop centre
+                assert np.abs(path[-1] - 1).max() <= 1  # near the crop centre
                 assert path.tolist() == P.path_positions("u", path[-1], meta["plane"], meta["opening"]).tolist()
                 seen += 1
     assert seen == 24
@@ -101,10 +102,10 @@ def test_a_bad_case_is_reported_the_rest_written_and_a_rerun_resumes(tmp_path, p
 def test_bad_inputs_are_clear_errors(store, tmp_path):
     with pytest.raises(FileNotFoundError, match="no volume store"):
         write_shards(tmp_path / "missing.zarr", tmp_path / "o", CFG)
-    with pytest.raises(ValueError, match="tile"):
-        write_shards(store, tmp_path / "o", ShardConfig(crop_size=30, cube_size=8))
+    with pytest.raises(ValueError, match="fit the crop"):
+        write_shards(store, tmp_path / "o", ShardConfig(crop_size=6, cube_size=8))
     with pytest.raises(ValueError, match="no target fits"):
-        write_shards(store, tmp_path / "o", ShardConfig(crop_size=32, cube_size=8, path="straight", path_size=6))
+        write_shards(store, tmp_path / "o", ShardConfig(crop_size=32, cube_size=8, path_size=2))
     with pytest.raises(ValueError, match="unknown path kind"):
         write_shards(store, tmp_path / "o", ShardConfig(path="zigzag"))
     with pytest.raises(ValueError, match="ph-99"):
@@ -114,7 +115,7 @@ def test_bad_inputs_are_clear_errors(store, tmp_path):
     assert not list((tmp_path / "o").glob("*.tar"))
 
 
-@pytest.mark.parametrize("kind, n", [("straight", 4), ("block", 8)])
+@pytest.mark.parametrize("kind, n", [("straight", 8), ("block", 8)])
 def test_other_path_kinds_and_fixed_variants(kind, n):
     cfg = ShardConfig(crop_size=32, cube_size=8, path=kind, plane="coronal" if kind == "straight" else None,
                       opening="down" if kind == "straight" else None, target_radius=None)
@@ -165,8 +166,8 @@ def test_real_ct_torso_end_to_end(shared_data, tmp_path):
         cubes, meta = s["cubes.npy"], s["json"]
         assert cubes.shape == (8, 16, 16, 16) and cubes.min() >= -1 and cubes.max() <= 1
         cr, _ = crop(unit, meta["centre"], 64, -1.0)
-        target = s["path.npy"][-1]
-        np.testing.assert_array_equal(cubes[-1], cr[P.cube_slices(target, 8, 16)].astype(np.float16))
+        o = meta["origins"][-1]
+        np.testing.assert_array_equal(cubes[-1], cr[P.cube_slices((0, 0, 0), 0, 16, o)].astype(np.float16))
 
 
 def test_a_kill_during_assembly_leaves_no_manifest(store, tmp_path, monkeypatch):
@@ -251,8 +252,8 @@ def test_adding_a_case_computes_only_that_case(tmp_path, monkeypatch, phantom_st
     assert _bytes(tmp_path / "o") == _bytes(tmp_path / "fresh4")
 
 
-def test_block_cubes_touch_without_overlap_by_default():
-    cfg = ShardConfig(crop_size=32, cube_size=8, path="block")
+def test_paper_block_cubes_touch_without_overlap():
+    cfg = ShardConfig.preset("paper", crop_size=32, cube_size=8, path="block")
     assert cfg.size() == 2 and ShardConfig(path="block", overlap=0.0).size() == 1
     s = path_sample(np.zeros((32, 32, 32), np.float32), cfg, np.random.default_rng(1))
     starts = s["path"].astype(int) * 4  # stride 4 voxels; cubes of 8 voxels starting 8 apart

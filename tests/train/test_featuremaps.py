@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from tcpc_data.store import commit_arrays
-from tcpc_train.apps.featuremaps import deep_features, render_feature_maps
+from tcpc_train.apps.featuremaps import deep_features, render_feature_maps, select_channels
 from tcpc_train.models import build_encoder
-from tcpc_train.apps.realct import nodule_voxels
+from tcpc_train.apps.realct import figure_nodule, nodule_voxels
 
 
 def test_deep_features_are_upsampled_to_the_crop():
@@ -26,6 +26,28 @@ def test_render_feature_maps_writes_one_row_per_encoder(tmp_path):
     import matplotlib.pyplot as plt
     h, w = plt.imread(png).shape[:2]
     assert h > 300 and w > h  # 2 rows of 4 panels
+
+
+def test_channels_are_chosen_over_the_whole_crop_not_at_its_centre():
+    feats = np.zeros((4, 9, 9, 9), np.float32)
+    feats[0, 4, 4, 4] = 5.0  # strongest at the centre, flat elsewhere: little variance
+    feats[1] = np.linspace(-1, 1, 9)[None, None, :]  # varies across the whole crop
+    feats[2, :3] = 1.0  # lights up a corner slab
+    assert select_channels(feats, 2).tolist() == [1, 2]
+    assert select_channels(feats, 2, [3, 0]).tolist() == [3, 0]
+    with pytest.raises(ValueError, match="channel indices"):
+        select_channels(feats, 2, [4])
+    with pytest.raises(ValueError, match="variance"):
+        select_channels(feats, 2, "centre")
+
+
+def test_figure_nodule_is_named_or_the_largest():
+    nodules = {"A": [(np.zeros(3), {"diameter_mm": "5"}), (np.zeros(3), {"diameter_mm": "12"})],
+               "B": [(np.zeros(3), {"diameter_mm": "9"})]}
+    assert figure_nodule(nodules) == ("A", 1)
+    assert figure_nodule(nodules, "B:0") == ("B", 0)
+    with pytest.raises(ValueError, match="names no nodule; known: A:0, A:1, B:0"):
+        figure_nodule(nodules, "B:1")
 
 
 def test_nodule_voxels_map_pixel_and_mm_through_the_stored_geometry(tmp_path):
@@ -56,6 +78,8 @@ def test_realct_on_lidc_draws_the_figure_for_the_largest_nodule(lidc_dir, tmp_pa
     cfg = dataclasses.replace(RealCTConfig(), pretrain_steps=2, finetune_epochs=1, top_k=8)
     res = run_realct([lidc_dir], lidc_dir / "nodules.csv", tmp_path, cfg, log=lambda s: None)
     assert res["nodule"]["case"] == "LIDC-IDRI-0001"  # its 33 mm nodule is the largest
-    assert res["labelled"]["nodule_crops"] == 5 * cfg.per_nodule and res["labelled"]["candidate_crops"] > 0
+    # the figure's nodule is left out of fine-tuning: 4 of the 5 nodules give crops
+    assert res["labelled"]["nodule_crops"] == 4 * cfg.per_nodule and res["labelled"]["candidate_crops"] > 0
+    assert res["nodule"]["in_finetuning"] is False
     assert (tmp_path / "featuremaps.png").stat().st_size > 50_000
     assert json.loads((tmp_path / "results.json").read_text())["labelled"]["note"].startswith("train = val = test")

@@ -473,21 +473,36 @@ def evaluate(checkpoint, shards, out, batch_size, device):
 @click.argument("config", type=click.Path())
 @click.option("--out", type=click.Path(file_okay=False), required=True,
               help="experiment directory; finished cells found there are skipped")
+@click.option("--rows", default=None, help="Only these rows of CONFIG, comma-separated (e.g. scratch,tcpc).")
+@click.option("--fractions", default=None, help="Only these label fractions of CONFIG, comma-separated.")
+@click.option("--seeds", default=None, help="Only these fine-tuning seeds of CONFIG, comma-separated.")
+@click.option("--external", type=click.Path(exists=True), default=None,
+              help="Score every cell's selected checkpoint on this folder (labelled shard set); "
+                   "writes OUT/external.jsonl.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @_friendly
-def experiment(config, out, progress):
+def experiment(config, out, rows, fractions, seeds, external, progress):
     """Run the paper's Table 1 protocol from a TOML CONFIG (see experiments/*.toml).
 
-    Pretrains each method once on the training images without labels, fine-tunes
-    every (method, label fraction, seed) cell, and writes results.md and
-    auc_vs_fraction.png. Rerunning resumes where it stopped.
+    Pretrains each method once per pretraining seed on the training images
+    without labels, fine-tunes every (row, label fraction, seed) cell, and writes
+    results.md (intervals, paired tests) and fig4_left.png. Rerunning resumes
+    where it stopped; --rows/--fractions/--seeds run a subset of the cells.
     """
-    from tcpc_train.apps.experiment import load_config, run_experiment
+    from tcpc_train.apps.experiment import Selection, load_config, run_experiment
 
-    res = run_experiment(load_config(config), out, progress=progress, log=click.echo)
+    def items(text, kind, name):
+        try:
+            return tuple(kind(v) for v in text.split(",")) if text else ()
+        except ValueError:
+            raise click.BadParameter(f"{name} must be a comma-separated list, got {text!r}") from None
+    selection = Selection(rows=items(rows, str, "--rows"), fractions=items(fractions, float, "--fractions"),
+                          seeds=items(seeds, int, "--seeds"), external=external)
+    res = run_experiment(load_config(config), out, selection, progress=progress, log=click.echo)
     click.echo(res["table"])
     click.echo(f"{len(res['cells'])} cells ({res['skipped']} pieces found finished) in {res['seconds']:.0f} s; "
-               f"table in {out}/results.md, plot in {res['plot']}")
+               f"table in {out}/results.md, plots {', '.join(res['plots'])}"
+               + (f", external scores in {res['external']}" if res["external"] else ""))
 
 
 @main.command()

@@ -44,26 +44,30 @@ class Predictions:
     score: np.ndarray
 
 
-def _auc(labels: np.ndarray, score: np.ndarray, w: np.ndarray) -> float:
-    """Weighted ROC AUC of class 1 against 0: P(score_pos > score_neg) + P(tie) / 2, pairs weighted w_i w_j."""
-    values, inverse = np.unique(score, return_inverse=True)
-    pos = np.bincount(inverse, weights=w * (labels == 1), minlength=len(values))
-    neg = np.bincount(inverse, weights=w * (labels == 0), minlength=len(values))
-    total = pos.sum() * neg.sum()
-    if total == 0:
-        return float("nan")
-    below = np.cumsum(neg) - neg  # negative weight strictly below each score value
-    return float((pos * (below + 0.5 * neg)).sum() / total)
+def _metrics(p: Predictions, w: np.ndarray) -> np.ndarray:
+    """(B, 3) acc, balanced_acc, auc of one run under B rows of sample weights ``w`` (B, N).
 
-
-def _weighted_metrics(p: Predictions, w: np.ndarray) -> np.ndarray:
-    """(acc, balanced_acc, auc) with sample weights ``w`` (counts of a bootstrap draw)."""
+    Weighted AUC: the weight of (positive, negative) pairs ranked right, ties
+    counting half, over all pairs' weight (w_i w_j per pair); nan without both classes.
+    """
+    w = np.atleast_2d(w).astype(float)
     correct = (p.pred == p.labels).astype(float)
-    acc = (w * correct).sum() / w.sum()
-    recalls = [(w * correct)[p.labels == c].sum() / w[p.labels == c].sum()
-               for c in np.unique(p.labels) if w[p.labels == c].sum() > 0]
-    auc = _auc(p.labels, p.score, w) if np.isin(p.labels, (0, 1)).all() else float("nan")
-    return np.array([acc, np.mean(recalls), auc])
+    acc = w @ correct / w.sum(1)
+    recalls = []
+    for c in np.unique(p.labels):
+        wc = w[:, p.labels == c]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            recalls.append(wc @ correct[p.labels == c] / wc.sum(1))  # nan where the draw has no class c
+    balanced = np.nanmean(np.stack(recalls), axis=0)
+    auc = np.full(len(w), np.nan)
+    pos, neg = p.labels == 1, p.labels == 0
+    if pos.any() and neg.any() and (pos | neg).all():
+        diff = p.score[pos][:, None] - p.score[neg][None, :]
+        h = (diff > 0) + 0.5 * (diff == 0)  # (Npos, Nneg)
+        wp, wn = w[:, pos], w[:, neg]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            auc = np.einsum("bi,ij,bj->b", wp, h, wn) / (wp.sum(1) * wn.sum(1))
+    return np.stack([acc, balanced, auc], axis=1)
 
 
 def _check(runs: list[Predictions], groups: np.ndarray) -> np.ndarray:
@@ -84,19 +88,23 @@ def _replicates(rows: list[list[Predictions]], groups: np.ndarray, n_boot: int, 
     _, cluster = np.unique(groups, return_inverse=True)
     n_clusters, n_seeds = cluster.max() + 1, len(rows[0])
     rng = np.random.default_rng(seed)
-    out = np.empty((n_boot, len(rows), len(METRICS)))
-    for b in range(n_boot):
-        w = np.bincount(rng.integers(n_clusters, size=n_clusters), minlength=n_clusters)[cluster].astype(float)
-        seeds = rng.integers(n_seeds, size=n_seeds)
-        for i, row in enumerate(rows):
-            out[b, i] = np.mean([_weighted_metrics(row[s], w) for s in seeds], axis=0)
-    return out
+    # replicate b: how often each patient and each seed was drawn
+    patients = np.stack([np.bincount(rng.integers(n_clusters, size=n_clusters), minlength=n_clusters)
+                         for _ in range(n_boot)])
+    seeds = np.stack([np.bincount(rng.integers(n_seeds, size=n_seeds), minlength=n_seeds)
+                      for _ in range(n_boot)])
+    w = patients[:, cluster]
+    out = np.zeros((n_boot, len(rows), len(METRICS)))
+    for i, row in enumerate(rows):
+        for s, run in enumerate(row):
+            out[:, i] += seeds[:, s, None] * _metrics(run, w)
+    return out / n_seeds
 
 
 def point_estimate(runs: list[Predictions]) -> dict[str, float]:
     """Mean over seeds of each metric on the whole test set."""
-    one = np.ones(len(runs[0].labels))
-    return dict(zip(METRICS, np.mean([_weighted_metrics(r, one) for r in runs], axis=0).tolist()))
+    one = np.ones((1, len(runs[0].labels)))
+    return dict(zip(METRICS, np.mean([_metrics(r, one)[0] for r in runs], axis=0).tolist()))
 
 
 def bootstrap_ci(runs: list[Predictions], groups, n_boot: int = 2000, level: float = 0.95,

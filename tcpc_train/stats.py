@@ -6,9 +6,8 @@ patient with several nodules is one unit: its samples are not independent)
 and the *seeds* (the training randomness). One bootstrap replicate draws S
 seeds with replacement and the patients with replacement (cluster bootstrap:
 a drawn patient brings all its samples), scores each drawn seed on the drawn
-patients, and averages over the drawn seeds (docs/design.md, "Experiment
-statistics"). The 95 % interval is the 2.5 and 97.5 percentiles of the
-replicates.
+patients, and averages over the drawn seeds. The 95 % interval is the 2.5
+and 97.5 percentiles of the replicates.
 
 The paired test of two rows draws the *same* seeds and patients for both in
 each replicate (the rows share fine-tuning seeds, pretraining seeds and test

@@ -8,10 +8,9 @@ initialisation and the cascade external → TCPC → fine-tune. No video weights
 documented stand-in: a network trained supervised on another labelled set
 (``external_init``), and every table says so.
 
-Seeds are paired (docs/design.md, "Experiment statistics"): fine-tuning seed
-``seeds[i]`` of every row starts from pretraining seed
-``pretrain_seeds[i % len(pretrain_seeds)]`` of its method, so two rows differ
-only in their initialisation. Each cell selects its checkpoint on a
+Seeds are paired: fine-tuning seed ``seeds[i]`` of every row starts from
+pretraining seed ``pretrain_seeds[i % len(pretrain_seeds)]`` of its method,
+so two rows differ only in their initialisation. Each cell selects its checkpoint on a
 validation subset whose size scales with its label budget
 (``max(val_min, round(val_per_label · n_train))``, stratified, seeded), never
 on the test split, and is scored on the whole test split; the report gives

@@ -131,9 +131,9 @@ class ExperimentConfig:
         _data_kind(self.data)
         if self.external_init:
             _data_kind(self.external_init)
-        if _data_kind(self.data) != "npz" and any(METHODS[m] for m in self.rows):
-            raise ValueError(f"{self.data}: the pretraining rows cut their shards from an .npz set; "
-                             "run the fine-tuning rows (majority, scratch, external) on a shard set")
+        if _data_kind(self.data) == "shards" and any(METHODS[m] for m in self.rows):
+            raise ValueError(f"{self.data}: the pretraining rows cut their shards from an .npz set or a nodule "
+                             "folder; run the fine-tuning rows (majority, scratch, external) on a shard set")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,11 +160,12 @@ def _data_kind(path: str) -> str:
 
 
 def _nodule_shards(folder: Path, out: Path) -> Path:
-    """Hook for a folder of ``images/*.nii.gz`` + ``nodules.csv``: its labelled shard set under ``out``.
+    """Hook for a folder of ``images/*.nii.gz`` + ``nodules.csv``: its shards under ``out``.
 
-    The nodule ingest path (ingest the VOIs, labelled shards centred on the
-    CSV's world coordinates) plugs in here; until it lands such folders are
-    refused with the way round.
+    The nodule ingest path (ingest the VOIs; labelled shards centred on the
+    CSV's world coordinates; pretraining shards from SLIC candidates inside
+    the training VOIs) plugs in here; until it lands such folders are refused
+    with the way round.
     """
     raise ValueError(f"{folder}: folders of images/*.nii.gz + nodules.csv need the nodule ingest path, which "
                      f"this build lacks; build a labelled shard set from it and pass that folder instead")
@@ -408,6 +409,8 @@ class _Inits:
         name = path_kind + "".join(f"-{k[0]}{round(v * 100) if isinstance(v, float) else v}"
                                    for k, v in sorted(geometry.items()))
         shards = self.out / "shards" / name
+        if _data_kind(self.config.data) != "npz":  # a nodule folder: SLIC candidates inside each training VOI
+            return _nodule_shards(Path(self.config.data), shards)
         cfg = pretrain_config_for(self.side, path=path_kind, targets_per_crop=self.config.targets_per_crop,
                                   name=path_kind, **geometry)
         write_npz_shards(self.config.data, shards, task="pretrain", progress=self.progress, config=cfg)
@@ -557,6 +560,8 @@ def run_experiment(config: ExperimentConfig, out: str | Path, selection: Selecti
                                                      "selection": dataclasses.asdict(selection)}, indent=1))
     t0 = time.perf_counter()
     labelled = _labelled_dir(config.data, out / "labelled", progress)
+    if any(r in run.rows for r in _NEEDS_EXTERNAL):  # an unusable stand-in set fails now, not hours in
+        _labelled_dir(config.external_init, out / "external-data", progress)
     # the volumes' side S (pretraining shards are only cut from .npz sets, whose manifest records it)
     side = open_shards(Path(labelled) / "train").config.get("crop_size")
     inits = _Inits(config, out, side, progress, log)

@@ -1,6 +1,7 @@
 """The Table-1 experiment runner end to end on tiny synthetic sets (seconds)."""
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -40,6 +41,7 @@ def shard_sets(tmp_path_factory):
             write_synthetic_labelled(root / "external", (4, 4, 10), size=12, per_shard=8, seed=9))
 
 
+@pytest.mark.slow  # ten cells and four pretrainings: about 40 s on 2 busy cores
 def test_experiment_runs_every_row_with_intervals_then_skips_them(tmp_path, shard_sets):
     npz = _tiny_npz(tmp_path / "tiny.npz")
     cfg = ExperimentConfig(data=str(npz), rows=("majority", "scratch", "tcpc", "external", "cascade"),
@@ -177,3 +179,14 @@ def test_a_run_stopped_early_keeps_its_table_so_far(tmp_path, monkeypatch):
     done = run_experiment(cfg, tmp_path / "exp", log=lambda s: None)
     assert done["skipped"] == 2 and len(done["cells"]) == 4
     assert "Partial" not in (tmp_path / "exp" / "results.md").read_text()
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[2] / "experiments").glob("*.toml")),
+                         ids=lambda p: p.name)
+def test_every_shipped_config_loads_with_the_protocol(path):
+    if not (Path(__file__).parents[3] / "shared" / "data" / "labeled").is_dir():
+        pytest.skip("../shared/data is absent (a fresh clone outside the team)")
+    cfg = load_config(path)
+    if "quick" not in path.name:  # the full protocol: paired seeds, every row, 1/10/100 %
+        assert len(cfg.seeds) >= 5 and len(cfg.pretrain_seeds) >= 3 and cfg.fractions == (0.01, 0.1, 1.0)
+        assert set(cfg.rows) == {"majority", "scratch", "cpc", "rubik", "jigsaw", "tcpc", "external", "cascade"}

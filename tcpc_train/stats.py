@@ -61,11 +61,15 @@ def _metrics(p: Predictions, w: np.ndarray) -> np.ndarray:
     auc = np.full(len(w), np.nan)
     pos, neg = p.labels == 1, p.labels == 0
     if pos.any() and neg.any() and (pos | neg).all():
-        diff = p.score[pos][:, None] - p.score[neg][None, :]
-        h = (diff > 0) + 0.5 * (diff == 0)  # (Npos, Nneg)
-        wp, wn = w[:, pos], w[:, neg]
+        # per distinct score, the positive and negative weight of each replicate: O(B N), no pair matrix
+        _, inverse = np.unique(p.score, return_inverse=True)
+        order = np.argsort(inverse, kind="stable")
+        starts = np.flatnonzero(np.r_[True, np.diff(inverse[order]) > 0])
+        wp = np.add.reduceat((w * pos)[:, order], starts, axis=1)
+        wn = np.add.reduceat((w * neg)[:, order], starts, axis=1)
+        below = np.cumsum(wn, axis=1) - wn  # negative weight strictly below each score
         with np.errstate(invalid="ignore", divide="ignore"):
-            auc = np.einsum("bi,ij,bj->b", wp, h, wn) / (wp.sum(1) * wn.sum(1))
+            auc = (wp * (below + 0.5 * wn)).sum(1) / (wp.sum(1) * wn.sum(1))
     return np.stack([acc, balanced, auc], axis=1)
 
 

@@ -485,26 +485,35 @@ def _stand_in_note(config: ExperimentConfig) -> str:
             f"{Path(config.external_init).name} (all its labels); the cascade pretrains TCPC from it, then fine-tunes.\n")
 
 
-def _write_results(out: Path, config: ExperimentConfig, cells: list[dict], total: int) -> str:
-    """Write ``cells.jsonl`` and ``results.md`` for the cells finished so far; returns the table."""
+def _write_cells(out: Path, cells: list[dict]) -> None:
     tmp = out / ".cells.jsonl.tmp"
     tmp.write_text("".join(json.dumps(c) + "\n" for c in cells))
     tmp.replace(out / "cells.jsonl")
+
+
+# Replicates of a partial table: its intervals are provisional, and a full bootstrap after
+# every group of cells would cost minutes per hour of training.
+_PARTIAL_BOOT = 200
+
+
+def _write_results(out: Path, config: ExperimentConfig, cells: list[dict], total: int) -> tuple[dict, str]:
+    """Write ``results.md`` for the cells finished so far; returns (stats, table)."""
     rows = [LABELS[m] for m in config.rows]
-    stats = table_stats(cells, out, n_boot=config.n_boot)
+    n_boot = config.n_boot if len(cells) == total else min(config.n_boot, _PARTIAL_BOOT)
+    stats = table_stats(cells, out, n_boot=n_boot)
     reference = MEDMNIST_V2_ADRENAL3D if "adrenal" in Path(config.data).name.lower() else None
     table = markdown_table(stats, rows, list(config.fractions), reference,
                            "MedMNIST v2, Yang et al. 2023, AdrenalMNIST3D test split", against=LABELS["tcpc"])
     header = (f"Test ACC, balanced ACC and AUC on {Path(config.data).name}: mean over fine-tuning seeds "
               f"{list(config.seeds)} (pretraining seeds {sorted(set(config.pretrain_seeds))}, paired), with 95 % "
-              f"intervals by bootstrap over test patients and seeds ({config.n_boot} replicates); "
+              f"intervals by bootstrap over test patients and seeds ({n_boot} replicates); "
               f"{config.arch} width {config.width:g}, pretraining {config.pretrain_steps} steps, "
               f"fine-tuning epochs {list(config.epochs)} for fractions {list(config.fractions)}, checkpoint "
               f"selection on max({config.val_min}, {config.val_per_label:g} x labels) validation samples.\n\n")
     if len(cells) < total:
         header += f"Partial: {len(cells)} of {total} cells finished (the run goes on or was stopped).\n\n"
     (out / "results.md").write_text(header + table + _stand_in_note(config))
-    return table
+    return stats, table
 
 
 def _score_external(folder: str, out: Path, labelled: Path, cells: list[dict], config: ExperimentConfig,
@@ -566,7 +575,7 @@ def run_experiment(config: ExperimentConfig, out: str | Path, selection: Selecti
     side = open_shards(Path(labelled) / "train").config.get("crop_size")
     inits = _Inits(config, out, side, progress, log)
     total = len(run.seeds) * len(run.fractions) * len(run.rows)
-    cells, skipped, table = [], 0, ""
+    cells, skipped = [], 0
     # Seed-major order: a run stopped early still has every row for its first seeds.
     for seed, pseed in zip(run.seeds, run.pretrain_seeds):
         for fraction, epochs in zip(run.fractions, run.epochs):
@@ -581,10 +590,11 @@ def run_experiment(config: ExperimentConfig, out: str | Path, selection: Selecti
                         f"AUC {rec['auc']} ({rec['n_train']} labels, {rec['n_val']} for selection)")
                 cells.append({"row": row, "method": LABELS[row], "fraction": fraction, "seed": seed,
                               "pretrain_seed": pseed, **rec, "predictions": str(cell.relative_to(out))})
-                # Rewritten after every cell: a run stopped early keeps its table so far.
-                table = _write_results(out, run, cells, total)
-    plots = [plot_fig4_left(table_stats(cells, out, n_boot=config.n_boot), [LABELS[m] for m in run.rows],
-                            list(run.fractions), out / "fig4_left.png", title=Path(config.data).stem)]
+                _write_cells(out, cells)
+            # after every (seed, fraction): a run stopped early keeps its table so far
+            stats, table = _write_results(out, run, cells, total)
+    plots = [plot_fig4_left(stats, [LABELS[m] for m in run.rows], list(run.fractions), out / "fig4_left.png",
+                            title=Path(config.data).stem)]
     if config.grid_cube_sizes and "tcpc" in run.rows:
         plots.append(_run_grid(config, run, out, labelled, inits, progress, log))
     external = _score_external(selection.external, out, labelled, cells, config, log) \

@@ -82,3 +82,13 @@ def test_bad_inputs_fail_in_one_line():
         paired_test([_run(labels, labels)] * 2, [_run(labels, labels)], np.arange(4))
     with pytest.raises(ValueError, match="different test labels"):
         bootstrap_ci([_run(labels, labels), _run(1 - labels, labels)], np.arange(4))
+
+
+def test_classification_metrics_report_balanced_accuracy():
+    from tcpc_train.metrics import classification_metrics
+
+    labels = np.r_[np.zeros(9, int), 1]  # 90 % class 0
+    always_zero = classification_metrics(labels, np.log(np.tile([0.9, 0.1], (10, 1))))
+    assert always_zero["acc"] == 0.9 and always_zero["balanced_acc"] == 0.5  # a constant guess
+    one_miss = classification_metrics(labels, np.log(np.r_[np.tile([0.9, 0.1], (8, 1)), [[0.1, 0.9]] * 2]))
+    assert one_miss["balanced_acc"] == pytest.approx((8 / 9 + 1) / 2)

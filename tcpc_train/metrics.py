@@ -30,10 +30,11 @@ def classification_metrics(labels: np.ndarray, scores: np.ndarray) -> dict:
     Returns
     -------
     dict: ``acc``; ``balanced_acc`` (mean recall over the classes present in
-    ``labels``: 0.5 for a constant guess on two classes, whatever the prevalence); ``auc`` (binary: of class 1 against class 0; K > 2: one-vs-rest
-    macro average over classes present; None when ``labels`` hold a single
-    class, where AUC is undefined); ``confusion`` (K × K list, rows true,
-    columns predicted); ``n``.
+    ``labels``: 0.5 for a constant guess on two classes, whatever the
+    prevalence); ``auc`` (binary: of class 1 against class 0; K > 2:
+    one-vs-rest macro average over classes present; None when ``labels`` hold
+    a single class, where AUC is undefined); ``confusion`` (K × K list, rows
+    true, columns predicted); ``n``.
     """
     labels = np.asarray(labels, dtype=np.int64)
     scores = np.asarray(scores, dtype=np.float64)
@@ -47,6 +48,6 @@ def classification_metrics(labels: np.ndarray, scores: np.ndarray) -> dict:
         classes = [1] if k == 2 else range(k)
         aucs = [roc_auc_score(labels == c, r) for c, r in zip(classes, ranks) if 0 < (labels == c).sum() < len(labels)]
         auc = float(np.mean(aucs))
-    return {"acc": float(accuracy_score(labels, pred)),
-            "balanced_acc": float(np.mean([(pred[labels == c] == c).mean() for c in np.unique(labels)])), "auc": auc,
+    recalls = [(pred[labels == c] == c).mean() for c in np.unique(labels)]
+    return {"acc": float(accuracy_score(labels, pred)), "balanced_acc": float(np.mean(recalls)), "auc": auc,
             "confusion": confusion_matrix(labels, pred, labels=list(range(k))).tolist(), "n": int(len(labels))}

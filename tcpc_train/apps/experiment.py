@@ -282,7 +282,8 @@ def _write_subset(src: ShardSet, keys: frozenset, out: Path, per_shard: int = 25
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
 
 
-def validation_view(labelled: Path, out: Path, n_train: int, seed: int, config: ExperimentConfig) -> tuple[Path, list[str]]:
+def validation_view(labelled: Path, out: Path, n_train: int, seed: int,
+                    config: ExperimentConfig) -> tuple[Path, list[str]]:
     """A labelled directory whose ``val`` is a seeded, stratified subset sized for ``n_train`` labels.
 
     ``train`` and ``test`` link to the full splits; the subset is drawn from
@@ -482,7 +483,8 @@ def _stand_in_note(config: ExperimentConfig) -> str:
         return ""
     return (f"\n\\* External init is a stand-in: no video weights (the paper's UCF101 model) are available offline, "
             f"so it is the encoder of a network trained supervised for {config.external_epochs} epochs on "
-            f"{Path(config.external_init).name} (all its labels); the cascade pretrains TCPC from it, then fine-tunes.\n")
+            f"{Path(config.external_init).name} (all its labels); the cascade pretrains TCPC from it, "
+            "then fine-tunes.\n")
 
 
 def _write_cells(out: Path, cells: list[dict]) -> None:

@@ -142,14 +142,16 @@ def plot_fig4_left(stats: Mapping, methods: list[str], fractions: list[float], p
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     xs = np.array(fractions, dtype=float) * 100
     for ax, metric in zip(axes, ("acc", "auc")):
-        for method in methods:
+        for k, method in enumerate(methods):
             pts = [stats.get((method, float(f))) for f in fractions]
             keep = [i for i, p in enumerate(pts) if p is not None and np.isfinite(p[metric][0])]
             if not keep:
                 continue
             mean, lo, hi = (np.array([pts[i][metric][j] for i in keep]) for j in range(3))
-            line, = ax.plot(xs[keep], mean, marker="o", label=method)
-            ax.fill_between(xs[keep], lo, hi, color=line.get_color(), alpha=0.12)
+            # bars as well as bands (one label fraction has no band to shade), nudged apart along x
+            x = xs[keep] * 1.06 ** (k - (len(methods) - 1) / 2)
+            bars = ax.errorbar(x, mean, yerr=[mean - lo, hi - mean], marker="o", capsize=3, label=method)
+            ax.fill_between(x, lo, hi, color=bars.lines[0].get_color(), alpha=0.12)
         ax.set_xscale("log")
         ax.set_xticks(xs, [_fraction_label(f) for f in fractions])
         ax.set_xlabel("labelled training samples")

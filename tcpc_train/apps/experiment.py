@@ -621,4 +621,4 @@ def _run_grid(config: ExperimentConfig, run: ExperimentConfig, out: Path, labell
     log(f"grid: {len(cells)} TCPC cells over cube sizes {list(config.grid_cube_sizes)} x overlaps "
         f"{list(config.grid_overlaps)}")
     return plot_grid(grid_stats(cells), list(config.grid_cube_sizes), list(config.grid_overlaps),
-                     out / "fig4_right.png", title=f"TCPC at {config.grid_fraction:g} of the labels")
+                     out / "fig4_right.png", title=f"TCPC at {config.grid_fraction * 100:g} % of the labels")

@@ -182,16 +182,17 @@ def plot_grid(stats: Mapping, cubes: list[int], overlaps: list[float], path: str
     import matplotlib.pyplot as plt
 
     grid = np.array([[stats.get((c, float(o)), (np.nan, 0))[0] for o in overlaps] for c in cubes])
-    fig, ax = plt.subplots(figsize=(1.6 + 1.2 * len(overlaps), 1.4 + 0.9 * len(cubes)))
+    fig, ax = plt.subplots(figsize=(max(5.0, 2.4 + 1.2 * len(overlaps)), 1.6 + 0.9 * len(cubes)))
     im = ax.imshow(grid, cmap="viridis", aspect="auto")
     for (i, j), v in np.ndenumerate(grid):
-        ax.text(j, i, "—" if np.isnan(v) else f"{v:.3f}", ha="center", va="center", color="w", fontsize=9)
+        ax.text(j, i, "not run" if np.isnan(v) else f"{v:.3f}", ha="center", va="center", fontsize=9,
+                bbox={"facecolor": "white", "alpha": 0.7, "edgecolor": "none"})
     ax.set_xticks(range(len(overlaps)), [f"{o:g}" for o in overlaps])
     ax.set_yticks(range(len(cubes)), [str(c) for c in cubes])
     ax.set_xlabel("cube overlap (fraction of the side)")
     ax.set_ylabel("cube side (voxels)")
-    ax.set_title(f"{title}: test AUC" if title else "test AUC")
-    fig.colorbar(im, ax=ax)
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(im, ax=ax, label="mean test AUC over seeds")
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=120)

@@ -68,6 +68,19 @@ def test_experiment_runs_every_row_with_intervals_then_skips_them(tmp_path, shar
     assert again["skipped"] == 8 + 3 and [c["acc"] for c in again["cells"]] == [c["acc"] for c in res["cells"]]
 
 
+@pytest.mark.slow  # three pretrainings and three cells
+def test_the_cube_size_overlap_grid_draws_fig4_right(tmp_path):
+    npz = _tiny_npz(tmp_path / "tiny.npz")
+    cfg = ExperimentConfig(data=str(npz), rows=("tcpc",), fractions=(1.0,), epochs=(1,), grid_cube_sizes=(8,),
+                           grid_overlaps=(0.5, 0.75), grid_fraction=1.0, **TINY)
+    res = run_experiment(cfg, tmp_path / "exp", log=lambda s: None)
+    grid = [json.loads(x) for x in (tmp_path / "exp" / "grid.jsonl").read_text().splitlines()]
+    assert sorted((g["cube"], g["overlap"], g["seed"]) for g in grid) == [(8, 0.5, 0), (8, 0.75, 0)]
+    stride2 = json.loads((tmp_path / "exp" / "shards" / "u-c8-o75" / "manifest.json").read_text())["config"]
+    assert stride2["cube_size"] == 8 and stride2["overlap"] == 0.75
+    assert res["plots"][-1].endswith("fig4_right.png") and (tmp_path / "exp" / "fig4_right.png").stat().st_size > 5000
+
+
 def test_rows_fractions_seeds_run_exactly_those_cells_and_external_scores_each(tmp_path, shard_sets):
     data, external = shard_sets
     config = tmp_path / "c.toml"

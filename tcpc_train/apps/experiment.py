@@ -159,16 +159,21 @@ def _data_kind(path: str) -> str:
     raise FileNotFoundError(f"{path}: not a .npz file, a labelled shard set or a folder of images/ + nodules.csv")
 
 
-def _nodule_shards(folder: Path, out: Path) -> Path:
-    """Hook for a folder of ``images/*.nii.gz`` + ``nodules.csv``: its shards under ``out``.
+_NODULE_PATH_MISSING = ("folders of images/*.nii.gz + nodules.csv need the nodule ingest path, which this build "
+                        "lacks; build a labelled shard set from it and pass that folder instead")
 
-    The nodule ingest path (ingest the VOIs; labelled shards centred on the
-    CSV's world coordinates; pretraining shards from SLIC candidates inside
-    the training VOIs) plugs in here; until it lands such folders are refused
-    with the way round.
-    """
-    raise ValueError(f"{folder}: folders of images/*.nii.gz + nodules.csv need the nodule ingest path, which "
-                     f"this build lacks; build a labelled shard set from it and pass that folder instead")
+
+def _nodule_labelled(folder: Path, out: Path) -> Path:
+    """Hook: the labelled shard set (train/val/test by patient) of a folder of ``images/*.nii.gz`` +
+    ``nodules.csv``, written under ``out``; the nodule ingest path (ingest the VOIs, crops centred on
+    the CSV's world coordinates) plugs in here. Until then such folders are refused with the way round."""
+    raise ValueError(f"{folder}: {_NODULE_PATH_MISSING}")
+
+
+def _nodule_pretrain_shards(folder: Path, out: Path, path_kind: str, geometry: dict) -> Path:
+    """Hook: pretraining shards of ``path_kind`` (and cube ``geometry``) from SLIC candidates inside
+    the training VOIs of a nodule folder, written to ``out``; refused until the nodule path lands."""
+    raise ValueError(f"{folder}: {_NODULE_PATH_MISSING}")
 
 
 def _labelled_dir(src: str, out: Path, progress: bool) -> Path:
@@ -178,7 +183,7 @@ def _labelled_dir(src: str, out: Path, progress: bool) -> Path:
         write_npz_shards(src, out, task="finetune", progress=progress)
         return out
     if kind == "nodules":
-        return _nodule_shards(Path(src), out)
+        return _nodule_labelled(Path(src), out)
     return Path(src)
 
 
@@ -410,8 +415,8 @@ class _Inits:
         name = path_kind + "".join(f"-{k[0]}{round(v * 100) if isinstance(v, float) else v}"
                                    for k, v in sorted(geometry.items()))
         shards = self.out / "shards" / name
-        if _data_kind(self.config.data) != "npz":  # a nodule folder: SLIC candidates inside each training VOI
-            return _nodule_shards(Path(self.config.data), shards)
+        if _data_kind(self.config.data) != "npz":  # validate() let only .npz or a nodule folder through
+            return _nodule_pretrain_shards(Path(self.config.data), shards, path_kind, geometry)
         cfg = pretrain_config_for(self.side, path=path_kind, targets_per_crop=self.config.targets_per_crop,
                                   name=path_kind, **geometry)
         write_npz_shards(self.config.data, shards, task="pretrain", progress=self.progress, config=cfg)

@@ -41,7 +41,7 @@ def shard_sets(tmp_path_factory):
             write_synthetic_labelled(root / "external", (4, 4, 10), size=12, per_shard=8, seed=9))
 
 
-@pytest.mark.slow  # ten cells and four pretrainings: about 40 s on 2 busy cores
+@pytest.mark.slow  # ten cells and three pretrainings: about 12 s on 2 cores
 def test_experiment_runs_every_row_with_intervals_then_skips_them(tmp_path, shard_sets):
     npz = _tiny_npz(tmp_path / "tiny.npz")
     cfg = ExperimentConfig(data=str(npz), rows=("majority", "scratch", "tcpc", "external", "cascade"),
@@ -68,7 +68,7 @@ def test_experiment_runs_every_row_with_intervals_then_skips_them(tmp_path, shar
     assert again["skipped"] == 8 + 3 and [c["acc"] for c in again["cells"]] == [c["acc"] for c in res["cells"]]
 
 
-@pytest.mark.slow  # three pretrainings and three cells
+@pytest.mark.slow  # three pretrainings and three cells: about 10 s
 def test_the_cube_size_overlap_grid_draws_fig4_right(tmp_path):
     npz = _tiny_npz(tmp_path / "tiny.npz")
     cfg = ExperimentConfig(data=str(npz), rows=("tcpc",), fractions=(1.0,), epochs=(1,), grid_cube_sizes=(8,),

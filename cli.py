@@ -51,7 +51,7 @@ def _friendly(fn):
 # ---------------------------------------------------------------------------------------------
 
 class _Numbers(click.ParamType):
-    """Comma-separated numbers -> a tuple; ``n`` of them when the tuple's length is fixed."""
+    """Comma-separated values (numbers, or names) -> a tuple; ``n`` of them when the tuple's length is fixed."""
 
     name = "numbers"
 
@@ -59,7 +59,7 @@ class _Numbers(click.ParamType):
         self.elem, self.n = elem, n
 
     def get_metavar(self, param, ctx) -> str:
-        letter = "I" if self.elem is int else "X"
+        letter = {int: "I", float: "X", str: "NAME"}[self.elem]
         return ",".join([letter] * self.n) if self.n else f"{letter}[,{letter}...]"
 
     def convert(self, value, param, ctx):
@@ -565,7 +565,7 @@ def evaluate(checkpoint, shards, out, settings):
         "confusion": m["confusion"]})
 
 
-@main.command(cls=ConfigCommand, configs={"display": Display})
+@main.command(cls=ConfigCommand, configs={"selection": "tcpc_train.apps.experiment:Selection", "display": Display})
 @click.argument("config", type=click.Path())
 @click.option("--out", type=click.Path(file_okay=False), required=True,
               help="Experiment directory; finished cells found there are skipped.")
@@ -573,16 +573,19 @@ def evaluate(checkpoint, shards, out, settings):
 def experiment(config, out, settings):
     """Run the paper's Table 1 protocol from a TOML CONFIG (see experiments/*.toml).
 
-    Pretrains each method once on the training images without labels, fine-tunes
-    every (method, label fraction, seed) cell, and writes results.md and
-    auc_vs_fraction.png. Rerunning resumes where it stopped.
+    Pretrains each method once per pretraining seed on the training images
+    without labels, fine-tunes every (row, label fraction, seed) cell, and writes
+    results.md (intervals, paired tests) and fig4_left.png. Rerunning resumes
+    where it stopped; --rows/--fractions/--seeds run a subset of the cells.
     """
     from tcpc_train.apps.experiment import load_config, run_experiment
 
-    res = run_experiment(load_config(config), out, progress=settings.progress("display"), log=settings.say)
+    res = run_experiment(load_config(config), out, settings.build("selection"),
+                         progress=settings.progress("display"), log=settings.say)
     click.echo(res["table"])
     click.echo(f"{len(res['cells'])} cells ({res['skipped']} pieces found finished) in {res['seconds']:.0f} s; "
-               f"table in {out}/results.md, plot in {res['plot']}")
+               f"table in {out}/results.md, plots {', '.join(res['plots'])}"
+               + (f", external scores in {res['external']}" if res["external"] else ""))
 
 
 @main.command(cls=ConfigCommand, configs={"demo": "tcpc_train.apps.demo:DemoConfig", "display": Display})

@@ -1,4 +1,4 @@
-"""Classification metrics: accuracy, ROC AUC (scikit-learn) and the confusion matrix."""
+"""Classification metrics: accuracy, balanced accuracy, ROC AUC (scikit-learn) and the confusion matrix."""
 from __future__ import annotations
 
 import numpy as np
@@ -18,7 +18,7 @@ def ranking_scores(scores: np.ndarray) -> list[np.ndarray]:
 
 
 def classification_metrics(labels: np.ndarray, scores: np.ndarray) -> dict:
-    """ACC, AUC and confusion matrix of predicted class scores.
+    """ACC, balanced ACC, AUC and confusion matrix of predicted class scores.
 
     Parameters
     ----------
@@ -29,10 +29,12 @@ def classification_metrics(labels: np.ndarray, scores: np.ndarray) -> dict:
 
     Returns
     -------
-    dict: ``acc``; ``auc`` (binary: of class 1 against class 0; K > 2: one-vs-rest
-    macro average over classes present; None when ``labels`` hold a single
-    class, where AUC is undefined); ``confusion`` (K × K list, rows true,
-    columns predicted); ``n``.
+    dict: ``acc``; ``balanced_acc`` (mean recall over the classes present in
+    ``labels``: 0.5 for a constant guess on two classes, whatever the
+    prevalence); ``auc`` (binary: of class 1 against class 0; K > 2:
+    one-vs-rest macro average over classes present; None when ``labels`` hold
+    a single class, where AUC is undefined); ``confusion`` (K × K list, rows
+    true, columns predicted); ``n``.
     """
     labels = np.asarray(labels, dtype=np.int64)
     scores = np.asarray(scores, dtype=np.float64)
@@ -46,5 +48,6 @@ def classification_metrics(labels: np.ndarray, scores: np.ndarray) -> dict:
         classes = [1] if k == 2 else range(k)
         aucs = [roc_auc_score(labels == c, r) for c, r in zip(classes, ranks) if 0 < (labels == c).sum() < len(labels)]
         auc = float(np.mean(aucs))
-    return {"acc": float(accuracy_score(labels, pred)), "auc": auc,
+    recalls = [(pred[labels == c] == c).mean() for c in np.unique(labels)]
+    return {"acc": float(accuracy_score(labels, pred)), "balanced_acc": float(np.mean(recalls)), "auc": auc,
             "confusion": confusion_matrix(labels, pred, labels=list(range(k))).tolist(), "n": int(len(labels))}

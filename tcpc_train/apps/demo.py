@@ -5,10 +5,20 @@ Phantom chest CTs with benign and malignant lesions (``tcpc_data.phantom``)
 TCPC pretraining on the candidate crops, without labels → fine-tuning on
 labelled lesion crops from TCPC and from scratch → test ACC/AUC table and one
 picture of the pipeline's outputs (``pipeline.png``). Cases are split by
-patient into train/val/test so no lesion crop leaks across splits.
+patient into train/val/test so no lesion crop leaks across splits, and
+supervoxels, candidates and pretraining shards come from the training
+patients only: the pretraining never sees a test patient, even without labels.
+
+The printed numbers must be the ones the README shows on any machine, so the
+demo runs on the CPU with a fixed thread count, torch's deterministic
+algorithms and every seed fixed; and because a 24-lesion test split moves
+with any seed, it fine-tunes each initialisation with several seeds and
+prints the mean with a 95 % interval by bootstrap over test patients and
+seeds (:mod:`tcpc_train.stats`).
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import json
@@ -16,15 +26,23 @@ import time
 from dataclasses import field
 from pathlib import Path
 
-from tcpc_data.shards.labelled import LabelledConfig, write_labelled_shards
+import numpy as np
+import torch
+
+from tcpc_data.ingest.stage import ingest
 from tcpc_data.phantom import write_archive
-from tcpc_data.pipeline import preprocess
-from tcpc_data.shards.pretrain import ShardConfig
+from tcpc_data.pipeline import PreprocessReport
+from tcpc_data.shards.labelled import LabelledConfig, write_labelled_shards
+from tcpc_data.shards.pretrain import ShardConfig, write_shards
 from tcpc_data.store import list_cases
-from tcpc_data.supervoxels.stage import SupervoxelConfig
+from tcpc_data.supervoxels.stage import SupervoxelConfig, supervoxels
 from tcpc_train.finetuning import FinetuneConfig, finetune
+from tcpc_train.loader import labelled_splits
 from tcpc_train.pretraining import PretrainConfig, pretrain
 from tcpc_train.runtime import RuntimeConfig
+from tcpc_train.stats import bootstrap_ci
+from tcpc_train.apps.experiment import predict_split
+from tcpc_train.apps.report import load_predictions
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +66,10 @@ class DemoConfig:
     pretrain_steps: int = field(default=150, metadata={"help": "TCPC pretraining steps."})
     finetune_epochs: int = field(default=12, metadata={"help": "Fine-tuning epochs."})
     batch_size: int = field(default=16, metadata={"help": "Samples per step."})
+    finetune_seeds: tuple[int, ...] = field(default=(0, 1, 2), metadata={
+        "help": "Fine-tuning seeds per initialisation; the table gives their mean and a 95 % interval."})
+    threads: int = field(default=2, metadata={
+        "help": "CPU threads of torch (fixed: float sums depend on the thread count)."})
 
     def validate(self) -> None:
         if self.cases < 3:
@@ -56,7 +78,9 @@ class DemoConfig:
             raise ValueError(f"lesions_per_case must be >= 1, got {self.lesions_per_case}")
         if not (0 < self.split[0] and 0 < self.split[1] and sum(self.split) < 1):
             raise ValueError(f"split fractions must be > 0 and leave some cases for test, got {self.split}")
-        for name in ("pretrain_steps", "finetune_epochs"):
+        if not self.finetune_seeds:
+            raise ValueError("finetune_seeds must name at least one seed")
+        for name in ("pretrain_steps", "finetune_epochs", "threads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
@@ -69,7 +93,9 @@ def _split_cases(cases: list[str], split: tuple[float, float]) -> dict[str, list
     return {"train": cases[:n_train], "val": cases[n_train:n_train + n_val], "test": cases[n_train + n_val:]}
 
 
-def _write_split_csvs(labels_csv: Path, out: Path, split: tuple[float, float]) -> dict[str, Path]:
+def _write_split_csvs(labels_csv: Path, out: Path, split: tuple[float, float]
+                      ) -> tuple[dict[str, Path], dict[str, list[str]]]:
+    """Lesion CSVs per split, cut by patient; returns (split -> CSV path, split -> cases)."""
     with open(labels_csv, newline="") as f:
         rows = list(csv.DictReader(f))
     parts = _split_cases(sorted({r["case"] for r in rows}), split)
@@ -80,7 +106,38 @@ def _write_split_csvs(labels_csv: Path, out: Path, split: tuple[float, float]) -
             w = csv.DictWriter(f, fieldnames=list(rows[0]))
             w.writeheader()
             w.writerows(r for r in rows if r["case"] in cases)
-    return paths
+    return paths, parts
+
+
+@contextlib.contextmanager
+def _deterministic(threads: int):
+    """Torch's deterministic algorithms and a fixed thread count for the block; restored after."""
+    was = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
+    torch.use_deterministic_algorithms(True)
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(was[0])
+        torch.set_num_threads(was[1])
+
+
+def _preprocess_training_patients(archive: Path, pre: Path, train_cases: list[str], config: DemoConfig,
+                                  progress: bool) -> PreprocessReport:
+    """Ingest every case (labelled crops need them all); supervoxels, candidates and U-path
+    shards only for the training patients, so pretraining never sees a val or test patient."""
+    store = pre / "volumes.zarr"
+    run = dict(workers=1, progress=progress)
+    stages = {"ingest": ingest([str(archive)], store, failures_path=pre / "failures-ingest.jsonl", **run),
+              "supervoxels": supervoxels(store, SupervoxelConfig(n_segments=config.n_segments, sigma=config.sigma,
+                                                                 top_k=config.top_k, crop_size=config.crop_size),
+                                         cases=train_cases, failures_path=pre / "failures-supervoxels.jsonl",
+                                         **run)}
+    stages["shards"], manifest = write_shards(
+        store, pre / "shards", ShardConfig(crop_size=config.crop_size, cube_size=config.cube_size,
+                                           targets_per_crop=4, seed=config.seed),
+        cases=train_cases, failures_path=pre / "failures-shards.jsonl", **run)
+    return PreprocessReport(pre, stages, {"shards": manifest})
 
 
 def run_demo(out: str | Path, config: DemoConfig = DemoConfig(), *, progress: bool = False, log=print) -> dict:
@@ -89,9 +146,9 @@ def run_demo(out: str | Path, config: DemoConfig = DemoConfig(), *, progress: bo
     Parameters
     ----------
     out : path
-        Output directory (created): ``archive/``, ``pre/`` (store, shards),
-        ``labelled/{train,val,test}``, ``runs/{tcpc,scratch,finetune-tcpc}``,
-        ``results.json``, ``pipeline.png``.
+        Output directory (created): ``archive/``, ``pre/`` (store, shards of the
+        training patients), ``labelled/{train,val,test}``, ``runs/tcpc``,
+        ``runs/finetune-<method>-s<seed>``, ``results.json``, ``pipeline.png``.
     config : DemoConfig
     progress : bool
         Progress bars of the stages.
@@ -100,63 +157,83 @@ def run_demo(out: str | Path, config: DemoConfig = DemoConfig(), *, progress: bo
 
     Returns
     -------
-    dict: ``rows`` (method → acc, auc), ``picture``, ``seconds``, ``out``.
+    dict: ``rows`` (method → mean acc, balanced_acc, auc over the seeds, their
+    95 % intervals ``*_ci``, ``per_seed`` metrics, n_train, n_test, run),
+    ``pretrain_cases``, ``picture``, ``seconds``, ``out``.
     """
     config.validate()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "demo.json").write_text(json.dumps(dataclasses.asdict(config), indent=1))
     t0 = time.perf_counter()
-
-    labels_csv = write_archive(out / "archive", n_cases=config.cases, seed=config.seed,
-                               n_lesions=config.lesions_per_case, classes=(0, 1), shape=config.shape)
-    log(f"archive: {config.cases} phantom CTs with {config.cases * config.lesions_per_case} lesions "
-        f"in {out / 'archive'}")
-    rep = preprocess([str(out / "archive")], out / "pre", workers=1, progress=progress,
-                     supervoxel_config=SupervoxelConfig(n_segments=config.n_segments, sigma=config.sigma,
-                                                        top_k=config.top_k, crop_size=config.crop_size),
-                     shard_config=ShardConfig(crop_size=config.crop_size, cube_size=config.cube_size,
-                                              targets_per_crop=4, seed=config.seed))
-    if not rep.ok:
-        raise RuntimeError(f"preprocessing failed:\n{rep.summary()}")
-    log(rep.summary())
-    store = out / "pre" / "volumes.zarr"
-    for split, csv_path in _write_split_csvs(labels_csv, out, config.split).items():
-        write_labelled_shards(store, csv_path, out / "labelled" / split,
-                              LabelledConfig(crop_size=config.crop_size), workers=1)
-
-    pcfg = PretrainConfig(task="tcpc", width=config.width, steps=config.pretrain_steps,
-                          batch_size=config.batch_size, runtime=RuntimeConfig(workers=0, seed=config.seed),
-                          warmup=min(50, config.pretrain_steps // 5),
-                          checkpoint_every=config.pretrain_steps)
-    pre = pretrain(out / "pre" / "shards", out / "runs" / "tcpc", pcfg, progress=progress)
-    log(f"TCPC pretraining: InfoNCE {pre['final_loss']:.3f} after {pre['steps']} steps "
-        f"(chance {pre['chance_loss']:.3f})")
-
-    rows = {}
-    for method, init in (("scratch", None), ("TCPC", pre["checkpoint"])):
-        fcfg = FinetuneConfig(width=config.width, epochs=config.finetune_epochs, batch_size=config.batch_size,
-                              init=init, runtime=RuntimeConfig(workers=0, seed=config.seed, shuffle_buffer=512))
-        s = finetune(out / "labelled", out / "runs" / f"finetune-{method.lower()}", fcfg, progress=progress)
-        rows[method] = {"acc": s["metrics"]["acc"], "auc": s["metrics"]["auc"], "n_train": s["n_train"],
-                        "n_test": s["metrics"].get("n"), "run": s["out"]}
-        log(f"fine-tuned from {method}: test ACC {rows[method]['acc']:.3f} AUC {_fmt(rows[method]['auc'])}")
-    picture = _pipeline_picture(out, rows)
-    result = {"rows": rows, "picture": str(picture), "seconds": time.perf_counter() - t0, "out": str(out)}
+    with _deterministic(config.threads):
+        result = _run(out, config, progress, log)
+    result["seconds"] = time.perf_counter() - t0
     (out / "results.json").write_text(json.dumps(result, indent=1))
     return result
 
 
+def _run(out: Path, config: DemoConfig, progress: bool, log) -> dict:
+    labels_csv = write_archive(out / "archive", n_cases=config.cases, seed=config.seed,
+                               n_lesions=config.lesions_per_case, classes=(0, 1), shape=config.shape)
+    log(f"archive: {config.cases} phantom CTs with {config.cases * config.lesions_per_case} lesions "
+        f"in {out / 'archive'}")
+    csvs, parts = _write_split_csvs(labels_csv, out, config.split)
+    rep = _preprocess_training_patients(out / "archive", out / "pre", parts["train"], config, progress)
+    if not rep.ok:
+        raise RuntimeError(f"preprocessing failed:\n{rep.summary()}")
+    log(rep.summary())
+    store = out / "pre" / "volumes.zarr"
+    for split, csv_path in csvs.items():
+        write_labelled_shards(store, csv_path, out / "labelled" / split,
+                              LabelledConfig(crop_size=config.crop_size), workers=1)
+
+    # CPU whatever the machine has: the same numbers everywhere (the demo is sized for a CPU)
+    pcfg = PretrainConfig(task="tcpc", width=config.width, steps=config.pretrain_steps,
+                          batch_size=config.batch_size, runtime=RuntimeConfig(workers=0, seed=config.seed, device="cpu"),
+                          warmup=min(50, config.pretrain_steps // 5),
+                          checkpoint_every=config.pretrain_steps)
+    pre = pretrain(out / "pre" / "shards", out / "runs" / "tcpc", pcfg, progress=progress)
+    log(f"TCPC pretraining on {len(parts['train'])} training patients: InfoNCE {pre['final_loss']:.3f} after "
+        f"{pre['steps']} steps (chance {pre['chance_loss']:.3f})")
+
+    test = labelled_splits(out / "labelled")["test"]
+    rows = {}
+    for method, init in (("scratch", None), ("TCPC", pre["checkpoint"])):
+        runs, per_seed = [], []
+        for seed in config.finetune_seeds:
+            fcfg = FinetuneConfig(width=config.width, epochs=config.finetune_epochs, batch_size=config.batch_size,
+                                  init=init, runtime=RuntimeConfig(workers=0, seed=seed, device="cpu", shuffle_buffer=512))
+            s = finetune(out / "labelled", out / "runs" / f"finetune-{method.lower()}-s{seed}", fcfg,
+                         progress=progress)
+            np.savez(Path(s["out"]) / "predictions.npz", **predict_split(s["checkpoint"], test, config.batch_size,
+                                                                           "cpu"))
+            runs.append(load_predictions(Path(s["out"]) / "predictions.npz"))
+            per_seed.append({"seed": seed, **{m: s["metrics"][m] for m in ("acc", "balanced_acc", "auc")}})
+        ci = bootstrap_ci([p for p, _, _ in runs], runs[0][2], n_boot=2000, seed=config.seed)
+        rows[method] = {**{m: ci[m][0] for m in ci}, **{f"{m}_ci": list(ci[m][1:]) for m in ci},
+                        "per_seed": per_seed, "n_train": s["n_train"], "n_test": s["metrics"]["n"],
+                        "n_test_patients": len(set(runs[0][2])), "run": s["out"]}
+        log(f"fine-tuned from {method} (seeds {list(config.finetune_seeds)}): test ACC {_fmt(rows[method], 'acc')} "
+            f"AUC {_fmt(rows[method], 'auc')}")
+    picture = _pipeline_picture(out, rows)
+    return {"rows": rows, "pretrain_cases": parts["train"], "picture": str(picture), "out": str(out)}
+
+
 def results_table(rows: dict) -> str:
-    """The demo's result as a small text table."""
-    lines = [f"{'initialisation':<16}{'test ACC':>10}{'test AUC':>10}"]
-    lines += [f"{m:<16}{r['acc']:>10.3f}{_fmt(r['auc']):>10}" for m, r in rows.items()]
+    """The demo's result as a small text table: mean over seeds [95 % interval over patients and seeds]."""
+    lines = [f"{'initialisation':<16}{'test ACC':>24}{'test AUC':>24}"]
+    lines += [f"{m:<16}{_fmt(r, 'acc'):>24}{_fmt(r, 'auc'):>24}" for m, r in rows.items()]
+    first = next(iter(rows.values()))
+    lines.append(f"(mean over {len(first['per_seed'])} fine-tuning seeds [95 % interval by bootstrap over "
+                 f"{first['n_test_patients']} test patients and the seeds]; {first['n_test']} test lesions)")
     return "\n".join(lines)
 
 
-def _fmt(value: float | None) -> str:
-    """A metric with 3 decimals; AUC is None when the test split holds one class."""
-    return "n/a" if value is None else f"{value:.3f}"
+def _fmt(row: dict, metric: str) -> str:
+    """``mean [low, high]`` with 3 decimals; n/a where undefined (AUC of a one-class test split)."""
+    v, (lo, hi) = row[metric], row[f"{metric}_ci"]
+    return "n/a" if not np.isfinite(v) else f"{v:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
 def _pipeline_picture(out: Path, rows: dict) -> Path:
@@ -181,7 +258,8 @@ def _pipeline_picture(out: Path, rows: dict) -> Path:
               (grid[0, 2], out / "path.png", "2. a U-path sample: support cubes 1-7, target T")]
     for m, (spec, method) in enumerate(zip((grid[1, 1], grid[1, 2]), rows)):
         panels.append((spec, Path(rows[method]["run"]) / "roc.png",
-                       f"{4 + m}. fine-tuned from {method}: ACC {rows[method]['acc']:.3f} AUC {_fmt(rows[method]['auc'])}"))
+                       f"{4 + m}. fine-tuned from {method} (seed {rows[method]['per_seed'][-1]['seed']}): "
+                       f"ACC {rows[method]['per_seed'][-1]['acc']:.3f}"))
     for spec, png, title in panels:
         ax = fig.add_subplot(spec)
         ax.imshow(plt.imread(png))

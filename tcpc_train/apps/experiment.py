@@ -1,92 +1,198 @@
-"""The paper's Table 1 protocol on a labelled MedMNIST-layout set: pretrain, fine-tune, tabulate.
+"""The paper's Table 1 protocol on a labelled set: pretrain, fine-tune, tabulate with intervals.
 
-Rows: training from scratch and four self-supervised pretrainings on all
-training images without labels — 3D CPC (straight paths), Rubik's cube and 3D
-Jigsaw (2×2×2 blocks), TCPC (U paths). Columns: test ACC and AUC after
-fine-tuning on a seeded, stratified label fraction, mean ± std over seeds.
+Rows: a majority-class guess; training from scratch; four self-supervised
+pretrainings on the training images without labels — 3D CPC (straight paths),
+Rubik's cube and 3D Jigsaw (2×2×2 blocks), TCPC (U paths); an external
+initialisation and the cascade external → TCPC → fine-tune. No video weights
+(the paper's UCF101 model) can be had offline, so the external init is a
+documented stand-in: a network trained supervised on another labelled set
+(``external_init``), and every table says so.
+
+Seeds are paired: fine-tuning seed ``seeds[i]`` of every row starts from
+pretraining seed ``pretrain_seeds[i % len(pretrain_seeds)]`` of its method,
+so two rows differ only in their initialisation. Each cell selects its checkpoint on a
+validation subset whose size scales with its label budget
+(``max(val_min, round(val_per_label · n_train))``, stratified, seeded), never
+on the test split, and is scored on the whole test split; the report gives
+ACC, balanced ACC and AUC with 95 % intervals by bootstrap over test patients
+and seeds, and a paired test of TCPC against each other row
+(:mod:`tcpc_train.stats`).
+
 Every piece is a directory under ``out``, and a rerun skips what is finished:
 
 ```
-out/labelled/{train,val,test}     labelled shards (tcpc_data.shards.labelled)
-out/shards/{u,straight,block}     pretraining shards from the training images
-out/pretrain/<method>/            one pretraining run per method (seed of the config)
-out/cells/<method>-f<fraction>-s<seed>/   one fine-tuning run per table cell
-out/cells.jsonl, out/results.md, out/auc_vs_fraction.png, out/experiment.json
+out/labelled/{train,val,test}     labelled shards (from an .npz; a shard set is used in place)
+out/views/v<n>-s<seed>/           train and test linked, val a subset of n samples
+out/shards/<path kind>[-c<cube>-o<overlap>]/   pretraining shards from the training images
+out/pretrain/<row>-p<seed>/       one pretraining (or supervised stand-in) run per row and seed
+out/cells/<row>-f<fraction>-s<seed>/   one fine-tuning run per cell, with predictions.npz
+out/grid/c<cube>-o<overlap>-s<seed>/   TCPC cube size x overlap cells (when configured)
+out/cells.jsonl, out/results.md, out/fig4_left.png, out/fig4_right.png, out/experiment.json
+out/external.jsonl                one line per cell scored on an --external folder
 ```
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
+import itertools
 import json
 import shutil
 import time
 import tomllib
+from dataclasses import field
 from pathlib import Path
 
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from tcpc_data.digest import digest, file_sha256
+from tcpc_data.shards.manifest import new_manifest, read_manifest, write_manifest
 from tcpc_data.shards.labelled import pretrain_config_for, write_npz_shards
-from tcpc_train.finetuning import FinetuneConfig, finetune
+from tcpc_data.shards.tario import write_tar
+from tcpc_train.checkpoint import load_checkpoint
+from tcpc_train.finetuning import FinetuneConfig, finetune, read_labels, stratified_fraction
+from tcpc_train.loader import (ShardSet, ShardStream, decode_labelled_sample, labelled_splits, make_loader,
+                               open_shards, raw_samples, split_or_set)
+from tcpc_train.metrics import classification_metrics
+from tcpc_train.models import Classifier, build_encoder
 from tcpc_train.pretraining import PretrainConfig, pretrain
-from tcpc_train.runtime import RuntimeConfig
+from tcpc_train.runtime import RuntimeConfig, autocast, resolve_device
 from tcpc_train.tasks import TASKS
 from tcpc_train.apps.published import MEDMNIST_V2_ADRENAL3D
-from tcpc_train.apps.report import aggregate, markdown_table, plot_auc_vs_fraction
+from tcpc_train.apps.report import (grid_stats, markdown_table, plot_fig4_left, plot_grid, table_stats)
 
-# method -> row label: training from scratch, and one row per pretraining task (tcpc_train.tasks).
-LABELS = {"scratch": "train from scratch", **{name: task.label for name, task in TASKS.items()}}
+# row -> (pretraining task, path kind of its shards); None: no self-supervised pretraining. One row
+# per task of the registry (tcpc_train.tasks), plus the rows without one and the cascade.
+METHODS = {"majority": None, "scratch": None, **{name: (name, t.path_kind) for name, t in TASKS.items()},
+           "external": None, "cascade": ("tcpc", TASKS["tcpc"].path_kind)}
+LABELS = {"majority": "majority class", "scratch": "train from scratch",
+          **{name: t.label for name, t in TASKS.items()}, "external": "external init*",
+          "cascade": "external + TCPC*"}
+_NEEDS_EXTERNAL = ("external", "cascade")
 
 
 @dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
-    """One experiment (saved as ``experiment.json`` beside its results).
+    """One experiment (saved as ``experiment.json`` beside its results)."""
 
-    npz : MedMNIST-layout file (``{train,val,test}_{images,labels}``)
-    methods : rows: ``scratch`` or a task of ``tcpc_train.tasks.TASKS``
-    fractions : label fractions in (0, 1]
-    seeds : fine-tuning seeds (label subset, head init, data order)
-    epochs : fine-tuning epochs per fraction (same length as ``fractions``):
-        small fractions need more epochs for the same number of steps
-    arch, width : encoder, shared by every row
-    pretrain_steps, pretrain_batch, pretrain_lr, pretrain_seed : one pretraining per method
-    targets_per_crop : pretraining samples cut from each training image
-    finetune_batch, finetune_lr : Adam fine-tuning
-    workers : loader processes (0: in the training process)
-    device : auto, cpu, cuda
-    """
-
-    npz: str
-    methods: tuple[str, ...] = ("scratch", "cpc", "rubik", "jigsaw", "tcpc")
-    fractions: tuple[float, ...] = (0.01, 0.1, 1.0)
-    seeds: tuple[int, ...] = (0, 1, 2)
-    epochs: tuple[int, ...] = (40, 12, 3)
-    arch: str = "resnet18"
-    width: float = 0.125
-    pretrain_steps: int = 300
-    pretrain_batch: int = 16
-    pretrain_lr: float = 1e-3
-    pretrain_seed: int = 0
-    targets_per_crop: int = 2
-    finetune_batch: int = 16
-    finetune_lr: float = 1e-3
-    workers: int = 0
-    device: str = "auto"
+    data: str = field(metadata={"help": "Labelled data: a MedMNIST-layout .npz, a labelled shard set "
+                                        "(train/, val/, test/), or a folder of images/*.nii.gz + nodules.csv."})
+    rows: tuple[str, ...] = field(default=("majority", "scratch", "cpc", "rubik", "jigsaw", "tcpc"),
+                                  metadata={"help": f"Table rows, from: {', '.join(METHODS)}."})
+    fractions: tuple[float, ...] = field(default=(0.01, 0.1, 1.0),
+                                         metadata={"help": "Label fractions of the training split, in (0, 1]."})
+    seeds: tuple[int, ...] = field(default=(0, 1, 2, 3, 4), metadata={
+        "help": "Fine-tuning seeds (label subset, head init, data order, validation subset)."})
+    pretrain_seeds: tuple[int, ...] = field(default=(0, 1, 2), metadata={
+        "help": "Pretraining seeds; fine-tuning seed i starts from pretraining seed i mod their count."})
+    epochs: tuple[int, ...] = field(default=(40, 12, 3), metadata={
+        "help": "Fine-tuning epochs per label fraction (same length as fractions)."})
+    val_per_label: float = field(default=1.0, metadata={
+        "help": "Validation samples per training label for checkpoint selection (samples / label)."})
+    val_min: int = field(default=20, metadata={"help": "Floor of the validation subset, in samples."})
+    external_init: str | None = field(default=None, metadata={
+        "help": "Labelled data (.npz or labelled shard set) a supervised stand-in for external weights is trained on."})
+    external_epochs: int = field(default=10, metadata={"help": "Epochs of the supervised stand-in, on all its labels."})
+    grid_cube_sizes: tuple[int, ...] = field(default=(), metadata={
+        "help": "TCPC cube sides for the Fig. 4 right heat map, in voxels; empty: no grid."})
+    grid_overlaps: tuple[float, ...] = field(default=(), metadata={
+        "help": "TCPC cube overlaps for the heat map, as fractions of the cube side in [0, 1)."})
+    grid_fraction: float = field(default=0.1, metadata={"help": "Label fraction of the heat map's cells."})
+    arch: str = field(default="resnet18", metadata={"help": "Encoder, shared by every row."})
+    width: float = field(default=0.125, metadata={"help": "Encoder channel multiplier."})
+    pretrain_steps: int = field(default=300, metadata={"help": "Optimiser steps of each pretraining."})
+    pretrain_batch: int = field(default=16, metadata={"help": "Pretraining samples per step."})
+    pretrain_lr: float = field(default=1e-3, metadata={"help": "Pretraining peak learning rate."})
+    targets_per_crop: int = field(default=2, metadata={"help": "Pretraining samples cut from each training image."})
+    finetune_batch: int = field(default=16, metadata={"help": "Fine-tuning samples per step."})
+    finetune_lr: float = field(default=1e-3, metadata={"help": "Fine-tuning Adam learning rate."})
+    n_boot: int = field(default=1000, metadata={"help": "Bootstrap replicates of the intervals and paired tests."})
+    workers: int = field(default=0, metadata={"help": "Loader processes (0: in the training process)."})
+    device: str = field(default="auto", metadata={"help": "auto, cpu or cuda."})
 
     def validate(self) -> None:
-        unknown = [m for m in self.methods if m not in LABELS]
+        unknown = [m for m in self.rows if m not in METHODS]
         if unknown:
-            raise ValueError(f"unknown methods {unknown}; choose from {', '.join(LABELS)}")
+            raise ValueError(f"unknown rows {unknown}; choose from {', '.join(METHODS)}")
         if len(self.epochs) != len(self.fractions):
             raise ValueError(f"epochs has {len(self.epochs)} entries but fractions has {len(self.fractions)}; "
                              "give one epoch count per label fraction")
-        if not all(0 < f <= 1 for f in self.fractions):
-            raise ValueError(f"fractions must lie in (0, 1], got {list(self.fractions)}")
-        if not self.seeds:
-            raise ValueError("seeds must name at least one seed")
-        if not Path(self.npz).is_file():
-            raise FileNotFoundError(f"labelled set not found: {self.npz}")
+        if not all(0 < f <= 1 for f in self.fractions) or not 0 < self.grid_fraction <= 1:
+            raise ValueError(f"fractions must lie in (0, 1], got {list(self.fractions)} and {self.grid_fraction}")
+        if not self.seeds or not self.pretrain_seeds:
+            raise ValueError("seeds and pretrain_seeds must each name at least one seed")
+        if self.val_per_label <= 0 or self.val_min < 2:
+            raise ValueError(f"val_per_label must be > 0 and val_min >= 2, got {self.val_per_label}, {self.val_min}")
+        if bool(self.grid_cube_sizes) != bool(self.grid_overlaps):
+            raise ValueError("set both grid_cube_sizes and grid_overlaps for the heat map, or neither")
+        if self.grid_cube_sizes and self.grid_fraction not in self.fractions:
+            raise ValueError(f"grid_fraction {self.grid_fraction} must be one of fractions {list(self.fractions)} "
+                             "(its cells take that fraction's epochs)")
+        if any(m in self.rows for m in _NEEDS_EXTERNAL) and not self.external_init:
+            raise ValueError("rows external and cascade need external_init (labelled data for the stand-in)")
+        _data_kind(self.data)
+        if self.external_init:
+            _data_kind(self.external_init)
+        if _data_kind(self.data) == "shards" and any(METHODS[m] for m in self.rows):
+            raise ValueError(f"{self.data}: the pretraining rows cut their shards from an .npz set or a nodule "
+                             "folder; run the fine-tuning rows (majority, scratch, external) on a shard set")
+
+
+@dataclasses.dataclass(frozen=True)
+class Selection:
+    """Which cells of a config one run does (``tcpc experiment --rows/--fractions/--seeds``); empty: all."""
+
+    rows: tuple[str, ...] = field(default=(), metadata={"help": "Only these rows of the config (comma list)."})
+    fractions: tuple[float, ...] = field(default=(), metadata={"help": "Only these label fractions (comma list)."})
+    seeds: tuple[int, ...] = field(default=(), metadata={"help": "Only these fine-tuning seeds (comma list)."})
+    external: str | None = field(default=None, metadata={
+        "help": "Score every cell's selected checkpoint on this folder; writes external.jsonl."})
+
+
+def _data_kind(path: str) -> str:
+    """'npz', 'shards' (a labelled set or one split) or 'nodules' (images/*.nii.gz + nodules.csv)."""
+    p = Path(path)
+    if p.suffix == ".npz" and p.is_file():
+        return "npz"
+    if (p / "manifest.json").is_file() or (p / "test" / "manifest.json").is_file():
+        return "shards"
+    if (p / "images").is_dir() and (p / "nodules.csv").is_file():
+        return "nodules"
+    raise FileNotFoundError(f"{path}: not a .npz file, a labelled shard set or a folder of images/ + nodules.csv")
+
+
+_NODULE_PATH_MISSING = ("folders of images/*.nii.gz + nodules.csv need the nodule ingest path, which this build "
+                        "lacks; build a labelled shard set from it and pass that folder instead")
+
+
+def _nodule_labelled(folder: Path, out: Path) -> Path:
+    """Hook: the labelled shard set (train/val/test by patient) of a folder of ``images/*.nii.gz`` +
+    ``nodules.csv``, written under ``out``; the nodule ingest path (ingest the VOIs, crops centred on
+    the CSV's world coordinates) plugs in here. Until then such folders are refused with the way round."""
+    raise ValueError(f"{folder}: {_NODULE_PATH_MISSING}")
+
+
+def _nodule_pretrain_shards(folder: Path, out: Path, path_kind: str, geometry: dict) -> Path:
+    """Hook: pretraining shards of ``path_kind`` (and cube ``geometry``) from SLIC candidates inside
+    the training VOIs of a nodule folder, written to ``out``; refused until the nodule path lands."""
+    raise ValueError(f"{folder}: {_NODULE_PATH_MISSING}")
+
+
+def _labelled_dir(src: str, out: Path, progress: bool) -> Path:
+    """A labelled shard directory for ``src``: shards written from an .npz, a shard set as it is."""
+    kind = _data_kind(src)
+    if kind == "npz":
+        write_npz_shards(src, out, task="finetune", progress=progress)
+        return out
+    if kind == "nodules":
+        return _nodule_labelled(Path(src), out)
+    return Path(src)
 
 
 def load_config(path: str | Path) -> ExperimentConfig:
-    """Read an experiment TOML file; a relative ``npz`` is relative to the file's folder."""
+    """Read an experiment TOML file; relative ``data`` and ``external_init`` are relative to its folder."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"experiment config not found: {path}")
@@ -98,40 +204,42 @@ def load_config(path: str | Path) -> ExperimentConfig:
     unknown = sorted(set(raw) - fields)
     if unknown:
         raise ValueError(f"{path}: unknown settings {unknown}; known: {', '.join(sorted(fields))}")
-    if "npz" not in raw:
-        raise ValueError(f"{path}: set npz = the labelled .npz file")
-    raw["npz"] = str((path.parent / raw["npz"]).resolve())
+    if "data" not in raw:
+        raise ValueError(f"{path}: set data = the labelled .npz file, shard set or nodule folder")
+    for key in ("data", "external_init"):
+        if raw.get(key):
+            raw[key] = str((path.parent / raw[key]).resolve())
     raw = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
     cfg = ExperimentConfig(**raw)
     cfg.validate()
     return cfg
 
 
-def _cell_dir(out: Path, method: str, fraction: float, seed: int) -> Path:
-    return out / "cells" / f"{method}-f{fraction:g}-s{seed}"
+def select(config: ExperimentConfig, selection: Selection) -> ExperimentConfig:
+    """The config cut to the selected rows, fractions (with their epochs) and seeds.
+
+    Seeds keep their pretraining partner of the full config (paired by position there).
+    """
+    for name in ("rows", "fractions", "seeds"):
+        extra = [v for v in getattr(selection, name) if v not in getattr(config, name)]
+        if extra:
+            raise ValueError(f"--{name} {extra} not in the config's {name} {list(getattr(config, name))}")
+    keep = [i for i, f in enumerate(config.fractions) if not selection.fractions or f in selection.fractions]
+    pairs = {s: _pretrain_seed(config, s) for s in config.seeds}
+    seeds = tuple(s for s in config.seeds if not selection.seeds or s in selection.seeds)
+    return dataclasses.replace(
+        config, rows=tuple(r for r in config.rows if not selection.rows or r in selection.rows),
+        fractions=tuple(config.fractions[i] for i in keep), epochs=tuple(config.epochs[i] for i in keep),
+        seeds=seeds, pretrain_seeds=tuple(pairs[s] for s in seeds))
+
+
+def _pretrain_seed(config: ExperimentConfig, seed: int) -> int:
+    return config.pretrain_seeds[config.seeds.index(seed) % len(config.pretrain_seeds)]
 
 
 def _saved_config_is(run: Path, cfg) -> bool:
     """Whether ``run/config.json`` holds ``cfg`` (compared as the JSON the runs write)."""
     return json.loads((run / "config.json").read_text()) == json.loads(json.dumps(dataclasses.asdict(cfg)))
-
-
-def _write_results(out: Path, config: ExperimentConfig, cells: list[dict]) -> tuple[dict, str]:
-    """Write ``cells.jsonl`` and ``results.md`` for the cells finished so far; returns (stats, table)."""
-    total = len(config.seeds) * len(config.fractions) * len(config.methods)
-    tmp = out / ".cells.jsonl.tmp"
-    tmp.write_text("".join(json.dumps(c) + "\n" for c in cells))
-    tmp.replace(out / "cells.jsonl")
-    stats = aggregate(cells)
-    table = markdown_table(stats, [LABELS[m] for m in config.methods], list(config.fractions),
-                           MEDMNIST_V2_ADRENAL3D, "MedMNIST v2, Yang et al. 2023, AdrenalMNIST3D test split")
-    header = (f"Test ACC / AUC (mean ± std over seeds {list(config.seeds)}) on {Path(config.npz).name}; "
-              f"{config.arch} width {config.width:g}, pretraining {config.pretrain_steps} steps, "
-              f"fine-tuning epochs {list(config.epochs)} for fractions {list(config.fractions)}.\n\n")
-    if len(cells) < total:
-        header += f"Partial: {len(cells)} of {total} cells finished (the run goes on or was stopped).\n\n"
-    (out / "results.md").write_text(header + table)
-    return stats, table
 
 
 def _pretrain_done(run: Path, cfg: PretrainConfig) -> Path | None:
@@ -144,29 +252,322 @@ def _pretrain_done(run: Path, cfg: PretrainConfig) -> Path | None:
     return None
 
 
-def _cell_done(cell: Path, cfg: FinetuneConfig) -> dict | None:
-    """The summary of a finished cell with this config; None when it must (re)run.
+def _cell_done(cell: Path, cfg: FinetuneConfig, val_keys: list[str]) -> dict | None:
+    """The summary of a finished cell with this config and validation subset; None when it must (re)run.
 
-    A cell left by another config is removed, so it starts afresh instead of
-    resuming someone else's checkpoint; one of this config resumes.
+    A cell left by another config or validation subset is removed, so it
+    starts afresh instead of resuming someone else's checkpoint; one of this
+    config resumes.
     """
     if not (cell / "config.json").exists():
         return None
-    if not _saved_config_is(cell, cfg):
+    view = cell / "val_keys.json"
+    if not _saved_config_is(cell, cfg) or not view.exists() or json.loads(view.read_text()) != val_keys:
         shutil.rmtree(cell)
         return None
     summary = cell / "summary.json"
     return json.loads(summary.read_text()) if summary.exists() else None
 
 
-def run_experiment(config: ExperimentConfig, out: str | Path, *, progress: bool = False, log=print) -> dict:
-    """Run (or finish) every pretraining and table cell of ``config``; write the report.
+def validation_size(n_train: int, n_val: int, val_per_label: float, val_min: int) -> int:
+    """Validation samples for a cell with ``n_train`` labels: ``max(val_min, round(val_per_label · n_train))``,
+    at most the ``n_val`` there are."""
+    return min(n_val, max(val_min, int(round(val_per_label * n_train))))
+
+
+def _write_subset(src: ShardSet, keys: frozenset, out: Path, per_shard: int = 256) -> None:
+    """Write the samples of ``src`` whose key is in ``keys`` as a shard set (tars + manifest)."""
+    out.mkdir(parents=True, exist_ok=True)
+    samples = [(r["__key__"], {k: v for k, v in r.items() if not k.startswith("__")})
+               for r in itertools.chain.from_iterable(map(raw_samples, src.urls)) if r["__key__"] in keys]
+    entries = []
+    for i in range(0, len(samples), per_shard):
+        name = f"val-{i // per_shard:06d}.tar"
+        write_tar(out / name, samples[i:i + per_shard])
+        entries.append({"name": name, "samples": len(samples[i:i + per_shard]), "sha256": file_sha256(out / name)})
+    source = read_manifest(src.root)
+    cases = collections.Counter(json.loads(m["json"])["case"] for _, m in samples)
+    config = {**src.config, "subset_of": src.digest, "keys": sorted(keys)}
+    write_manifest(out, new_manifest(kind=source["kind"], name="val", stage="validation subset", config=config,
+                                     digest=digest(config), shard_size=per_shard, members=source["members"],
+                                     shards=entries, cases=dict(sorted(cases.items())),
+                                     case_digests={c: source["case_digests"].get(c, "") for c in sorted(cases)}))
+
+
+def validation_view(labelled: Path, out: Path, n_train: int, seed: int,
+                    config: ExperimentConfig) -> tuple[Path, list[str]]:
+    """A labelled directory whose ``val`` is a seeded, stratified subset sized for ``n_train`` labels.
+
+    ``train`` and ``test`` link to the full splits; the subset is drawn from
+    ``val`` only, so checkpoint selection never sees a test sample. Returns
+    (directory, sorted validation keys); the full set itself when the subset
+    would be all of ``val``.
+    """
+    splits = labelled_splits(labelled)
+    if "val" not in splits:
+        raise FileNotFoundError(f"{labelled}/val not found: checkpoint selection needs a validation split")
+    labels = read_labels(splits["val"])
+    n = validation_size(n_train, len(labels), config.val_per_label, config.val_min)
+    if n >= len(labels):
+        return labelled, sorted(labels)
+    keys = stratified_fraction(labels, n / len(labels), seed)
+    view = out / "views" / f"v{n}-s{seed}"
+    if not (view / "val" / "manifest.json").exists() or open_shards(view / "val").config.get("keys") != sorted(keys):
+        shutil.rmtree(view, ignore_errors=True)
+        view.mkdir(parents=True)
+        for split in ("train", "test"):
+            (view / split).symlink_to(Path(splits[split].root).resolve(), target_is_directory=True)
+        _write_subset(splits["val"], keys, view / "val")
+    return view, sorted(keys)
+
+
+class _KeyedVolume:
+    """Raw labelled sample -> {volume (1, S, S, S), label, key: (sample key, patient)}.
+
+    The patient is the sample's ``patient_id``, ``patient`` or ``case`` (the
+    first its json has), else its key: the unit of the bootstrap."""
+
+    def __call__(self, raw: dict, epoch: int) -> dict:
+        s = decode_labelled_sample(raw)
+        meta = json.loads(raw["json"]) if "json" in raw else {}
+        group = next((str(meta[k]) for k in ("patient_id", "patient", "case") if k in meta), s["key"])
+        return {"volume": s["volume"][None], "label": np.int64(s["label"]), "key": (s["key"], group)}
+
+
+@torch.no_grad()
+def predict_split(checkpoint: str | Path | None, data: ShardSet, batch_size: int, device: str,
+                  constant: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Per-sample predictions of a classifier checkpoint on one split, with keys and patients.
+
+    ``constant`` (K,) log-probabilities instead of a checkpoint: every sample
+    gets them (the majority-class row).
+
+    Returns
+    -------
+    dict of (N,) arrays ``key``, ``group`` (str), ``labels`` (int) and ``scores`` (N, K) log-probabilities.
+    """
+    dev = resolve_device(device)
+    model = None
+    if checkpoint is not None:
+        ck = load_checkpoint(checkpoint, map_location=dev)
+        model = Classifier(build_encoder(ck["config"]["arch"], ck["config"]["width"]), int(ck["n_classes"]))
+        model.load_state_dict(ck["model"])
+        model.to(dev).eval()
+    stream = ShardStream(data, _KeyedVolume(), batch_size, shuffle_buffer=1, epoch=0, rank=0, world=1)
+    keys, groups, labels, scores = [], [], [], []
+    for batch in make_loader(stream, 0):
+        if model is None:
+            scores.append(np.tile(constant, (len(batch["label"]), 1)))
+        else:
+            with autocast(dev, True):
+                logits = model(batch["volume"].to(dev))
+            scores.append(F.log_softmax(logits.double(), 1).cpu().numpy())
+        keys += [k for k, _ in batch["key"]]
+        groups += [g for _, g in batch["key"]]
+        labels.append(batch["label"].numpy())
+    return {"key": np.array(keys), "group": np.array(groups), "labels": np.concatenate(labels),
+            "scores": np.concatenate(scores)}
+
+
+def _majority_prior(labelled: Path, fraction: float, seed: int) -> tuple[np.ndarray, int]:
+    """Log class frequencies of a cell's labelled subset (argmax: its majority class) and its size."""
+    train = read_labels(labelled_splits(labelled)["train"])
+    keys = stratified_fraction(train, fraction, seed)
+    counts = np.bincount([train[k] for k in keys], minlength=max(train.values()) + 1).astype(float)
+    with np.errstate(divide="ignore"):
+        return np.log(counts / counts.sum()), len(keys)
+
+
+def _run_cell(labelled: Path, out: Path, cell: Path, fraction: float, seed: int, fcfg: FinetuneConfig | None,
+              config: ExperimentConfig, progress: bool) -> tuple[dict, bool]:
+    """Fine-tune (``fcfg``; None: the majority-class guess) one cell and save its test predictions.
+
+    Returns (record, whether the cell was found finished).
+    """
+    splits = labelled_splits(labelled)
+    if fcfg is None:
+        prior, n_train = _majority_prior(labelled, fraction, seed)
+        pred = predict_split(None, splits["test"], config.finetune_batch, "cpu", constant=prior)
+        cell.mkdir(parents=True, exist_ok=True)
+        np.savez(cell / "predictions.npz", **pred)
+        m = classification_metrics(pred["labels"], pred["scores"])
+        return {"acc": m["acc"], "balanced_acc": m["balanced_acc"], "auc": m["auc"], "n_train": n_train,
+                "n_val": 0, "checkpoint": None}, False
+    n_train = len(stratified_fraction(read_labels(splits["train"]), fraction, seed))
+    view, val_keys = validation_view(labelled, out, n_train, seed, config)
+    s = _cell_done(cell, fcfg, val_keys)
+    found = s is not None and (cell / "predictions.npz").exists()
+    if s is None:
+        cell.mkdir(parents=True, exist_ok=True)
+        (cell / "val_keys.json").write_text(json.dumps(val_keys))
+        s = finetune(view, cell, fcfg, progress=progress)
+    if not (cell / "predictions.npz").exists():
+        pred = predict_split(s["checkpoint"], splits["test"], config.finetune_batch, config.device)
+        np.savez(cell / "predictions.npz", **pred)
+    m = s["metrics"]
+    return {"acc": m["acc"], "balanced_acc": m["balanced_acc"], "auc": m["auc"], "n_train": s["n_train"],
+            "n_val": len(val_keys), "checkpoint": s["checkpoint"]}, found
+
+
+class _Inits:
+    """Encoder initialisations of every (row, pretraining seed), made on first use and kept on disk."""
+
+    def __init__(self, config: ExperimentConfig, out: Path, side: int | None, progress: bool, log):
+        self.config, self.out, self.side, self.progress, self.log = config, out, side, progress, log
+        self.skipped = 0
+        self._done: dict[tuple, str | None] = {}
+
+    def shards(self, path_kind: str, **geometry) -> Path:
+        """Pretraining shards of the training images for one path kind (and cube geometry)."""
+        name = path_kind + "".join(f"-{k[0]}{round(v * 100) if isinstance(v, float) else v}"
+                                   for k, v in sorted(geometry.items()))
+        shards = self.out / "shards" / name
+        if _data_kind(self.config.data) != "npz":  # validate() let only .npz or a nodule folder through
+            return _nodule_pretrain_shards(Path(self.config.data), shards, path_kind, geometry)
+        cfg = pretrain_config_for(self.side, path=path_kind, targets_per_crop=self.config.targets_per_crop,
+                                  name=path_kind, **geometry)
+        write_npz_shards(self.config.data, shards, task="pretrain", progress=self.progress, config=cfg)
+        return shards
+
+    def _pretrain(self, name: str, task: str, shards: Path, seed: int, init: str | None = None) -> str:
+        c = self.config
+        pcfg = PretrainConfig(task=task, arch=c.arch, width=c.width, steps=c.pretrain_steps,
+                              batch_size=c.pretrain_batch, lr=c.pretrain_lr,
+                              runtime=RuntimeConfig(seed=seed, workers=c.workers, device=c.device),
+                              checkpoint_every=max(1, c.pretrain_steps // 4), init=init)
+        run = self.out / "pretrain" / name
+        ck = _pretrain_done(run, pcfg)
+        if ck is not None:
+            self.skipped += 1
+            return str(ck)
+        s = pretrain(shards, run, pcfg, resume=True, progress=self.progress)
+        self.log(f"pretrained {name}: loss {s['final_loss']:.4f} after {s['steps']} steps "
+                 f"(chance {s.get('chance_loss')})")
+        return str(s["checkpoint"])
+
+    def _external(self, seed: int) -> str:
+        """The supervised stand-in for external weights: all labels of ``external_init``, best on its val."""
+        c = self.config
+        labelled = _labelled_dir(c.external_init, self.out / "external-data", self.progress)
+        fcfg = FinetuneConfig(arch=c.arch, width=c.width, epochs=c.external_epochs, batch_size=c.finetune_batch,
+                              lr=c.finetune_lr, label_fraction=1.0,
+                              runtime=RuntimeConfig(seed=seed, workers=c.workers, device=c.device, shuffle_buffer=512))
+        run = self.out / "pretrain" / f"external-p{seed}"
+        s = _cell_done(run, fcfg, []) if (run / "val_keys.json").exists() else None
+        if s is not None:
+            self.skipped += 1
+            return s["checkpoint"]
+        run.mkdir(parents=True, exist_ok=True)
+        (run / "val_keys.json").write_text("[]")  # the stand-in selects on all of its own val split
+        s = finetune(labelled, run, fcfg, progress=self.progress)
+        self.log(f"external stand-in (seed {seed}) on {Path(c.external_init).name}: test ACC "
+                 f"{s['metrics']['acc']:.3f} AUC {s['metrics']['auc']}")
+        return s["checkpoint"]
+
+    def __call__(self, row: str, seed: int) -> str | None:
+        key = (row, seed)
+        if key not in self._done:
+            if row in ("majority", "scratch"):
+                ck = None
+            elif row == "external":
+                ck = self._external(seed)
+            elif row == "cascade":
+                ck = self._pretrain(f"cascade-p{seed}", "tcpc", self.shards("u"), seed, self("external", seed))
+            else:
+                task, path_kind = METHODS[row]
+                ck = self._pretrain(f"{row}-p{seed}", task, self.shards(path_kind), seed)
+            self._done[key] = ck
+        return self._done[key]
+
+    def grid(self, cube: int, overlap: float, seed: int) -> str:
+        """TCPC pretrained with one cube side and overlap (Fig. 4 right)."""
+        shards = self.shards("u", cube_size=cube, overlap=overlap)
+        return self._pretrain(f"grid-c{cube}-o{round(overlap * 100)}-p{seed}", "tcpc", shards, seed)
+
+
+def _finetune_config(config: ExperimentConfig, fraction: float, epochs: int, seed: int,
+                     init: str | None) -> FinetuneConfig:
+    return FinetuneConfig(arch=config.arch, width=config.width, epochs=epochs, batch_size=config.finetune_batch,
+                          lr=config.finetune_lr, label_fraction=fraction, init=init,
+                          runtime=RuntimeConfig(seed=seed, workers=config.workers, device=config.device,
+                                                shuffle_buffer=512))
+
+
+def _stand_in_note(config: ExperimentConfig) -> str:
+    if not any(r in config.rows for r in _NEEDS_EXTERNAL):
+        return ""
+    return (f"\n\\* External init is a stand-in: no video weights (the paper's UCF101 model) are available offline, "
+            f"so it is the encoder of a network trained supervised for {config.external_epochs} epochs on "
+            f"{Path(config.external_init).name} (all its labels); the cascade pretrains TCPC from it, "
+            "then fine-tunes.\n")
+
+
+def _write_cells(out: Path, cells: list[dict]) -> None:
+    tmp = out / ".cells.jsonl.tmp"
+    tmp.write_text("".join(json.dumps(c) + "\n" for c in cells))
+    tmp.replace(out / "cells.jsonl")
+
+
+# Replicates of a partial table: its intervals are provisional, and a full bootstrap after
+# every group of cells would cost minutes per hour of training.
+_PARTIAL_BOOT = 200
+
+
+def _write_results(out: Path, config: ExperimentConfig, cells: list[dict], total: int) -> tuple[dict, str]:
+    """Write ``results.md`` for the cells finished so far; returns (stats, table)."""
+    rows = [LABELS[m] for m in config.rows]
+    n_boot = config.n_boot if len(cells) == total else min(config.n_boot, _PARTIAL_BOOT)
+    stats = table_stats(cells, out, n_boot=n_boot)
+    reference = MEDMNIST_V2_ADRENAL3D if "adrenal" in Path(config.data).name.lower() else None
+    table = markdown_table(stats, rows, list(config.fractions), reference,
+                           "MedMNIST v2, Yang et al. 2023, AdrenalMNIST3D test split", against=LABELS["tcpc"])
+    header = (f"Test ACC, balanced ACC and AUC on {Path(config.data).name}: mean over fine-tuning seeds "
+              f"{list(config.seeds)} (pretraining seeds {sorted(set(config.pretrain_seeds))}, paired), with 95 % "
+              f"intervals by bootstrap over test patients and seeds ({n_boot} replicates); "
+              f"{config.arch} width {config.width:g}, pretraining {config.pretrain_steps} steps, "
+              f"fine-tuning epochs {list(config.epochs)} for fractions {list(config.fractions)}, checkpoint "
+              f"selection on max({config.val_min}, {config.val_per_label:g} x labels) validation samples.\n\n")
+    if len(cells) < total:
+        header += f"Partial: {len(cells)} of {total} cells finished (the run goes on or was stopped).\n\n"
+    (out / "results.md").write_text(header + table + _stand_in_note(config))
+    return stats, table
+
+
+def _score_external(folder: str, out: Path, labelled: Path, cells: list[dict], config: ExperimentConfig,
+                    log) -> Path:
+    """Score every cell's selected checkpoint on ``folder``; one JSON line per cell in ``out/external.jsonl``."""
+    data = open_shards(split_or_set(_labelled_dir(folder, out / "external-eval", False), "test"))
+    lines = []
+    for c in cells:
+        if c["checkpoint"] is None:  # majority: the training subset's class frequencies
+            prior, _ = _majority_prior(labelled, c["fraction"], c["seed"])
+            pred = predict_split(None, data, config.finetune_batch, "cpu", constant=prior)
+        else:
+            pred = predict_split(c["checkpoint"], data, config.finetune_batch, config.device)
+        m = classification_metrics(pred["labels"], pred["scores"])
+        lines.append({"row": c["row"], "fraction": c["fraction"], "seed": c["seed"], "acc": m["acc"],
+                      "balanced_acc": m["balanced_acc"], "auc": m["auc"], "n": m["n"], "data": str(data.root)})
+    path = out / "external.jsonl"
+    tmp = out / ".external.jsonl.tmp"
+    tmp.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    tmp.replace(path)
+    log(f"scored {len(lines)} cells on {data.root} ({data.total} samples): {path}")
+    return path
+
+
+def run_experiment(config: ExperimentConfig, out: str | Path, selection: Selection = Selection(), *,
+                   progress: bool = False, log=print) -> dict:
+    """Run (or finish) the selected pretrainings and table cells of ``config``; write the report.
 
     Parameters
     ----------
     config : ExperimentConfig
     out : path
         Experiment directory; finished pieces found there are skipped.
+    selection : Selection
+        A subset of the cells (rows, fractions, seeds) and an optional
+        external folder to score them on. The table covers the selected cells;
+        a run without selection afterwards finds them finished.
     progress : bool
         Progress bars of the stages.
     log : callable
@@ -175,68 +576,64 @@ def run_experiment(config: ExperimentConfig, out: str | Path, *, progress: bool 
     Returns
     -------
     dict with ``cells`` (list of records), ``skipped`` (pieces found finished),
-    ``table`` (Markdown), ``plot`` (path), ``seconds``.
+    ``table`` (Markdown), ``plots`` (paths), ``external`` (path or None), ``seconds``.
     """
     config.validate()
+    run = select(config, selection)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "experiment.json").write_text(json.dumps(dataclasses.asdict(config), indent=1))
+    (out / "experiment.json").write_text(json.dumps({**dataclasses.asdict(config),
+                                                     "selection": dataclasses.asdict(selection)}, indent=1))
     t0 = time.perf_counter()
-    skipped = 0
-
-    labelled = write_npz_shards(config.npz, out / "labelled", task="finetune", progress=progress)
-    side = int(labelled["train"][1]["config"]["crop_size"])  # the volumes' side S
-    checkpoints: dict[str, str | None] = {"scratch": None}
-    for method in config.methods:
-        if method not in TASKS:
-            continue
-        task, path_kind = method, TASKS[method].path_kind
-        shards = out / "shards" / path_kind
-        write_npz_shards(config.npz, shards, task="pretrain", progress=progress,
-                         config=pretrain_config_for(side, path=path_kind, targets_per_crop=config.targets_per_crop,
-                                                    name=path_kind))
-        pcfg = PretrainConfig(task=task, arch=config.arch, width=config.width, steps=config.pretrain_steps,
-                              batch_size=config.pretrain_batch, lr=config.pretrain_lr,
-                              runtime=RuntimeConfig(seed=config.pretrain_seed, workers=config.workers,
-                                                    device=config.device),
-                              checkpoint_every=max(1, config.pretrain_steps // 4))
-        run = out / "pretrain" / method
-        ck = _pretrain_done(run, pcfg)
-        if ck is None:
-            s = pretrain(shards, run, pcfg, resume=True, progress=progress)
-            ck = Path(s["checkpoint"])
-            log(f"pretrained {LABELS[method]}: loss {s['final_loss']:.4f} after {s['steps']} steps "
-                f"(chance {s.get('chance_loss')})")
-        else:
-            skipped += 1
-        checkpoints[method] = str(ck)
-
-    cells = []
+    labelled = _labelled_dir(config.data, out / "labelled", progress)
+    if any(r in run.rows for r in _NEEDS_EXTERNAL):  # an unusable stand-in set fails now, not hours in
+        _labelled_dir(config.external_init, out / "external-data", progress)
+    # the volumes' side S (pretraining shards are only cut from .npz sets, whose manifest records it)
+    side = open_shards(Path(labelled) / "train").config.get("crop_size")
+    inits = _Inits(config, out, side, progress, log)
+    total = len(run.seeds) * len(run.fractions) * len(run.rows)
+    cells, skipped = [], 0
     # Seed-major order: a run stopped early still has every row for its first seeds.
-    for seed in config.seeds:
-        for fraction, epochs in zip(config.fractions, config.epochs):
-            for method in config.methods:
-                fcfg = FinetuneConfig(arch=config.arch, width=config.width, epochs=epochs,
-                                      batch_size=config.finetune_batch, lr=config.finetune_lr,
-                                      label_fraction=fraction, init=checkpoints[method],
-                                      runtime=RuntimeConfig(seed=seed, workers=config.workers, device=config.device,
-                                                            shuffle_buffer=512))
-                cell = _cell_dir(out, method, fraction, seed)
-                s = _cell_done(cell, fcfg)
-                if s is None:
-                    s = finetune(out / "labelled", cell, fcfg, progress=progress)
-                    log(f"{LABELS[method]:>18} {fraction:>5g} seed {seed}: ACC {s['metrics']['acc']:.3f} "
-                        f"AUC {s['metrics']['auc']} ({s['n_train']} labels)")
-                else:
-                    skipped += 1
-                cells.append({"method": LABELS[method], "fraction": fraction, "seed": seed,
-                              "acc": s["metrics"]["acc"], "auc": s["metrics"]["auc"], "n_train": s["n_train"]})
-                # Rewritten after every cell: a run stopped early keeps its table so far.
-                stats, table = _write_results(out, config, cells)
-    rows = [LABELS[m] for m in config.methods]
-    plot = plot_auc_vs_fraction(stats, rows, list(config.fractions), out / "auc_vs_fraction.png",
-                                title=f"{Path(config.npz).stem}: test AUC against label fraction",
-                                reference=MEDMNIST_V2_ADRENAL3D)
-    return {"cells": cells, "skipped": skipped, "table": table, "plot": str(plot),
-            "seconds": time.perf_counter() - t0}
+    for seed, pseed in zip(run.seeds, run.pretrain_seeds):
+        for fraction, epochs in zip(run.fractions, run.epochs):
+            for row in run.rows:
+                fcfg = None if row == "majority" else _finetune_config(config, fraction, epochs, seed,
+                                                                        inits(row, pseed))
+                cell = out / "cells" / f"{row}-f{fraction:g}-s{seed}"
+                rec, found = _run_cell(labelled, out, cell, fraction, seed, fcfg, config, progress)
+                skipped += found
+                if not found and fcfg is not None:
+                    log(f"{LABELS[row]:>18} {fraction:>5g} seed {seed}: ACC {rec['acc']:.3f} "
+                        f"AUC {rec['auc']} ({rec['n_train']} labels, {rec['n_val']} for selection)")
+                cells.append({"row": row, "method": LABELS[row], "fraction": fraction, "seed": seed,
+                              "pretrain_seed": pseed, **rec, "predictions": str(cell.relative_to(out))})
+                _write_cells(out, cells)
+            # after every (seed, fraction): a run stopped early keeps its table so far
+            stats, table = _write_results(out, run, cells, total)
+    plots = [plot_fig4_left(stats, [LABELS[m] for m in run.rows], list(run.fractions), out / "fig4_left.png",
+                            title=Path(config.data).stem)]
+    if config.grid_cube_sizes and "tcpc" in run.rows:
+        plots.append(_run_grid(config, run, out, labelled, inits, progress, log))
+    external = _score_external(selection.external, out, labelled, cells, config, log) \
+        if selection.external else None
+    return {"cells": cells, "skipped": skipped + inits.skipped, "table": table, "plots": [str(p) for p in plots],
+            "external": None if external is None else str(external), "seconds": time.perf_counter() - t0}
 
+
+def _run_grid(config: ExperimentConfig, run: ExperimentConfig, out: Path, labelled: Path, inits: _Inits,
+              progress: bool, log) -> Path:
+    """TCPC over cube size x overlap at ``grid_fraction`` (Fig. 4 right): one cell per (cube, overlap, seed)."""
+    epochs = config.epochs[config.fractions.index(config.grid_fraction)]
+    cells = []
+    for cube, overlap in itertools.product(config.grid_cube_sizes, config.grid_overlaps):
+        for seed, pseed in zip(run.seeds, run.pretrain_seeds):
+            fcfg = _finetune_config(config, config.grid_fraction, epochs, seed, inits.grid(cube, overlap, pseed))
+            cell = out / "grid" / f"c{cube}-o{round(overlap * 100)}-s{seed}"
+            rec, _ = _run_cell(labelled, out, cell, config.grid_fraction, seed, fcfg, config, progress)
+            cells.append({"cube": cube, "overlap": overlap, "seed": seed, **rec,
+                          "predictions": str(cell.relative_to(out))})
+    (out / "grid.jsonl").write_text("".join(json.dumps(c) + "\n" for c in cells))
+    log(f"grid: {len(cells)} TCPC cells over cube sizes {list(config.grid_cube_sizes)} x overlaps "
+        f"{list(config.grid_overlaps)}")
+    return plot_grid(grid_stats(cells), list(config.grid_cube_sizes), list(config.grid_overlaps),
+                     out / "fig4_right.png", title=f"TCPC at {config.grid_fraction * 100:g} % of the labels")

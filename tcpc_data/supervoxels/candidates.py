@@ -173,10 +173,8 @@ def score_table(table: np.ndarray, labels: np.ndarray, hu: np.ndarray,
         From :func:`supervoxel_table`.
     labels : (Z, Y, X) int array
         The labels the table was made from.
-    hu : (Z, Y, X) array
-        Hounsfield units.
-    spacing_zyx : 3 floats
-        Voxel size in mm.
+    hu, spacing_zyx
+        As in :func:`lesion_score_map`.
 
     Returns
     -------

@@ -57,7 +57,7 @@ from tcpc_train.loader import (ShardSet, ShardStream, decode_labelled_sample, la
                                open_shards, raw_samples, split_or_set)
 from tcpc_train.metrics import classification_metrics
 from tcpc_train.models import Classifier, build_encoder
-from tcpc_train.pretraining import PretrainConfig, pretrain
+from tcpc_train.pretraining import Arch, PretrainConfig, pretrain
 from tcpc_train.runtime import RuntimeConfig, autocast, resolve_device
 from tcpc_train.tasks import TASKS
 from tcpc_train.apps.published import MEDMNIST_V2_ADRENAL3D
@@ -100,7 +100,7 @@ class ExperimentConfig:
     grid_overlaps: tuple[float, ...] = field(default=(), metadata={
         "help": "TCPC cube overlaps for the heat map, as fractions of the cube side in [0, 1)."})
     grid_fraction: float = field(default=0.1, metadata={"help": "Label fraction of the heat map's cells."})
-    arch: str = field(default="resnet18", metadata={"help": "Encoder, shared by every row."})
+    arch: Arch = field(default="resnet18", metadata={"help": "Encoder, shared by every row."})
     width: float = field(default=0.125, metadata={"help": "Encoder channel multiplier."})
     pretrain_steps: int = field(default=300, metadata={"help": "Optimiser steps of each pretraining."})
     pretrain_batch: int = field(default=16, metadata={"help": "Pretraining samples per step."})

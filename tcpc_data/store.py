@@ -1,6 +1,6 @@
 """The Zarr v3 volume store: opening it, listing complete cases, committing arrays atomically.
 
-Layout (``DESIGN.md``): one group per case; ``image``, ``supervoxels``,
+Layout (``docs/design.md``, Store contract): one group per case; ``image``, ``supervoxels``,
 ``candidates``... arrays inside. A stage output is *complete* when its array
 carries a ``digest`` attribute; the digest is written last, so readers treat
 arrays without one as absent.

@@ -1,6 +1,6 @@
 """Streaming shard loader: manifest checks, sample decoding, path-consistent augmentation, batching.
 
-Shards are WebDataset tars listed in ``manifest.json`` (DESIGN.md). The data
+Shards are WebDataset tars listed in ``manifest.json`` (``docs/design.md``, Shard contract). The data
 order is a pure function of (seed, epoch, rank, worker): every epoch shuffles
 the shard list with ``seed + epoch``, splits it over ranks and workers (or,
 when there are fewer shards than streams, strides the samples), passes the

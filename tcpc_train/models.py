@@ -9,7 +9,7 @@ Stem and strides (why not the video stem). The standard 3D ResNet stem (7³
 conv, stride 2, then a stride-2 max-pool) shrinks a 16³ cube to 4³ before the
 first stage, and stages 3 and 4 then run 3³ convolutions on 1³ feature maps:
 26 of 27 kernel taps multiply padding, and on 2 CPU cores the backward pass of
-those convolutions is 85 % of a 12 s training step (issue 5). Here the stem is
+those convolutions is 85 % of a 12 s training step (``bench/train.py``). Here the stem is
 a 3³ convolution with stride ``stem_stride`` (default 2) and no max-pool, and
 the stages stride 1, 2, 2, 1: a 16³ cube ends at 2³ (never 1³), a 28³ volume
 at 4³, a 64³ volume at 8³. The price is honest work instead of padding:

@@ -1,6 +1,6 @@
 """Labelled shards for fine-tuning (volume + class), and shards from MedMNIST-layout ``.npz`` files.
 
-Two sources, one sample layout (``DESIGN.md``): ``volume.npy`` (S, S, S)
+Two sources, one sample layout (``docs/design.md``, Shard contract): ``volume.npy`` (S, S, S)
 float16 in [−1, 1], ``cls`` (the integer class as decimal text) and ``json``.
 
 - A volume store plus a labels table (``case,z,y,x,label``, centres in world

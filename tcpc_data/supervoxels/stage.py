@@ -3,7 +3,7 @@
 For each complete case of a volume store it writes ``supervoxels`` (int32,
 0 = outside the body), ``supervoxel_table`` (N, 13) float32 with attr
 ``columns``, ``candidates`` (K, 3) int32 best first and ``candidate_scores``
-(K,) float32 (``../shared/DESIGN.md``). Each output records
+(K,) float32 (``docs/design.md``, Store contract). Each output records
 ``digest(image digest, config, CSV rows of the case, ALGORITHM_VERSION)``; a
 rerun skips cases whose outputs carry that digest.
 """

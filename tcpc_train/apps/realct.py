@@ -1,4 +1,4 @@
-"""Real CT end to end (issue 6): LIDC chest CTs → TCPC on candidate crops → the paper's Fig. 3.
+"""Real CT end to end: LIDC chest CTs → TCPC on candidate crops → the paper's Fig. 3.
 
 Preprocess the series at 1 mm with an HU window, pretrain TCPC on the U-path
 samples of their SLIC candidate crops (no labels), fine-tune the TCPC encoder

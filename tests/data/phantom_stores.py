@@ -1,4 +1,4 @@
-"""Tiny volume stores in the DESIGN.md layout, built from seeded phantoms (for shard, labelled and inspect tests)."""
+"""Tiny volume stores in the store layout of docs/design.md, built from seeded phantoms (for shard, labelled and inspect tests)."""
 from __future__ import annotations
 
 import numpy as np

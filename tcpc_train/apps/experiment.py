@@ -325,12 +325,14 @@ class _KeyedVolume:
     """Raw labelled sample -> {volume (1, S, S, S), label, key: (sample key, patient)}.
 
     The patient is the sample's ``patient_id``, ``patient`` or ``case`` (the
-    first its json has), else its key: the unit of the bootstrap."""
+    first its json has with a value: labelled crops from a table without a
+    patient column record ``patient: null``), else its key: the unit of the
+    bootstrap."""
 
     def __call__(self, raw: dict, epoch: int) -> dict:
         s = decode_labelled_sample(raw)
         meta = json.loads(raw["json"]) if "json" in raw else {}
-        group = next((str(meta[k]) for k in ("patient_id", "patient", "case") if k in meta), s["key"])
+        group = next((str(meta[k]) for k in ("patient_id", "patient", "case") if meta.get(k) is not None), s["key"])
         return {"volume": s["volume"][None], "label": np.int64(s["label"]), "key": (s["key"], group)}
 
 

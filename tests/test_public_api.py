@@ -39,3 +39,14 @@ def test_importing_tcpc_data_does_not_load_numba_or_torch():
             "print('numba' in sys.modules, 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_the_engine_loads_no_torch_and_the_training_loops_no_engine_stack():
+    code = ("import sys, tcpc_data.ingest.stage, tcpc_data.supervoxels.stage, tcpc_data.pipeline; "
+            "print('torch' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True).stdout.split() == ["False"]
+    code = ("import sys, tcpc_train.pretraining, tcpc_train.finetuning; "
+            "print([m for m in ('zarr', 'dask', 'numba') if m in sys.modules])")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True).stdout.strip() == "[]"

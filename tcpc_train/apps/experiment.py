@@ -207,7 +207,8 @@ def _nodule_store(config: ExperimentConfig, folder: Path, store: Path, progress:
     rep = ingest(folder, store, cfg, workers=max(1, config.workers), progress=progress,
                  failures_path=store.parent / "failures-ingest.jsonl")
     if not rep.done and not rep.skipped:
-        raise ValueError(f"{folder}: no VOI could be ingested: {rep.failures[:1]}")
+        first = f"; first: {rep.failures[0]['case']}: {rep.failures[0]['error']}" if rep.failures else ""
+        raise ValueError(f"{folder}: no VOI ingested from images/ ({len(rep.failures)} failed{first})")
     return store
 
 
@@ -215,7 +216,7 @@ def _split_table(src: Path, dst: Path, config: ExperimentConfig, *, external: bo
     """Write ``src``'s rows to ``dst`` with the experiment's splits; returns split -> sorted patients.
 
     The held-out split of the table (``test``, else ``val``) becomes ``test``;
-    unless the table already has ``test`` and ``val``, a seeded share
+    unless a ``val`` split is left (a table with train / val / test), a seeded share
     ``nodule_selection_share`` of the ``train`` patients (whole patients)
     becomes ``val``, the checkpoint-selection pool. ``external``: every row is
     ``test``. A patient without ``patient_id`` is its own row's ``name``.
@@ -234,8 +235,11 @@ def _split_table(src: Path, dst: Path, config: ExperimentConfig, *, external: bo
                              f"{sorted(map(str, given))}; the held-out split is the test set")
         held = next(h for h in _HELD_OUT if h in given)
         split = {id(r): {held: "test"}.get(r.get("split"), r.get("split")) for r in rows}
-        if held == "val":
+        if "val" not in split.values():
             train = sorted({patient[id(r)] for r in rows if split[id(r)] == "train"})
+            if len(train) < 2:
+                raise ValueError(f"{src}: {len(train)} training patient(s); checkpoint selection sets whole "
+                                 "training patients apart, so at least 2 are needed")
             n = min(len(train) - 1, max(1, round(config.nodule_selection_share * len(train))))
             chosen = set(np.random.default_rng(config.nodule_split_seed).choice(train, n, replace=False).tolist())
             split = {k: "val" if v == "train" and patient[k] in chosen else v for k, v in split.items()}
@@ -284,9 +288,9 @@ def _nodule_labelled(folder: Path, out: Path, config: ExperimentConfig, store: P
         ``out``; rows whose case fails (e.g. a centre outside its VOI) are
         logged, the rest are written.
     """
-    _nodule_store(config, folder, store, progress)
-    table = store.parent / "splits.csv"
+    table = store.parent / "splits.csv"  # a bad table fails before the VOIs are read
     patients = _split_table(folder / "nodules.csv", table, config, external=external_of is not None)
+    _nodule_store(config, folder, store, progress)
     if external_of is not None:
         shared = sorted(set(patients["test"]) & _nodule_patients(external_of, ("train", "val")))
         if shared:

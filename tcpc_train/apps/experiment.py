@@ -55,10 +55,11 @@ from tcpc_data.centres import check_patient_splits, read_centres
 from tcpc_data.digest import digest, file_sha256
 from tcpc_data.ingest.stage import IngestConfig, ingest
 from tcpc_data.pipeline import write_shard_sets
-from tcpc_data.shards.manifest import new_manifest, read_manifest, write_manifest
 from tcpc_data.shards.labelled import pretrain_config_for, training_cases, write_npz_shards
-from tcpc_data.supervoxels.stage import SupervoxelConfig, supervoxels
+from tcpc_data.shards.manifest import new_manifest, read_manifest, write_manifest
+from tcpc_data.shards.pretrain import ShardConfig
 from tcpc_data.shards.tario import write_tar
+from tcpc_data.supervoxels.stage import SupervoxelConfig, supervoxels
 from tcpc_train.checkpoint import load_checkpoint
 from tcpc_train.finetuning import FinetuneConfig, finetune, read_labels, stratified_fraction
 from tcpc_train.loader import (ShardSet, ShardStream, decode_labelled_sample, labelled_splits, make_loader,
@@ -163,10 +164,15 @@ class ExperimentConfig:
         if any(m in self.rows for m in _NEEDS_EXTERNAL) and not self.external_init:
             raise ValueError("rows external and cascade need external_init (labelled data for the stand-in)")
         _data_kind(self.data)
-        if self.external_init and _data_kind(self.external_init) == "nodules":
-            raise ValueError(f"{self.external_init}: external_init takes an .npz or a labelled shard set")
+        if self.external_init:
+            _data_kind(self.external_init)
         if not 0 < self.nodule_selection_share < 1:
             raise ValueError(f"nodule_selection_share must lie in (0, 1), got {self.nodule_selection_share}")
+        if _data_kind(self.data) == "nodules":  # every pretraining geometry must fit the crops before hours of work
+            for kind in {METHODS[m][1] for m in self.rows if METHODS[m]}:
+                ShardConfig(**_nodule_shard_fields(self, kind, {})).validate()
+            for cube, overlap in itertools.product(self.grid_cube_sizes, self.grid_overlaps):
+                ShardConfig(**_nodule_shard_fields(self, "u", {"cube_size": cube, "overlap": overlap})).validate()
         if _data_kind(self.data) == "shards" and any(METHODS[m] for m in self.rows):
             raise ValueError(f"{self.data}: the pretraining rows cut their shards from an .npz set or a nodule "
                              "folder; run the fine-tuning rows (majority, scratch, external) on a shard set")
@@ -257,7 +263,8 @@ def _split_table(src: Path, dst: Path, config: ExperimentConfig, *, external: bo
 
 
 def _nodule_labelled(folder: Path, out: Path, config: ExperimentConfig, store: Path, *,
-                     external_of: Path | None = None, progress: bool = False, log=print) -> Path:
+                     external: bool = False, trained: frozenset = frozenset(), progress: bool = False,
+                     log=print) -> Path:
     """The labelled shard set (``out/{train,val,test}``) of a folder of ``images/*.nii.gz`` + ``nodules.csv``.
 
     The folder is ingested into ``store`` (``nodule_spacing_mm`` voxels, the
@@ -277,10 +284,9 @@ def _nodule_labelled(folder: Path, out: Path, config: ExperimentConfig, store: P
     no such patient is left, and a nodule of a labelled patient would leak
     into selection. The split table is kept as ``<store>/../splits.csv``.
 
-    ``external_of``: the split table of the experiment this folder validates
-    externally; every row of the folder is scored, ``out/test`` only (an
-    independent set of patients), and a patient of that table's train or
-    val split is refused.
+    ``external``: every row of the folder is scored, ``out/test`` only (an
+    independent set of patients); a patient in ``trained`` (the training and
+    selection patients of the experiment it validates) is refused.
 
     Returns
     -------
@@ -289,13 +295,13 @@ def _nodule_labelled(folder: Path, out: Path, config: ExperimentConfig, store: P
         logged, the rest are written.
     """
     table = store.parent / "splits.csv"  # a bad table fails before the VOIs are read
-    patients = _split_table(folder / "nodules.csv", table, config, external=external_of is not None)
-    _nodule_store(config, folder, store, progress)
-    if external_of is not None:
-        shared = sorted(set(patients["test"]) & _nodule_patients(external_of, ("train", "val")))
+    patients = _split_table(folder / "nodules.csv", table, config, external=external)
+    if external:
+        shared = sorted(set(patients["test"]) & trained)
         if shared:
             raise ValueError(f"{folder}: {len(shared)} patient(s) of this external set are training or selection "
                              f"patients of the experiment (e.g. {shared[0]}); external validation needs others")
+    _nodule_store(config, folder, store, progress)
     results = write_shard_sets(str(store), out, labels_csv=table, labelled_fields={"crop_size": config.nodule_crop},
                                workers=max(1, config.workers), progress=progress,
                                failures_path=out / "failures-labelled.jsonl")
@@ -305,10 +311,10 @@ def _nodule_labelled(folder: Path, out: Path, config: ExperimentConfig, store: P
     return out
 
 
-def _nodule_patients(table: Path, splits: tuple[str, ...]) -> set[str]:
+def _nodule_patients(table: Path, splits: tuple[str, ...]) -> frozenset[str]:
     """Patients of ``splits`` in a split table written by :func:`_split_table`."""
     with open(table, newline="") as f:
-        return {r.get("patient_id") or r.get("name") for r in csv.DictReader(f) if r["split"] in splits}
+        return frozenset(r.get("patient_id") or r.get("name") for r in csv.DictReader(f) if r["split"] in splits)
 
 
 def _nodule_pretrain_shards(folder: Path, out: Path, path_kind: str, geometry: dict, config: ExperimentConfig,
@@ -333,20 +339,28 @@ def _nodule_pretrain_shards(folder: Path, out: Path, path_kind: str, geometry: d
                           crop_size=config.nodule_crop, body_threshold_hu=-1024.0)
     supervoxels(str(store), sv, cases=cases, workers=max(1, config.workers), progress=progress,
                 failures_path=store.parent / "failures-supervoxels.jsonl")
-    fields = {"crop_size": config.nodule_crop, "cube_size": config.nodule_cube, "plane": config.nodule_plane,
-              "target_radius": config.nodule_target_radius, "path": path_kind, "name": path_kind,
-              "targets_per_crop": config.targets_per_crop, **geometry}
-    write_shard_sets(str(store), out, shard_fields=fields, labels_csv=table, task="pretrain", split="train",
-                     workers=max(1, config.workers), progress=progress)
+    write_shard_sets(str(store), out, shard_fields=_nodule_shard_fields(config, path_kind, geometry),
+                     labels_csv=table, task="pretrain", split="train", workers=max(1, config.workers),
+                     progress=progress)
     return out
 
 
-def _labelled_dir(src: str, out: Path, progress: bool) -> Path:
-    """A labelled shard directory for ``src``: shards written from an .npz, a shard set as it is
-    (nodule folders: :func:`_nodule_labelled`)."""
-    if _data_kind(src) == "npz":
+def _nodule_shard_fields(config: ExperimentConfig, path_kind: str, geometry: dict) -> dict:
+    """The ``ShardConfig`` fields of a nodule pretraining set (``geometry``: cube_size, overlap)."""
+    return {"crop_size": config.nodule_crop, "cube_size": config.nodule_cube, "plane": config.nodule_plane,
+            "target_radius": config.nodule_target_radius, "path": path_kind, "name": path_kind,
+            "targets_per_crop": config.targets_per_crop, **geometry}
+
+
+def _labelled_dir(src: str, out: Path, progress: bool, config: ExperimentConfig, log=print) -> Path:
+    """A labelled shard directory for ``src``: shards written from an .npz or a nodule folder (its
+    store in ``out/data``, :func:`_nodule_labelled`), a shard set as it is."""
+    kind = _data_kind(src)
+    if kind == "npz":
         write_npz_shards(src, out, task="finetune", progress=progress)
         return out
+    if kind == "nodules":
+        return _nodule_labelled(Path(src), out, config, out / "data" / "volumes.zarr", progress=progress, log=log)
     return Path(src)
 
 
@@ -608,7 +622,7 @@ class _Inits:
     def _external(self, seed: int) -> str:
         """The supervised stand-in for external weights: all labels of ``external_init``, best on its val."""
         c = self.config
-        labelled = _labelled_dir(c.external_init, self.out / "external-data", self.progress)
+        labelled = _labelled_dir(c.external_init, self.out / "external-data", self.progress, c, self.log)
         fcfg = FinetuneConfig(arch=c.arch, width=c.width, epochs=c.external_epochs, batch_size=c.finetune_batch,
                               lr=c.finetune_lr, label_fraction=1.0,
                               runtime=RuntimeConfig(seed=seed, workers=c.workers, device=c.device, shuffle_buffer=512))
@@ -698,10 +712,12 @@ def _score_external(folder: str, out: Path, labelled: Path, cells: list[dict], c
     """Score every cell's selected checkpoint on ``folder``; one JSON line per cell in ``out/external.jsonl``."""
     if _data_kind(folder) == "nodules":
         ext = out / "external-eval"
-        src = _nodule_labelled(Path(folder), ext, config, ext / "data" / "volumes.zarr",
-                               external_of=out / "data" / "splits.csv", log=log)
+        trained = _nodule_patients(out / "data" / "splits.csv", ("train", "val")) \
+            if _data_kind(config.data) == "nodules" else frozenset()
+        src = _nodule_labelled(Path(folder), ext, config, ext / "data" / "volumes.zarr", external=True,
+                               trained=trained, log=log)
     else:
-        src = _labelled_dir(folder, out / "external-eval", False)
+        src = _labelled_dir(folder, out / "external-eval", False, config, log)
     data = open_shards(split_or_set(src, "test"))
     lines = []
     for c in cells:
@@ -755,9 +771,9 @@ def run_experiment(config: ExperimentConfig, out: str | Path, selection: Selecti
         labelled = _nodule_labelled(Path(config.data), out / "labelled", config, out / "data" / "volumes.zarr",
                                     progress=progress, log=log)
     else:
-        labelled = _labelled_dir(config.data, out / "labelled", progress)
+        labelled = _labelled_dir(config.data, out / "labelled", progress, config, log)
     if any(r in run.rows for r in _NEEDS_EXTERNAL):  # an unusable stand-in set fails now, not hours in
-        _labelled_dir(config.external_init, out / "external-data", progress)
+        _labelled_dir(config.external_init, out / "external-data", progress, config, log)
     # the volumes' side S (pretraining shards are only cut from .npz sets, whose manifest records it)
     side = open_shards(Path(labelled) / "train").config.get("crop_size")
     inits = _Inits(config, out, side, progress, log)

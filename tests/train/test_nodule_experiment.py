@@ -166,3 +166,20 @@ def _copy_table(path: Path, rows: list[dict]) -> None:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
+
+
+def test_a_nodule_folder_trains_the_external_stand_in(folders, tmp_path):
+    """external_init may be a nodule folder (the Adrenal configs' stand-in): trained on its training
+    patients, its checkpoint selected on its selection patients, then fine-tuned on the data."""
+    from tcpc_train.synthetic import write_synthetic_labelled
+
+    data, _ = folders
+    shards = write_synthetic_labelled(tmp_path / "set", (8, 4, 4), size=12, per_shard=8, seed=4)
+    cfg = ExperimentConfig(data=str(shards), rows=("external",), fractions=(1.0,), epochs=(1,),
+                           external_init=str(data), external_epochs=1, **TINY)
+    res = run_experiment(cfg, tmp_path / "exp", log=lambda s: None)
+    stand_in = json.loads((tmp_path / "exp" / "pretrain" / "external-p0" / "summary.json").read_text())
+    held = {r["patient_id"] for r in _table(data).values() if r["split"] == "val"}
+    assert stand_in["n_train"] == len(read_labels(labelled_splits(tmp_path / "exp" / "external-data")["train"]))
+    assert set(_patients(tmp_path / "exp" / "external-data" / "test").values()) == held
+    assert res["cells"][0]["checkpoint"] and 0 <= res["cells"][0]["auc"] <= 1

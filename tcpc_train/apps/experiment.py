@@ -21,7 +21,9 @@ and seeds, and a paired test of TCPC against each other row
 Every piece is a directory under ``out``, and a rerun skips what is finished:
 
 ```
-out/labelled/{train,val,test}     labelled shards (from an .npz; a shard set is used in place)
+out/data/volumes.zarr, splits.csv  a nodule folder ingested (with SLIC candidates of its training VOIs)
+                                  and its table with the experiment's splits (see _nodule_labelled)
+out/labelled/{train,val,test}     labelled shards (from an .npz or a nodule folder; a shard set is used in place)
 out/views/v<n>-s<seed>/           train and test linked, val a subset of n samples
 out/shards/<path kind>[-c<cube>-o<overlap>]/   pretraining shards from the training images
 out/pretrain/<row>-p<seed>/       one pretraining (or supervised stand-in) run per row and seed
@@ -29,11 +31,13 @@ out/cells/<row>-f<fraction>-s<seed>/   one fine-tuning run per cell, with predic
 out/grid/c<cube>-o<overlap>-s<seed>/   TCPC cube size x overlap cells (when configured)
 out/cells.jsonl, out/results.md, out/fig4_left.png, out/fig4_right.png, out/experiment.json
 out/external.jsonl                one line per cell scored on an --external folder
+out/external-eval/                that folder's labelled test set (and, for a nodule folder, its store)
 ```
 """
 from __future__ import annotations
 
 import collections
+import csv
 import dataclasses
 import itertools
 import json
@@ -47,10 +51,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from tcpc_data.centres import check_patient_splits, read_centres
 from tcpc_data.digest import digest, file_sha256
+from tcpc_data.ingest.stage import IngestConfig, ingest
+from tcpc_data.pipeline import write_shard_sets
+from tcpc_data.shards.labelled import pretrain_config_for, training_cases, write_npz_shards
 from tcpc_data.shards.manifest import new_manifest, read_manifest, write_manifest
-from tcpc_data.shards.labelled import pretrain_config_for, write_npz_shards
+from tcpc_data.shards.pretrain import ShardConfig
 from tcpc_data.shards.tario import write_tar
+from tcpc_data.supervoxels.stage import SupervoxelConfig, supervoxels
 from tcpc_train.checkpoint import load_checkpoint
 from tcpc_train.finetuning import FinetuneConfig, finetune, read_labels, stratified_fraction
 from tcpc_train.loader import (ShardSet, ShardStream, decode_labelled_sample, labelled_splits, make_loader,
@@ -109,8 +118,30 @@ class ExperimentConfig:
     finetune_batch: int = field(default=16, metadata={"help": "Fine-tuning samples per step."})
     finetune_lr: float = field(default=1e-3, metadata={"help": "Fine-tuning Adam learning rate."})
     n_boot: int = field(default=1000, metadata={"help": "Bootstrap replicates of the intervals and paired tests."})
-    workers: int = field(default=0, metadata={"help": "Loader processes (0: in the training process)."})
+    workers: int = field(default=0, metadata={
+        "help": "Loader processes (0: in the training process); the data stages use at least one."})
     device: str = field(default="auto", metadata={"help": "auto, cpu or cuda."})
+    # Nodule folders (images/*.nii.gz + nodules.csv). The LIDC VOIs are ~30 mm across but a median
+    # 7.5 mm along z: 1 mm voxels, 32-voxel crops (padded along z) and 8-voxel cubes in the axial
+    # plane keep a path inside the nodule's slab.
+    nodule_spacing_mm: float = field(default=1.0, metadata={
+        "help": "Isotropic voxel size the nodule VOIs are resampled to, in mm."})
+    nodule_clip_hu: tuple[float, float] = field(default=(-1000.0, 400.0), metadata={
+        "help": "HU window mapped onto [-1, 1] for every VOI alike (lung to soft tissue), lo,hi in HU."})
+    nodule_crop: int = field(default=32, metadata={
+        "help": "Side of the labelled and pretraining crops around a nodule or candidate, in voxels."})
+    nodule_cube: int = field(default=8, metadata={"help": "Pretraining cube side on nodule crops, in voxels."})
+    nodule_plane: str = field(default="axial", metadata={
+        "help": "Plane of the pretraining paths on nodule crops (axial: within the thin slab)."})
+    nodule_target_radius: int = field(default=0, metadata={
+        "help": "Targets lie within this many grid steps of the crop centre, in cubes (0: the centre cube, "
+                "the only layer a thin VOI fills)."})
+    nodule_segments: int = field(default=16, metadata={"help": "SLIC supervoxels per VOI (about 1 mL each)."})
+    nodule_sigma_mm: float = field(default=1.0, metadata={"help": "Smoothing before SLIC on a VOI, in mm."})
+    nodule_top_k: int = field(default=4, metadata={"help": "Pretraining candidates (crop centres) per VOI."})
+    nodule_selection_share: float = field(default=0.15, metadata={
+        "help": "Share of the training patients set apart (whole patients) for checkpoint selection, in (0, 1)."})
+    nodule_split_seed: int = field(default=0, metadata={"help": "Seed of the patients set apart for selection."})
 
     def validate(self) -> None:
         unknown = [m for m in self.rows if m not in METHODS]
@@ -135,6 +166,13 @@ class ExperimentConfig:
         _data_kind(self.data)
         if self.external_init:
             _data_kind(self.external_init)
+        if not 0 < self.nodule_selection_share < 1:
+            raise ValueError(f"nodule_selection_share must lie in (0, 1), got {self.nodule_selection_share}")
+        if _data_kind(self.data) == "nodules":  # every pretraining geometry must fit the crops before hours of work
+            for kind in {METHODS[m][1] for m in self.rows if METHODS[m]}:
+                ShardConfig(**_nodule_shard_fields(self, kind, {})).validate()
+            for cube, overlap in itertools.product(self.grid_cube_sizes, self.grid_overlaps):
+                ShardConfig(**_nodule_shard_fields(self, "u", {"cube_size": cube, "overlap": overlap})).validate()
         if _data_kind(self.data) == "shards" and any(METHODS[m] for m in self.rows):
             raise ValueError(f"{self.data}: the pretraining rows cut their shards from an .npz set or a nodule "
                              "folder; run the fine-tuning rows (majority, scratch, external) on a shard set")
@@ -163,31 +201,166 @@ def _data_kind(path: str) -> str:
     raise FileNotFoundError(f"{path}: not a .npz file, a labelled shard set or a folder of images/ + nodules.csv")
 
 
-_NODULE_PATH_MISSING = ("folders of images/*.nii.gz + nodules.csv need the nodule ingest path, which this build "
-                        "lacks; build a labelled shard set from it and pass that folder instead")
+# Nodule folders (images/*.nii.gz + nodules.csv) go through the tool's normal path, the functions
+# behind `tcpc ingest`, `tcpc supervoxels` and `tcpc shards`; the volume store is shared by the
+# labelled sets and every pretraining shard set of one experiment.
+_HELD_OUT = ("test", "val")  # the first of these a table has is its held-out (test) split
 
 
-def _nodule_labelled(folder: Path, out: Path) -> Path:
-    """Hook: the labelled shard set (train/val/test by patient) of a folder of ``images/*.nii.gz`` +
-    ``nodules.csv``, written under ``out``; the nodule ingest path (ingest the VOIs, crops centred on
-    the CSV's world coordinates) plugs in here. Until then such folders are refused with the way round."""
-    raise ValueError(f"{folder}: {_NODULE_PATH_MISSING}")
+def _nodule_store(config: ExperimentConfig, folder: Path, store: Path, progress: bool) -> Path:
+    """Ingest the VOIs of ``folder`` into ``store`` (resampled, fixed HU window); a rerun skips done cases."""
+    cfg = IngestConfig(clip=config.nodule_clip_hu, spacing_zyx=(config.nodule_spacing_mm,) * 3, fixed_window=True)
+    rep = ingest(folder, store, cfg, workers=max(1, config.workers), progress=progress,
+                 failures_path=store.parent / "failures-ingest.jsonl")
+    if not rep.done and not rep.skipped:
+        first = f"; first: {rep.failures[0]['case']}: {rep.failures[0]['error']}" if rep.failures else ""
+        raise ValueError(f"{folder}: no VOI ingested from images/ ({len(rep.failures)} failed{first})")
+    return store
 
 
-def _nodule_pretrain_shards(folder: Path, out: Path, path_kind: str, geometry: dict) -> Path:
-    """Hook: pretraining shards of ``path_kind`` (and cube ``geometry``) from SLIC candidates inside
-    the training VOIs of a nodule folder, written to ``out``; refused until the nodule path lands."""
-    raise ValueError(f"{folder}: {_NODULE_PATH_MISSING}")
+def _split_table(src: Path, dst: Path, config: ExperimentConfig, *, external: bool) -> dict[str, list[str]]:
+    """Write ``src``'s rows to ``dst`` with the experiment's splits; returns split -> sorted patients.
+
+    The held-out split of the table (``test``, else ``val``) becomes ``test``;
+    unless a ``val`` split is left (a table with train / val / test), a seeded share
+    ``nodule_selection_share`` of the ``train`` patients (whole patients)
+    becomes ``val``, the checkpoint-selection pool. ``external``: every row is
+    ``test``. A patient without ``patient_id`` is its own row's ``name``.
+    """
+    check_patient_splits(read_centres(src, need_label=True, what="nodule table"), src.name)
+    with open(src, newline="") as f:
+        reader = csv.DictReader(f)
+        fields, rows = list(reader.fieldnames or ()), list(reader)
+    patient = {id(r): r.get("patient_id") or r.get("name") or r.get("seriesuid") for r in rows}
+    if external:
+        split = {id(r): "test" for r in rows}
+    else:
+        given = {r.get("split") for r in rows}
+        if "train" not in given or not given & set(_HELD_OUT):
+            raise ValueError(f"{src}: the split column must name train and val (or test) patients, got "
+                             f"{sorted(map(str, given))}; the held-out split is the test set")
+        held = next(h for h in _HELD_OUT if h in given)
+        split = {id(r): {held: "test"}.get(r.get("split"), r.get("split")) for r in rows}
+        if "val" not in split.values():
+            train = sorted({patient[id(r)] for r in rows if split[id(r)] == "train"})
+            if len(train) < 2:
+                raise ValueError(f"{src}: {len(train)} training patient(s); checkpoint selection sets whole "
+                                 "training patients apart, so at least 2 are needed")
+            n = min(len(train) - 1, max(1, round(config.nodule_selection_share * len(train))))
+            chosen = set(np.random.default_rng(config.nodule_split_seed).choice(train, n, replace=False).tolist())
+            split = {k: "val" if v == "train" and patient[k] in chosen else v for k, v in split.items()}
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_suffix(".tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields + ([] if "split" in fields else ["split"]))
+        w.writeheader()
+        w.writerows({**r, "split": split[id(r)]} for r in rows)
+    tmp.replace(dst)
+    patients: dict[str, set] = collections.defaultdict(set)
+    for r in rows:
+        patients[split[id(r)]].add(patient[id(r)])
+    return {k: sorted(v) for k, v in sorted(patients.items())}
 
 
-def _labelled_dir(src: str, out: Path, progress: bool) -> Path:
-    """A labelled shard directory for ``src``: shards written from an .npz, a shard set as it is."""
+def _nodule_labelled(folder: Path, out: Path, config: ExperimentConfig, store: Path, *,
+                     external: bool = False, trained: frozenset = frozenset(), progress: bool = False,
+                     log=print) -> Path:
+    """The labelled shard set (``out/{train,val,test}``) of a folder of ``images/*.nii.gz`` + ``nodules.csv``.
+
+    The folder is ingested into ``store`` (``nodule_spacing_mm`` voxels, the
+    ``nodule_clip_hu`` window mapped onto [-1, 1]), then one crop of side
+    ``nodule_crop`` is cut around each row's world centre (padding recorded in
+    each sample), one shard set per split, exactly as ``tcpc ingest`` and
+    ``tcpc shards --labels`` do.
+
+    Splits, by patient: the table's held-out split (``val`` in the LIDC
+    table, which has only train / val) is the **test** set and nothing else
+    reads it. Checkpoint selection needs labelled samples that are neither
+    test nor training labels: a seeded share ``nodule_selection_share`` of the
+    *training* patients is set apart as ``val``, and each cell draws its
+    label-scaled validation subset from them (:func:`validation_view`). A
+    fixed, patient-level pool is chosen over drawing per cell from the
+    training patients a cell leaves unlabelled because at 100 % of the labels
+    no such patient is left, and a nodule of a labelled patient would leak
+    into selection. The split table is kept as ``<store>/../splits.csv``.
+
+    ``external``: every row of the folder is scored, ``out/test`` only (an
+    independent set of patients); a patient in ``trained`` (the training and
+    selection patients of the experiment it validates) is refused.
+
+    Returns
+    -------
+    Path
+        ``out``; rows whose case fails (e.g. a centre outside its VOI) are
+        logged, the rest are written.
+    """
+    table = store.parent / "splits.csv"  # a bad table fails before the VOIs are read
+    patients = _split_table(folder / "nodules.csv", table, config, external=external)
+    if external:
+        shared = sorted(set(patients["test"]) & trained)
+        if shared:
+            raise ValueError(f"{folder}: {len(shared)} patient(s) of this external set are training or selection "
+                             f"patients of the experiment (e.g. {shared[0]}); external validation needs others")
+    _nodule_store(config, folder, store, progress)
+    results = write_shard_sets(str(store), out, labels_csv=table, labelled_fields={"crop_size": config.nodule_crop},
+                               workers=max(1, config.workers), progress=progress,
+                               failures_path=out / "failures-labelled.jsonl")
+    for where, (rep, _) in results.items():
+        for f in rep.failures:
+            log(f"{where}: left out {f['case']}: {f['error']}")
+    return out
+
+
+def _nodule_patients(table: Path, splits: tuple[str, ...]) -> frozenset[str]:
+    """Patients of ``splits`` in a split table written by :func:`_split_table`."""
+    with open(table, newline="") as f:
+        return frozenset(r.get("patient_id") or r.get("name") for r in csv.DictReader(f) if r["split"] in splits)
+
+
+def _nodule_pretrain_shards(folder: Path, out: Path, path_kind: str, geometry: dict, config: ExperimentConfig,
+                            store: Path, progress: bool = False) -> Path:
+    """Pretraining shards of ``path_kind`` from SLIC candidates inside the training VOIs, written to ``out``.
+
+    Only the table's ``train`` patients are read (those carved out for
+    checkpoint selection included: their images are seen without labels;
+    test patients never), as ``tcpc shards --labels nodules.csv --task
+    pretrain --split train`` does. SLIC runs on those VOIs alone with the
+    body threshold at the bottom of the HU scale (a VOI lies inside the lung:
+    all of it is tissue). Crops of ``nodule_crop`` pad the thin VOIs along z
+    with the background; paths lie in ``nodule_plane`` with the target at the
+    crop's centre cube (``nodule_target_radius`` 0), so every cube of a U or
+    line lies in the candidate's slab, not in padding above or below it.
+    ``geometry`` (cube_size, overlap) overrides the config's cube.
+    """
+    _nodule_store(config, folder, store, progress)
+    table = folder / "nodules.csv"
+    cases = training_cases(table, str(store), "train")
+    sv = SupervoxelConfig(n_segments=config.nodule_segments, sigma=config.nodule_sigma_mm, top_k=config.nodule_top_k,
+                          crop_size=config.nodule_crop, body_threshold_hu=-1024.0)
+    supervoxels(str(store), sv, cases=cases, workers=max(1, config.workers), progress=progress,
+                failures_path=store.parent / "failures-supervoxels.jsonl")
+    write_shard_sets(str(store), out, shard_fields=_nodule_shard_fields(config, path_kind, geometry),
+                     labels_csv=table, task="pretrain", split="train", workers=max(1, config.workers),
+                     progress=progress)
+    return out
+
+
+def _nodule_shard_fields(config: ExperimentConfig, path_kind: str, geometry: dict) -> dict:
+    """The ``ShardConfig`` fields of a nodule pretraining set (``geometry``: cube_size, overlap)."""
+    return {"crop_size": config.nodule_crop, "cube_size": config.nodule_cube, "plane": config.nodule_plane,
+            "target_radius": config.nodule_target_radius, "path": path_kind, "name": path_kind,
+            "targets_per_crop": config.targets_per_crop, **geometry}
+
+
+def _labelled_dir(src: str, out: Path, progress: bool, config: ExperimentConfig, log=print) -> Path:
+    """A labelled shard directory for ``src``: shards written from an .npz or a nodule folder (its
+    store in ``out/data``, :func:`_nodule_labelled`), a shard set as it is."""
     kind = _data_kind(src)
     if kind == "npz":
         write_npz_shards(src, out, task="finetune", progress=progress)
         return out
     if kind == "nodules":
-        return _nodule_labelled(Path(src), out)
+        return _nodule_labelled(Path(src), out, config, out / "data" / "volumes.zarr", progress=progress, log=log)
     return Path(src)
 
 
@@ -425,7 +598,8 @@ class _Inits:
                                    for k, v in sorted(geometry.items()))
         shards = self.out / "shards" / name
         if _data_kind(self.config.data) != "npz":  # validate() let only .npz or a nodule folder through
-            return _nodule_pretrain_shards(Path(self.config.data), shards, path_kind, geometry)
+            return _nodule_pretrain_shards(Path(self.config.data), shards, path_kind, geometry, self.config,
+                                           self.out / "data" / "volumes.zarr", self.progress)
         cfg = pretrain_config_for(self.side, path=path_kind, targets_per_crop=self.config.targets_per_crop,
                                   name=path_kind, **geometry)
         write_npz_shards(self.config.data, shards, task="pretrain", progress=self.progress, config=cfg)
@@ -450,7 +624,7 @@ class _Inits:
     def _external(self, seed: int) -> str:
         """The supervised stand-in for external weights: all labels of ``external_init``, best on its val."""
         c = self.config
-        labelled = _labelled_dir(c.external_init, self.out / "external-data", self.progress)
+        labelled = _labelled_dir(c.external_init, self.out / "external-data", self.progress, c, self.log)
         fcfg = FinetuneConfig(arch=c.arch, width=c.width, epochs=c.external_epochs, batch_size=c.finetune_batch,
                               lr=c.finetune_lr, label_fraction=1.0,
                               runtime=RuntimeConfig(seed=seed, workers=c.workers, device=c.device, shuffle_buffer=512))
@@ -538,7 +712,15 @@ def _write_results(out: Path, config: ExperimentConfig, cells: list[dict], total
 def _score_external(folder: str, out: Path, labelled: Path, cells: list[dict], config: ExperimentConfig,
                     log) -> Path:
     """Score every cell's selected checkpoint on ``folder``; one JSON line per cell in ``out/external.jsonl``."""
-    data = open_shards(split_or_set(_labelled_dir(folder, out / "external-eval", False), "test"))
+    if _data_kind(folder) == "nodules":
+        ext = out / "external-eval"
+        trained = _nodule_patients(out / "data" / "splits.csv", ("train", "val")) \
+            if _data_kind(config.data) == "nodules" else frozenset()
+        src = _nodule_labelled(Path(folder), ext, config, ext / "data" / "volumes.zarr", external=True,
+                               trained=trained, log=log)
+    else:
+        src = _labelled_dir(folder, out / "external-eval", False, config, log)
+    data = open_shards(split_or_set(src, "test"))
     lines = []
     for c in cells:
         if c["checkpoint"] is None:  # majority: the training subset's class frequencies
@@ -587,9 +769,13 @@ def run_experiment(config: ExperimentConfig, out: str | Path, selection: Selecti
     (out / "experiment.json").write_text(json.dumps({**dataclasses.asdict(config),
                                                      "selection": dataclasses.asdict(selection)}, indent=1))
     t0 = time.perf_counter()
-    labelled = _labelled_dir(config.data, out / "labelled", progress)
+    if _data_kind(config.data) == "nodules":
+        labelled = _nodule_labelled(Path(config.data), out / "labelled", config, out / "data" / "volumes.zarr",
+                                    progress=progress, log=log)
+    else:
+        labelled = _labelled_dir(config.data, out / "labelled", progress, config, log)
     if any(r in run.rows for r in _NEEDS_EXTERNAL):  # an unusable stand-in set fails now, not hours in
-        _labelled_dir(config.external_init, out / "external-data", progress)
+        _labelled_dir(config.external_init, out / "external-data", progress, config, log)
     # the volumes' side S (pretraining shards are only cut from .npz sets, whose manifest records it)
     side = open_shards(Path(labelled) / "train").config.get("crop_size")
     inits = _Inits(config, out, side, progress, log)

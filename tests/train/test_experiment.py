@@ -159,12 +159,20 @@ def test_load_config_resolves_paths_and_rejects_bad_settings(tmp_path):
         load_config(bad)
 
 
-def test_a_nodule_folder_is_recognised_and_refused_with_the_way_round(tmp_path):
+def test_a_nodule_folder_with_a_bad_table_or_no_images_fails_with_one_line(tmp_path):
     folder = tmp_path / "nodules"
     (folder / "images").mkdir(parents=True)
-    (folder / "nodules.csv").write_text("name,patient_id\n")
+    (folder / "nodules.csv").write_text("name,patient_id\nA,p1\n")
     cfg = ExperimentConfig(data=str(folder), rows=("scratch",), **{**TINY, "seeds": (0,)})
-    with pytest.raises(ValueError, match="nodule ingest path"):
+    with pytest.raises(ValueError, match=r"missing column\(s\).*coordX,coordY,coordZ"):
+        run_experiment(cfg, tmp_path / "exp", log=lambda s: None)
+    (folder / "nodules.csv").write_text("name,patient_id,split,diagnosis,coordX,coordY,coordZ\n"
+                                        "A,p1,train,1,0,0,0\nB,p2,train,0,0,0,0\n")
+    with pytest.raises(ValueError, match="split column must name train and val"):  # no held-out patients
+        run_experiment(cfg, tmp_path / "exp", log=lambda s: None)
+    (folder / "nodules.csv").write_text("name,patient_id,split,diagnosis,coordX,coordY,coordZ\n"
+                                        "A,p1,train,1,0,0,0\nB,p2,train,0,0,0,0\nC,p3,val,0,0,0,0\n")
+    with pytest.raises(ValueError, match=r"no VOI ingested from images/ \(1 failed; .*holds no files\)$"):
         run_experiment(cfg, tmp_path / "exp", log=lambda s: None)
 
 

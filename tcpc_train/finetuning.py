@@ -40,7 +40,7 @@ from tcpc_train.models import ARCHS, Classifier, build_encoder
 from tcpc_train.plots import plot_curves, plot_roc
 from tcpc_train.pretraining import Arch
 from tcpc_train.runtime import (RuntimeConfig, StepLog, autocast, config_changes, optimiser_steps, progress_bar,
-                                resolve_device)
+                                resolve_device, skip_counts)
 from tcpc_train.weights import load_encoder_weights
 
 
@@ -124,16 +124,18 @@ class VolumeSample:
 
 @torch.no_grad()
 def predict(model: torch.nn.Module, data: ShardSet, batch_size: int, device: torch.device,
-            workers: int = 0, amp: bool = True) -> tuple[np.ndarray, np.ndarray]:
+            workers: int = 0, amp: bool = True, skip_bad: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(labels (N,), class log-probabilities (N, K), float64) of every sample of ``data``, in a fixed order.
 
     Log-probabilities, not probabilities: a confident model's float32
     probabilities round to exactly 0 and 1, every sample then ties and the AUC
     reads 0.5 (seen with full-width networks fine-tuned on 12 labels); their
-    logarithms, and the logit differences built from them, keep the ranking.
+    logarithms, and the logit differences built from them, keep the ranking. ``skip_bad``: leave out
+    the samples that fail to load (:class:`tcpc_train.loader.ShardStream`).
     """
     model.eval()
-    stream = ShardStream(data, VolumeSample(False, 0), batch_size, shuffle_buffer=1, epoch=0, rank=0, world=1)
+    stream = ShardStream(data, VolumeSample(False, 0), batch_size, shuffle_buffer=1, epoch=0, rank=0, world=1,
+                         skip_bad=skip_bad)
     labels, scores = [], []
     for batch in make_loader(stream, workers, pin_memory=device.type == "cuda"):
         with autocast(device, amp):
@@ -144,7 +146,8 @@ def predict(model: torch.nn.Module, data: ShardSet, batch_size: int, device: tor
 
 
 def _check_resume(ck: dict, cfg: FinetuneConfig, data_digest: str, path: Path) -> None:
-    diff = config_changes(ck.get("config", {}), dataclasses.asdict(cfg), {"epochs", "runtime.device"})
+    diff = config_changes(ck.get("config", {}), dataclasses.asdict(cfg),
+                          {"epochs", "runtime.device", "runtime.skip_bad_samples"})
     if ck.get("kind") != "classifier" or diff:
         was = ", ".join(f"{k}: {old!r}" for k, (old, _) in sorted(diff.items())) or "not a classifier"
         raise ValueError(f"{path} holds another run ({was});"
@@ -156,12 +159,14 @@ def _check_resume(ck: dict, cfg: FinetuneConfig, data_digest: str, path: Path) -
 
 @torch.no_grad()
 def recalibrate_batchnorm(model: torch.nn.Module, data: ShardSet, keys: frozenset, batch_size: int,
-                          device: torch.device, workers: int = 0, amp: bool = True, max_batches: int = 50) -> None:
+                          device: torch.device, workers: int = 0, amp: bool = True, max_batches: int = 50,
+                          skip_bad: bool = False) -> None:
     """Recompute batch-norm running statistics as exact averages over (up to ``max_batches``) training batches.
 
     With few, fast-changing steps the momentum averages lag the weights, and
     evaluation-mode outputs drift from the training-mode ones (seen here:
     AUC 1.0 but ACC 0.5 on a separable set); "precise BN" removes the lag.
+    ``skip_bad``: leave out the samples that fail to load.
     """
     bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     if not bns:
@@ -172,7 +177,7 @@ def recalibrate_batchnorm(model: torch.nn.Module, data: ShardSet, keys: frozense
         m.momentum = None  # cumulative average
     model.train()
     stream = ShardStream(data, VolumeSample(False, 0), batch_size, shuffle_buffer=1, epoch=0, keys=keys,
-                         drop_last=len(keys) > batch_size, rank=0, world=1)
+                         drop_last=len(keys) > batch_size, rank=0, world=1, skip_bad=skip_bad)
     for i, batch in enumerate(make_loader(stream, workers)):
         if i == max_batches:
             break
@@ -223,7 +228,11 @@ def _setup(labelled: str | Path, out: str | Path, config: FinetuneConfig, resume
     out = Path(out)
     device = resolve_device(rt.device)
     for split in splits.values():  # wrong layout: a clear error before workers start
-        VolumeSample(False, 0)(first_sample(split), 0)
+        try:
+            VolumeSample(False, 0)(first_sample(split), 0)
+        except ValueError:
+            if not rt.skip_bad_samples:  # else the loader counts it, or names it if none is usable
+                raise
     train_labels = read_labels(splits["train"])
     if len(set(train_labels.values())) < 2:
         raise ValueError(f"{splits['train'].root}: the training split holds a single class; need at least two")
@@ -257,17 +266,19 @@ def _train_epoch(run: _Run, epoch: int, advance) -> None:
     run.model.train()
     stream = ShardStream(run.splits["train"], VolumeSample(cfg.augment, rt.seed), cfg.batch_size, seed=rt.seed,
                          shuffle_buffer=rt.shuffle_buffer, epoch=epoch, keys=run.keys,
-                         drop_last=len(run.keys) > cfg.batch_size, rank=0, world=1)
-    batches = iter(make_loader(stream, rt.workers, pin_memory=run.device.type == "cuda"))
+                         drop_last=len(run.keys) > cfg.batch_size, rank=0, world=1, skip_bad=rt.skip_bad_samples)
+    batches, skipped_in = skip_counts(iter(make_loader(stream, rt.workers, pin_memory=run.device.type == "cuda")))
 
     def loss_of(batch: dict) -> torch.Tensor:
         return F.cross_entropy(run.model(batch["volume"]).float(), batch["label"])
 
     for value, lr, dt, n in optimiser_steps(loss_of, run.opt, batches, run.device, lambda i: cfg.lr, rt.amp):
         run.step += 1
-        run.log.write({"step": run.step, "epoch": epoch + 1, "loss": value, "lr": lr, "samples_per_s": n / dt})
+        run.log.write({"step": run.step, "epoch": epoch + 1, "loss": value, "lr": lr, "samples_per_s": n / dt,
+                       "skipped": skipped_in()})
         advance(f"epoch {epoch + 1} loss {value:.4f}")
-    recalibrate_batchnorm(run.model, run.splits["train"], run.keys, cfg.batch_size, run.device, rt.workers, rt.amp)
+    recalibrate_batchnorm(run.model, run.splits["train"], run.keys, cfg.batch_size, run.device, rt.workers, rt.amp,
+                          skip_bad=rt.skip_bad_samples)
 
 
 def _select(run: _Run, epoch: int) -> None:
@@ -276,7 +287,7 @@ def _select(run: _Run, epoch: int) -> None:
     cfg, rt = run.config, run.config.runtime
     if "val" in run.splits:
         m = classification_metrics(*predict(run.model, run.splits["val"], cfg.batch_size, run.device,
-                                            rt.workers, rt.amp))
+                                            rt.workers, rt.amp, rt.skip_bad_samples))
         run.val.append({"epoch": epoch + 1, **m})
         run.log.write({"step": run.step, "epoch": epoch + 1, "val_acc": m["acc"], "val_auc": m["auc"]})
         key = (m["auc"] if m["auc"] is not None else -1.0, m["acc"])
@@ -293,13 +304,15 @@ def _test(run: _Run) -> dict:
     cfg, rt = run.config, run.config.runtime
     best = load_checkpoint(run.out / "best.pt", map_location=run.device)
     run.model.load_state_dict(best["model"])
-    labels, scores = predict(run.model, run.splits["test"], cfg.batch_size, run.device, rt.workers, rt.amp)
+    labels, scores = predict(run.model, run.splits["test"], cfg.batch_size, run.device, rt.workers, rt.amp,
+                             rt.skip_bad_samples)
     metrics = {**classification_metrics(labels, scores), "split": "test", "best_epoch": best["epoch"],
                "label_fraction": cfg.label_fraction, "n_train": len(run.keys)}
     _write_eval(run.out, metrics, labels, scores, f"test (best epoch {best['epoch']})")
     plot_curves(run.log.rows, run.out / "curves.png", ("loss", "val_auc"), "fine-tuning")
     summary = {"metrics": metrics, "val": run.val, "n_train": len(run.keys), "n_classes": run.n_classes,
-               "init_report": run.init_report, "checkpoint": str(run.out / "best.pt"), "out": str(run.out)}
+               "init_report": run.init_report, "checkpoint": str(run.out / "best.pt"), "out": str(run.out),
+               "skipped_samples": sum(r.get("skipped", 0) for r in run.log.rows)}
     (run.out / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
 
@@ -328,7 +341,8 @@ def finetune(labelled: str | Path, out: str | Path, config: FinetuneConfig = Fin
     -------
     dict summary: ``metrics`` (test acc, auc, confusion, n), ``val`` (per-epoch
     validation metrics), ``n_train`` (selected samples), ``n_classes``,
-    ``init_report``, ``checkpoint`` (best.pt), ``out``.
+    ``init_report``, ``checkpoint`` (best.pt), ``out``, ``skipped_samples``
+    (training samples dropped by ``runtime.skip_bad_samples``, over the log's steps).
     """
     run = _setup(labelled, out, config, resume)
     steps_per_epoch = max(1, len(run.keys) // config.batch_size)
@@ -372,7 +386,7 @@ def evaluate(checkpoint: str | Path, shards: str | Path, out: str | Path | None 
     dev = resolve_device(rt.device)
     model = Classifier(build_encoder(cfg["arch"], cfg["width"]), int(ck["n_classes"]))
     model.load_state_dict(ck["model"])
-    labels, scores = predict(model.to(dev), data, config.batch_size, dev, rt.workers, rt.amp)
+    labels, scores = predict(model.to(dev), data, config.batch_size, dev, rt.workers, rt.amp, rt.skip_bad_samples)
     if labels.max() >= scores.shape[1]:
         raise ValueError(f"{shards}: holds class {labels.max()} but the model knows {scores.shape[1]} classes")
     metrics = {**classification_metrics(labels, scores), "checkpoint": str(checkpoint), "shards": str(shards)}

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import logging
 import zlib
+from collections import Counter
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -225,14 +227,41 @@ def first_sample(data: ShardSet) -> dict:
     raise ValueError(f"{data.urls[0]}: holds no samples although {manifest_url(data.root)} counts some")
 
 
-def _collate(items: list[dict]) -> dict:
+def _usual_shapes(items: list[dict]) -> dict[str, tuple]:
+    """The most common shape of each array member of a batch (ties go to the shape seen first)."""
+    return {k: Counter(np.shape(it[k]) for it in items).most_common(1)[0][0] for k in items[0] if k != "key"}
+
+
+def _collate(items: list[dict], names: list[str], skip_bad: bool = False, skipped: int = 0) -> dict:
+    """Stack prepared samples into a batch, with ``skipped`` (an int: samples dropped from it).
+
+    ``names`` ("url: sample key") let a sample whose array shapes differ from
+    the rest of its batch be named in a one-line ValueError, or, when
+    ``skip_bad``, dropped and counted.
+    """
+    usual = _usual_shapes(items)
+    for i in reversed(range(len(items))):
+        shapes = {k: np.shape(items[i][k]) for k in usual}
+        if shapes == usual:
+            continue
+        message = f"{names[i]}: array shapes {shapes} differ from the other samples of its batch ({usual})"
+        if not skip_bad:
+            raise ValueError(message)
+        _warn_skipped(message)
+        del items[i], names[i]
+        skipped += 1
     out = {}
     for k in items[0]:
         if k == "key":
             out[k] = [it[k] for it in items]
         else:
             out[k] = torch.from_numpy(np.stack([np.asarray(it[k]) for it in items]))
+    out["skipped"] = skipped
     return out
+
+
+def _warn_skipped(message: str) -> None:
+    logging.getLogger(__name__).warning("skipped %s", message)
 
 
 class ShardStream(IterableDataset):
@@ -258,12 +287,21 @@ class ShardStream(IterableDataset):
         Drop a last partial batch (finite passes).
     rank, world : int, optional
         Defaults: from ``torch.distributed`` when it is initialised, else 0 and 1.
+    skip_bad : bool
+        A sample that ``sample_fn`` rejects (ValueError) or whose array shapes
+        differ from the rest of its batch is dropped from its batch and counted
+        in the batch's ``skipped`` member, instead of ending the stream with
+        that error. Batches keep their places in the stream (a resume stays
+        exact); a batch left with no sample passes its count on to the next one.
+
+    Every batch is a dict of stacked tensors plus ``key`` (a list, when the
+    samples have one) and ``skipped`` (an int).
     """
 
     def __init__(self, shards: ShardSet, sample_fn: Callable[[dict, int], dict], batch_size: int,
                  seed: int = 0, shuffle_buffer: int = 256, epoch: int | None = None, start_batch: int = 0,
                  keys: frozenset | None = None, drop_last: bool = False,
-                 rank: int | None = None, world: int | None = None):
+                 rank: int | None = None, world: int | None = None, skip_bad: bool = False):
         super().__init__()
         if batch_size < 1 or shuffle_buffer < 1 or start_batch < 0:
             raise ValueError(f"batch_size and shuffle_buffer must be >= 1 and start_batch >= 0, got "
@@ -275,7 +313,7 @@ class ShardStream(IterableDataset):
         self.shards, self.sample_fn, self.batch_size = shards, sample_fn, batch_size
         self.seed, self.shuffle_buffer, self.epoch = seed, shuffle_buffer, epoch
         self.start_batch, self.keys, self.drop_last = start_batch, keys, drop_last
-        self.rank, self.world = rank, world
+        self.rank, self.world, self.skip_bad = rank, world, skip_bad
 
     def _epoch_samples(self, epoch: int, stream: int, nstreams: int) -> Iterator[dict]:
         order = np.random.default_rng([self.seed, epoch]).permutation(len(self.shards.urls))
@@ -312,6 +350,7 @@ class ShardStream(IterableDataset):
         skip = (self.start_batch + worker) // nworkers
         stream, nstreams = self.rank * nworkers + virtual, self.world * nworkers
         samples = self._stream(stream, nstreams)
+        carried = failing = 0  # samples dropped from batches not yet yielded; bad samples in a row
         while True:
             chunk = list(itertools.islice(samples, self.batch_size))
             if not chunk or (self.drop_last and len(chunk) < self.batch_size):
@@ -319,7 +358,27 @@ class ShardStream(IterableDataset):
             if skip:
                 skip -= 1
                 continue
-            yield _collate([self.sample_fn(s, epoch) for epoch, s in chunk])
+            items, names = [], []
+            for epoch, s in chunk:
+                name = f"{s.get('__url__', '?')}: sample {s.get('__key__', '?')}"
+                try:
+                    items.append(self.sample_fn(s, epoch))
+                    names.append(name)
+                    failing = 0
+                except ValueError as exc:
+                    if not self.skip_bad:
+                        raise
+                    _warn_skipped(str(exc))
+                    carried, failing = carried + 1, failing + 1
+                    # More bad samples in a row than the set holds: none is usable, and an endless
+                    # stream would otherwise spin for ever.
+                    if failing > self.shards.total:
+                        raise ValueError(f"{self.shards.root}: every sample failed to load; the last: {exc}") \
+                            from None
+            if items:
+                batch = _collate(items, names, self.skip_bad, carried)
+                carried = 0
+                yield batch
 
 
 def make_loader(stream: ShardStream, workers: int = 0, pin_memory: bool = False) -> DataLoader:

@@ -10,7 +10,7 @@ How the run executes (seed, loader, device, precision) is the config's
 ``runtime`` (:class:`tcpc_train.runtime.RuntimeConfig`).
 
 Outputs in ``out``: ``config.json``, ``log.jsonl`` (step, loss, lr,
-samples/s), ``last.pt``, ``loss.png``, ``summary.json``.
+samples/s, skipped samples), ``last.pt``, ``loss.png``, ``summary.json``.
 """
 from __future__ import annotations
 
@@ -32,14 +32,15 @@ from tcpc_train.loader import (ShardStream, augment_intensity, augment_path, dec
 from tcpc_train.models import ARCHS, build_encoder
 from tcpc_train.plots import plot_curves
 from tcpc_train.runtime import (RuntimeConfig, StepLog, config_changes, init_distributed, optimiser_steps,
-                                progress_bar, resolve_device)
+                                progress_bar, resolve_device, skip_counts)
 from tcpc_train.tasks import TASKS, TaskName
 from tcpc_train.weights import load_encoder_weights
 
 # The type of the ``arch`` fields: the CLI offers exactly the built-in encoders.
 Arch = Literal[ARCHS]
-# Config fields a resumed run may change: they alter neither the model nor the data order.
-_RESUMABLE_CHANGES = {"steps", "runtime.device", "checkpoint_every"}
+# Config fields a resumed run may change: they alter neither the model nor the data order (a run
+# stopped by a bad sample skipped none, so it may go on skipping them).
+_RESUMABLE_CHANGES = {"steps", "runtime.device", "checkpoint_every", "runtime.skip_bad_samples"}
 _TASK_HELP = "Pretraining task (and the path kind its shards hold): " + ", ".join(
     f"{t.name} ({t.label}; {t.path_kind})" for t in TASKS.values()) + "."
 
@@ -170,7 +171,11 @@ def pretrain(shards: str | Path, out: str | Path, config: PretrainConfig = Pretr
     config.validate()
     data = open_shards(shards)
     sample_fn = TaskSample(config)
-    sample_fn(first_sample(data), 0)  # wrong layout or path kind: a clear error before workers start
+    try:  # wrong layout or path kind: a clear error before workers start
+        sample_fn(first_sample(data), 0)
+    except ValueError:
+        if not config.runtime.skip_bad_samples:  # else the loader counts it, or names it if none is usable
+            raise
     out = Path(out)
     device = resolve_device(config.runtime.device)
     rank, world = init_distributed(device)
@@ -204,8 +209,8 @@ def pretrain(shards: str | Path, out: str | Path, config: PretrainConfig = Pretr
 
     rt = config.runtime
     stream = ShardStream(data, sample_fn, config.batch_size, seed=rt.seed, shuffle_buffer=rt.shuffle_buffer,
-                         start_batch=start)
-    batches = iter(make_loader(stream, rt.workers, pin_memory=device.type == "cuda"))
+                         start_batch=start, skip_bad=rt.skip_bad_samples)
+    batches, skipped_in = skip_counts(iter(make_loader(stream, rt.workers, pin_memory=device.type == "cuda")))
     net.train()
     times, losses = [], []
     with progress_bar(progress and main_rank, f"pretrain {config.task}") as bar:
@@ -214,7 +219,7 @@ def pretrain(shards: str | Path, out: str | Path, config: PretrainConfig = Pretr
             times.append(dt)
             losses.append(value)
             log.write({"step": step, "loss": value, "lr": lr,
-                       "samples_per_s": config.batch_size * world / dt, "time_s": dt})
+                       "samples_per_s": config.batch_size * world / dt, "time_s": dt, "skipped": skipped_in()})
             bar.update(task, advance=1, status=f"loss {value:.4f}")
             if main_rank and (step % config.checkpoint_every == 0 or step == config.steps):
                 save_checkpoint(ckpt_path, state(step))
@@ -227,7 +232,8 @@ def pretrain(shards: str | Path, out: str | Path, config: PretrainConfig = Pretr
                "samples_per_s": config.batch_size * world / statistics.median(steady) if steady else None,
                "step_time_s": statistics.median(steady) if steady else None,
                "checkpoint": str(ckpt_path), "log": str(out / "log.jsonl"), "world_size": world,
-               "init_report": init_report}
+               "init_report": init_report,
+               "skipped_samples": sum(r.get("skipped", 0) for r in log.rows)}
     if main_rank:
         plot_curves(log.rows, out / "loss.png", ("loss",), f"{config.task} pretraining")
         (out / "summary.json").write_text(json.dumps(summary, indent=1))

@@ -9,6 +9,7 @@ only rank 0 writes files and shows progress.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import json
@@ -36,6 +37,9 @@ class RuntimeConfig:
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N."})
     amp: bool = field(default=True, metadata={"help": "bfloat16 autocast on CUDA GPUs that support it."})
     shuffle_buffer: int = field(default=256, metadata={"help": "Samples in the loader's shuffle buffer."})
+    skip_bad_samples: bool = field(default=False, metadata={
+        "help": "Drop samples that fail to decode or whose shapes differ from their batch's, counting them "
+                "in the log, instead of stopping with an error."})
 
     def validate(self) -> None:
         """Raise ValueError naming the first field outside its range."""
@@ -106,7 +110,8 @@ def optimiser_steps(loss_of: Callable[[dict], torch.Tensor], opt: torch.optim.Op
 
     Yields (loss, lr, seconds, samples) per step; ``lr_at(i)`` is the learning
     rate of the i-th step of this call and ``loss_of(batch)`` the loss of a
-    batch already on ``device`` (its ``key`` member dropped). The next batch is
+    batch already on ``device`` (its members that are not tensors, ``key`` and
+    ``skipped``, dropped: :func:`skip_counts` collects the latter). The next batch is
     taken from the loader and copied to the device right after a step's kernels
     are queued and before ``loss.item()`` waits for them, so on a GPU the
     loader's hand-over and the copy overlap the compute instead of leaving the
@@ -116,7 +121,9 @@ def optimiser_steps(loss_of: Callable[[dict], torch.Tensor], opt: torch.optim.Op
         if steps is not None and done >= steps:
             return None
         raw = next(batches, None)
-        return None if raw is None else {k: v.to(device, non_blocking=True) for k, v in raw.items() if k != "key"}
+        if raw is None:
+            return None
+        return {k: v.to(device, non_blocking=True) for k, v in raw.items() if isinstance(v, torch.Tensor)}
 
     done = 0
     batch = fetch()
@@ -136,15 +143,33 @@ def optimiser_steps(loss_of: Callable[[dict], torch.Tensor], opt: torch.optim.Op
         yield loss.item(), lr, time.perf_counter() - t0, n
 
 
+def skip_counts(batches: Iterator[dict]) -> tuple[Iterator[dict], Callable[[], int]]:
+    """Split the ``skipped`` counts off loader batches (:class:`tcpc_train.loader.ShardStream`).
+
+    Returns the batches and ``next_count()``: the count of the oldest batch
+    whose count has not been taken yet. The step loop prefetches a batch
+    ahead, so a queue, not a running total, keeps each count with its step.
+    """
+    counts: collections.deque[int] = collections.deque()
+
+    def tap() -> Iterator[dict]:
+        for batch in batches:
+            counts.append(int(batch.get("skipped", 0)))
+            yield batch
+
+    return tap(), counts.popleft
+
+
 class StepLog:
-    """Per-step JSON lines (rank 0 only). On resume, lines past the checkpoint's step are dropped."""
+    """Per-step JSON lines (rank 0 only). On resume, lines past the checkpoint's step are dropped, and
+    so is a last line a kill cut short."""
 
     def __init__(self, path: Path, active: bool, keep_until_step: int = 0):
         self.path, self.active = Path(path), active
         self.rows: list[dict] = []
         if active and self.path.exists():
-            self.rows = [r for r in map(json.loads, self.path.read_text().splitlines())
-                         if r.get("step", 0) <= keep_until_step]
+            self.rows = [r for r in map(_row, self.path.read_text().splitlines())
+                         if r is not None and r.get("step", 0) <= keep_until_step]
         if active:
             self.path.write_text("".join(json.dumps(r) + "\n" for r in self.rows))
 
@@ -153,6 +178,15 @@ class StepLog:
             self.rows.append(row)
             with open(self.path, "a") as f:
                 f.write(json.dumps(row) + "\n")
+
+
+def _row(line: str) -> dict | None:
+    """A log line's row; None for a line cut short by a kill."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return row if isinstance(row, dict) else None
 
 
 def progress_bar(active: bool, description: str) -> Progress:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -20,6 +21,8 @@ from cli import main
 from tcpc_data.ingest.stage import ingest
 from tcpc_data.phantom import write_archive
 from tcpc_data.store import list_cases, open_store
+from tcpc_train.checkpoint import load_checkpoint
+from tcpc_train.synthetic import write_synthetic_labelled, write_synthetic_paths
 
 ROOT = Path(__file__).resolve().parents[1]
 ARGS = ["--clip", "-1024,3071", "--n-segments", "200", "--top-k", "3", "--crop-size", "32",
@@ -107,3 +110,83 @@ def test_two_ingests_on_one_store_at_once_both_complete_and_agree(tmp_path):
     ingest(tmp_path / "arch", tmp_path / "clean.zarr", workers=1)
     got, want = _images(store), _images(tmp_path / "clean.zarr")
     assert got.keys() == want.keys() and all(np.array_equal(got[c], want[c]) for c in want)
+
+
+TRAIN = {"pretrain": ["--steps", "6", "--batch-size", "4", "--warmup", "2", "--checkpoint-every", "1"],
+         "finetune": ["--scratch", "--epochs", "3", "--batch-size", "4"]}
+TINY = ["--width", "0.0625", "--workers", "0", "--shuffle-buffer", "8"]
+
+
+def _train_cmd(command: str, data: Path, out: Path) -> list[str]:
+    return [command, str(data), "--out", str(out), *TRAIN[command], *TINY]
+
+
+def _start_training(args: list[str], out: Path) -> subprocess.Popen:
+    """Start ``tcpc ARGS`` and return once its training starts (``out/config.json`` is written after
+    the imports and data checks), so that a drawn kill time lands in training."""
+    proc = subprocess.Popen(_cli(*args), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while not (out / "config.json").exists() and proc.poll() is None:
+        time.sleep(0.005)
+    return proc
+
+
+def _trained(out: Path) -> tuple[list, dict]:
+    """(the log's rows without timings, the final weights) of a training run."""
+    rows = [{k: v for k, v in json.loads(line).items() if k not in ("samples_per_s", "time_s")}
+            for line in (out / "log.jsonl").read_text().splitlines()]
+    return rows, load_checkpoint(out / "last.pt")["model"]
+
+
+_TRAIN_DATA = {"pretrain": lambda d: write_synthetic_paths(d, 12, "u", cube=16, per_shard=4, seed=1),
+               "finetune": lambda d: write_synthetic_labelled(d, (8, 4, 4), size=12, per_shard=4, seed=4)}
+
+
+@pytest.fixture(scope="module")
+def train_clean(tmp_path_factory):
+    """``clean(command)``: a tiny data set for the command, its clean run (a subprocess, as the killed
+    runs) and the seconds that run trains; each made once per module."""
+    runs = {}
+
+    def clean(command: str) -> tuple[Path, Path, float]:
+        if command not in runs:
+            d = tmp_path_factory.mktemp(command)
+            data = _TRAIN_DATA[command](d / "data")
+            proc = _start_training(_train_cmd(command, data, d / "run"), d / "run")
+            t0 = time.monotonic()
+            assert proc.wait() == 0
+            runs[command] = (data, d / "run", time.monotonic() - t0)
+        return runs[command]
+    return clean
+
+
+def _kill_and_rerun(clean, tmp_path_factory, command: str, when: float) -> None:
+    data, clean_out, seconds = clean(command)
+    out = tmp_path_factory.mktemp("killed") / "run"
+    proc = _start_training(_train_cmd(command, data, out), out)
+    time.sleep(when * seconds)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    r = CliRunner().invoke(main, _train_cmd(command, data, out))
+    assert r.exit_code == 0, r.output
+    (rows, weights), (want_rows, want_weights) = _trained(out), _trained(clean_out)
+    assert rows == want_rows  # the same losses, step by step
+    assert weights.keys() == want_weights.keys()
+    assert all(torch.equal(weights[k], want_weights[k]) for k in want_weights)
+
+
+# A subprocess per kill costs its imports (about 3 s here): the default suite draws two kill times
+# per command, the slow campaign four more.
+@pytest.mark.parametrize("command", ["pretrain", "finetune"])
+@settings(max_examples=2, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(when=st.floats(0.0, 1.0))
+def test_training_killed_at_a_drawn_moment_then_rerun_equals_a_clean_run(train_clean, tmp_path_factory, command,
+                                                                          when):
+    _kill_and_rerun(train_clean, tmp_path_factory, command, when)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["pretrain", "finetune"])
+@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(when=st.floats(0.0, 1.0))
+def test_training_killed_at_many_moments_then_rerun_equals_a_clean_run(train_clean, tmp_path_factory, command, when):
+    _kill_and_rerun(train_clean, tmp_path_factory, command, when)

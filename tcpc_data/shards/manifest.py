@@ -189,8 +189,8 @@ def find_manifest(shard_dir: str | os.PathLike) -> Manifest | None:
         raise ValueError(f"{url}: is a directory, not a manifest file") from None
     try:
         obj = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{url}: not valid JSON ({exc})") from None
+    except (ValueError, RecursionError) as exc:  # bad JSON or encoding; too many digits; nesting too deep
+        raise ValueError(f"{url}: not valid JSON ({type(exc).__name__}: {exc})") from None
     return check_manifest(obj, url)
 
 

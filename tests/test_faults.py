@@ -176,6 +176,7 @@ def _kill_and_rerun(clean, tmp_path_factory, command: str, when: float) -> None:
 
 # A subprocess per kill costs its imports (about 3 s here): the default suite draws two kill times
 # per command, the slow campaign four more.
+@pytest.mark.timeout(900)  # three training subprocesses per example; slow on a loaded machine
 @pytest.mark.parametrize("command", ["pretrain", "finetune"])
 @settings(max_examples=2, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(when=st.floats(0.0, 1.0))
@@ -185,6 +186,7 @@ def test_training_killed_at_a_drawn_moment_then_rerun_equals_a_clean_run(train_c
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 @pytest.mark.parametrize("command", ["pretrain", "finetune"])
 @settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(when=st.floats(0.0, 1.0))

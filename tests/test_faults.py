@@ -190,3 +190,39 @@ def test_training_killed_at_a_drawn_moment_then_rerun_equals_a_clean_run(train_c
 @given(when=st.floats(0.0, 1.0))
 def test_training_killed_at_many_moments_then_rerun_equals_a_clean_run(train_clean, tmp_path_factory, command, when):
     _kill_and_rerun(train_clean, tmp_path_factory, command, when)
+
+
+def _visible_set(out: Path) -> dict:
+    """What a reader of ``out`` can see: the manifest's shards, each checked against its SHA-256;
+    every ``.tar`` there must be listed, and no temporary file may be left."""
+    manifest = out / "manifest.json"
+    listed = json.loads(manifest.read_text())["shards"] if manifest.exists() else []
+    for s in listed:
+        assert hashlib.sha256((out / s["name"]).read_bytes()).hexdigest() == s["sha256"]
+    assert sorted(p.name for p in out.glob("*.tar")) == sorted(s["name"] for s in listed)
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+    return {s["name"]: s["sha256"] for s in listed}
+
+
+# 200k: one case part fits, the other cases and the assembly do not; 900k: every part fits, the shards do not.
+@pytest.mark.parametrize("size", ["200k", "900k"])
+def test_a_full_disk_during_a_shard_write_fails_in_one_line_and_a_rerun_equals_a_clean_run(
+        small_disk, tmp_path, phantom_store, size):
+    phantom_store(tmp_path / "v.zarr", n_cases=3)
+    subprocess.run(["mount", "-o", f"remount,size={size}", str(small_disk)], check=True)
+    args = ["shards", str(tmp_path / "v.zarr"), "--crop-size", "32", "--cube-size", "8", "--shard-size", "10",
+            "--workers", "1", "--no-progress", "--out"]
+    out = small_disk / "shards"
+    r = CliRunner().invoke(main, [*args, str(out)])
+    assert r.exit_code in (1, 2) and "Traceback" not in r.output, r.output
+    failures = out / "failures-shards.jsonl"
+    errors = [line for line in r.output.splitlines() if line.startswith("error:")]
+    errors += [json.loads(line)["error"] for line in failures.read_text().splitlines()] if failures.exists() else []
+    assert errors and all("No space left on device" in e for e in errors), r.output
+    _visible_set(out)
+    subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
+    r = CliRunner().invoke(main, [*args, str(out)])
+    assert r.exit_code == 0, r.output
+    assert CliRunner().invoke(main, [*args, str(tmp_path / "clean")]).exit_code == 0
+    assert _visible_set(out) == _visible_set(tmp_path / "clean")
+    assert _shard_digests(out) == _shard_digests(tmp_path / "clean")

@@ -169,18 +169,20 @@ def _kill_and_rerun(clean, tmp_path_factory, command: str, when: float) -> None:
     time.sleep(when * seconds)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    r = CliRunner().invoke(main, _train_cmd(command, data, out))
-    assert r.exit_code == 0, r.output
+    # The rerun is a subprocess like the clean run: in this process other tests may have changed torch's
+    # thread count, and with it the rounding of reductions.
+    r = subprocess.run(_cli(*_train_cmd(command, data, out)), cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
     (rows, weights), (want_rows, want_weights) = _trained(out), _trained(clean_out)
     assert rows == want_rows  # the same losses, step by step
     assert weights.keys() == want_weights.keys()
     assert all(torch.equal(weights[k], want_weights[k]) for k in want_weights)
 
 
-# A subprocess per kill costs its imports (about 3 s here): the default suite draws two kill times
-# per command, the slow campaign four more.
+# Each kill costs two subprocesses and their imports (5-10 s on a loaded 2-core machine): the default
+# suite draws one kill time per command, the slow campaign four more.
 @pytest.mark.parametrize("command", ["pretrain", "finetune"])
-@settings(max_examples=2, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=1, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(when=st.floats(0.0, 1.0))
 def test_training_killed_at_a_drawn_moment_then_rerun_equals_a_clean_run(train_clean, tmp_path_factory, command,
                                                                           when):

@@ -27,8 +27,9 @@ from click.core import ParameterSource
 
 from tcpc_data import __version__
 
-# Errors a user can cause: reported in one line, never as a traceback.
-_USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, KeyError)
+# Errors a user can cause or fix (bad input, missing files, a full disk): reported in one line, never as a
+# traceback.
+_USER_ERRORS = (ValueError, OSError, KeyError)
 
 
 def _friendly(fn):

@@ -291,8 +291,9 @@ class ShardStream(IterableDataset):
         A sample that ``sample_fn`` rejects (ValueError) or whose array shapes
         differ from the rest of its batch is dropped from its batch and counted
         in the batch's ``skipped`` member, instead of ending the stream with
-        that error. Batches keep their places in the stream (a resume stays
-        exact); a batch left with no sample passes its count on to the next one.
+        that error. Batches keep their places in the stream, so a resume stays
+        exact, unless every sample of a batch was bad: that batch is left out
+        and its count passes on to the next one (lost at the end of a pass).
 
     Every batch is a dict of stacked tensors plus ``key`` (a list, when the
     samples have one) and ``skipped`` (an int).

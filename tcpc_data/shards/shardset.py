@@ -219,13 +219,21 @@ def _build(stage, out: Path, previous: str, run_digest, name, shard_size, config
     # The manifest marks a complete set: drop it before shards are replaced, so a kill
     # mid-assembly leaves no manifest vouching for mixed shards.
     (out / MANIFEST).unlink(missing_ok=True)
-    shards = ShardWriter(out, name, shard_size).write(
-        s for c in good for s in tar_samples(parts[c]))
-    manifest = new_manifest(stage=stage, name=name, config=json.loads(to_json(config)), digest=run_digest,
-                            shard_size=shard_size, members=members, shards=shards,
-                            cases={c: int(report.results[c]) for c in good},
-                            case_digests={c: inputs[c] for c in good}, failed_cases=failed, **(extra or {}))
-    write_manifest(out, manifest)
+    try:
+        shards = ShardWriter(out, name, shard_size).write(
+            s for c in good for s in tar_samples(parts[c]))
+        manifest = new_manifest(stage=stage, name=name, config=json.loads(to_json(config)), digest=run_digest,
+                                shard_size=shard_size, members=members, shards=shards,
+                                cases={c: int(report.results[c]) for c in good},
+                                case_digests={c: inputs[c] for c in good}, failed_cases=failed, **(extra or {}))
+        write_manifest(out, manifest)
+    except OSError as exc:  # a full disk, typically: keep the parts, free what the assembly wrote
+        for p in out.glob(f"{name}-*.tar"):
+            p.unlink()
+        error = OSError(f"{out}: cannot write the shard set ({exc.strerror or exc}); the finished case parts "
+                        f"stay in {parts_dir}, so a rerun after freeing space only assembles the shards")
+        error.errno = exc.errno
+        raise error from None
     if not failed:  # keep parts only where a rerun can still use them
         shutil.rmtree(parts_dir, ignore_errors=True)
     return report, manifest

@@ -77,9 +77,10 @@ def test_finetuning_names_a_bad_sample_in_one_line(labelled, tmp_path, kind, say
     assert f"{tar}: sample {key}" in line and says in line
 
 
-def test_pretraining_skips_and_counts_bad_samples(paths, tmp_path):
+@pytest.mark.parametrize("workers", ["0", "2"])  # with loader workers the counts travel in their batches
+def test_pretraining_skips_and_counts_bad_samples(paths, tmp_path, workers):
     _spoil(paths / "synthetic-000001.tar", "cubes.npy", ("corrupt", "shape"))
-    res = _pretrain(paths, tmp_path / "run", "--skip-bad-samples")
+    res = _pretrain(paths, tmp_path / "run", "--skip-bad-samples", "--workers", workers)
     assert res.exit_code == 0, res.output
     rows = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3, 4]  # four steps are one pass over the 16 samples

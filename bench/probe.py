@@ -30,6 +30,7 @@ from tcpc_data.pipeline import preprocess  # noqa: E402
 from tcpc_data.shards.pretrain import ShardConfig, write_shards  # noqa: E402
 from tcpc_data.supervoxels.stage import SupervoxelConfig  # noqa: E402
 from tcpc_train.probe import ProbeConfig, probe  # noqa: E402
+from tcpc_train.runtime import RuntimeConfig  # noqa: E402
 
 
 def main() -> None:
@@ -67,7 +68,9 @@ def main() -> None:
                 write_shards(store, out, cfg, workers=1)
                 for intensity in (0.0, 0.1):
                     for seed in range(args.seeds):
-                        pc = ProbeConfig(steps=args.steps, width=args.width, cube_intensity=intensity, seed=seed)
+                        pc = ProbeConfig(dataclasses.replace(
+                            ProbeConfig().pretrain, steps=args.steps, width=args.width, cube_intensity=intensity,
+                            runtime=RuntimeConfig(seed=seed)))
                         r = probe(out, pc)
                         rows.append({"kind": kind, "geometry": geometry, "target_share": cfg.target_share(),
                                      "cube_intensity": intensity,

@@ -24,31 +24,35 @@ import torch
 from tcpc_train.contrastive import PredictiveHead, info_nce
 from tcpc_train.loader import augment_intensity, augment_path, decode_path_sample, open_shards, raw_samples, \
     sample_rng
-from tcpc_train.models import ARCHS, build_encoder
+from tcpc_train.models import build_encoder
+from tcpc_train.pretraining import PretrainConfig
+
+
+# A small head on fixed features: more steps and a higher rate than a whole network's pretraining.
+_HEAD = PretrainConfig(width=0.25, steps=400, batch_size=32, lr=3e-3, cube_intensity=0.0)
 
 
 @dataclasses.dataclass(frozen=True)
 class ProbeConfig:
-    """Settings of one probe run (returned with its result)."""
+    """Settings of one probe run (returned with its result).
 
-    arch: str = field(default="resnet18", metadata={"help": "Encoder architecture (frozen at its random init)."})
-    width: float = field(default=0.25, metadata={"help": "Encoder channel multiplier."})
-    steps: int = field(default=400, metadata={"help": "Optimiser steps of the head."})
-    batch_size: int = field(default=32, metadata={"help": "Samples per InfoNCE batch (chance loss log(batch))."})
-    lr: float = field(default=3e-3, metadata={"help": "Adam learning rate of the head."})
-    temperature: float = field(default=0.1, metadata={"help": "InfoNCE softmax temperature."})
-    cube_intensity: float = field(default=0.0, metadata={
-        "help": "Per-cube intensity augmentation strength (as PretrainConfig.cube_intensity); 0: none."})
+    The head is trained with the settings of the pretraining it stands in
+    for: ``pretrain`` gives the encoder (``arch``, ``width``; frozen at its
+    random init), ``steps``, ``batch_size`` (chance loss log(batch)), ``lr``
+    (Adam at a constant rate: a small head needs no warm-up or decay),
+    ``temperature``, ``cube_intensity`` and the seed (``runtime.seed``: the
+    encoder, the augmentation, the split and the batches); its other fields
+    do not apply.
+    """
+
+    pretrain: PretrainConfig = field(default=_HEAD, metadata={
+        "help": "The pretraining settings the head is trained with (see the class docstring)."})
     held_out: float = field(default=0.3, metadata={"help": "Fraction of the cases whose samples score the head."})
-    seed: int = field(default=0, metadata={"help": "Seed of the encoder, the augmentation, the split and the batches."})
 
     def validate(self) -> None:
-        if self.arch not in ARCHS:
-            raise ValueError(f"unknown architecture {self.arch!r}; choose one of {', '.join(ARCHS)}")
-        if self.steps < 1 or self.batch_size < 2:
-            raise ValueError(f"steps must be >= 1 and batch_size >= 2, got {self.steps}, {self.batch_size}")
-        if not 0 < self.held_out < 1 or not self.lr > 0 or not self.temperature > 0 or self.cube_intensity < 0:
-            raise ValueError("held_out must be in (0, 1), lr and temperature > 0, cube_intensity >= 0")
+        self.pretrain.validate()
+        if not 0 < self.held_out < 1:
+            raise ValueError(f"held_out must be in (0, 1), got {self.held_out}")
 
 
 @torch.no_grad()
@@ -78,30 +82,31 @@ def probe_arrays(cubes: np.ndarray, cases: list[str], config: ProbeConfig = Prob
     − held-out loss, nats), ``n_train``, ``n_held_out``.
     """
     config.validate()
+    p = config.pretrain
     if len(cubes) != len(cases) or cubes.ndim != 5:
         raise ValueError(f"cubes must be (N, P+1, c, c, c) with one case each, got {cubes.shape} and {len(cases)}")
-    rng = np.random.default_rng(config.seed)
+    rng = np.random.default_rng(p.runtime.seed)
     names = sorted(set(cases))
     held = set(rng.permutation(names)[:max(1, round(config.held_out * len(names)))].tolist())
     test = np.array([c in held for c in cases])
-    b = config.batch_size
+    b = p.batch_size
     if test.sum() < b or (~test).sum() < b:
         raise ValueError(f"need at least batch_size={b} samples on each side of the split, got "
                          f"{(~test).sum()} train and {test.sum()} held out ({len(names)} cases)")
-    torch.manual_seed(config.seed)
-    encoder = build_encoder(config.arch, config.width).eval()
+    torch.manual_seed(p.runtime.seed)
+    encoder = build_encoder(p.arch, p.width).eval()
     feats = _encode(encoder, cubes)
     train, hold = feats[torch.from_numpy(~test)], feats[torch.from_numpy(test)]
     head = PredictiveHead(feats.shape[-1])
-    opt = torch.optim.Adam(head.parameters(), lr=config.lr)
-    gen = torch.Generator().manual_seed(config.seed)
+    opt = torch.optim.Adam(head.parameters(), lr=p.lr)
+    gen = torch.Generator().manual_seed(p.runtime.seed)
     losses = []
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a small head: handing its tiny ops to threads costs far more than it saves
     try:
-        for _ in range(config.steps):
+        for _ in range(p.steps):
             batch = train[torch.randperm(len(train), generator=gen)[:b]]
-            loss = info_nce(head(batch[:, :-1]), batch[:, -1], config.temperature)
+            loss = info_nce(head(batch[:, :-1]), batch[:, -1], p.temperature)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -109,13 +114,13 @@ def probe_arrays(cubes: np.ndarray, cases: list[str], config: ProbeConfig = Prob
         head.eval()
         with torch.no_grad():
             order = hold[torch.randperm(len(hold), generator=gen)]
-            held_losses = [info_nce(head(x[:, :-1]), x[:, -1], config.temperature).item()
+            held_losses = [info_nce(head(x[:, :-1]), x[:, -1], p.temperature).item()
                            for x in order[:len(order) // b * b].split(b)]
     finally:
         torch.set_num_threads(threads)
     chance = math.log(b)
     held_loss = float(np.mean(held_losses))
-    return {"chance": chance, "train_loss": float(np.mean(losses[-max(1, config.steps // 10):])),
+    return {"chance": chance, "train_loss": float(np.mean(losses[-max(1, p.steps // 10):])),
             "held_out_loss": held_loss, "drop": chance - held_loss,
             "n_train": int((~test).sum()), "n_held_out": int(test.sum())}
 
@@ -131,9 +136,9 @@ def load_samples(shards: str | Path, config: ProbeConfig = ProbeConfig()) -> tup
     for url in data.urls:
         for raw in raw_samples(url):
             s = decode_path_sample(raw)
-            rng = sample_rng(config.seed, 0, s["key"])
+            rng = sample_rng(config.pretrain.runtime.seed, 0, s["key"])
             c, _ = augment_path(s["cubes"], s["path"], rng)
-            cubes.append(augment_intensity(c, rng, config.cube_intensity).astype(np.float32))
+            cubes.append(augment_intensity(c, rng, config.pretrain.cube_intensity).astype(np.float32))
             cases.append(s["key"].rsplit("_c", 1)[0])
     return np.stack(cubes), cases
 

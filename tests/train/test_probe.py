@@ -7,9 +7,10 @@ pin the probe itself on inputs with known answers.
 import numpy as np
 import pytest
 
+from tcpc_train.pretraining import PretrainConfig
 from tcpc_train.probe import ProbeConfig, probe_arrays
 
-CFG = ProbeConfig(width=0.0625, steps=200, batch_size=16, lr=1e-2)
+CFG = ProbeConfig(PretrainConfig(width=0.0625, steps=200, batch_size=16, lr=1e-2, cube_intensity=0.0))
 
 
 def _noise(n=160, p=4, c=6, seed=0):

@@ -123,6 +123,7 @@ def _ddp_worker(rank, world, port, shards, out):
         with open(out.parent / f"rank{rank}.json", "w") as f:
             json.dump({"world": s["world_size"], "final_loss": s["final_loss"],
                        "epoch0": [k for e, k in seen if e == 0]}, f)
+        torch.distributed.barrier()  # neither rank tears gloo down while the other is still in a collective
     finally:
         ShardStream._epoch_samples = read
         torch.distributed.destroy_process_group()

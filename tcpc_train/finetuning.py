@@ -44,6 +44,11 @@ from tcpc_train.runtime import (RuntimeConfig, StepLog, autocast, config_changes
 from tcpc_train.weights import load_encoder_weights
 
 
+# Fine-tuning's runtime defaults: a larger shuffle buffer than pretraining's (labelled sets are
+# small and often sorted by class). Callers change fields of it with dataclasses.replace.
+FINETUNE_RUNTIME = RuntimeConfig(shuffle_buffer=512)
+
+
 @dataclasses.dataclass(frozen=True)
 class FinetuneConfig:
     """Fine-tuning settings (saved with the checkpoints and as ``config.json``)."""
@@ -60,7 +65,7 @@ class FinetuneConfig:
     init: str | None = field(default=None, metadata={
         "help": "Checkpoint or external state dict for the encoder; none: train from scratch."})
     augment: bool = field(default=True, metadata={"help": "Random flips / 90-degree rotations of training volumes."})
-    runtime: RuntimeConfig = field(default=RuntimeConfig(shuffle_buffer=512), metadata={
+    runtime: RuntimeConfig = field(default=FINETUNE_RUNTIME, metadata={
         "help": "How the run executes."})
 
     def validate(self) -> None:

@@ -36,7 +36,7 @@ from tcpc_data.shards.labelled import LabelledConfig, write_labelled_shards
 from tcpc_data.shards.pretrain import ShardConfig, write_shards
 from tcpc_data.store import list_cases
 from tcpc_data.supervoxels.stage import SupervoxelConfig, supervoxels
-from tcpc_train.finetuning import FinetuneConfig, finetune
+from tcpc_train.finetuning import FINETUNE_RUNTIME, FinetuneConfig, finetune
 from tcpc_train.loader import labelled_splits
 from tcpc_train.pretraining import PretrainConfig, pretrain
 from tcpc_train.runtime import RuntimeConfig
@@ -203,7 +203,7 @@ def _run(out: Path, config: DemoConfig, progress: bool, log) -> dict:
         runs, per_seed = [], []
         for seed in config.finetune_seeds:
             fcfg = FinetuneConfig(width=config.width, epochs=config.finetune_epochs, batch_size=config.batch_size,
-                                  init=init, runtime=RuntimeConfig(workers=0, seed=seed, device="cpu", shuffle_buffer=512))
+                                  init=init, runtime=dataclasses.replace(FINETUNE_RUNTIME, workers=0, seed=seed, device="cpu"))
             s = finetune(out / "labelled", out / "runs" / f"finetune-{method.lower()}-s{seed}", fcfg,
                          progress=progress)
             np.savez(Path(s["out"]) / "predictions.npz", **predict_split(s["checkpoint"], test, config.batch_size,

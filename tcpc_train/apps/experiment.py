@@ -61,7 +61,7 @@ from tcpc_data.shards.pretrain import ShardConfig
 from tcpc_data.shards.tario import write_tar
 from tcpc_data.supervoxels.stage import SupervoxelConfig, supervoxels
 from tcpc_train.checkpoint import load_checkpoint
-from tcpc_train.finetuning import FinetuneConfig, finetune, read_labels, stratified_fraction
+from tcpc_train.finetuning import FINETUNE_RUNTIME, FinetuneConfig, finetune, read_labels, stratified_fraction
 from tcpc_train.loader import (ShardSet, ShardStream, decode_labelled_sample, labelled_splits, make_loader,
                                open_shards, raw_samples, split_or_set)
 from tcpc_train.metrics import classification_metrics
@@ -627,7 +627,7 @@ class _Inits:
         labelled = _labelled_dir(c.external_init, self.out / "external-data", self.progress, c, self.log)
         fcfg = FinetuneConfig(arch=c.arch, width=c.width, epochs=c.external_epochs, batch_size=c.finetune_batch,
                               lr=c.finetune_lr, label_fraction=1.0,
-                              runtime=RuntimeConfig(seed=seed, workers=c.workers, device=c.device, shuffle_buffer=512))
+                              runtime=dataclasses.replace(FINETUNE_RUNTIME, seed=seed, workers=c.workers, device=c.device))
         run = self.out / "pretrain" / f"external-p{seed}"
         s = _cell_done(run, fcfg, []) if (run / "val_keys.json").exists() else None
         if s is not None:
@@ -665,8 +665,8 @@ def _finetune_config(config: ExperimentConfig, fraction: float, epochs: int, see
                      init: str | None) -> FinetuneConfig:
     return FinetuneConfig(arch=config.arch, width=config.width, epochs=epochs, batch_size=config.finetune_batch,
                           lr=config.finetune_lr, label_fraction=fraction, init=init,
-                          runtime=RuntimeConfig(seed=seed, workers=config.workers, device=config.device,
-                                                shuffle_buffer=512))
+                          runtime=dataclasses.replace(FINETUNE_RUNTIME, seed=seed, workers=config.workers,
+                                                      device=config.device))
 
 
 def _stand_in_note(config: ExperimentConfig) -> str:

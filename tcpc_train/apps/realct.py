@@ -32,7 +32,7 @@ from tcpc_data.supervoxels.stage import SupervoxelConfig
 from tcpc_data.volume import world_to_index
 from tcpc_train.checkpoint import load_checkpoint
 from tcpc_train.apps.featuremaps import render_feature_maps
-from tcpc_train.finetuning import FinetuneConfig, finetune
+from tcpc_train.finetuning import FINETUNE_RUNTIME, FinetuneConfig, finetune
 from tcpc_train.models import Classifier, build_encoder
 from tcpc_train.pretraining import PretrainConfig, pretrain
 from tcpc_train.runtime import RuntimeConfig
@@ -172,7 +172,7 @@ def run_realct(sources, nodules_csv, out, config: RealCTConfig = RealCTConfig(),
     log(f"TCPC on LIDC candidate crops: InfoNCE {pre['final_loss']:.3f} (chance {pre['chance_loss']:.3f})")
     fcfg = FinetuneConfig(width=config.width, epochs=config.finetune_epochs, batch_size=config.batch_size,
                           init=pre["checkpoint"],
-                          runtime=RuntimeConfig(workers=0, seed=config.seed, shuffle_buffer=512))
+                          runtime=dataclasses.replace(FINETUNE_RUNTIME, workers=0, seed=config.seed))
     fin = finetune(out / "labelled", out / "runs" / "finetune", fcfg, progress=progress)
     log(f"fine-tuned nodule vs candidate on {fin['n_train']} crops (training fit ACC {fin['metrics']['acc']:.3f})")
 

@@ -193,16 +193,18 @@ def run_cases(stage: str, tasks: Sequence[Task], fn: Callable[[Any], tuple[str, 
     return report
 
 
-# Errors a future raises when its worker died rather than the case itself failing
-# (the case's own exceptions come back as records from _call).
-_WORKER_DEATHS = ("KilledWorker", "CommClosedError", "FutureCancelledError", "CancelledError")
-
-
 def _run_distributed(stage, tasks, fn, n, scheduler, memory_limit, record, bar) -> None:
     """Submit every task to a Dask cluster and record results as they complete; resubmit a
     case once when its worker dies."""
+    import concurrent.futures
+
     import dask
-    from distributed import Client, LocalCluster, as_completed
+    from distributed import Client, KilledWorker, LocalCluster, as_completed
+    from distributed.comm import CommClosedError
+
+    # What a future raises when its worker died rather than the case failing (the case's own
+    # exceptions come back as records from _call); a cancelled future covers dask's FutureCancelledError.
+    worker_deaths = (KilledWorker, CommClosedError, concurrent.futures.CancelledError)
 
     if scheduler is not None:
         client, cluster = Client(scheduler), None
@@ -247,7 +249,7 @@ def _run_distributed(stage, tasks, fn, n, scheduler, memory_limit, record, bar) 
             try:
                 record(*fut.result())
             except Exception as exc:  # noqa: BLE001 - a lost worker costs at most its case
-                if type(exc).__name__ not in _WORKER_DEATHS:
+                if not isinstance(exc, worker_deaths):
                     raise
                 if task.case not in retried:
                     retried.add(task.case)

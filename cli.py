@@ -325,6 +325,8 @@ class RunDir:
     out: Path = dataclasses.field(metadata={"help": "Run directory (created)."})
     fresh: bool = dataclasses.field(default=False, metadata={
         "help": "Start over instead of resuming from the run directory's last.pt."})
+    tensorboard: bool = dataclasses.field(default=True, metadata={
+        "help": "Also write log.jsonl's rows as a TensorBoard event file in the run directory."})
 
 
 def _stage_run(settings: Settings) -> dict:
@@ -519,7 +521,8 @@ def pretrain(shards, settings):
     from tcpc_train.pretraining import pretrain as run
 
     cfg, where = settings.build("pretrain"), settings.build("run")
-    s = run(shards, where.out, cfg, resume=not where.fresh, progress=settings.verbosity > 0)
+    s = run(shards, where.out, cfg, resume=not where.fresh, progress=settings.verbosity > 0,
+            tensorboard=where.tensorboard)
     if s["world_size"] > 1 and int(os.environ.get("RANK", 0)) != 0:
         return
     _print_summary(f"pretrained {cfg.task} ({cfg.arch}, width {cfg.width}) -> {where.out}", {
@@ -538,7 +541,8 @@ def finetune(labelled_shards, scratch, settings):
     cfg, where = settings.build("finetune"), settings.build("run")
     if bool(cfg.init) == scratch:
         raise click.UsageError("give exactly one of --init CKPT or --scratch")
-    s = run(labelled_shards, where.out, cfg, resume=not where.fresh, progress=settings.verbosity > 0)
+    s = run(labelled_shards, where.out, cfg, resume=not where.fresh, progress=settings.verbosity > 0,
+            tensorboard=where.tensorboard)
     rep = s["init_report"]
     m = s["metrics"]
     title = f"fine-tuned {cfg.arch} on {s['n_train']} samples ({cfg.label_fraction:g} of train) -> {where.out}"

@@ -15,7 +15,8 @@ pretraining uses too), ``_select`` (validation, ``best.pt``/``last.pt``) and
 ``_test``.
 
 Outputs in ``out``: ``config.json``, ``init_report.json``, ``log.jsonl``
-(per step: epoch, loss, lr, samples/s; per epoch: validation metrics),
+(per step: epoch, loss, lr, samples/s; per epoch: validation metrics) and the
+same rows as a TensorBoard event file, ``report.html``,
 ``last.pt`` and ``best.pt`` (plain-dict checkpoints), ``metrics.json`` (test
 ACC, AUC, confusion matrix), ``roc.png``, ``curves.png``.
 """
@@ -225,7 +226,7 @@ class _Run:
                 "val": self.val, "best_key": list(self.best_key or ())}
 
 
-def _setup(labelled: str | Path, out: str | Path, config: FinetuneConfig, resume: bool) -> _Run:
+def _setup(labelled: str | Path, out: str | Path, config: FinetuneConfig, resume: bool, tensorboard: bool) -> _Run:
     """Check the data, select the training samples, build the model and resume from ``out/last.pt``."""
     config.validate()
     rt = config.runtime
@@ -260,7 +261,7 @@ def _setup(labelled: str | Path, out: str | Path, config: FinetuneConfig, resume
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         done = dict(step=int(ck["step"]), start=int(ck["epoch"]), val=list(ck["val"]), best_key=tuple(ck["best_key"]))
-    log = StepLog(out / "log.jsonl", True, keep_until_step=done["step"])
+    log = StepLog(out / "log.jsonl", True, keep_until_step=done["step"], tensorboard=tensorboard)
     return _Run(config, out, device, splits, keys, n_classes, model, opt, init_report, log, **done)
 
 
@@ -323,7 +324,7 @@ def _test(run: _Run) -> dict:
 
 
 def finetune(labelled: str | Path, out: str | Path, config: FinetuneConfig = FinetuneConfig(),
-             resume: bool = True, progress: bool = False) -> dict:
+             resume: bool = True, progress: bool = False, tensorboard: bool = True) -> dict:
     """Fine-tune a classifier on ``labelled/train``, select on ``val``, report on ``test``.
 
     Parameters
@@ -341,6 +342,8 @@ def finetune(labelled: str | Path, out: str | Path, config: FinetuneConfig = Fin
         matches an uninterrupted one; a partly done epoch is redone.
     progress : bool
         Show a progress bar.
+    tensorboard : bool
+        Also write the log rows as a TensorBoard event file in ``out``.
 
     Returns
     -------
@@ -349,7 +352,7 @@ def finetune(labelled: str | Path, out: str | Path, config: FinetuneConfig = Fin
     ``init_report``, ``checkpoint`` (best.pt), ``out``, ``skipped_samples``
     (training samples dropped by ``runtime.skip_bad_samples``, over the log's steps).
     """
-    run = _setup(labelled, out, config, resume)
+    run = _setup(labelled, out, config, resume, tensorboard)
     steps_per_epoch = max(1, len(run.keys) // config.batch_size)
     with progress_bar(progress, "finetune") as bar:
         task = bar.add_task("", total=config.epochs * steps_per_epoch, completed=run.start * steps_per_epoch,

@@ -10,7 +10,8 @@ How the run executes (seed, loader, device, precision) is the config's
 ``runtime`` (:class:`tcpc_train.runtime.RuntimeConfig`).
 
 Outputs in ``out``: ``config.json``, ``log.jsonl`` (step, loss, lr,
-samples/s, skipped samples), ``last.pt``, ``loss.png``, ``summary.json``.
+samples/s, skipped samples) and the same rows as a TensorBoard event file,
+``last.pt``, ``loss.png``, ``summary.json``, ``report.html``.
 """
 from __future__ import annotations
 
@@ -147,7 +148,7 @@ def _check_resume(ck: dict, cfg: PretrainConfig, data_digest: str, path: Path) -
 
 
 def pretrain(shards: str | Path, out: str | Path, config: PretrainConfig = PretrainConfig(),
-             resume: bool = True, progress: bool = False) -> dict:
+             resume: bool = True, progress: bool = False, tensorboard: bool = True) -> dict:
     """Pretrain an encoder on a shard directory; resumes from ``out/last.pt`` when it is there.
 
     Parameters
@@ -161,6 +162,8 @@ def pretrain(shards: str | Path, out: str | Path, config: PretrainConfig = Pretr
         Continue from ``out/last.pt`` (same config and data) instead of starting over.
     progress : bool
         Show a progress bar (rank 0).
+    tensorboard : bool
+        Also write the log rows as a TensorBoard event file in ``out`` (rank 0).
 
     Returns
     -------
@@ -198,7 +201,7 @@ def pretrain(shards: str | Path, out: str | Path, config: PretrainConfig = Pretr
     if main_rank:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=1))
-    log = StepLog(out / "log.jsonl", main_rank, keep_until_step=start)
+    log = StepLog(out / "log.jsonl", main_rank, keep_until_step=start, tensorboard=tensorboard)
     if world > 1 and device.type == "cuda":  # few samples per GPU: batch statistics over all ranks
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     net = DistributedDataParallel(model) if world > 1 else model

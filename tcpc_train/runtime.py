@@ -23,6 +23,8 @@ import torch
 import torch.distributed as dist
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from tcpc_train.tbevents import ScalarEvents
+
 
 @dataclasses.dataclass(frozen=True)
 class RuntimeConfig:
@@ -161,23 +163,31 @@ def skip_counts(batches: Iterator[dict]) -> tuple[Iterator[dict], Callable[[], i
 
 
 class StepLog:
-    """Per-step JSON lines (rank 0 only). On resume, lines past the checkpoint's step are dropped, and
-    so is a last line a kill cut short."""
+    """Per-step JSON lines (rank 0 only), and with ``tensorboard`` the same rows as a TensorBoard
+    event file beside them (:class:`tcpc_train.tbevents.ScalarEvents`). On resume, lines past the
+    checkpoint's step are dropped, and so is a last line a kill cut short; the event file is
+    rewritten from the rows kept. Each row gets its ``wall_time`` (seconds since the epoch)."""
 
-    def __init__(self, path: Path, active: bool, keep_until_step: int = 0):
+    def __init__(self, path: Path, active: bool, keep_until_step: int = 0, tensorboard: bool = False):
         self.path, self.active = Path(path), active
         self.rows: list[dict] = []
+        self.events: ScalarEvents | None = None
         if active and self.path.exists():
             self.rows = [r for r in map(_row, self.path.read_text().splitlines())
                          if r is not None and r.get("step", 0) <= keep_until_step]
         if active:
             self.path.write_text("".join(json.dumps(r) + "\n" for r in self.rows))
+            if tensorboard:
+                self.events = ScalarEvents(self.path.parent, self.rows)
 
     def write(self, row: dict) -> None:
         if self.active:
+            row = {**row, "wall_time": round(time.time(), 3)}
             self.rows.append(row)
             with open(self.path, "a") as f:
                 f.write(json.dumps(row) + "\n")
+            if self.events is not None:
+                self.events.write(row)
 
 
 def _row(line: str) -> dict | None:

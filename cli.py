@@ -589,7 +589,7 @@ def experiment(config, out, settings):
                          progress=settings.progress("display"), log=settings.say)
     click.echo(res["table"])
     click.echo(f"{len(res['cells'])} cells ({res['skipped']} pieces found finished) in {res['seconds']:.0f} s; "
-               f"table in {out}/results.md, plots {', '.join(res['plots'])}"
+               f"table in {out}/results.md, plots {', '.join(res['plots'])}, report {res['report']}"
                + (f", external scores in {res['external']}" if res["external"] else ""))
 
 

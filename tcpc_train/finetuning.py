@@ -16,9 +16,9 @@ pretraining uses too), ``_select`` (validation, ``best.pt``/``last.pt``) and
 
 Outputs in ``out``: ``config.json``, ``init_report.json``, ``log.jsonl``
 (per step: epoch, loss, lr, samples/s; per epoch: validation metrics) and the
-same rows as a TensorBoard event file, ``report.html``,
+same rows as a TensorBoard event file,
 ``last.pt`` and ``best.pt`` (plain-dict checkpoints), ``metrics.json`` (test
-ACC, AUC, confusion matrix), ``roc.png``, ``curves.png``.
+ACC, AUC, confusion matrix), ``roc.png``, ``curves.png``, ``report.html``.
 """
 from __future__ import annotations
 
@@ -36,6 +36,7 @@ from tcpc_train.checkpoint import load_checkpoint, save_checkpoint
 from tcpc_train.loader import (ShardSet, ShardStream, augment_volume, decode_labelled_sample, first_sample,
                                labelled_splits, make_loader, open_shards, raw_samples, read_label,
                                sample_rng, split_or_set)
+from tcpc_train.htmlreport import run_report
 from tcpc_train.metrics import classification_metrics
 from tcpc_train.models import ARCHS, Classifier, build_encoder
 from tcpc_train.plots import plot_curves, plot_roc
@@ -320,6 +321,8 @@ def _test(run: _Run) -> dict:
                "init_report": run.init_report, "checkpoint": str(run.out / "best.pt"), "out": str(run.out),
                "skipped_samples": sum(r.get("skipped", 0) for r in run.log.rows)}
     (run.out / "summary.json").write_text(json.dumps(summary, indent=1))
+    run_report(run.out / "report.html", "fine-tuning", config=dataclasses.asdict(cfg), rows=run.log.rows,
+               summary=summary, metrics=metrics, labels=labels, scores=scores, lead=str(run.out))
     return summary
 
 
@@ -365,7 +368,7 @@ def finetune(labelled: str | Path, out: str | Path, config: FinetuneConfig = Fin
 
 def evaluate(checkpoint: str | Path, shards: str | Path, out: str | Path | None = None,
              config: EvaluateConfig = EvaluateConfig()) -> dict:
-    """Evaluate a fine-tuned classifier checkpoint on one shard split.
+    """Evaluate a fine-tuned classifier checkpoint on one shard split (with ``out``: metrics, ROC, report).
 
     Parameters
     ----------
@@ -375,7 +378,7 @@ def evaluate(checkpoint: str | Path, shards: str | Path, out: str | Path | None 
         A labelled split directory (with ``manifest.json``), or a labelled set
         directory, whose ``test/`` is then used.
     out : path, optional
-        Where to write ``metrics.json`` and ``roc.png``.
+        Where to write ``metrics.json``, ``roc.png`` and ``report.html``.
     config : EvaluateConfig
 
     Returns
@@ -400,4 +403,6 @@ def evaluate(checkpoint: str | Path, shards: str | Path, out: str | Path | None 
     metrics = {**classification_metrics(labels, scores), "checkpoint": str(checkpoint), "shards": str(shards)}
     if out is not None:
         _write_eval(Path(out), metrics, labels, scores, shards.rstrip("/").rsplit("/", 1)[-1])
+        run_report(Path(out) / "report.html", "evaluation", config=cfg, metrics=metrics, labels=labels,
+                   scores=scores, lead=f"{checkpoint} on {shards}; configuration: the checkpoint's training run")
     return metrics

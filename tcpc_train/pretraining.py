@@ -30,6 +30,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tcpc_train.checkpoint import load_checkpoint, save_checkpoint
 from tcpc_train.loader import (ShardStream, augment_intensity, augment_path, decode_path_sample, first_sample,
                                make_loader, open_shards, sample_rng)
+from tcpc_train.htmlreport import run_report
 from tcpc_train.models import ARCHS, build_encoder
 from tcpc_train.plots import plot_curves
 from tcpc_train.runtime import (RuntimeConfig, StepLog, config_changes, init_distributed, optimiser_steps,
@@ -239,5 +240,7 @@ def pretrain(shards: str | Path, out: str | Path, config: PretrainConfig = Pretr
                "skipped_samples": sum(r.get("skipped", 0) for r in log.rows)}
     if main_rank:
         plot_curves(log.rows, out / "loss.png", ("loss",), f"{config.task} pretraining")
+        run_report(out / "report.html", f"{config.task} pretraining", config=dataclasses.asdict(config),
+                   rows=log.rows, summary=summary, lead=str(out))
         (out / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary

@@ -99,3 +99,21 @@ def test_a_truncated_last_record_does_not_hide_the_rows_before_it(tmp_path):
     data = ev.path.read_bytes()
     ev.path.write_bytes(data[:-7])  # a kill in the middle of the last record
     assert _scalars(tmp_path, "loss") == [(1, 1.0)]
+
+
+def test_killed_and_resumed_pretraining_logs_each_step_once(u_shards, tmp_path, killed_after):
+    from tcpc_train.pretraining import PretrainConfig, pretrain
+    from tcpc_train.runtime import RuntimeConfig
+
+    cfg = PretrainConfig(steps=5, width=1 / 16, batch_size=4, warmup=1, checkpoint_every=2,
+                         runtime=RuntimeConfig(workers=0, shuffle_buffer=8))
+    with killed_after(lambda row: row["step"] == 3):  # the last checkpoint is step 2
+        pretrain(u_shards, tmp_path, cfg)
+    assert _scalars(tmp_path, "loss")[-1][0] == 3
+    pretrain(u_shards, tmp_path, cfg)
+    rows = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]
+    assert _scalars(tmp_path, "loss") == [(r["step"], pytest.approx(r["loss"], rel=1e-6)) for r in rows]
+    assert _scalars(tmp_path, "lr") == [(r["step"], pytest.approx(r["lr"], rel=1e-6)) for r in rows]
+    pretrain(u_shards, tmp_path / "quiet", cfg, tensorboard=False)
+    assert not list((tmp_path / "quiet").glob("*tfevents*"))

@@ -40,7 +40,7 @@ body{font:14px/1.45 system-ui,sans-serif;margin:1.5em auto;max-width:1150px;padd
 h1{font-size:1.45em;margin-bottom:.2em} h2{font-size:1.15em;border-bottom:1px solid #ddd;padding-bottom:.15em;
 margin-top:1.6em} h3{font-size:1em;margin:.8em 0 .3em}
 table{border-collapse:collapse;margin:.4em 0} td,th{border:1px solid #d0d0d0;padding:.2em .55em;text-align:right}
-th{background:#f3f3f3} td.k,th.k{text-align:left} td.k{font-family:ui-monospace,monospace;font-size:.92em}
+th{background:#f3f3f3} td.k,th.k,td.v{text-align:left} td.k{font-family:ui-monospace,monospace;font-size:.92em}
 img{max-width:100%;display:block;margin:.4em 0} .lead{color:#555} nav a{margin-right:1em}
 .grid{display:flex;flex-wrap:wrap;gap:1.2em;align-items:flex-start} .cm td{min-width:2.5em}
 """
@@ -104,9 +104,10 @@ def flatten(d: Mapping, prefix: str = "") -> dict:
 
 
 def value_table(items: Mapping, head: tuple[str, str] = ("field", "value")) -> str:
-    """A two-column table of ``items`` (names left, values right)."""
-    rows = "".join(f'<tr><td class="k">{esc(k)}</td><td>{esc(_fmt(v))}</td></tr>' for k, v in items.items())
-    return f'<table><tr><th class="k">{esc(head[0])}</th><th>{esc(head[1])}</th></tr>{rows}</table>'
+    """A two-column table of ``items``: names, then values (both left-aligned: they mix text and numbers)."""
+    rows = "".join(f'<tr><td class="k">{esc(k)}</td><td class="v">{esc(_fmt(v))}</td></tr>'
+                   for k, v in items.items())
+    return f'<table><tr><th class="k">{esc(head[0])}</th><th class="k">{esc(head[1])}</th></tr>{rows}</table>'
 
 
 def record_table(records: Sequence[Mapping], columns: Sequence[str]) -> str:

@@ -593,6 +593,17 @@ def experiment(config, out, settings):
                + (f", external scores in {res['external']}" if res["external"] else ""))
 
 
+@main.command()
+@click.argument("directories", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@_friendly
+def report(directories):
+    """(Re)write report.html of experiment or run DIRECTORIES from their files (runs and experiments write
+    it themselves; this rebuilds it, e.g. for directories made before reports existed)."""
+    from tcpc_train.htmlreport import rebuild_report
+    for d in directories:
+        click.echo(f"report written to {rebuild_report(d)}")
+
+
 @main.command(cls=ConfigCommand, configs={"demo": "tcpc_train.apps.demo:DemoConfig", "display": Display})
 @click.option("--out", type=click.Path(file_okay=False), default="tcpc-demo", show_default=True,
               help="Output directory.")

@@ -401,3 +401,27 @@ def experiment_report(out: str | Path, path: str | Path | None = None) -> Path:
     lead = f"{len(cells)} cells of {len(seen)} methods at label fractions {', '.join(f'{f:g}' for f in fractions)}."
     return write_page(path or out / "report.html", f"Experiment: {Path(str(config.get('data', out))).name}", lead,
                       sections)
+
+
+def rebuild_report(directory: str | Path) -> Path:
+    """(Re)write ``report.html`` of an experiment or run directory from its files alone.
+
+    An experiment directory (``experiment.json``) gets :func:`experiment_report`;
+    a run directory (``config.json`` and ``log.jsonl``) gets :func:`run_report`
+    from its log, ``summary.json`` and ``metrics.json``, with ROC curves where
+    its test predictions were saved (``predictions.npz``, as in an experiment's cells).
+    """
+    d = Path(directory)
+    if (d / "experiment.json").is_file():
+        return experiment_report(d)
+    if not (d / "config.json").is_file() or not (d / "log.jsonl").is_file():
+        raise ValueError(f"{d}: neither an experiment (experiment.json) nor a run directory "
+                         "(config.json and log.jsonl)")
+    config = json.loads((d / "config.json").read_text())
+    metrics = json.loads((d / "metrics.json").read_text()) if (d / "metrics.json").is_file() else None
+    summary = json.loads((d / "summary.json").read_text()) if (d / "summary.json").is_file() else None
+    pred = _predictions(d / "predictions.npz")
+    title = "fine-tuning" if metrics is not None else f"{config.get('task', '')} pretraining".strip()
+    return run_report(d / "report.html", title, config=config, rows=_jsonl(d / "log.jsonl"), summary=summary,
+                      metrics=metrics, labels=None if pred is None else pred[0],
+                      scores=None if pred is None else pred[1], lead=str(d))

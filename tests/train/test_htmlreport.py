@@ -167,6 +167,29 @@ def test_experiment_report_from_its_directory(tmp_path):
     assert totals["TCPC"] == [36, 4, 4, 36] and totals["train from scratch"] == [20, 20, 20, 20]
 
 
+def test_report_command_rebuilds_experiment_and_run_pages(tmp_path):
+    from click.testing import CliRunner
+
+    from cli import main
+
+    out = _experiment(tmp_path / "exp")
+    cell = out / "cells" / "tcpc-f0.1-s0"
+    (cell / "config.json").write_text(json.dumps({"arch": "vgg", "runtime": {"seed": 0}}))
+    (cell / "metrics.json").write_text(json.dumps({"acc": 0.9, "confusion": [[18, 2], [2, 18]]}))
+    (cell / "report.html").unlink()
+    res = CliRunner().invoke(main, ["report", str(out), str(cell)])
+    assert res.exit_code == 0, res.output
+    assert res.output.splitlines() == [f"report written to {out / 'report.html'}",
+                                       f"report written to {cell / 'report.html'}"]
+    page = check_self_contained(cell / "report.html")
+    assert page.sections == ["summary", "curves", "roc", "confusion-matrix", "configuration"]
+    assert page.cells[page.cells.index("runtime.seed") + 1] == "0"
+    assert check_self_contained(out / "report.html").sections[0] == "results"
+    res = CliRunner().invoke(main, ["report", str(out / "cells")])
+    assert res.exit_code == 2 and res.output.startswith("error: ") and "neither an experiment" in res.output
+    assert len(res.output.strip().splitlines()) == 1
+
+
 # ---------------------------------------------------------------------------------------------
 # The page in a browser
 # ---------------------------------------------------------------------------------------------

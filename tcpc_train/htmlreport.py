@@ -214,8 +214,8 @@ def run_report(path: str | Path, title: str, *, config: Mapping, rows: Sequence[
         sections.append(Section("ROC", figure_img(roc_figure(labels, scores, f"{len(labels)} samples"),
                                                    "ROC curves")))
     if metrics and metrics.get("confusion") is not None:
-        sections.append(Section("Confusion matrix", confusion_table(metrics["confusion"],
-                                                                     "rows: true class, columns: predicted")))
+        sections.append(Section("Confusion matrix", "<p>Rows: true class, columns: predicted.</p>"
+                                + confusion_table(metrics["confusion"])))
     sections.append(Section("Configuration", value_table(flatten(config))))
     return write_page(path, title, lead, sections)
 

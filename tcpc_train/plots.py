@@ -23,9 +23,14 @@ _MARKED = 30
 
 
 def curves_figure(rows: Sequence[dict], keys: Sequence[str] = ("loss",), title: str = "") -> Figure:
-    """``keys`` of per-step log rows against their ``step``; one panel per key (rows without it skipped)."""
-    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys) + 0.8, 3.4), squeeze=False)
-    for ax, key in zip(axes[0], keys):
+    """``keys`` of per-step log rows against their ``step``; one panel per key (rows without it skipped),
+    three to a row."""
+    cols = min(len(keys), 3)
+    nrows = -(-len(keys) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols + 0.8, 3.4 * nrows), squeeze=False)
+    for ax in axes.flat[len(keys):]:
+        ax.set_visible(False)
+    for ax, key in zip(axes.flat, keys):
         pts = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
         if pts:
             ax.plot(*zip(*pts), lw=1, marker="o" if len(pts) <= _MARKED else None, ms=3)

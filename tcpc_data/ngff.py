@@ -147,7 +147,8 @@ def _write_label(case: zarr.Group, case_id: str, name: str, data: np.ndarray, sp
     _drop_labels(case, (name,))
     group = labels.create_group(name)
     chunks = _chunks_for(data.shape)
-    arr = group.create_array(_LEVEL, shape=data.shape, dtype=data.dtype, chunks=chunks,
+    shards = tuple(-(-s // c) * c for s, c in zip(data.shape, chunks))  # one file, like the store's arrays
+    arr = group.create_array(_LEVEL, shape=data.shape, dtype=data.dtype, chunks=chunks, shards=shards,
                              compressors=_COMPRESSORS, dimension_names=DIMENSION_NAMES)
     arr[...] = data
     if digest is not None:

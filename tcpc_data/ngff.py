@@ -143,6 +143,9 @@ def _write_label(case: zarr.Group, case_id: str, name: str, data: np.ndarray, sp
         raise ValueError(f"{case_id}: label map {name!r} must be 3-D (z, y, x), got shape {data.shape}")
     if not np.issubdtype(data.dtype, np.integer):
         raise ValueError(f"{case_id}: label map {name!r} must hold integers, got {data.dtype}")
+    if data.size and data.min() >= 0:  # the smallest unsigned type: SLIC labels fit 16 bits, writing in half the time
+        top = int(data.max())
+        data = data.astype(np.uint8 if top < 256 else np.uint16 if top < 65536 else np.uint32, copy=False)
     labels = _labels_group(case)
     _drop_labels(case, (name,))
     group = labels.create_group(name)

@@ -95,3 +95,30 @@ def test_metadata_refuses_geometry_ngff_cannot_hold():
     for spacing, origin in (([1, 0, 1], [0, 0, 0]), ([1, 1], [0, 0, 0]), ([1, 1, 1], [0, np.nan, 0])):
         with pytest.raises(ValueError, match="NGFF needs 3 positive spacings"):
             multiscales("image", spacing, origin, "c")
+
+
+@pytest.mark.slow
+def test_a_real_lidc_case_opens_at_its_dicom_geometry(lidc_dir, tmp_path):
+    """LIDC-IDRI-0001: scale and translation as the DICOM headers give them (read here with pydicom)."""
+    import pydicom
+
+    series = lidc_dir / "LIDC-IDRI-0001"
+    headers = [pydicom.dcmread(p, stop_before_pixels=True) for p in sorted(series.rglob("*.dcm"))]
+    headers = [h for h in headers if h.get("Modality") == "CT"]
+    first = min(headers, key=lambda h: float(h.ImagePositionPatient[2]))
+    zs = sorted(float(h.ImagePositionPatient[2]) for h in headers)
+    x0, y0, z0 = (float(v) for v in first.ImagePositionPatient)
+    row_mm, col_mm = (float(v) for v in first.PixelSpacing)
+
+    store = tmp_path / "v.zarr"
+    assert ingest(series, store, IngestConfig(clip=(-1024, 3071)), workers=1).done == ["LIDC-IDRI-0001"]
+    assert supervoxels(store, SupervoxelConfig(n_segments=300), workers=1).ok
+    nodes = _nodes(store / "LIDC-IDRI-0001")
+    scale, translation = _transforms(nodes[""])
+    assert scale == pytest.approx([np.median(np.diff(zs)), row_mm, col_mm])
+    assert translation == pytest.approx([z0, y0, x0], abs=1e-4)
+    assert np.asarray(nodes[""].data[0]).shape == (len(headers), first.Rows, first.Columns)
+    label = nodes["labels/supervoxels"]
+    assert _transforms(label) == (scale, translation)
+    np.testing.assert_array_equal(np.asarray(label.data[0]),
+                                  open_store(store, "r")["LIDC-IDRI-0001"]["supervoxels"][...])

@@ -493,8 +493,9 @@ def view(store, case, centres, screenshot, settings):
 
     try:
         viewer = open_viewer(store, case, settings.build("view"), centres)
-    except ModuleNotFoundError as exc:
-        raise click.ClickException(str(exc)) from None
+    except ModuleNotFoundError as exc:  # the napari extra is not installed: one line, like other user errors
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
     if screenshot:
         viewer.screenshot(path=screenshot, canvas_only=True)
         viewer.close()

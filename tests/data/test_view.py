@@ -2,6 +2,7 @@
 import os
 import shutil
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -96,6 +97,13 @@ def test_bad_requests_fail_in_one_line(store, tmp_path):
         ViewConfig(boxes=-1)
     res = CliRunner().invoke(main, ["view", str(store), "nope"])
     assert res.exit_code == 2 and res.output.startswith("error: ") and res.output.count("\n") == 1
+
+
+def test_without_napari_the_command_says_which_extra_to_install(store, monkeypatch):
+    monkeypatch.setitem(sys.modules, "napari", None)  # import napari now raises ImportError
+    res = CliRunner().invoke(main, ["view", str(store)])
+    assert res.exit_code == 2 and res.output.count("\n") == 1
+    assert res.output.startswith("error: tcpc view needs napari and a Qt binding: pip install 'tcpc[napari]'")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -54,6 +54,9 @@ def multiscales(path: str, spacing_zyx, origin_zyx, name: str) -> list[dict]:
     name
         The image's name (the case id).
     """
+    if spacing_zyx is None or origin_zyx is None:
+        raise ValueError(f"{name}: NGFF needs 3 positive spacings and 3 finite origin values, "
+                         f"got spacing {spacing_zyx} and origin {origin_zyx}")
     scale = [float(s) for s in spacing_zyx]
     translation = [float(o) + 0.0 for o in origin_zyx]  # + 0.0: no -0.0 in the JSON
     if len(scale) != 3 or len(translation) != 3 or not all(np.isfinite(scale + translation)) \
@@ -99,11 +102,18 @@ def annotate_case(case: zarr.Group, arrays: Mapping[str, np.ndarray],
         return  # no geometry yet: the image's commit annotates the case
     geometry = case[IMAGE].attrs
     spacing, origin = geometry.get("spacing_zyx"), geometry.get("origin_zyx")
-    if spacing is None or origin is None:
-        return
     case_id = case.basename
+    try:
+        ome = image_attrs(case_id, spacing, origin)
+    except (TypeError, ValueError):
+        # geometry NGFF cannot hold (the stages and tcpc verify report it): the case is no NGFF
+        # image, and the commit itself must not fail for it
+        _drop_labels(case, LABEL_ARRAYS)
+        if "ome" in case.attrs:
+            del case.attrs["ome"]
+        return
     if IMAGE in arrays:
-        case.attrs["ome"] = image_attrs(case_id, spacing, origin)
+        case.attrs["ome"] = ome
     for name in LABEL_ARRAYS:
         if name in arrays:
             _write_label(case, case_id, name, np.asarray(arrays[name]), spacing, origin,

@@ -89,10 +89,23 @@ def test_a_new_image_drops_the_old_grids_labels_until_they_are_redone(dicom_stor
     assert np.asarray(label.data[0]).shape == open_store(dicom_store, "r")["pat"]["image"].shape == (4, 12, 20)
 
 
+def test_a_case_whose_geometry_ngff_cannot_hold_commits_without_ngff_metadata(dicom_store):
+    """A negative spacing: the commit succeeds (the stages report the geometry), the case is no NGFF image."""
+    group = open_store(dicom_store, "r")["pat"]
+    attrs = dict(group["image"].attrs, spacing_zyx=[2.5, -1.0, 2.0])
+    commit_arrays(dicom_store, "pat", {"image": group["image"][...]}, {"image": attrs})
+    group = open_store(dicom_store, "r")["pat"]
+    assert group["image"].attrs["spacing_zyx"] == [2.5, -1.0, 2.0]
+    assert "ome" not in group.attrs and group["labels"].attrs["ome"]["labels"] == []
+    nodes = ome_zarr_reader.Reader(parse_url(str(dicom_store / "pat")))()
+    assert not any(n.load(ome_zarr_reader.Multiscales) for n in nodes)  # nor an image for ome-zarr
+
+
 def test_metadata_refuses_geometry_ngff_cannot_hold():
     assert image_attrs("c", [1, 2, 3], [-0.0, 0, 5])["multiscales"][0]["datasets"][0][
         "coordinateTransformations"][1]["translation"] == [0.0, 0.0, 5.0]
-    for spacing, origin in (([1, 0, 1], [0, 0, 0]), ([1, 1], [0, 0, 0]), ([1, 1, 1], [0, np.nan, 0])):
+    for spacing, origin in (([1, 0, 1], [0, 0, 0]), ([1, 1], [0, 0, 0]), ([1, 1, 1], [0, np.nan, 0]),
+                            (None, [0, 0, 0])):
         with pytest.raises(ValueError, match="NGFF needs 3 positive spacings"):
             multiscales("image", spacing, origin, "c")
 

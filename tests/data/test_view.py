@@ -155,6 +155,21 @@ def test_napari_shows_the_layers_in_world_mm_and_takes_a_screenshot(store, tmp_p
     assert np.any((rgb[..., 0] > 200) & (rgb[..., 1] < 60) & (rgb[..., 2] < 60))
 
 
+def test_napari_places_a_flipped_case_by_its_direction(tmp_path, display):
+    """A NIfTI-like case (y and x reversed): every layer maps a voxel to its world position."""
+    from tcpc_data.view import open_viewer
+
+    flip = np.diag([1.0, -1.0, -1.0])
+    _write_case(tmp_path / "v.zarr", "t", direction=flip)
+    viewer = open_viewer(tmp_path / "v.zarr", "t")
+    try:
+        for layer in viewer.layers:
+            np.testing.assert_allclose(layer.data_to_world([3, 7, 11]),
+                                       index_to_world([3, 7, 11], ORIGIN, SPACING, flip), err_msg=layer.name)
+    finally:
+        viewer.close()
+
+
 def test_cli_view_writes_a_screenshot(store, tmp_path, display):
     res = CliRunner().invoke(main, ["view", str(store), "--boxes", "0", "--screenshot", str(tmp_path / "s.png")])
     assert res.exit_code == 0, res.output

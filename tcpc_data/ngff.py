@@ -15,12 +15,18 @@ the array (SLIC labels compress to about a megabyte per LIDC case). tcpc never
 reads the copy: ``supervoxels`` and ``mask`` beside ``image`` stay the arrays
 its stages use and check.
 
-:func:`annotate_case` runs after every commit (``tcpc_data.store.commit_arrays``).
-A label name is listed in ``labels``'s metadata only after its array is
-written, and removed from the list before it is replaced, so an NGFF reader
-never opens a half-written label image. A new ``image`` drops the label images
-of the old one (a changed grid makes them wrong); the stages that write the
-labels write them again.
+:func:`before_commit` and :func:`after_commit` run around every commit
+(``tcpc_data.store.commit_arrays``). On an existing case the metadata and the
+label copies are written before the arrays' completion markers, so a kill
+leaves them ahead of the arrays, never behind: the rerun that redoes the
+arrays writes them again. A new case gets its ``ome`` attribute inside the
+atomic commit and its label copies just after; every later commit of the case
+also restores what a kill left missing. Only complete arrays (with a
+``digest``) get a copy, which records that digest. A label name is listed in
+``labels``'s metadata only after its copy is written, and removed from the list
+before it is replaced, so an NGFF reader never opens a half-written label
+image. A new ``image`` drops the label images of the old one (a changed grid
+makes them wrong); the stages that write the labels write them again.
 
 NGFF 0.5 has scale and translation but no rotation: for an image whose
 ``direction`` is not the identity, the metadata place the voxel grid axis by
@@ -80,44 +86,106 @@ def label_attrs(case_id: str, name: str, spacing_zyx, origin_zyx) -> dict:
             "multiscales": multiscales(_LEVEL, spacing_zyx, origin_zyx, f"{case_id} {name}")}
 
 
-def annotate_case(case: zarr.Group, arrays: Mapping[str, np.ndarray],
-                  attrs: Mapping[str, Mapping] | None = None) -> None:
-    """Bring a case group's NGFF metadata up to date after ``arrays`` were committed to it.
+def before_commit(root: zarr.Group, case_id: str, arrays: Mapping[str, np.ndarray],
+                  attrs: Mapping[str, Mapping]) -> dict:
+    """NGFF metadata ahead of a commit of ``arrays`` to case ``case_id``; returns case attributes for it.
+
+    An existing case gets its metadata and label copies now, before the
+    arrays' completion markers: a kill in between leaves them ahead of the
+    arrays, and the rerun that redoes the arrays writes them again. A new
+    case gets its ``ome`` attribute inside the commit (returned here), so it
+    appears with the case; its label copies follow (:func:`after_commit`).
+
+    Parameters
+    ----------
+    root
+        The store's root group, writable.
+    case_id
+        The case.
+    arrays, attrs
+        What ``tcpc_data.store.commit_arrays`` is about to commit: name -> data and
+        name -> attributes (``image``'s hold ``spacing_zyx`` and ``origin_zyx``).
+    """
+    if case_id not in root:
+        ome = _image_ome(case_id, attrs.get(IMAGE, {})) if IMAGE in arrays else None
+        return {"ome": ome} if ome else {}
+    case = root[case_id]
+    if IMAGE in arrays:
+        _drop_labels(case, LABEL_ARRAYS)  # a new grid makes them wrong; their stages write them again
+        geometry = attrs.get(IMAGE, {})
+    elif IMAGE in case:
+        geometry = case[IMAGE].attrs
+    else:
+        return {}
+    complete = {n: arrays[n] for n in LABEL_ARRAYS if n in arrays and attrs.get(n, {}).get("digest")}
+    _annotate(case, case_id, geometry, complete, attrs, set_image=IMAGE in arrays)
+    return {}
+
+
+def after_commit(case: zarr.Group, arrays: Mapping[str, np.ndarray]) -> None:
+    """Complete a case's NGFF metadata after a commit of ``arrays``: a new case's label copies, and
+    what a kill after an earlier commit left missing (the image metadata, the copy of a complete
+    label map of the image's shape).
 
     Parameters
     ----------
     case
-        The case group, opened writable.
+        The case group, writable.
     arrays
-        The arrays just committed (name -> data): ``image`` rewrites the image
-        metadata and drops the old label images; ``supervoxels`` and ``mask``
-        are copied to label images.
-    attrs
-        Their attributes; a label image's array records its source's ``digest``.
+        What was just committed: name -> data.
     """
-    attrs = attrs or {}
-    if IMAGE in arrays:
-        _drop_labels(case, LABEL_ARRAYS)
     if IMAGE not in case:
-        return  # no geometry yet: the image's commit annotates the case
-    geometry = case[IMAGE].attrs
-    spacing, origin = geometry.get("spacing_zyx"), geometry.get("origin_zyx")
-    case_id = case.basename
+        return
+    image = case[IMAGE]
+    todo, attrs = {}, {}
+    for name in LABEL_ARRAYS:
+        if name not in case or case[name].shape != image.shape:
+            continue
+        digest = case[name].attrs.get("digest")
+        if digest is None or _copy_digest(case, name) == digest:
+            continue  # incomplete (absent to readers), or its copy is current
+        if name in arrays:
+            todo[name] = arrays[name]  # a new case: before_commit could not write it
+        elif IMAGE not in arrays:  # (a new image's label maps are redone by their stages)
+            todo[name] = case[name][...]  # a kill after its commit left no copy: repair it now
+        attrs[name] = {"digest": digest}
+    _annotate(case, case.basename, image.attrs, todo, attrs, set_image=True)
+
+
+def _image_ome(case_id: str, geometry) -> dict | None:
+    """The case's ``ome`` attribute, or None for geometry NGFF cannot hold (the stages report it)."""
     try:
-        ome = image_attrs(case_id, spacing, origin)
+        return image_attrs(case_id, geometry.get("spacing_zyx"), geometry.get("origin_zyx"))
     except (TypeError, ValueError):
-        # geometry NGFF cannot hold (the stages and tcpc verify report it): the case is no NGFF
-        # image, and the commit itself must not fail for it
+        return None
+
+
+def _copy_digest(case: zarr.Group, name: str) -> str | None:
+    """The digest recorded by the listed label copy of ``name``, or None without one."""
+    if "labels" not in case or name not in case["labels"].attrs.get("ome", {}).get("labels", []):
+        return None
+    try:
+        return case["labels"][name][_LEVEL].attrs.get("digest")
+    except KeyError:
+        return None
+
+
+def _annotate(case: zarr.Group, case_id: str, geometry, labels: Mapping[str, np.ndarray],
+              attrs: Mapping[str, Mapping], *, set_image: bool) -> None:
+    """Write the image metadata (``set_image``) and the label copies ``labels`` on ``geometry``."""
+    ome = _image_ome(case_id, geometry)
+    if ome is None:  # no NGFF image; the commit itself must not fail for it
         _drop_labels(case, LABEL_ARRAYS)
         if "ome" in case.attrs:
             del case.attrs["ome"]
         return
-    if IMAGE in arrays:
+    if set_image and case.attrs.get("ome") != ome:
         case.attrs["ome"] = ome
-    for name in LABEL_ARRAYS:
-        if name in arrays:
-            _write_label(case, case_id, name, np.asarray(arrays[name]), spacing, origin,
-                         attrs.get(name, {}).get("digest"))
+    spacing, origin = geometry["spacing_zyx"], geometry["origin_zyx"]
+    for name, data in labels.items():
+        data = np.asarray(data)
+        if data.ndim == 3 and np.issubdtype(data.dtype, np.integer):  # else no label image, never an error
+            _write_label(case, case_id, name, data, spacing, origin, attrs.get(name, {}).get("digest"))
 
 
 def _labels_group(case: zarr.Group) -> zarr.Group:
@@ -149,11 +217,7 @@ def _write_label(case: zarr.Group, case_id: str, name: str, data: np.ndarray, sp
                  digest: str | None) -> None:
     from tcpc_data.store import _COMPRESSORS, _chunks_for
 
-    if data.ndim != 3:
-        raise ValueError(f"{case_id}: label map {name!r} must be 3-D (z, y, x), got shape {data.shape}")
-    if not np.issubdtype(data.dtype, np.integer):
-        raise ValueError(f"{case_id}: label map {name!r} must hold integers, got {data.dtype}")
-    if data.size and data.min() >= 0:  # the smallest unsigned type: SLIC labels fit 16 bits, writing in half the time
+    if data.size and data.min() >= 0:  # the smallest unsigned type: LIDC's SLIC labels take 2.8 MB, not 3.2
         top = int(data.max())
         data = data.astype(np.uint8 if top < 256 else np.uint16 if top < 65536 else np.uint32, copy=False)
     labels = _labels_group(case)

@@ -125,8 +125,10 @@ def commit_arrays(url: str | os.PathLike, case_id: str, arrays: Mapping[str, np.
 
     The case's OME-Zarr metadata follow the arrays (:mod:`tcpc_data.ngff`).
     """
-    _commit(url, case_id, arrays, attrs or {}, case_attrs)
-    ngff.annotate_case(open_store(url, mode="r+")[case_id], arrays, attrs)
+    attrs = attrs or {}
+    ngff_attrs = ngff.before_commit(open_store(url, mode="a"), case_id, arrays, attrs)
+    _commit(url, case_id, arrays, attrs, {**ngff_attrs, **(case_attrs or {})})
+    ngff.after_commit(open_store(url, mode="r+")[case_id], arrays)
 
 
 def _commit(url, case_id: str, arrays: Mapping[str, np.ndarray], attrs: Mapping[str, Mapping[str, Any]],

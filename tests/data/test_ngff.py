@@ -89,6 +89,48 @@ def test_a_new_image_drops_the_old_grids_labels_until_they_are_redone(dicom_stor
     assert np.asarray(label.data[0]).shape == open_store(dicom_store, "r")["pat"]["image"].shape == (4, 12, 20)
 
 
+def test_what_a_kill_after_a_commit_left_out_the_next_commit_restores(tmp_path, monkeypatch):
+    """A new case's label copy is written just after its commit: killed there (simulated), the case has
+    a complete mask but no label image; the case's next commit (its supervoxels) writes both."""
+    from tcpc_data import ngff
+
+    store, shape = tmp_path / "v.zarr", (4, 6, 5)
+    mask = np.zeros(shape, np.uint8)
+    mask[1:3, 2:4, 1:3] = 1
+    geometry = {"spacing_zyx": [2.0, 1.0, 1.0], "origin_zyx": [5.0, -3.0, 7.0], "digest": "i"}
+    with monkeypatch.context() as m:
+        m.setattr(ngff, "after_commit", lambda case, arrays: None)  # the process dies here
+        commit_arrays(store, "c", {"image": np.zeros(shape, np.float32), "mask": mask},
+                      {"image": geometry, "mask": {"digest": "m"}})
+    group = open_store(store, "r")["c"]
+    assert group.attrs["ome"] == image_attrs("c", [2.0, 1.0, 1.0], [5.0, -3.0, 7.0])  # inside the commit
+    assert "labels" not in group
+    sv = np.arange(np.prod(shape), dtype=np.int32).reshape(shape) % 5
+    commit_arrays(store, "c", {"supervoxels": sv}, {"supervoxels": {"digest": "s"}})
+    nodes = _nodes(tmp_path / "v.zarr" / "c")
+    np.testing.assert_array_equal(np.asarray(nodes["labels/mask"].data[0]), mask)
+    np.testing.assert_array_equal(np.asarray(nodes["labels/supervoxels"].data[0]), sv)
+    assert _transforms(nodes["labels/mask"]) == ([2.0, 1.0, 1.0], [5.0, -3.0, 7.0])
+
+
+def test_a_kill_before_the_arrays_complete_leaves_the_copy_ahead_and_the_rerun_agrees(dicom_store, monkeypatch):
+    """On an existing case the copy is written before the array's digest: killed in between (simulated),
+    the copy shows the new labels while tcpc's array is still the old one; committing again agrees."""
+    from tcpc_data import store as store_module
+
+    new = open_store(dicom_store, "r")["pat"]["supervoxels"][...] + 1
+    with monkeypatch.context() as m:
+        m.setattr(store_module, "_commit", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+        with pytest.raises(KeyboardInterrupt):
+            commit_arrays(dicom_store, "pat", {"supervoxels": new}, {"supervoxels": {"digest": "new"}})
+    group = open_store(dicom_store, "r")["pat"]
+    assert group["labels/supervoxels/0"].attrs["digest"] == "new" != group["supervoxels"].attrs["digest"]
+    commit_arrays(dicom_store, "pat", {"supervoxels": new}, {"supervoxels": {"digest": "new"}})
+    label = _nodes(dicom_store / "pat")["labels/supervoxels"]
+    np.testing.assert_array_equal(np.asarray(label.data[0]), new)
+    np.testing.assert_array_equal(open_store(dicom_store, "r")["pat"]["supervoxels"][...], new)
+
+
 def test_a_case_whose_geometry_ngff_cannot_hold_commits_without_ngff_metadata(dicom_store):
     """A negative spacing: the commit succeeds (the stages report the geometry), the case is no NGFF image."""
     group = open_store(dicom_store, "r")["pat"]

@@ -479,6 +479,34 @@ def verify(path):
     sys.exit(0 if report.ok else 1)
 
 
+@main.command(cls=ConfigCommand, configs={"view": "tcpc_data.view:ViewConfig"})
+@click.argument("store")
+@click.argument("case", required=False)
+@click.option("--centres", type=click.Path(dir_okay=False), default=None,
+              help="Centre table shown as points (case,z,y,x; case,z_mm,y_mm,x_mm; nodule table; LUNA16).")
+@click.option("--screenshot", type=click.Path(dir_okay=False), default=None,
+              help="Save the view to this PNG and close, instead of keeping the window open.")
+@_friendly
+def view(store, case, centres, screenshot, settings):
+    """Open CASE of a volume STORE (default: its first case) in napari: the image in world mm,
+    supervoxels and mask as label layers, candidate crop boxes and --centres points.
+    Needs the napari extra: pip install 'tcpc[napari]'."""
+    from tcpc_data.view import open_viewer
+
+    try:
+        viewer = open_viewer(store, case, settings.build("view"), centres)
+    except ModuleNotFoundError as exc:  # the napari extra is not installed: one line, like other user errors
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    if screenshot:
+        viewer.screenshot(path=screenshot, canvas_only=True)
+        viewer.close()
+        click.echo(f"view of {viewer.title.removeprefix('tcpc ')} written to {screenshot}")
+        return
+    import napari
+    napari.run()
+
+
 @main.command(cls=ConfigCommand, configs={"ingest": "tcpc_data.ingest.stage:IngestConfig",
                                           "supervoxels": "tcpc_data.supervoxels.stage:SupervoxelConfig",
                                           **_SHARD_CONFIGS, "run": StageRun})

@@ -15,7 +15,8 @@ folder beside an ``images/`` folder, or in nnU-Net's ``labelsTr/``/``labelsTs/``
 beside ``imagesTr/``/``imagesTs/``, is the mask of the image of the same name
 (nnU-Net's ``<case>_0000`` image channel suffix is dropped from the case id)
 and is ingested as that case's ``mask`` array. A label map without an image
-is skipped with a note.
+is skipped with a note. So is a DICOM-SEG object, the mask of the series it
+references (:mod:`tcpc_data.ingest.dicomseg`).
 
 Case ids are sanitised, unique and stable: a file's name without extensions
 (``phantom-000``); a DICOM series' folder relative to the source without its
@@ -36,6 +37,7 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
 from fsspec.implementations.local import LocalFileSystem
 
+from tcpc_data.ingest.dicomseg import is_segmentation, pair_segmentations
 from tcpc_data.runner import progress_display
 from tcpc_data.store import sanitize_case_id
 from tcpc_data.urls import filesystem, is_local
@@ -356,6 +358,7 @@ def _dicom_series(src: str, fs, base: str, files: list[tuple[str, dict | str]], 
     series: dict[str, list[str]] = defaultdict(list)
     meta: dict[str, dict] = {}
     skipped: dict[tuple[str, str], int] = defaultdict(int)
+    segs: list[str] = []
     for f, ds in files:
         if isinstance(ds, str):
             rel = posixpath.relpath(f, base)
@@ -364,6 +367,9 @@ def _dicom_series(src: str, fs, base: str, files: list[tuple[str, dict | str]], 
             continue
         modality, sop = ds["Modality"], ds["SOPClassUID"]
         folder = posixpath.relpath(posixpath.dirname(f), base)
+        if is_segmentation(ds):  # the mask of the series it references (pair_segmentations)
+            segs.append(f)
+            continue
         if modality in _NON_IMAGE_MODALITIES or sop.startswith(_NON_IMAGE_SOP_PREFIXES):
             skipped[(folder, f"non-image object ({modality or sop})")] += 1
             continue
@@ -406,7 +412,7 @@ def _dicom_series(src: str, fs, base: str, files: list[tuple[str, dict | str]], 
         info = tuple(sorted(meta[uid].items()))
         out.append((levels, CaseSource(_case_id(levels[-1]), "dicom", _url(fs, folder, src),
                                        tuple(_url(fs, m, src) for m in sorted(series[uid])), info)))
-    return out
+    return pair_segmentations(fs, src, base, out, segs, found.notes, _url)
 
 
 def _assign_ids(candidates: list[tuple[list[str], CaseSource]]) -> list[CaseSource]:

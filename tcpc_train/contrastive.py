@@ -20,11 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tcpc_train.models import encoder_features
-
-
-def distributed_world() -> int:
-    """Processes in the default group (1 when torch.distributed is not initialised)."""
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+from tcpc_train.runtime import world_size
 
 
 class _GatherRows(torch.autograd.Function):
@@ -52,7 +48,7 @@ def gather_rows(x: torch.Tensor) -> tuple[torch.Tensor, int]:
     """Every rank's rows of ``x`` (n_r, D) concatenated in rank order, and the index of this rank's
     first row in it; differentiable. Ranks may hold different numbers of rows (a batch that lost
     bad samples): the counts are exchanged first. One process: ``(x, 0)``."""
-    if distributed_world() == 1:
+    if world_size() == 1:
         return x, 0
     counts = [torch.zeros(1, dtype=torch.int64, device=x.device) for _ in range(dist.get_world_size())]
     dist.all_gather(counts, torch.tensor([len(x)], device=x.device))

@@ -17,9 +17,10 @@ pretraining uses too), ``_select`` (validation, ``best.pt``/``last.pt``) and
 Under ``torchrun`` the model trains under DDP: each epoch the selected
 training keys are dealt to the ranks by a seeded permutation (balanced to one
 sample; every rank reads the training tars and decodes only its own samples),
-the ranks step in lockstep (:func:`tcpc_train.runtime.lockstep`) and rank 0
-alone recalibrates batch norm, validates, writes files and tests while the
-others wait; every rank returns rank 0's summary.
+the ranks step in lockstep (:func:`tcpc_train.runtime.lockstep`), recalibrate
+batch norm on their shares and average the statistics, and rank 0 alone
+validates, writes files and tests while the others wait; every rank returns
+rank 0's summary.
 
 Outputs in ``out``: ``config.json``, ``init_report.json``, ``log.jsonl``
 (per step: epoch, loss, lr, samples/s; per epoch: validation metrics),
@@ -47,8 +48,9 @@ from tcpc_train.metrics import classification_metrics
 from tcpc_train.models import ARCHS, Classifier, adopt_encoder, build_encoder
 from tcpc_train.plots import plot_curves, plot_roc
 from tcpc_train.pretraining import Arch, encoder_name
-from tcpc_train.runtime import (RuntimeConfig, StepLog, agree, autocast, barrier, config_changes, init_distributed,
-                                lockstep, optimiser_steps, progress_bar, resolve_device, share_json, skip_counts)
+from tcpc_train.runtime import (RuntimeConfig, StepLog, agree, autocast, average_over_ranks, barrier, config_changes,
+                                init_distributed, lockstep, optimiser_steps, progress_bar, resolve_device, share_json,
+                                skip_counts)
 from tcpc_train.weights import load_encoder_weights
 
 
@@ -182,6 +184,11 @@ def recalibrate_batchnorm(model: torch.nn.Module, data: ShardSet, keys: frozense
     evaluation-mode outputs drift from the training-mode ones (seen here:
     AUC 1.0 but ACC 0.5 on a separable set); "precise BN" removes the lag.
     ``skip_bad``: leave out the samples that fail to load.
+
+    Under DDP every rank runs this on its own ``keys`` (its share), in
+    lockstep (SyncBatchNorm's forward is a collective), and the ranks'
+    statistics are then averaged: with equal batch counts, the average over
+    all ranks' batches, as one process would compute it.
     """
     bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     if not bns:
@@ -193,13 +200,14 @@ def recalibrate_batchnorm(model: torch.nn.Module, data: ShardSet, keys: frozense
     model.train()
     stream = ShardStream(data, VolumeSample(False, 0), batch_size, shuffle_buffer=1, epoch=0, keys=keys,
                          drop_last=len(keys) > batch_size, rank=0, world=1, skip_bad=skip_bad)
-    for i, batch in enumerate(make_loader(stream, workers)):
+    for i, batch in enumerate(lockstep(iter(make_loader(stream, workers)))):
         if i == max_batches:
             break
         with autocast(device, amp):
             model(batch["volume"].to(device, non_blocking=True))
     for m, mom in zip(bns, saved):
         m.momentum = mom
+        average_over_ranks(m.running_mean, m.running_var)
     model.eval()
 
 
@@ -261,6 +269,9 @@ def _setup(labelled: str | Path, out: str | Path, config: FinetuneConfig, resume
     if encoder is not None:
         adopt_encoder(encoder, decode_labelled_sample(first_sample(splits["train"]))["volume"].shape)
     rank, world = init_distributed(device)
+    if len(keys) < world:
+        raise ValueError(f"{len(keys)} selected training samples for {world} ranks; use fewer ranks or a larger "
+                         "label fraction")
     main = rank == 0
     torch.manual_seed(rt.seed)
     n_classes = max(train_labels.values()) + 1
@@ -321,9 +332,8 @@ def _train_epoch(run: _Run, epoch: int, advance) -> None:
         run.log.write({"step": run.step, "epoch": epoch + 1, "loss": value, "lr": lr,
                        "samples_per_s": n * run.world / dt, "skipped": skipped_in()})
         advance(f"epoch {epoch + 1} loss {value:.4f}")
-    if run.rank == 0:  # the other ranks take rank 0's statistics with DDP's buffer broadcast
-        recalibrate_batchnorm(run.model, run.splits["train"], run.keys, cfg.batch_size, run.device, rt.workers,
-                              rt.amp, skip_bad=rt.skip_bad_samples)
+    recalibrate_batchnorm(run.model, run.splits["train"], mine, cfg.batch_size, run.device, rt.workers, rt.amp,
+                          skip_bad=rt.skip_bad_samples)
 
 
 def _select(run: _Run, epoch: int) -> None:

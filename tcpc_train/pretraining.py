@@ -31,8 +31,8 @@ from tcpc_train.loader import (ShardStream, augment_intensity, augment_path, dec
                                make_loader, open_shards, sample_rng)
 from tcpc_train.models import ARCHS, adopt_encoder, build_encoder
 from tcpc_train.plots import plot_curves
-from tcpc_train.runtime import (RuntimeConfig, StepLog, agree, config_changes, init_distributed, optimiser_steps,
-                                progress_bar, resolve_device, skip_counts)
+from tcpc_train.runtime import (RuntimeConfig, StepLog, agree, barrier, config_changes, init_distributed,
+                                optimiser_steps, progress_bar, resolve_device, skip_counts)
 from tcpc_train.tasks import TASKS, TaskName
 from tcpc_train.weights import load_encoder_weights
 
@@ -261,4 +261,5 @@ def pretrain(shards: str | Path, out: str | Path, config: PretrainConfig = Pretr
     if main_rank:
         plot_curves(log.rows, out / "loss.png", ("loss",), f"{config.task} pretraining")
         (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    barrier()  # returned on any rank, the run's files are written (a next call may resume from them)
     return summary

@@ -100,7 +100,8 @@ def init_distributed(device: torch.device) -> tuple[int, int]:
     return 0, 1
 
 
-def _world() -> int:
+def world_size() -> int:
+    """Processes in the default group (1 when torch.distributed is not initialised)."""
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
@@ -125,7 +126,7 @@ def lockstep(batches: Iterator[dict]) -> Iterator[dict]:
     "I have one") ends the pass on every rank at the first rank's end. One
     process: the batches unchanged.
     """
-    if _world() == 1:
+    if world_size() == 1:
         yield from batches
         return
     group = _control_group()
@@ -144,7 +145,7 @@ def agree(value: int, what: str) -> int:
     files (a run directory not shared between hosts) would train different
     models under one DDP.
     """
-    world = _world()
+    world = world_size()
     if world == 1:
         return value
     values = [torch.zeros(1, dtype=torch.int64) for _ in range(world)]
@@ -156,9 +157,17 @@ def agree(value: int, what: str) -> int:
     return value
 
 
+def average_over_ranks(*tensors: torch.Tensor) -> None:
+    """Replace each tensor, in place, by its mean over the ranks (no-op in one process)."""
+    if world_size() > 1:
+        for t in tensors:
+            dist.all_reduce(t)
+            t /= world_size()
+
+
 def share_json(obj):
     """Rank 0's ``obj`` (JSON-able) on every rank, sent as UTF-8 bytes (no pickle); one process: ``obj``."""
-    if _world() == 1:
+    if world_size() == 1:
         return obj
     group = _control_group()
     data = json.dumps(obj).encode() if dist.get_rank() == 0 else b""
@@ -171,7 +180,7 @@ def share_json(obj):
 
 def barrier() -> None:
     """Wait for every rank (no-op in one process): e.g. while rank 0 validates and writes checkpoints."""
-    if _world() > 1:
+    if world_size() > 1:
         dist.barrier(group=_control_group())
 
 

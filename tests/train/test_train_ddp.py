@@ -224,3 +224,33 @@ def test_pretrain_under_ddp_resumes_at_the_same_step_with_the_same_losses(ranks)
     assert abs(whole[0][1] - math.log(8)) < 0.5
     assert [s for s, _ in part] == [1, 2, 3, 4] and [x for _, x in part] == pytest.approx([x for _, x in whole],
                                                                                           abs=1e-5)
+
+
+def _gpu_entry(rank, port, tmp, labelled, u_shards):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    # NCCL refuses two ranks on one device, so the ranks talk over gloo; the CUDA code paths
+    # (SyncBatchNorm in training and in the lockstep batch-norm recalibration, the gather of
+    # CUDA features) are the same.
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=WORLD)
+    converted = []
+    convert = torch.nn.SyncBatchNorm.convert_sync_batchnorm
+    torch.nn.SyncBatchNorm.convert_sync_batchnorm = lambda *a: converted.append(1) or convert(*a)
+    cuda = RuntimeConfig(workers=0, device="cuda", shuffle_buffer=512)
+    try:
+        ft = finetune(labelled, os.path.join(tmp, "ft"), FinetuneConfig(arch="vgg", width=1 / 16, batch_size=4,
+                                                                         epochs=2, runtime=cuda))
+        pre = pretrain(u_shards, os.path.join(tmp, "pre"), PretrainConfig(steps=3, **{**TINY_PRE, "runtime": cuda}))
+        with open(os.path.join(tmp, f"rank{rank}.json"), "w") as f:
+            json.dump({"ft": ft, "pre": pre, "syncbn": len(converted)}, f)
+        torch.distributed.barrier()
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_finetune_and_pretrain_ranks_sharing_one_gpu(labelled, u_shards, tmp_path, free_port):
+    mp.spawn(_gpu_entry, args=(free_port, str(tmp_path), str(labelled), str(u_shards)), nprocs=WORLD, join=True)
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD))
+    assert r0["ft"] == r1["ft"] and r0["syncbn"] == r1["syncbn"] == 2  # fine-tuning's and pretraining's models
+    assert r0["ft"]["metrics"]["n"] == 16 and math.isfinite(r0["ft"]["metrics"]["acc"])
+    assert r0["pre"]["chance_loss"] == pytest.approx(math.log(8)) and math.isfinite(r0["pre"]["final_loss"])

@@ -84,13 +84,16 @@ class ShardDataset(IterableDataset):
     Raises
     ------
     FileNotFoundError, ValueError
-        ``root`` has no (valid) manifest, or it lists a missing shard (:func:`tcpc_train.loader.open_shards`).
+        ``root`` has no (valid) manifest, or it lists a missing shard (:func:`tcpc_train.loader.open_shards`);
+        ValueError also for a rank without a world (or the reverse) or out of it.
     """
 
     def __init__(self, root: str | Path, transform: Callable[[dict], object] | None = None, *, batch_size: int = 1,
                  epoch: int | None = 0, seed: int = 0, shuffle_buffer: int = 256, start_batch: int = 0,
                  keys: frozenset | set | None = None, rank: int | None = None, world: int | None = None):
         super().__init__()
+        if (rank is None) != (world is None) or (world is not None and not 0 <= rank < world):
+            raise ValueError(f"give both rank and world (0 <= rank < world) or neither, got rank {rank}, world {world}")
         self.stream = ShardStream(open_shards(root), decode_sample, batch_size, seed=seed,
                                   shuffle_buffer=shuffle_buffer, epoch=epoch, start_batch=start_batch,
                                   keys=None if keys is None else frozenset(keys), rank=rank, world=world)

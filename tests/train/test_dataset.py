@@ -86,9 +86,12 @@ def test_pretraining_samples_decode_to_cubes_and_paths(u_shards):
     assert s["path"].shape == (s["cubes"].shape[0], 3) and s["path"].dtype == torch.int64
 
 
-def test_a_missing_directory_fails_clearly(tmp_path):
+def test_a_missing_directory_or_a_bad_rank_fails_clearly(tmp_path, u_shards):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         ShardDataset(tmp_path / "nowhere")
+    for rank, world in ((1, None), (None, 2), (2, 2)):
+        with pytest.raises(ValueError, match=rf"give both rank and world .* got rank {rank}, world {world}"):
+            ShardDataset(u_shards, rank=rank, world=world)
 
 
 def test_monai_dictionary_transforms_in_the_loop(labelled):

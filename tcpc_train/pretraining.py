@@ -39,8 +39,10 @@ from tcpc_train.weights import load_encoder_weights
 # The type of the ``arch`` fields: the CLI offers exactly the built-in encoders.
 Arch = Literal[ARCHS]
 # Config fields a resumed run may change: they alter neither the model nor the data order (a run
-# stopped by a bad sample skipped none, so it may go on skipping them).
-_RESUMABLE_CHANGES = {"steps", "runtime.device", "checkpoint_every", "runtime.skip_bad_samples"}
+# stopped by a bad sample skipped none, so it may go on skipping them; all_rank_negatives does
+# nothing in one process, and runs from before it existed resume).
+_RESUMABLE_CHANGES = {"steps", "runtime.device", "checkpoint_every", "runtime.skip_bad_samples",
+                      "all_rank_negatives"}
 _TASK_HELP = "Pretraining task (and the path kind its shards hold): " + ", ".join(
     f"{t.name} ({t.label}; {t.path_kind})" for t in TASKS.values()) + "."
 

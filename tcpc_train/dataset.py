@@ -100,7 +100,11 @@ class ShardDataset(IterableDataset):
         self.transform = transform
 
     def set_epoch(self, epoch: int) -> None:
-        """Read epoch ``epoch``'s order from the next iteration on (as ``DistributedSampler.set_epoch``)."""
+        """Read epoch ``epoch``'s order from the next iteration on (as ``DistributedSampler.set_epoch``).
+
+        Workers get a copy of the dataset when an iteration starts, so this
+        reaches them unless the DataLoader keeps ``persistent_workers``.
+        """
         self.stream.epoch = epoch
 
     def __iter__(self) -> Iterator[object]:

@@ -563,7 +563,7 @@ def pretrain(shards, settings):
 @click.option("--scratch", is_flag=True, help="Train from random initialisation (instead of --init).")
 @_friendly
 def finetune(labelled_shards, scratch, settings):
-    """Fine-tune a classifier on LABELLED_SHARDS/{train,val,test}; report test ACC and AUC."""
+    """Fine-tune a classifier on LABELLED_SHARDS/{train,val,test}; report test ACC and AUC. DDP under torchrun."""
     from tcpc_train.finetuning import finetune as run
 
     cfg, where = settings.build("finetune"), settings.build("run")
@@ -571,6 +571,8 @@ def finetune(labelled_shards, scratch, settings):
         raise click.UsageError("give exactly one of --init CKPT or --scratch")
     s = run(labelled_shards, where.out, cfg, resume=not where.fresh, progress=settings.verbosity > 0,
             tensorboard=where.tensorboard)
+    if s["world_size"] > 1 and int(os.environ.get("RANK", 0)) != 0:
+        return
     rep = s["init_report"]
     m = s["metrics"]
     title = f"fine-tuned {cfg.arch} on {s['n_train']} samples ({cfg.label_fraction:g} of train) -> {where.out}"

@@ -34,6 +34,21 @@ patients and seeds and a paired test of each row against the SLIC row
 
     python bench/crop_ablation.py --out runs/crop-ablation       # ~40 min on the busy 2-core machine
 
+The same on real CT: ``--data`` a folder of CT series with a ``nodules.csv``
+(pixel row/col and ``z_position_mm``, as ``../shared/data/ct/lidc``) gives
+the pretraining crops (ingested at 1 mm in the ``--clip`` window mapped onto
+[-1, 1], as the nodule experiment's VOIs); ``--labelled`` a nodule folder
+(``images/*.nii.gz`` + ``nodules.csv``) gives the fine-tuning task, built as
+``tcpc experiment`` builds it (its ``val`` patients are the test set, 15 % of
+its training patients select checkpoints). A CT patient among the nodule
+folder's test patients is refused. Paths then follow the nodule
+experiment's geometry (``--plane axial --target-radius 0``):
+
+    python bench/crop_ablation.py --out runs/crop-ablation-lidc --data ../shared/data/ct/lidc \
+        --labelled ../shared/data/labeled/lidc-nodules --sources slic body centre \
+        --n-segments 2000 --sigma 10 --top-k 64 --plane axial --target-radius 0 \
+        --epochs 6 --val-min 20 --seeds 0 1 2 3 --pretrain-seeds 0 1
+
 Everything lands in ``--out`` and a rerun skips what is finished
 (pretraining and fine-tuning runs resume; stores and shards are digest-checked):
 ``archive/``, ``volumes.zarr`` (all cases; SLIC candidates), ``stores/<source>.zarr``,
@@ -64,6 +79,13 @@ ROWS = {"scratch": "train from scratch", **{s: f"TCPC on {label}" for s, label i
 class AblationConfig:
     """Sizes of the ablation (saved as ``ablation.json``); the defaults fit ~30 min of a busy 2-core CPU."""
 
+    data: str = field(default="phantoms", metadata={
+        "help": "phantoms, or a folder of CT series with a nodules.csv (pixel row/col, z_position_mm)."})
+    labelled: str = field(default="", metadata={
+        "help": "With CT data: the nodule folder (images/ + nodules.csv) of the fine-tuning task."})
+    clip: tuple[float, float] = field(default=(-1000.0, 400.0), metadata={
+        "help": "With CT data: HU window mapped onto [-1, 1] (the nodule experiment's)."})
+    sources: tuple[str, ...] = field(default=tuple(SOURCES), metadata={"help": f"Crop sources, from {list(SOURCES)}."})
     cases: int = field(default=40, metadata={"help": "Phantom CTs (patients)."})
     # Lesions sparse enough that a crop without task knowledge rarely holds one, as in chest CT
     # (LIDC: 1 % of random 64 mm crops, none of the centre crops): in the demo's 48 x 96 x 96
@@ -79,6 +101,8 @@ class AblationConfig:
     sigma: float = field(default=1.0, metadata={"help": "SLIC smoothing, mm."})
     top_k: int = field(default=8, metadata={"help": "Crops per training case, every source."})
     targets_per_crop: int = field(default=4, metadata={"help": "Pretraining samples per crop."})
+    plane: str = field(default="any", metadata={"help": "Plane of the pretraining paths (any: drawn per sample)."})
+    target_radius: int = field(default=1, metadata={"help": "Targets within this many grid steps of the crop centre."})
     width: float = field(default=0.125, metadata={"help": "Encoder channel multiplier."})
     pretrain_steps: int = field(default=150, metadata={"help": "TCPC steps per pretraining."})
     batch: int = field(default=16, metadata={"help": "Samples per step (pretraining and fine-tuning)."})
@@ -90,6 +114,19 @@ class AblationConfig:
     val_min: int = field(default=10, metadata={"help": "Floor of the validation subset."})
     n_boot: int = field(default=2000, metadata={"help": "Bootstrap replicates."})
     threads: int = field(default=2, metadata={"help": "torch CPU threads (fixed: sums depend on it)."})
+
+    def validate(self) -> None:
+        unknown = [x for x in self.sources if x not in SOURCES]
+        if unknown or not self.sources:
+            raise ValueError(f"sources {list(self.sources)}: choose one or more of {list(SOURCES)}")
+        if self.data != "phantoms" and not (Path(self.data) / "nodules.csv").is_file():
+            raise FileNotFoundError(f"{self.data}: not 'phantoms' and no nodules.csv there")
+        if self.data != "phantoms" and not (Path(self.labelled) / "nodules.csv").is_file():
+            raise FileNotFoundError(f"--labelled {self.labelled!r}: CT data needs a nodule folder for fine-tuning")
+
+    def rows(self) -> dict[str, str]:
+        """Row -> label: scratch, then TCPC on each source."""
+        return {r: label for r, label in ROWS.items() if r == "scratch" or r in self.sources}
 
 
 def _split_csvs(labels_csv: Path, out: Path, split: tuple[int, int]) -> dict[str, list[str]]:
@@ -125,13 +162,14 @@ def _stores(out: Path, cfg: AblationConfig, train: list[str], log) -> dict[str, 
     from tcpc_data.supervoxels.stage import SupervoxelConfig, supervoxels
 
     base = out / "volumes.zarr"
+    # CT: the body mask's threshold (-500 HU) must lie inside the stored window
     sv = SupervoxelConfig(n_segments=cfg.n_segments, sigma=cfg.sigma, top_k=cfg.top_k, crop_size=cfg.crop)
     rep = supervoxels(base, sv, cases=train, workers=1)
     if not rep.ok:
         raise RuntimeError(rep.summary())
-    stores = {"slic": base}
+    stores = {"slic": base} if "slic" in cfg.sources else {}
     root = open_store(base, "r")
-    for source in SOURCES:
+    for source in cfg.sources:
         if source == "slic":
             continue
         table = out / f"centres-{source}.csv"
@@ -150,7 +188,7 @@ def _stores(out: Path, cfg: AblationConfig, train: list[str], log) -> dict[str, 
         if not rep.ok:
             raise RuntimeError(rep.summary())
         stores[source] = store
-    log(f"candidates: {len(train)} training cases x {cfg.top_k} crops for {', '.join(SOURCES)}")
+    log(f"candidates: {len(train)} training cases x {cfg.top_k} crops for {', '.join(cfg.sources)}")
     return stores
 
 
@@ -219,19 +257,19 @@ def _cell(out: Path, row: str, seed: int, init: str | None, labelled: Path, cfg:
         log(f"{ROWS[row]:>26} seed {seed}: test ACC {s['metrics']['acc']:.3f} AUC {s['metrics']['auc']:.3f} "
             f"({s['n_train']} labels, {len(val_keys)} for selection)")
     m = s["metrics"]
-    return {"row": row, "method": ROWS[row], "fraction": cfg.fraction, "seed": seed,
+    return {"row": row, "method": cfg.rows()[row], "fraction": cfg.fraction, "seed": seed,
             "pretrain_seed": None if init is None else cfg.pretrain_seeds[cfg.seeds.index(seed) % len(cfg.pretrain_seeds)],
             "acc": m["acc"], "balanced_acc": m["balanced_acc"], "auc": m["auc"], "n_train": s["n_train"],
             "n_val": len(val_keys), "predictions": str(cell.relative_to(out))}
 
 
-def _figure(shares: dict, stats: dict, cfg: AblationConfig, path: Path) -> Path:
+def _figure(shares: dict, stats: dict, cfg: AblationConfig, path: Path, title: str) -> Path:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), gridspec_kw={"width_ratios": [1, 1.3, 1.3]})
-    names = list(SOURCES)
+    names = list(cfg.sources)
     axes[0].bar([SOURCES[s] for s in names], [shares[s]["share"] for s in names], color="C0")
     for i, s in enumerate(names):
         axes[0].text(i, shares[s]["share"], f"{shares[s]['share']:.2f}", ha="center", va="bottom")
@@ -239,7 +277,7 @@ def _figure(shares: dict, stats: dict, cfg: AblationConfig, path: Path) -> Path:
     axes[0].set_title(f"pretraining crops ({cfg.top_k} per training case, side {cfg.crop})", fontsize=10)
     axes[0].tick_params(axis="x", labelrotation=20)
     for ax, metric, name in ((axes[1], "acc", "ACC"), (axes[2], "auc", "AUC")):
-        rows = list(ROWS.values())
+        rows = list(cfg.rows().values())
         vals = [stats[(r, cfg.fraction)][metric] for r in rows]
         mean = np.array([v[0] for v in vals])
         ax.errorbar(range(len(rows)), mean, yerr=[mean - [v[1] for v in vals], [v[2] for v in vals] - mean],
@@ -248,27 +286,19 @@ def _figure(shares: dict, stats: dict, cfg: AblationConfig, path: Path) -> Path:
         ax.set_ylabel(f"test {name}")
         ax.set_title(f"fine-tuned on {cfg.fraction * 100:g} % of the labels: mean, 95 % interval", fontsize=10)
         ax.grid(alpha=0.3)
-    fig.suptitle("Phantom CTs: where TCPC's pretraining crops come from", fontsize=12)
+    fig.suptitle(f"{title}: where TCPC's pretraining crops come from", fontsize=12)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
 
 
-def run(out: Path, cfg: AblationConfig, log=print) -> dict:
-    import torch
-
+def _phantom_data(out: Path, cfg: AblationConfig, log) -> dict:
+    """Phantom archive split by patient, ingested; lesion CSVs and labelled crops per split."""
     from tcpc_data.ingest.stage import IngestConfig, ingest
     from tcpc_data.phantom import write_archive
     from tcpc_data.shards.labelled import LabelledConfig, write_labelled_shards
-    from tcpc_data.shards.pretrain import ShardConfig, write_shards
-    from tcpc_train.apps.report import markdown_table, table_stats
 
-    torch.use_deterministic_algorithms(True)
-    torch.set_num_threads(cfg.threads)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "ablation.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
-    t0 = time.perf_counter()
     labels_csv = write_archive(out / "archive", n_cases=cfg.cases, seed=cfg.seed, n_lesions=cfg.lesions_per_case,
                                classes=(0, 1), shape=cfg.shape, spacing_zyx=cfg.spacing)
     parts = _split_csvs(labels_csv, out, cfg.split)
@@ -279,45 +309,91 @@ def run(out: Path, cfg: AblationConfig, log=print) -> dict:
     for r in csv.DictReader(open(labels_csv, newline="")):
         if r["case"] in parts["train"]:
             lesions.setdefault(r["case"], []).append([int(r["z"]), int(r["y"]), int(r["x"])])
-    stores = _stores(out, cfg, parts["train"], log)
-    shares = _shares(stores, {c: np.array(v) for c, v in lesions.items()}, cfg)
-    (out / "shares.json").write_text(json.dumps(shares, indent=1))
-    log("share of crops holding a lesion: " + ", ".join(f"{SOURCES[s]} {v['share']:.3f}" for s, v in shares.items()))
-    labelled = out / "labelled"
     for split in parts:
-        rep, _ = write_labelled_shards(out / "volumes.zarr", out / f"lesions-{split}.csv", labelled / split,
+        rep, _ = write_labelled_shards(out / "volumes.zarr", out / f"lesions-{split}.csv", out / "labelled" / split,
                                        LabelledConfig(crop_size=cfg.crop), workers=1)
         if not rep.ok:
             raise RuntimeError(rep.summary())
-    scfg = ShardConfig(crop_size=cfg.crop, cube_size=cfg.cube, targets_per_crop=cfg.targets_per_crop, seed=cfg.seed)
+    return {"train": parts["train"], "lesions": {c: np.array(v) for c, v in lesions.items()},
+            "labelled": out / "labelled", "title": "Phantom CTs",
+            "what": f"{cfg.cases} phantoms of {'x'.join(map(str, cfg.shape))} voxels with {cfg.lesions_per_case} "
+                    f"lesions each: {len(parts['train'])} train, {len(parts['val'])} val, {len(parts['test'])} test "
+                    "patients"}
+
+
+def _ct_data(out: Path, cfg: AblationConfig, log) -> dict:
+    """CT series (pretraining crops, nodule centres) and the nodule folder's labelled set (fine-tuning)."""
+    from bench.lesion_crops import _lidc_lesions
+    from tcpc_data.ingest.stage import IngestConfig, ingest
+    from tcpc_train.apps.experiment import ExperimentConfig, _nodule_labelled, _nodule_patients
+
+    ct = Path(cfg.data)
+    cases = sorted({r["patient_id"] for r in csv.DictReader(open(ct / "nodules.csv", newline=""))})
+    protocol = ExperimentConfig(data=cfg.labelled, nodule_crop=cfg.crop, nodule_clip_hu=cfg.clip)
+    labelled = _nodule_labelled(Path(cfg.labelled), out / "labelled", protocol, out / "nodules" / "volumes.zarr",
+                                log=log)
+    test = _nodule_patients(out / "nodules" / "splits.csv", ("test",))
+    if set(cases) & test:
+        raise ValueError(f"CT patients {sorted(set(cases) & test)} are test patients of {cfg.labelled}: "
+                         "pretraining must not see them")
+    rep = ingest([ct / c for c in cases], out / "volumes.zarr",
+                 IngestConfig(clip=cfg.clip, spacing_zyx=(1.0, 1.0, 1.0), fixed_window=True), workers=1)
+    if not rep.ok:
+        raise RuntimeError(rep.summary())
+    lesions = _lidc_lesions(out / "volumes.zarr", ct / "nodules.csv")
+    return {"train": cases, "lesions": lesions, "labelled": labelled,
+            "title": f"{ct.name} CTs (pretraining) -> {Path(cfg.labelled).name} (fine-tuning)",
+            "what": f"pretraining crops from the {len(cases)} CT series of {ct.name} ({sum(map(len, lesions.values()))} "
+                    f"nodules) at 1 mm; fine-tuning on {Path(cfg.labelled).name} (its val patients are the test set)"}
+
+
+def run(out: Path, cfg: AblationConfig, log=print) -> dict:
+    import torch
+
+    from tcpc_data.shards.pretrain import ShardConfig, write_shards
+    from tcpc_train.apps.report import markdown_table, table_stats
+
+    cfg.validate()
+    torch.use_deterministic_algorithms(True)
+    torch.set_num_threads(cfg.threads)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "ablation.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
+    t0 = time.perf_counter()
+    data = (_phantom_data if cfg.data == "phantoms" else _ct_data)(out, cfg, log)
+    stores = _stores(out, cfg, data["train"], log)
+    shares = _shares(stores, data["lesions"], cfg)
+    (out / "shares.json").write_text(json.dumps(shares, indent=1))
+    log("share of crops holding a lesion: " + ", ".join(f"{SOURCES[s]} {v['share']:.3f}" for s, v in shares.items()))
+    scfg = ShardConfig(crop_size=cfg.crop, cube_size=cfg.cube, targets_per_crop=cfg.targets_per_crop, seed=cfg.seed,
+                       plane=None if cfg.plane == "any" else cfg.plane, target_radius=cfg.target_radius)
     shards = {}
     for source, store in stores.items():
         shards[source] = out / "shards" / source
-        rep, _ = write_shards(store, shards[source], scfg, cases=parts["train"], workers=1)
+        rep, _ = write_shards(store, shards[source], scfg, cases=data["train"], workers=1)
         if not rep.ok:
             raise RuntimeError(rep.summary())
-    log(f"data ready ({time.perf_counter() - t0:.0f} s): {len(parts['train'])} train, {len(parts['val'])} val, "
-        f"{len(parts['test'])} test patients")
+    log(f"data ready ({time.perf_counter() - t0:.0f} s): {data['what']}")
+    rows = cfg.rows()
     cells = []
     # seed-major: a run stopped early has every row for its first seeds
     for i, seed in enumerate(cfg.seeds):
         pseed = cfg.pretrain_seeds[i % len(cfg.pretrain_seeds)]
-        for row in ROWS:
+        for row in rows:
             init = None if row == "scratch" else _pretrain(out, row, shards[row], pseed, cfg, log)
-            cells.append(_cell(out, row, seed, init, labelled, cfg, log))
+            cells.append(_cell(out, row, seed, init, data["labelled"], cfg, log))
             (out / "cells.jsonl").write_text("".join(json.dumps(c) + "\n" for c in cells))
-    stats = table_stats(cells, out, against=ROWS["slic"], n_boot=cfg.n_boot)
-    table = markdown_table(stats, list(ROWS.values()), [cfg.fraction], against=ROWS["slic"])
+    against = rows["slic"] if "slic" in rows else rows["scratch"]
+    stats = table_stats(cells, out, against=against, n_boot=cfg.n_boot)
+    table = markdown_table(stats, list(rows.values()), [cfg.fraction], against=against)
     share_line = " | ".join(f"{SOURCES[s]} {v['share']:.3f}" for s, v in shares.items())
     (out / "results.md").write_text(
-        f"Phantom crop-source ablation ({cfg.cases} phantoms: {len(parts['train'])} train, {len(parts['val'])} val, "
-        f"{len(parts['test'])} test patients; {cfg.top_k} crops of {cfg.crop} voxels per training case, "
+        f"Crop-source ablation: {data['what']}; {cfg.top_k} crops of {cfg.crop} voxels per pretraining case, "
         f"{cfg.targets_per_crop} samples each; TCPC {cfg.pretrain_steps} steps x {cfg.batch}, pretraining seeds "
         f"{list(cfg.pretrain_seeds)}; fine-tuning seeds {list(cfg.seeds)} (paired), {cfg.epochs} epochs on "
-        f"{cfg.fraction * 100:g} % of the training lesions, selection on max({cfg.val_min}, "
-        f"{cfg.val_per_label:g} x labels) validation lesions; {cfg.n_boot} bootstrap replicates over test patients "
-        f"and seeds).\n\nShare of pretraining crops holding a lesion centre: {share_line}\n\n" + table)
-    picture = _figure(shares, stats, cfg, out / "crop-ablation.png")
+        f"{cfg.fraction * 100:g} % of the training labels, selection on max({cfg.val_min}, "
+        f"{cfg.val_per_label:g} x labels) validation samples; {cfg.n_boot} bootstrap replicates over test patients "
+        f"and seeds.\n\nShare of pretraining crops holding a lesion centre: {share_line}\n\n" + table)
+    picture = _figure(shares, stats, cfg, out / "crop-ablation.png", data["title"])
     log(table)
     return {"shares": shares, "cells": cells, "table": table, "picture": str(picture),
             "seconds": time.perf_counter() - t0}

@@ -8,7 +8,7 @@ lesion is known (``tcpc_data.phantom``):
 1. the share of pretraining crops that contain a lesion centre
    (``tcpc_data.lesioncrops``), per crop source;
 2. the test result of fine-tuning a lesion classifier (benign vs malignant
-   crops, a small label fraction) from TCPC pretrained on each source's crops.
+   crops, small label fractions) from TCPC pretrained on each source's crops.
 
 Crop sources, all with the same number of crops per training case (K), the
 same crop and cube geometry, the same samples per crop and pretraining steps:
@@ -47,12 +47,12 @@ experiment's geometry (``--plane axial --target-radius 0``):
     python bench/crop_ablation.py --out runs/crop-ablation-lidc --data ../shared/data/ct/lidc \
         --labelled ../shared/data/labeled/lidc-nodules --sources slic body centre \
         --n-segments 2000 --sigma 10 --top-k 64 --plane axial --target-radius 0 \
-        --epochs 6 --val-min 20 --seeds 0 1 2 3 --pretrain-seeds 0 1
+        --fractions 0.1 --epochs 6 --val-min 20 --seeds 0 1 2 3 --pretrain-seeds 0 1
 
 Everything lands in ``--out`` and a rerun skips what is finished
 (pretraining and fine-tuning runs resume; stores and shards are digest-checked):
 ``archive/``, ``volumes.zarr`` (all cases; SLIC candidates), ``stores/<source>.zarr``,
-``shards/<source>``, ``pretrain/<source>-p<seed>``, ``cells/<row>-s<seed>``,
+``shards/<source>``, ``pretrain/<source>-p<seed>``, ``cells/<row>-f<fraction>-s<seed>``,
 ``shares.json``, ``cells.jsonl``, ``results.md``, ``crop-ablation.png``, ``ablation.json``.
 """
 from __future__ import annotations
@@ -104,16 +104,21 @@ class AblationConfig:
     plane: str = field(default="any", metadata={"help": "Plane of the pretraining paths (any: drawn per sample)."})
     target_radius: int = field(default=1, metadata={"help": "Targets within this many grid steps of the crop centre."})
     width: float = field(default=0.125, metadata={"help": "Encoder channel multiplier."})
-    pretrain_steps: int = field(default=150, metadata={"help": "TCPC steps per pretraining."})
+    pretrain_steps: int = field(default=100, metadata={"help": "TCPC steps per pretraining."})
     batch: int = field(default=16, metadata={"help": "Samples per step (pretraining and fine-tuning)."})
-    pretrain_seeds: tuple[int, ...] = field(default=(0, 1, 2), metadata={"help": "Pretraining seeds per source."})
-    seeds: tuple[int, ...] = field(default=(0, 1, 2, 3, 4, 5), metadata={"help": "Fine-tuning seeds per row."})
-    fraction: float = field(default=0.1, metadata={"help": "Share of the training lesions labelled."})
-    epochs: int = field(default=30, metadata={"help": "Fine-tuning epochs."})
+    pretrain_seeds: tuple[int, ...] = field(default=(0, 1), metadata={"help": "Pretraining seeds per source."})
+    seeds: tuple[int, ...] = field(default=(0, 1, 2, 3), metadata={"help": "Fine-tuning seeds per row."})
+    # 0.02: one label per class (the stratified floor); 0.1: 9-10 labels. At 10 % a phantom classifier from
+    # scratch is already near AUC 1 (the classes differ in size), so the 2 % column is where a better
+    # initialisation could show.
+    fractions: tuple[float, ...] = field(default=(0.02, 0.1), metadata={
+        "help": "Shares of the training lesions labelled (per class at least one)."})
+    epochs: tuple[int, ...] = field(default=(30, 30), metadata={"help": "Fine-tuning epochs per fraction."})
     val_per_label: float = field(default=1.0, metadata={"help": "Validation samples per training label."})
     val_min: int = field(default=10, metadata={"help": "Floor of the validation subset."})
     n_boot: int = field(default=2000, metadata={"help": "Bootstrap replicates."})
-    threads: int = field(default=2, metadata={"help": "torch CPU threads (fixed: sums depend on it)."})
+    # one thread: on a shared, oversubscribed CPU a second one mostly spin-waits
+    threads: int = field(default=1, metadata={"help": "torch CPU threads (fixed: sums depend on it)."})
 
     def validate(self) -> None:
         unknown = [x for x in self.sources if x not in SOURCES]
@@ -121,6 +126,8 @@ class AblationConfig:
             raise ValueError(f"sources {list(self.sources)}: choose one or more of {list(SOURCES)}")
         if self.data != "phantoms" and not (Path(self.data) / "nodules.csv").is_file():
             raise FileNotFoundError(f"{self.data}: not 'phantoms' and no nodules.csv there")
+        if len(self.epochs) != len(self.fractions) or not all(0 < f <= 1 for f in self.fractions):
+            raise ValueError(f"need one epoch count per fraction in (0, 1], got {self.epochs} for {self.fractions}")
         if self.data != "phantoms" and not (Path(self.labelled) / "nodules.csv").is_file():
             raise FileNotFoundError(f"--labelled {self.labelled!r}: CT data needs a nodule folder for fine-tuning")
 
@@ -233,19 +240,20 @@ def _pretrain(out: Path, source: str, shards: Path, seed: int, cfg: AblationConf
     return str(s["checkpoint"])
 
 
-def _cell(out: Path, row: str, seed: int, init: str | None, labelled: Path, cfg: AblationConfig, log) -> dict:
+def _cell(out: Path, row: str, seed: int, fraction: float, epochs: int, init: str | None, labelled: Path,
+          cfg: AblationConfig, log) -> dict:
     """Fine-tune one (row, seed) on its label subset, select on a label-scaled validation subset, score test."""
     from tcpc_train.apps.experiment import ExperimentConfig, predict_split, validation_view
     from tcpc_train.finetuning import FINETUNE_RUNTIME, FinetuneConfig, finetune, read_labels, stratified_fraction
     from tcpc_train.loader import labelled_splits
 
     splits = labelled_splits(labelled)
-    n_train = len(stratified_fraction(read_labels(splits["train"]), cfg.fraction, seed))
+    n_train = len(stratified_fraction(read_labels(splits["train"]), fraction, seed))
     protocol = ExperimentConfig(data=str(labelled), val_per_label=cfg.val_per_label, val_min=cfg.val_min)
     view, val_keys = validation_view(labelled, out, n_train, seed, protocol)
-    fcfg = FinetuneConfig(width=cfg.width, epochs=cfg.epochs, batch_size=cfg.batch, label_fraction=cfg.fraction,
+    fcfg = FinetuneConfig(width=cfg.width, epochs=epochs, batch_size=cfg.batch, label_fraction=fraction,
                           init=init, runtime=dataclasses.replace(FINETUNE_RUNTIME, seed=seed, workers=0, device="cpu"))
-    cell = out / "cells" / f"{row}-s{seed}"
+    cell = out / "cells" / f"{row}-f{fraction:g}-s{seed}"
     s = _done(cell, fcfg)
     if s is None or not (cell / "predictions.npz").exists() or \
             json.loads((cell / "val_keys.json").read_text()) != val_keys:
@@ -254,10 +262,10 @@ def _cell(out: Path, row: str, seed: int, init: str | None, labelled: Path, cfg:
         (cell / "val_keys.json").write_text(json.dumps(val_keys))
         s = finetune(view, cell, fcfg)
         np.savez(cell / "predictions.npz", **predict_split(s["checkpoint"], splits["test"], cfg.batch, "cpu"))
-        log(f"{ROWS[row]:>26} seed {seed}: test ACC {s['metrics']['acc']:.3f} AUC {s['metrics']['auc']:.3f} "
+        log(f"{ROWS[row]:>26} {fraction:>5g} seed {seed}: test ACC {s['metrics']['acc']:.3f} AUC {s['metrics']['auc']:.3f} "
             f"({s['n_train']} labels, {len(val_keys)} for selection)")
     m = s["metrics"]
-    return {"row": row, "method": cfg.rows()[row], "fraction": cfg.fraction, "seed": seed,
+    return {"row": row, "method": cfg.rows()[row], "fraction": fraction, "seed": seed,
             "pretrain_seed": None if init is None else cfg.pretrain_seeds[cfg.seeds.index(seed) % len(cfg.pretrain_seeds)],
             "acc": m["acc"], "balanced_acc": m["balanced_acc"], "auc": m["auc"], "n_train": s["n_train"],
             "n_val": len(val_keys), "predictions": str(cell.relative_to(out))}
@@ -276,16 +284,19 @@ def _figure(shares: dict, stats: dict, cfg: AblationConfig, path: Path, title: s
     axes[0].set_ylabel("share of crops holding a lesion centre")
     axes[0].set_title(f"pretraining crops ({cfg.top_k} per training case, side {cfg.crop})", fontsize=10)
     axes[0].tick_params(axis="x", labelrotation=20)
+    rows = list(cfg.rows().values())
     for ax, metric, name in ((axes[1], "acc", "ACC"), (axes[2], "auc", "AUC")):
-        rows = list(cfg.rows().values())
-        vals = [stats[(r, cfg.fraction)][metric] for r in rows]
-        mean = np.array([v[0] for v in vals])
-        ax.errorbar(range(len(rows)), mean, yerr=[mean - [v[1] for v in vals], [v[2] for v in vals] - mean],
-                    fmt="o", capsize=4)
+        for k, fraction in enumerate(cfg.fractions):
+            vals = [stats[(r, float(fraction))][metric] for r in rows]
+            mean = np.array([v[0] for v in vals])
+            x = np.arange(len(rows)) + 0.15 * (k - (len(cfg.fractions) - 1) / 2)
+            ax.errorbar(x, mean, yerr=[mean - [v[1] for v in vals], [v[2] for v in vals] - mean], fmt="o",
+                        capsize=4, label=f"{fraction * 100:g} % of the labels")
         ax.set_xticks(range(len(rows)), [r.replace("TCPC on ", "TCPC:\n") for r in rows], fontsize=8)
         ax.set_ylabel(f"test {name}")
-        ax.set_title(f"fine-tuned on {cfg.fraction * 100:g} % of the labels: mean, 95 % interval", fontsize=10)
+        ax.set_title("fine-tuned: mean over seeds, 95 % interval", fontsize=10)
         ax.grid(alpha=0.3)
+    axes[2].legend(fontsize=8)
     fig.suptitle(f"{title}: where TCPC's pretraining crops come from", fontsize=12)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -378,19 +389,20 @@ def run(out: Path, cfg: AblationConfig, log=print) -> dict:
     # seed-major: a run stopped early has every row for its first seeds
     for i, seed in enumerate(cfg.seeds):
         pseed = cfg.pretrain_seeds[i % len(cfg.pretrain_seeds)]
-        for row in rows:
-            init = None if row == "scratch" else _pretrain(out, row, shards[row], pseed, cfg, log)
-            cells.append(_cell(out, row, seed, init, data["labelled"], cfg, log))
-            (out / "cells.jsonl").write_text("".join(json.dumps(c) + "\n" for c in cells))
+        for fraction, epochs in zip(cfg.fractions, cfg.epochs):
+            for row in rows:
+                init = None if row == "scratch" else _pretrain(out, row, shards[row], pseed, cfg, log)
+                cells.append(_cell(out, row, seed, fraction, epochs, init, data["labelled"], cfg, log))
+                (out / "cells.jsonl").write_text("".join(json.dumps(c) + "\n" for c in cells))
     against = rows["slic"] if "slic" in rows else rows["scratch"]
     stats = table_stats(cells, out, against=against, n_boot=cfg.n_boot)
-    table = markdown_table(stats, list(rows.values()), [cfg.fraction], against=against)
+    table = markdown_table(stats, list(rows.values()), list(cfg.fractions), against=against)
     share_line = " | ".join(f"{SOURCES[s]} {v['share']:.3f}" for s, v in shares.items())
     (out / "results.md").write_text(
         f"Crop-source ablation: {data['what']}; {cfg.top_k} crops of {cfg.crop} voxels per pretraining case, "
         f"{cfg.targets_per_crop} samples each; TCPC {cfg.pretrain_steps} steps x {cfg.batch}, pretraining seeds "
-        f"{list(cfg.pretrain_seeds)}; fine-tuning seeds {list(cfg.seeds)} (paired), {cfg.epochs} epochs on "
-        f"{cfg.fraction * 100:g} % of the training labels, selection on max({cfg.val_min}, "
+        f"{list(cfg.pretrain_seeds)}; fine-tuning seeds {list(cfg.seeds)} (paired), epochs {list(cfg.epochs)} for "
+        f"label fractions {list(cfg.fractions)}, selection on max({cfg.val_min}, "
         f"{cfg.val_per_label:g} x labels) validation samples; {cfg.n_boot} bootstrap replicates over test patients "
         f"and seeds.\n\nShare of pretraining crops holding a lesion centre: {share_line}\n\n" + table)
     picture = _figure(shares, stats, cfg, out / "crop-ablation.png", data["title"])

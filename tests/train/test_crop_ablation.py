@@ -29,7 +29,7 @@ def test_splits_are_whole_patients_in_order(tmp_path):
 def test_every_source_gets_the_same_budget_and_a_rerun_trains_nothing(tmp_path):
     cfg = AblationConfig(cases=6, shape=(32, 64, 64), lesions_per_case=3, split=(3, 1), n_segments=120, top_k=3,
                          targets_per_crop=2, width=0.0625, pretrain_steps=2, batch=4, pretrain_seeds=(0, 1),
-                         seeds=(0, 1, 2), epochs=1, val_min=2, n_boot=50)
+                         seeds=(0, 1, 2), fractions=(0.5,), epochs=(1,), val_min=2, n_boot=50)
     lines = []
     res = run(tmp_path / "a", cfg, log=lines.append)
     train = ["phantom-000", "phantom-001", "phantom-002"]

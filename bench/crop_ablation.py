@@ -104,16 +104,16 @@ class AblationConfig:
     plane: str = field(default="any", metadata={"help": "Plane of the pretraining paths (any: drawn per sample)."})
     target_radius: int = field(default=1, metadata={"help": "Targets within this many grid steps of the crop centre."})
     width: float = field(default=0.125, metadata={"help": "Encoder channel multiplier."})
-    pretrain_steps: int = field(default=100, metadata={"help": "TCPC steps per pretraining."})
+    pretrain_steps: int = field(default=200, metadata={"help": "TCPC steps per pretraining."})
     batch: int = field(default=16, metadata={"help": "Samples per step (pretraining and fine-tuning)."})
-    pretrain_seeds: tuple[int, ...] = field(default=(0, 1), metadata={"help": "Pretraining seeds per source."})
-    seeds: tuple[int, ...] = field(default=(0, 1, 2, 3), metadata={"help": "Fine-tuning seeds per row."})
-    # 0.02: one label per class (the stratified floor); 0.1: 9-10 labels. At 10 % a phantom classifier from
-    # scratch is already near AUC 1 (the classes differ in size), so the 2 % column is where a better
-    # initialisation could show.
-    fractions: tuple[float, ...] = field(default=(0.02, 0.1), metadata={
+    pretrain_seeds: tuple[int, ...] = field(default=(0, 1, 2), metadata={"help": "Pretraining seeds per source."})
+    seeds: tuple[int, ...] = field(default=(0, 1, 2, 3, 4, 5), metadata={"help": "Fine-tuning seeds per row."})
+    # 0.02: one label per class (the stratified floor), 0.05: two, 0.1: 4-5 (9 in all). At 10 % a classifier
+    # from scratch is already near AUC 1 (the classes differ in size), so the small columns are where a
+    # better initialisation could show.
+    fractions: tuple[float, ...] = field(default=(0.02, 0.05, 0.1), metadata={
         "help": "Shares of the training lesions labelled (per class at least one)."})
-    epochs: tuple[int, ...] = field(default=(30, 30), metadata={"help": "Fine-tuning epochs per fraction."})
+    epochs: tuple[int, ...] = field(default=(30, 30, 30), metadata={"help": "Fine-tuning epochs per fraction."})
     val_per_label: float = field(default=1.0, metadata={"help": "Validation samples per training label."})
     val_min: int = field(default=10, metadata={"help": "Floor of the validation subset."})
     n_boot: int = field(default=2000, metadata={"help": "Bootstrap replicates."})

@@ -47,7 +47,7 @@ experiment's geometry (``--plane axial --target-radius 0``):
     python bench/crop_ablation.py --out runs/crop-ablation-lidc --data ../shared/data/ct/lidc \
         --labelled ../shared/data/labeled/lidc-nodules --sources slic body centre \
         --n-segments 2000 --sigma 10 --top-k 64 --plane axial --target-radius 0 \
-        --fractions 0.1 --epochs 6 --val-min 20 --seeds 0 1 2 3 --pretrain-seeds 0 1
+        --fractions 0.1 --epochs 6 --val-min 20
 
 Everything lands in ``--out`` and a rerun skips what is finished
 (pretraining and fine-tuning runs resume; stores and shards are digest-checked):

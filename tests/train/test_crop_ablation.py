@@ -26,6 +26,7 @@ def test_splits_are_whole_patients_in_order(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # 3 minutes on the busy 2-core machine
 def test_every_source_gets_the_same_budget_and_a_rerun_trains_nothing(tmp_path):
     cfg = AblationConfig(cases=6, shape=(32, 64, 64), lesions_per_case=3, split=(3, 1), n_segments=120, top_k=3,
                          targets_per_crop=2, width=0.0625, pretrain_steps=2, batch=4, pretrain_seeds=(0, 1),

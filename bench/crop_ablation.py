@@ -53,13 +53,15 @@ Everything lands in ``--out`` and a rerun skips what is finished
 (pretraining and fine-tuning runs resume; stores and shards are digest-checked):
 ``archive/``, ``volumes.zarr`` (all cases; SLIC candidates), ``stores/<source>.zarr``,
 ``shards/<source>``, ``pretrain/<source>-p<seed>``, ``cells/<row>-f<fraction>-s<seed>``,
-``shares.json``, ``cells.jsonl``, ``results.md``, ``crop-ablation.png``, ``ablation.json``.
+``shares.json``, ``cells.jsonl``, ``pretrain.jsonl`` (final InfoNCE per source and seed), ``results.md``,
+``crop-ablation.png``, ``ablation.json``.
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import dataclasses
+import itertools
 import json
 import shutil
 import sys
@@ -394,6 +396,12 @@ def run(out: Path, cfg: AblationConfig, log=print) -> dict:
                 init = None if row == "scratch" else _pretrain(out, row, shards[row], pseed, cfg, log)
                 cells.append(_cell(out, row, seed, fraction, epochs, init, data["labelled"], cfg, log))
                 (out / "cells.jsonl").write_text("".join(json.dumps(c) + "\n" for c in cells))
+    used = sorted({cfg.pretrain_seeds[i % len(cfg.pretrain_seeds)] for i in range(len(cfg.seeds))})
+    with open(out / "pretrain.jsonl", "w") as f:
+        for source, pseed in itertools.product(cfg.sources, used):
+            summary = json.loads((out / "pretrain" / f"{source}-p{pseed}" / "summary.json").read_text())
+            f.write(json.dumps({"source": source, "seed": pseed, "steps": summary["steps"],
+                                "final_loss": summary["final_loss"], "chance_loss": summary["chance_loss"]}) + "\n")
     against = rows["slic"] if "slic" in rows else rows["scratch"]
     stats = table_stats(cells, out, against=against, n_boot=cfg.n_boot)
     table = markdown_table(stats, list(rows.values()), list(cfg.fractions), against=against)

@@ -61,6 +61,9 @@ def test_every_source_gets_the_same_budget_and_a_rerun_trains_nothing(tmp_path):
     assert all(f"| {label} |" in table for label in ROWS.values())
     assert (tmp_path / "a" / "crop-ablation.png").stat().st_size > 20_000
     assert sum("pretrained" in x for x in lines) == len(SOURCES) * 2
+    losses = [json.loads(x) for x in (tmp_path / "a" / "pretrain.jsonl").read_text().splitlines()]
+    assert [(x["source"], x["seed"]) for x in losses] == [(s, p) for s in SOURCES for p in (0, 1)]
+    assert all(x["steps"] == 2 and np.isfinite(x["final_loss"]) for x in losses)
     again = []
     run(tmp_path / "a", cfg, log=again.append)
     assert not [x for x in again if "pretrained" in x or "test ACC" in x]  # everything found finished

@@ -8,7 +8,8 @@ samples through a seeded shuffle buffer, and batches them. Every random choice
 of a sample's augmentation is a pure function of (seed, epoch, sample key)
 (:mod:`tcpc_train.augment`), so skipping the first batches on resume
 reproduces the uninterrupted order exactly, without decoding what it skips,
-and a sample is augmented alike whatever the number of workers. With several workers the DataLoader returns batches round-robin
+and a sample is augmented alike whatever the number of workers. With several
+workers the DataLoader returns batches round-robin
 (batch k from worker k mod W); pretraining streams never end, so that rule is
 exact: a resume at step s lets worker w play the stream of worker (s + w) mod W from its
 ((s + w) div W)-th batch on.

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tcpc_train import intensity as K
+from tcpc_train import kernels as K
 from tcpc_train.augment import _cube_view, _move_positions, augment_path_batch, sample_key, uniforms
 from tcpc_train.intensity import affine_noise, affine_noise_inplace
 

@@ -105,6 +105,7 @@ def _contrastive(encoder: torch.nn.Module, cfg) -> torch.nn.Module:
 
 
 def path_cubes(cubes: np.ndarray, path: np.ndarray, rng: np.random.Generator, cfg) -> dict:
+    """The input of the predictive tasks: the augmented cubes as they are (draws nothing)."""
     return {"cubes": cubes}
 
 

@@ -1,15 +1,29 @@
-"""Benchmark: pretraining fed from shards vs. the same batches already in memory.
+"""Benchmark: the pretraining loader, the loop fed from shards vs. from memory, and the encoder step.
 
-Goal: ratio (shard samples/s ÷ in-memory samples/s) >= 0.95, i.e. the
-streaming loader is never the bottleneck. Runs on the CPU and, when there is
-one, on the GPU (same script, same batches). With ``--stems`` it instead
-times one training step of the encoder alone with the small-cube stem against
-the classic video stem (7³ stride 2 + max-pool), the choice documented in
-``tcpc_train/models.py``.
+Three parts, each on the same shards and batches (``--only`` picks one):
+
+1. loader: U-path samples/s of one loader process (the trainer's own
+   ``ShardStream`` + ``TaskSample``, in-process, batches ready for the step),
+   with augmentation (flips/rotations + per-cube intensity) and without;
+   per CPU second of the process and per wall second. Goal: >= 20,000/s with
+   augmentation.
+2. loop: pretraining fed from shards vs. the same batches already in memory,
+   through the pretraining loop's own step. Goal: ratio (shard samples/s ÷
+   in-memory samples/s) >= 0.95, i.e. the loader is never the bottleneck.
+3. encoder: one optimiser step of the encoder alone (bfloat16 autocast on
+   CUDA, float32 on the CPU) on the batch's cubes, tcpc's ResNet-18 against
+   MONAI's ``resnet18(spatial_dims=3)`` at the same width on the same input
+   (MONAI: ``pip install monai --no-deps``, the ``monai`` extra).
+
+Parts 2-3 run on the CPU and, when there is one, on the GPU. With ``--stems``
+it instead times one training step of the encoder alone with the small-cube
+stem against the classic video stem (7³ stride 2 + max-pool), the choice
+documented in ``tcpc_train/models.py``.
 
     python bench/train.py                        # synthetic U-path shards, width 1/8
     python bench/train.py --shards DIR --width 1 --batch-size 32 --workers 4
-    python bench/train.py --device cuda --width 1 --batch-size 32 --workers 8
+    python bench/train.py --device cuda --width 1 --batch-size 128 --workers 8
+    python bench/train.py --only loader --shards DIR --batch-size 128
     python bench/train.py --stems --cubes 686 --width 1
     python bench/train.py --loader-stages        # where the loader's time goes, per sample
 """
@@ -27,10 +41,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tcpc_train.loader import ShardStream, make_loader, open_shards, raw_samples  # noqa: E402
-from tcpc_train.models import ResNet18_3d  # noqa: E402
+from tcpc_train.loader import ShardStream, _retain_freed_memory, make_loader, open_shards, raw_samples  # noqa: E402
+from tcpc_train.models import ResNet18_3d, build_encoder  # noqa: E402
 from tcpc_train.pretraining import PretrainConfig, TaskSample, build_task_model, train_steps  # noqa: E402
-from tcpc_train.runtime import RuntimeConfig  # noqa: E402
+from tcpc_train.runtime import RuntimeConfig, autocast  # noqa: E402
 from tcpc_train.synthetic import write_synthetic_paths  # noqa: E402
 
 
@@ -66,29 +80,91 @@ def bench_loader(shards: Path, cfg: PretrainConfig, steps: int, warmup: int, dev
             "shards_samples_s": s_sps, "memory_samples_s": m_sps, "ratio": s_sps / m_sps}
 
 
+def bench_loader_rate(shards: Path, cfg: PretrainConfig, batches: int) -> dict:
+    """U-path samples/s of the in-process loader (one loader process's work), with augmentation as
+    ``cfg`` sets it and without: per CPU second of this process and per wall second."""
+    data = open_shards(shards)
+    out = {}
+    for name, c in (("augmented", cfg), ("plain", dataclasses.replace(cfg, augment=False, cube_intensity=0.0))):
+        stream = iter(ShardStream(data, TaskSample(c), c.batch_size, seed=c.runtime.seed,
+                                  shuffle_buffer=c.runtime.shuffle_buffer, rank=0, world=1))
+        next(stream)  # the compiled kernels' load, the first shard's open
+        c0, w0 = time.process_time(), time.perf_counter()
+        n = sum(len(next(stream)["key"]) for _ in range(batches))
+        out[name] = {"cpu_samples_s": n / (time.process_time() - c0), "wall_samples_s": n / (time.perf_counter() - w0)}
+    return out
+
+
+def _monai_resnet18(width: float) -> torch.nn.Module | None:
+    """MONAI's 3D ResNet-18 for one input channel at ``width`` (its ``widen_factor``), returning
+    pooled features; None when MONAI is not installed."""
+    try:
+        from monai.networks.nets import resnet18
+    except ImportError:
+        return None
+    return resnet18(spatial_dims=3, n_input_channels=1, widen_factor=width, feed_forward=False)
+
+
+def bench_encoders(width: float, batch: int, cubes: int, cube: int, steps: int, warmup: int,
+                   device: torch.device) -> dict:
+    """Samples/s of one optimiser step (forward, backward, AdamW) of the encoder alone on a batch of
+    ``batch`` samples of ``cubes`` cubes of ``cube``³, bfloat16 autocast on CUDA: tcpc's ResNet-18
+    and MONAI's on the same input. The two alternate step by step, so load changes hit both."""
+    torch.manual_seed(0)
+    x = torch.randn(batch * cubes, 1, cube, cube, cube, device=device)
+    models = {"tcpc resnet18": build_encoder("resnet18", width)}
+    monai = _monai_resnet18(width)
+    if monai is not None:
+        models["MONAI resnet18"] = monai
+    opts = {}
+    for name, m in models.items():
+        models[name] = m.to(device).train()
+        opts[name] = torch.optim.AdamW(m.parameters(), lr=1e-4)
+    times: dict[str, list[float]] = {name: [] for name in models}
+    for i in range(warmup + steps):
+        for name, m in models.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            with autocast(device, True):
+                loss = m(x).float().pow(2).mean()
+            opts[name].zero_grad(set_to_none=True)
+            loss.backward()
+            opts[name].step()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if i >= warmup:
+                times[name].append(time.perf_counter() - t0)
+    return {name: {"step_s": statistics.median(t), "samples_s": batch / statistics.median(t)}
+            for name, t in times.items()}
+
+
 def bench_loader_stages(shards: Path, cfg: PretrainConfig, repeat: int = 3) -> dict:
-    """In-process loader cost per sample (µs): tar reading, sample preparation (decode, RNG,
-    augmentation, path check) and the rest of a batch (shuffle buffer, collate), over every sample."""
+    """In-process loader cost per sample (µs of this process's CPU time): tar reading, sample
+    preparation (decode, path check, random key; the batch's augmentation and assembly) and the
+    rest (shuffle buffer, batching)."""
     data = open_shards(shards)
     prepare = TaskSample(cfg)
+    _retain_freed_memory()  # as in a loader process
+    prepare(next(raw_samples(data.urls[0])), 0)  # untimed: loads the compiled kernels
     t_tar = t_prep = 0.0
     for _ in range(repeat):
         for url in data.urls:
-            t0 = time.perf_counter()
+            t0 = time.process_time()
             raws = list(raw_samples(url))
-            t1 = time.perf_counter()
-            for raw in raws:
-                prepare(raw, 0)
-            t_tar, t_prep = t_tar + t1 - t0, t_prep + time.perf_counter() - t1
+            t1 = time.process_time()
+            for i in range(0, len(raws), cfg.batch_size):  # decode per sample, augment per batch
+                prepare.collate([prepare.decode(raw, 0) for raw in raws[i:i + cfg.batch_size]])
+            t_tar, t_prep = t_tar + t1 - t0, t_prep + time.process_time() - t1
     n = repeat * data.total
     stream = iter(ShardStream(data, prepare, cfg.batch_size, seed=cfg.runtime.seed,
                               shuffle_buffer=cfg.runtime.shuffle_buffer,
                               rank=0, world=1))
     batches = n // cfg.batch_size
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     for _ in range(batches):
         next(stream)
-    total = (time.perf_counter() - t0) / (batches * cfg.batch_size)
+    total = (time.process_time() - t0) / (batches * cfg.batch_size)
     tar, prep = t_tar / n, t_prep / n
     return {"tar_us": tar * 1e6, "prepare_us": prep * 1e6, "batching_us": max(0.0, total - tar - prep) * 1e6,
             "batch_ms": total * cfg.batch_size * 1e3}
@@ -128,6 +204,8 @@ def main() -> None:
     ap.add_argument("--loader-stages", action="store_true",
                     help="time the in-process loader's stages per sample instead")
     ap.add_argument("--cubes", type=int, default=98, help="cubes per step for --stems")
+    ap.add_argument("--only", choices=("loader", "loop", "encoder"), help="run one part (default: all three)")
+    ap.add_argument("--loader-batches", type=int, default=40, help="batches timed per loader measurement")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -139,26 +217,44 @@ def main() -> None:
         return
     cfg = PretrainConfig(arch=args.arch, width=args.width, batch_size=args.batch_size, warmup=0,
                          runtime=RuntimeConfig(workers=args.workers, shuffle_buffer=64))
+    parts = (args.only,) if args.only else ("loader", "loop", "encoder")
     with tempfile.TemporaryDirectory() as tmp:
-        shards = args.shards or write_synthetic_paths(Path(tmp) / "u", args.samples, "u", per_shard=16)
+        shards = Path(args.shards or write_synthetic_paths(Path(tmp) / "u", args.samples, "u", per_shard=16))
         if args.loader_stages:
-            r = bench_loader_stages(Path(shards), cfg)
-            print(f"loader, in-process, per sample: tar {r['tar_us']:.0f} us, decode + augment + checks "
-                  f"{r['prepare_us']:.0f} us, shuffle + collate {r['batching_us']:.0f} us; "
+            r = bench_loader_stages(shards, cfg)
+            print(f"loader, in-process, CPU time per sample: tar {r['tar_us']:.0f} us, decode + checks + batch augmentation "
+                  f"{r['prepare_us']:.0f} us, shuffle + batching {r['batching_us']:.0f} us; "
                   f"{r['batch_ms']:.1f} ms per batch of {cfg.batch_size}")
             return
         devices = [torch.device(d) for d in ("cpu", "cuda") if args.device in ("all", d)
                    and (d == "cpu" or torch.cuda.is_available())]
         if not devices:
             sys.exit("--device cuda: no CUDA GPU here")
-        print(f"pretraining tcpc {args.arch} width {args.width}, batch {args.batch_size}, "
-              f"{args.workers} loader workers, {torch.get_num_threads()} torch threads, {args.steps} timed steps")
+        print(f"shards {args.shards or 'synthetic U paths'}; tcpc {args.arch} width {args.width}, batch "
+              f"{args.batch_size}, {args.workers} loader workers, {torch.get_num_threads()} torch threads")
+        if "loader" in parts:
+            r = bench_loader_rate(shards, cfg, args.loader_batches)
+            for name in ("augmented", "plain"):
+                print(f"  loader, one process, {name:>9}: {r[name]['cpu_samples_s']:8.0f} samples per CPU second, "
+                      f"{r[name]['wall_samples_s']:8.0f} per wall second (goal with augmentation >= 20000)")
+        sample = next(raw_samples(open_shards(shards).urls[0]))
+        n_cubes, cube = TaskSample(cfg).decode(sample, 0)["cubes"].shape[:2]
         for dev in devices:
-            r = bench_loader(Path(shards), cfg, args.steps, args.warmup, dev)
-            print(f"  {r['device']:>5}: shards {r['shards_samples_s']:8.1f} samples/s "
-                  f"({r['shards_step_s'] * 1e3:7.1f} ms/step)"
-                  f" | in memory {r['memory_samples_s']:8.1f} samples/s ({r['memory_step_s'] * 1e3:7.1f} ms/step)"
-                  f" | ratio {r['ratio']:.3f} (goal >= 0.95)")
+            if "loop" in parts:
+                r = bench_loader(shards, cfg, args.steps, args.warmup, dev)
+                print(f"  {r['device']:>5} loop: shards {r['shards_samples_s']:8.1f} samples/s "
+                      f"({r['shards_step_s'] * 1e3:7.1f} ms/step)"
+                      f" | in memory {r['memory_samples_s']:8.1f} samples/s ({r['memory_step_s'] * 1e3:7.1f} ms/step)"
+                      f" | ratio {r['ratio']:.3f} (goal >= 0.95)")
+            if "encoder" in parts:
+                r = bench_encoders(args.width, args.batch_size, n_cubes, cube, args.steps, args.warmup, dev)
+                precision = "bf16 autocast" if dev.type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
+                line = " | ".join(f"{name} {v['samples_s']:8.1f} samples/s ({v['step_s'] * 1e3:7.1f} ms/step)"
+                                  for name, v in r.items())
+                ratio = (f" | ratio tcpc/MONAI {r['tcpc resnet18']['samples_s'] / r['MONAI resnet18']['samples_s']:.3f}"
+                         if "MONAI resnet18" in r else " | MONAI not installed (pip install monai --no-deps)")
+                print(f"  {dev.type:>5} encoder step, {precision}, {args.batch_size} x {n_cubes} cubes of {cube}^3: "
+                      f"{line}{ratio}")
 
 
 if __name__ == "__main__":

@@ -4,10 +4,12 @@ Shards are WebDataset tars listed in ``manifest.json`` (``docs/design.md``, Shar
 order is a pure function of (seed, epoch, rank, worker): every epoch shuffles
 the shard list with ``seed + epoch``, splits it over ranks and workers (or,
 when there are fewer shards than streams, strides the samples), passes the
-samples through a seeded shuffle buffer, and batches them. Augmentation draws
-from a generator seeded by (seed, epoch, sample key), so skipping the first
-batches on resume reproduces the uninterrupted order exactly, without decoding
-what it skips. With several workers the DataLoader returns batches round-robin
+samples through a seeded shuffle buffer, and batches them. Every random choice
+of a sample's augmentation is a pure function of (seed, epoch, sample key)
+(:mod:`tcpc_train.augment`), so skipping the first batches on resume
+reproduces the uninterrupted order exactly, without decoding what it skips,
+and a sample is augmented alike whatever the number of workers. With several
+workers the DataLoader returns batches round-robin
 (batch k from worker k mod W); pretraining streams never end, so that rule is
 exact: a resume at step s lets worker w play the stream of worker (s + w) mod W from its
 ((s + w) div W)-th batch on.
@@ -15,13 +17,19 @@ exact: a resume at step s lets worker w play the stream of worker (s + w) mod W 
 Tars and ``.npy`` members are read by :mod:`tcpc_data.shards.tario` (a header check
 per member, no pickle; about 20x less work per sample than ``tarfile`` and
 ``np.load``); WebDataset supplies the shuffle buffer, and stock WebDataset
-readers and writers stay compatible with these shards.
+readers and writers stay compatible with these shards. A sample function may
+split into a per-sample ``decode`` and a per-batch ``collate`` (see
+:class:`ShardStream`): pretraining gathers, flips/rotates and intensity-augments
+a whole batch in one compiled pass there.
 """
 from __future__ import annotations
 
+import ctypes
 import dataclasses
+import functools
 import itertools
 import logging
+import platform
 import zlib
 from collections import Counter
 from pathlib import Path
@@ -35,6 +43,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tcpc_data.shards.manifest import SPLITS, find_manifest, manifest_url, read_manifest
 from tcpc_data.shards.tario import read_npy, tar_samples
 from tcpc_data.urls import filesystem, join
+# The augmentations live in tcpc_train.augment; callers have imported them from here.
+from tcpc_train.augment import augment_intensity, augment_path, augment_volume  # noqa: F401
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,83 +146,6 @@ def sample_rng(seed: int, epoch: int, key: str) -> np.random.Generator:
     return np.random.default_rng([seed, epoch, zlib.crc32(key.encode())])
 
 
-_PLANES = ((0, 1), (0, 2), (1, 2))
-
-
-def augment_path(cubes: np.ndarray, path: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Apply one random flip/90°-rotation to every cube of a path and move the positions to match.
-
-    Parameters
-    ----------
-    cubes : (N, c, c, c) array
-    path : (N, 3) int grid positions
-    rng : numpy Generator
-
-    Returns
-    -------
-    The transformed cubes and positions. Positions are mirrored / rotated
-    within the path's bounding box, anchored at its minimum corner, so a
-    sub-volume assembled from the cubes is the same transform of the original.
-    """
-    flips = rng.random(3) < 0.5
-    a, b = _PLANES[rng.integers(3)]
-    turns = int(rng.integers(4))
-    lo = path.min(0)
-    q = path - lo  # positions in the bounding box [0, ext]
-    ext = q.max(0)
-    q = np.where(flips, ext - q, q)
-    cubes = cubes[(slice(None),) + tuple(slice(None, None, -1) if f else slice(None) for f in flips)]
-    if turns:
-        cubes = np.rot90(cubes, turns, axes=(a + 1, b + 1))
-        # np.rot90's quarter turn maps (q_a, q_b) -> (ext_b - q_b, q_a); k turns in closed form:
-        qa, qb = q[:, a].copy(), q[:, b].copy()
-        q[:, a], q[:, b] = ((ext[b] - qb, qa), (ext[a] - qa, ext[b] - qb), (qb, ext[a] - qa))[turns - 1]
-    return np.ascontiguousarray(cubes), lo + q
-
-
-def augment_intensity(cubes: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
-    """Give every cube of a sample its own contrast, offset and noise.
-
-    Cubes of one sample come from one image, so they share its intensity
-    statistics; a predictor could match targets by those statistics instead
-    of by content. Independent draws per cube remove that cue while the
-    geometric transform (:func:`augment_path`) stays shared, as the path
-    geometry requires (``docs/design.md``, Geometry).
-
-    Parameters
-    ----------
-    cubes : (N, c, c, c) array, intensities in [-1, 1]
-    rng : numpy Generator
-    strength : float >= 0
-        v: each cube is scaled by a factor in [1 − v, 1 + v], shifted by an
-        offset in [−v, v] and given Gaussian noise of a standard deviation in
-        [0, v/5], each drawn uniformly and independently per cube; 0 returns
-        ``cubes`` unchanged.
-
-    Returns
-    -------
-    (N, c, c, c) array of the dtype of ``cubes``.
-    """
-    if strength == 0:
-        return cubes
-    n = len(cubes)
-    shape = (n,) + (1,) * (cubes.ndim - 1)
-    scale = rng.uniform(1 - strength, 1 + strength, n).reshape(shape)
-    shift = rng.uniform(-strength, strength, n).reshape(shape)
-    sd = rng.uniform(0, strength / 5, n).reshape(shape)
-    noise = rng.standard_normal(cubes.shape, dtype=np.float32)
-    return (cubes.astype(np.float32) * scale + shift + sd * noise).astype(cubes.dtype)
-
-
-def augment_volume(volume: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Random flips and a 90° rotation of a cubic (S, S, S) volume."""
-    for axis in range(3):
-        if rng.random() < 0.5:
-            volume = np.flip(volume, axis=axis)
-    a, b = _PLANES[rng.integers(3)]
-    return np.ascontiguousarray(np.rot90(volume, int(rng.integers(4)), axes=(a, b)))
-
-
 def raw_samples(url: str) -> Iterator[dict]:
     """Samples of one shard as WebDataset dicts: ``__key__``, ``__url__`` and one entry per member."""
     for key, members in tar_samples(url):
@@ -232,12 +165,20 @@ def _usual_shapes(items: list[dict]) -> dict[str, tuple]:
     return {k: Counter(np.shape(it[k]) for it in items).most_common(1)[0][0] for k in items[0] if k != "key"}
 
 
-def _collate(items: list[dict], names: list[str], skip_bad: bool = False, skipped: int = 0) -> dict:
+def _stack(items: list[dict]) -> dict:
+    """The default batch: each array member stacked, ``key`` as a list."""
+    return {k: [it[k] for it in items] if k == "key" else np.stack([np.asarray(it[k]) for it in items])
+            for k in items[0]}
+
+
+def _collate(items: list[dict], names: list[str], skip_bad: bool = False, skipped: int = 0,
+             stack: Callable[[list[dict]], dict] = _stack) -> dict:
     """Stack prepared samples into a batch, with ``skipped`` (an int: samples dropped from it).
 
     ``names`` ("url: sample key") let a sample whose array shapes differ from
     the rest of its batch be named in a one-line ValueError, or, when
-    ``skip_bad``, dropped and counted.
+    ``skip_bad``, dropped and counted. ``stack`` makes the batch's members from
+    the remaining samples (arrays become tensors).
     """
     usual = _usual_shapes(items)
     for i in reversed(range(len(items))):
@@ -250,14 +191,26 @@ def _collate(items: list[dict], names: list[str], skip_bad: bool = False, skippe
         _warn_skipped(message)
         del items[i], names[i]
         skipped += 1
-    out = {}
-    for k in items[0]:
-        if k == "key":
-            out[k] = [it[k] for it in items]
-        else:
-            out[k] = torch.from_numpy(np.stack([np.asarray(it[k]) for it in items]))
+    out = {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in stack(items).items()}
     out["skipped"] = skipped
     return out
+
+
+@functools.lru_cache(maxsize=1)
+def _retain_freed_memory() -> bool:
+    """Let glibc's malloc keep freed memory in the process (up to 256 MiB) and serve blocks up to
+    32 MiB from its heap; returns whether it took the settings (False off glibc).
+
+    A batch of 128 U-path samples is 8 MiB. With glibc's defaults each such
+    array was mapped afresh and every page faulted on first write: ~16 page
+    faults and ~45 µs per sample, more than decoding and augmenting it
+    (``bench/train.py --loader-rate``). Set once per loader process.
+    """
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    libc = ctypes.CDLL(None)
+    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+    return bool(libc.mallopt(m_mmap_threshold, 32 << 20)) and bool(libc.mallopt(m_trim_threshold, 256 << 20))
 
 
 def _warn_skipped(message: str) -> None:
@@ -272,6 +225,10 @@ class ShardStream(IterableDataset):
     shards : ShardSet
     sample_fn : callable(raw sample dict, epoch) -> dict of arrays
         Decodes, augments and prepares one sample (runs in the loader workers; must pickle).
+        When it has ``decode(raw, epoch) -> dict`` and ``collate(items) -> dict``
+        methods, the stream calls ``decode`` per sample and ``collate`` on each
+        batch's samples (after the shape checks) instead of stacking them:
+        pretraining augments a whole batch there in one pass.
     batch_size : int
     seed : int
     shuffle_buffer : int
@@ -343,6 +300,7 @@ class ShardStream(IterableDataset):
                                  "use fewer workers or processes")
 
     def __iter__(self) -> Iterator[dict]:
+        _retain_freed_memory()
         info = get_worker_info()
         worker, nworkers = (info.id, info.num_workers) if info else (0, 1)
         # The DataLoader takes batch j from worker j mod W. Resuming at batch s, worker w must
@@ -352,6 +310,8 @@ class ShardStream(IterableDataset):
         stream, nstreams = self.rank * nworkers + virtual, self.world * nworkers
         samples = self._stream(stream, nstreams)
         carried = failing = 0  # samples dropped from batches not yet yielded; bad samples in a row
+        batched = hasattr(self.sample_fn, "decode") and hasattr(self.sample_fn, "collate")
+        prepare, stack = (self.sample_fn.decode, self.sample_fn.collate) if batched else (self.sample_fn, _stack)
         while True:
             chunk = list(itertools.islice(samples, self.batch_size))
             if not chunk or (self.drop_last and len(chunk) < self.batch_size):
@@ -363,7 +323,7 @@ class ShardStream(IterableDataset):
             for epoch, s in chunk:
                 name = f"{s.get('__url__', '?')}: sample {s.get('__key__', '?')}"
                 try:
-                    items.append(self.sample_fn(s, epoch))
+                    items.append(prepare(s, epoch))
                     names.append(name)
                     failing = 0
                 except ValueError as exc:
@@ -377,7 +337,7 @@ class ShardStream(IterableDataset):
                         raise ValueError(f"{self.shards.root}: every sample failed to load; the last: {exc}") \
                             from None
             if items:
-                batch = _collate(items, names, self.skip_bad, carried)
+                batch = _collate(items, names, self.skip_bad, carried, stack)
                 carried = 0
                 yield batch
 

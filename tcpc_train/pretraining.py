@@ -28,14 +28,14 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from tcpc_train.checkpoint import load_checkpoint, save_checkpoint
-from tcpc_train.loader import (ShardStream, augment_intensity, augment_path, decode_path_sample, first_sample,
-                               make_loader, open_shards, sample_rng)
+from tcpc_train.augment import augment_path_batch, sample_key
 from tcpc_train.htmlreport import run_report
+from tcpc_train.loader import ShardStream, decode_path_sample, first_sample, make_loader, open_shards
 from tcpc_train.models import ARCHS, adopt_encoder, build_encoder
 from tcpc_train.plots import plot_curves
 from tcpc_train.runtime import (RuntimeConfig, StepLog, agree, barrier, config_changes, init_distributed,
                                 optimiser_steps, progress_bar, resolve_device, skip_counts)
-from tcpc_train.tasks import TASKS, TaskName
+from tcpc_train.tasks import TASKS, TaskName, path_cubes
 from tcpc_train.weights import load_encoder_weights
 
 # The type of the ``arch`` fields: the CLI offers exactly the built-in encoders.
@@ -105,18 +105,38 @@ def learning_rate(step: int, cfg: PretrainConfig) -> float:
 
 
 class TaskSample:
-    """Turns a raw shard sample into the task's input (runs in loader workers)."""
+    """Turns raw shard samples into the task's input (runs in loader workers).
+
+    The loader calls :meth:`decode` per sample (decode, checks, the sample's
+    random key) and :meth:`collate` per batch, which augments the whole batch
+    in one pass (:func:`tcpc_train.augment.augment_path_batch`); calling the
+    object prepares one sample alone, with the same result.
+    """
 
     def __init__(self, cfg: PretrainConfig):
         self.cfg, self.task = cfg, TASKS[cfg.task]
 
-    def __call__(self, raw: dict, epoch: int) -> dict:
+    def decode(self, raw: dict, epoch: int) -> dict:
         s = decode_path_sample(raw)
-        rng = sample_rng(self.cfg.runtime.seed, epoch, s["key"])
-        cubes, path = augment_path(s["cubes"], s["path"], rng) if self.cfg.augment else (s["cubes"], s["path"])
-        cubes = augment_intensity(cubes, rng, self.cfg.cube_intensity)
         self.task.check_path(s["path"], f"{raw.get('__url__', '?')}: sample {s['key']}")
-        return self.task.prepare(cubes, path, rng, self.cfg)
+        return {**s, "random": np.uint64(sample_key(self.cfg.runtime.seed, epoch, s["key"]))}
+
+    def collate(self, items: list[dict]) -> dict:
+        keys = np.array([it["random"] for it in items], np.uint64)
+        cubes, paths = augment_path_batch([it["cubes"] for it in items], np.stack([it["path"] for it in items]),
+                                          keys, self.cfg.augment, self.cfg.cube_intensity)
+        views = list(cubes)
+        # A generator per sample costs ~8 us; tasks whose preparation draws nothing get none.
+        rngs = [np.random.default_rng(int(k)) if self.task.prepare is not path_cubes else None for k in keys]
+        prepared = [self.task.prepare(v, p, r, self.cfg) for v, p, r in zip(views, paths, rngs)]
+        out = {"key": [it["key"] for it in items]}
+        for k in prepared[0]:  # the batch array itself where the task passed the cubes through
+            out[k] = cubes if all(p[k] is v for p, v in zip(prepared, views)) else np.stack([p[k] for p in prepared])
+        return out
+
+    def __call__(self, raw: dict, epoch: int) -> dict:
+        batch = self.collate([self.decode(raw, epoch)])
+        return {k: v[0] for k, v in batch.items()}
 
 
 def build_task_model(cfg: PretrainConfig, encoder: torch.nn.Module | None = None) -> torch.nn.Module:

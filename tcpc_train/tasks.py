@@ -11,7 +11,7 @@ model's ``forward`` returns the loss. The pretraining loop
 
 Adding a task is one entry in ``TASKS``: e.g. a task on straight paths with
 another head would be ``Task("mine", "My task", "straight", (1,), "...",
-"...", my_model, _path_cubes, ("cubes",))`` where ``my_model(encoder, cfg)``
+"...", my_model, path_cubes, ("cubes",))`` where ``my_model(encoder, cfg)``
 returns an ``nn.Module`` with ``.encoder`` whose ``forward(cubes)`` is the
 loss; ``tcpc pretrain --task mine`` and the experiment row ``mine`` then
 exist. See ``docs/design.md`` (extension points).
@@ -104,7 +104,8 @@ def _contrastive(encoder: torch.nn.Module, cfg) -> torch.nn.Module:
     return ContrastivePredictiveCoding(encoder, cfg.temperature, cfg.own_negatives, cfg.all_rank_negatives)
 
 
-def _path_cubes(cubes: np.ndarray, path: np.ndarray, rng: np.random.Generator, cfg) -> dict:
+def path_cubes(cubes: np.ndarray, path: np.ndarray, rng: np.random.Generator, cfg) -> dict:
+    """The input of the predictive tasks: the augmented cubes as they are (draws nothing)."""
     return {"cubes": cubes}
 
 
@@ -125,9 +126,9 @@ _PUZZLE = "cross-entropy over the permutation set (tcpc_train.proxy)"
 
 TASKS: dict[str, Task] = {t.name: t for t in (
     Task("tcpc", "TCPC", "u", (2,), "the target cube's embedding from the U-shaped support around it", _INFONCE,
-         _contrastive, _path_cubes, ("cubes",), chance_loss, 2),
+         _contrastive, path_cubes, ("cubes",), chance_loss, 2),
     Task("cpc", "3D CPC", "straight", (1,), "the target cube's embedding from the cubes on a line before it",
-         _INFONCE, _contrastive, _path_cubes, ("cubes",), chance_loss, 2),
+         _INFONCE, _contrastive, path_cubes, ("cubes",), chance_loss, 2),
     Task("rubik", "Rubik's cube", "block", (3,), "the permutation of a 2x2x2 block and each cube's rotation",
          _PUZZLE + " plus binary cross-entropy of the rotations", partial(_puzzle, rotate=True),
          partial(_shuffled_block, rotate=True), ("cubes", "label", "rot"), None),

@@ -17,12 +17,14 @@ headers are skipped. Arrays are never unpickled.
 """
 from __future__ import annotations
 
+import functools
 import io
 import math
 import os
 import re
 import tarfile
 import uuid
+import zlib
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -32,6 +34,7 @@ from tcpc_data.urls import open_binary
 
 _BLOCK = 512
 _REGULAR = (b"0", b"\0", b"7")
+_ZERO_BLOCK = bytes(_BLOCK)
 # The header NumPy writes for plain numeric arrays (format versions 1-3).
 _NPY_HEADER = re.compile(r"\{'descr': '([<>|=]?[biufc]\d+)', 'fortran_order': (False|True), "
                          r"'shape': \(((?:\d+, ?)*\d*)\), \} *\n?$")
@@ -49,6 +52,22 @@ def _number(field: bytes, what: str, path: str) -> int:
         return int(text, 8) if text else 0
     except ValueError:
         raise ValueError(f"{path}: not a tar file (bad {what} field {field!r})") from None
+
+
+_ODD_BYTES = int.from_bytes(b"\1" * _BLOCK, "little")  # the low bit of every byte of a header
+
+
+def _byte_sum(header: bytes) -> int:
+    """``sum(header)`` for a 512-byte block, without a Python loop over its bytes.
+
+    Adler-32's first half is 1 + the byte sum mod 65521; the sum's parity is the
+    parity of the number of odd bytes. The sum lies in [0, 512 * 255] < 2 * 65521
+    and 65521 is odd, so these two residues fix it.
+    """
+    residue = (zlib.adler32(header) & 0xFFFF) - 1
+    residue += 65521 if residue < 0 else 0
+    odd = (int.from_bytes(header, "little") & _ODD_BYTES).bit_count() & 1
+    return residue if residue & 1 == odd else residue + 65521
 
 
 def _signed_checksum(header: bytes) -> int:
@@ -89,26 +108,31 @@ def tar_members(path: str | os.PathLike) -> Iterator[tuple[str, bytes]]:
         total = f.seek(0, io.SEEK_END)  # a header's size is checked against it before any read
         f.seek(0)
         pax, longname = {}, None
+        pos = 0  # offset of the next header; tracked here, not asked of the file, as is the checksum's
         while True:
             header = f.read(_BLOCK)
-            if len(header) < _BLOCK or not any(header):
+            pos += _BLOCK
+            if len(header) < _BLOCK or header == _ZERO_BLOCK:
                 if header and any(header):
                     raise ValueError(f"{path}: truncated tar (a header is cut short)")
                 return  # end-of-archive blocks, or a tar written without them
             stored = _number(header[148:156], "checksum", path)
-            if stored != sum(header) - sum(header[148:156]) + 8 * 32 and stored != _signed_checksum(header):
+            if stored != _byte_sum(header) - sum(header[148:156]) + 8 * 32 and stored != _signed_checksum(header):
                 raise ValueError(f"{path}: not a tar file or corrupt (header checksum mismatch at byte "
-                                 f"{f.tell() - _BLOCK})")
+                                 f"{pos - _BLOCK})")
             kind = header[156:157]
             size = int(pax.get("size", _number(header[124:136], "size", path))) if kind in _REGULAR \
                 else _number(header[124:136], "size", path)
-            if size > total - f.tell():
-                raise ValueError(f"{path}: truncated tar (the member at byte {f.tell() - _BLOCK} "
-                                 f"declares {size} bytes; {total - f.tell()} remain)")
+            if size > total - pos:
+                raise ValueError(f"{path}: truncated tar (the member at byte {pos - _BLOCK} "
+                                 f"declares {size} bytes; {total - pos} remain)")
             data = f.read(size)
             if len(data) < size:
                 raise ValueError(f"{path}: truncated tar (member data cut short)")
-            f.seek(-size % _BLOCK, io.SEEK_CUR)
+            skip = -size % _BLOCK
+            if skip:
+                f.seek(skip, io.SEEK_CUR)
+            pos += size + skip
             if kind == b"x":
                 pax = _pax_records(data, path)
                 continue
@@ -154,6 +178,18 @@ def tar_samples(path: str | os.PathLike) -> Iterator[tuple[str, dict[str, bytes]
         yield key, members
 
 
+@functools.lru_cache(maxsize=256)
+def _plain_layout(header: bytes) -> tuple[np.dtype, tuple[int, ...], str, int] | None:
+    """(dtype, shape, order, byte count) of a ``.npy`` header NumPy writes for a plain numeric array,
+    else None. Cached: a shard repeats a handful of headers, one per member kind and shape."""
+    m = _NPY_HEADER.match(header.decode("latin1"))
+    if not m:
+        return None
+    dtype = np.dtype(m[1])
+    shape = tuple(int(s) for s in m[3].split(",") if s.strip())
+    return dtype, shape, "F" if m[2] == "True" else "C", math.prod(shape) * dtype.itemsize
+
+
 def read_npy(data: bytes) -> np.ndarray:
     """The array in ``.npy`` bytes, without copying and never unpickling (read-only when it is a view).
 
@@ -166,13 +202,9 @@ def read_npy(data: bytes) -> np.ndarray:
         width = 2 if data[6] == 1 else 4
         start = 8 + width
         end = start + int.from_bytes(data[8:start], "little")
-        m = _NPY_HEADER.match(data[start:end].decode("latin1"))
-        if m:
-            dtype = np.dtype(m[1])
-            shape = tuple(int(s) for s in m[3].split(",") if s.strip())
-            count = math.prod(shape)
-            if len(data) - end == count * dtype.itemsize:
-                return np.frombuffer(data, dtype, count, end).reshape(shape, order="F" if m[2] == "True" else "C")
+        layout = _plain_layout(data[start:end])
+        if layout is not None and len(data) - end == layout[3]:
+            return np.ndarray(layout[1], layout[0], data, end, order=layout[2])
     return np.load(io.BytesIO(data), allow_pickle=False)
 
 

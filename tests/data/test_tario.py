@@ -139,3 +139,10 @@ def test_gnu_time_fields_and_signed_checksums(tmp_path):
     raw[:512] = header
     path.write_bytes(bytes(raw))
     assert list(tar_members(path)) == [("ü.json", b"abc")]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(min_size=512, max_size=512) | st.sampled_from([b"\0" * 512, b"\xff" * 512, b"\x01" * 512]))
+def test_header_byte_sum_equals_sum(header):
+    from tcpc_data.shards.tario import _byte_sum
+    assert _byte_sum(header) == sum(header)

@@ -1,0 +1,176 @@
+"""Numba kernels of :mod:`tcpc_train.intensity` (imported on first use, so that importing the
+training loops loads no Numba; its cache keeps the compiled code across runs).
+
+Numba has no float16 type on the CPU: float16 values are converted by LLVM's
+``fpext``/``fptrunc`` on ``half`` (one F16C instruction per vector), or, on a
+CPU without hardware conversion, by integer arithmetic; both match NumPy's
+conversions bit for bit (round to nearest even, subnormals, infinities, NaN).
+"""
+from __future__ import annotations
+
+import platform
+
+import numba
+import numpy as np
+from llvmlite import binding as llvm
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic
+
+from tcpc_train.intensity import FIELD_SUM_SD as _FIELD_SUM_SD
+from tcpc_train.intensity import GOLDEN
+from tcpc_train.intensity import MIX1 as _MIX1
+from tcpc_train.intensity import MIX2 as _MIX2
+
+
+@intrinsic
+def _f32_of_bits(typingctx, bits):
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], ir.FloatType())
+    return types.float32(types.uint32), codegen
+
+
+@intrinsic
+def _bits_of_f32(typingctx, value):
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+    return types.uint32(types.float32), codegen
+
+
+@intrinsic
+def _hw_half_to_float(typingctx, bits):
+    def codegen(context, builder, sig, args):
+        return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
+    return types.float32(types.uint16), codegen
+
+
+@intrinsic
+def _hw_float_to_half(typingctx, value):
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(builder.fptrunc(args[0], ir.HalfType()), ir.IntType(16))
+    return types.uint16(types.float32), codegen
+
+
+@numba.njit(cache=True, inline="always")
+def _sw_half_to_float(h):
+    """IEEE binary16 bits -> float32, exact: the magnitude bits shifted into place and rescaled by
+    2^112 (which also normalises subnormals); infinities and NaNs get the all-ones exponent."""
+    h = np.uint32(h)
+    magnitude = h & np.uint32(0x7FFF)
+    bits = _bits_of_f32(_f32_of_bits(magnitude << np.uint32(13)) * np.float32(2.0**112))
+    bits = bits | np.uint32(0x7F800000) if magnitude >= np.uint32(0x7C00) else bits
+    return _f32_of_bits(bits | ((h & np.uint32(0x8000)) << np.uint32(16)))
+
+
+@numba.njit(cache=True, inline="always")
+def _sw_float_to_half(x):
+    """float32 -> IEEE binary16 bits, rounded to nearest even; all three cases are computed and one
+    selected, so the loop vectorises."""
+    bits = _bits_of_f32(x)
+    sign = bits & np.uint32(0x80000000)
+    f = bits ^ sign
+    # normal results: rebias the exponent and round the dropped 13 mantissa bits to nearest even
+    normal = (f + np.uint32(0xC8000FFF) + ((f >> np.uint32(13)) & np.uint32(1))) >> np.uint32(13)
+    # subnormal results: adding 0.5 lets the FPU round the mantissa into place
+    subnormal = _bits_of_f32(_f32_of_bits(f) + np.float32(0.5)) - np.uint32(0x3F000000)
+    big = np.uint32(0x7E00) if f > np.uint32(0x7F800000) else np.uint32(0x7C00)  # NaN, else infinity
+    out = subnormal if f < np.uint32(113 << 23) else normal
+    out = big if f >= np.uint32(143 << 23) else out
+    return np.uint16(out | (sign >> np.uint32(16)))
+
+
+def _hardware_half() -> bool:
+    """Whether LLVM converts float16 in hardware here (x86 F16C, or AArch64, where it is part of the
+    base ISA); elsewhere it would call compiler-rt helpers that Numba's JIT may not link."""
+    machine = platform.machine().lower()
+    if machine in ("aarch64", "arm64"):
+        return True
+    return machine in ("x86_64", "amd64") and "+f16c" in llvm.get_host_cpu_features().flatten()
+
+
+# One vector instruction per 8-16 values where the CPU has it; the bit arithmetic otherwise.
+_half_to_float, _float_to_half = ((_hw_half_to_float, _hw_float_to_half) if _hardware_half()
+                                  else (_sw_half_to_float, _sw_float_to_half))
+
+
+@numba.njit(cache=True, inline="always")
+def _noise(counter):
+    """An approximately standard normal float32 value from one SplitMix64 output: the sum of its
+    four 16-bit fields (Irwin–Hall of order 4), standardised."""
+    z = counter
+    z = (z ^ (z >> np.uint64(30))) * _MIX1
+    z = (z ^ (z >> np.uint64(27))) * _MIX2
+    z = z ^ (z >> np.uint64(31))
+    m = np.uint64(0xFFFF)
+    total = (z & m) + ((z >> np.uint64(16)) & m) + ((z >> np.uint64(32)) & m) + (z >> np.uint64(48))
+    return (np.float32(np.int64(total)) - np.float32(2 * 65535.0)) / _FIELD_SUM_SD
+
+
+@numba.njit(cache=True, nogil=True)
+def intensity_half(flat, scale, shift, sd, keys):
+    """In place on float16 bits ``flat`` (B, N, voxels) uint16: v·scale + shift + sd·noise per cube,
+    the noise of cube (b, i) from counters ``keys[b] + (i·voxels + j + 1)·γ``."""
+    m = flat.shape[2]
+    for b in range(flat.shape[0]):
+        for i in range(flat.shape[1]):
+            row = flat[b, i]
+            s, t, d = np.float32(scale[b, i]), np.float32(shift[b, i]), np.float32(sd[b, i])
+            base = keys[b] + np.uint64(i) * np.uint64(m) * GOLDEN
+            for j in range(m):
+                g = _noise(base + np.uint64(j + 1) * GOLDEN)
+                row[j] = _float_to_half(_half_to_float(row[j]) * s + t + d * g)
+
+
+@numba.njit(cache=True, nogil=True)
+def intensity_single(flat, scale, shift, sd, keys):
+    """As :func:`intensity_half` for float32 values."""
+    m = flat.shape[2]
+    for b in range(flat.shape[0]):
+        for i in range(flat.shape[1]):
+            row = flat[b, i]
+            s, t, d = np.float32(scale[b, i]), np.float32(shift[b, i]), np.float32(sd[b, i])
+            base = keys[b] + np.uint64(i) * np.uint64(m) * GOLDEN
+            for j in range(m):
+                row[j] = row[j] * s + t + d * _noise(base + np.uint64(j + 1) * GOLDEN)
+
+
+@intrinsic
+def _half_bits_at(typingctx, address):
+    """The uint16 pointer at an integer address (of a float16 array the caller keeps alive)."""
+    def codegen(context, builder, sig, args):
+        return builder.inttoptr(args[0], ir.PointerType(ir.IntType(16)))
+    return types.CPointer(types.uint16)(types.int64), codegen
+
+
+@numba.njit(cache=True, nogil=True)
+def gather_half(addresses, n, c, sstrides, sbase, out, scale, shift, sd, keys, noisy):
+    """Batch of float16 sources at ``addresses`` (each C-contiguous (n, c, c, c)) -> ``out`` (B, n, c³):
+    voxel (z, y, x) of cube i of sample s reads source voxel ``i·c³ + sbase + z·sz + y·sy + x·sx``,
+    then changed by v·scale + shift + sd·noise when ``noisy``, with the noise counters of
+    :func:`intensity_half`. Rows whose source is contiguous or reversed get their own loops,
+    which vectorise; the other rows are strided gathers."""
+    m = c * c * c
+    for s in range(len(addresses)):
+        src = numba.carray(_half_bits_at(addresses[s]), (n * m,))
+        sz, sy, sx = sstrides[s, 0], sstrides[s, 1], sstrides[s, 2]
+        for i in range(n):
+            row = out[s, i]
+            for z in range(c):
+                for y in range(c):
+                    start = np.uint64(i * m + sbase[s] + z * sz + y * sy)
+                    o = (z * c + y) * c
+                    if sx == 1:
+                        for x in range(c):
+                            row[o + x] = src[start + np.uint64(x)]
+                    elif sx == -1:
+                        for x in range(c):
+                            row[o + x] = src[start - np.uint64(x)]
+                    else:
+                        for x in range(c):
+                            row[o + x] = src[np.uint64(np.int64(start) + x * sx)]
+            if noisy:  # the cube is in L1 now: one long vectorised loop over it
+                sc, sh, d = np.float32(scale[s, i]), np.float32(shift[s, i]), np.float32(sd[s, i])
+                base = keys[s] + np.uint64(i) * np.uint64(m) * GOLDEN
+                for j in range(m):
+                    g = _noise(base + np.uint64(j + 1) * GOLDEN)
+                    row[j] = _float_to_half(_half_to_float(row[j]) * sc + sh + d * g)

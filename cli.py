@@ -333,6 +333,9 @@ class RunDir:
 
 def _stage_run(settings: Settings) -> dict:
     run = settings.build("run")
+    if run.memory_limit is not None:  # refused before any work starts
+        from tcpc_data.runner import check_memory_limit
+        check_memory_limit(run.memory_limit, run.scheduler)
     return dict(workers=run.workers, scheduler=run.scheduler, memory_limit=run.memory_limit,
                 progress=settings.progress())
 

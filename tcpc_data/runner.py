@@ -161,7 +161,7 @@ def run_cases(stage: str, tasks: Sequence[Task], fn: Callable[[Any], tuple[str, 
     if workers is not None and workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     if memory_limit is not None:
-        _check_memory_limit(memory_limit, scheduler)
+        check_memory_limit(memory_limit, scheduler)
     report = RunReport(stage=stage, failures_path=str(failures_path) if failures_path else None)
     t0 = time.perf_counter()
     bar = _Progress(stage, len(tasks), progress)
@@ -198,8 +198,8 @@ def run_cases(stage: str, tasks: Sequence[Task], fn: Callable[[Any], tuple[str, 
     return report
 
 
-def _check_memory_limit(memory_limit: str, scheduler: str | None) -> None:
-    """A one-line error for a limit dask cannot parse, or one given with a running scheduler."""
+def check_memory_limit(memory_limit: str, scheduler: str | None) -> None:
+    """Raise a one-line ValueError for a limit dask cannot parse, or one given with a running scheduler."""
     from dask.utils import parse_bytes
 
     if scheduler is not None:
@@ -273,9 +273,13 @@ def _run_distributed(stage, tasks, fn, n, scheduler, memory_limit, record, bar) 
             task = by_key.pop(fut.key)
             try:
                 record(*fut.result())
+                # Recorded: released, so that a later worker death does not make the scheduler compute
+                # this case again to restore a result nobody needs.
+                fut.release()
             except Exception as exc:  # noqa: BLE001 - a lost worker costs at most its case
                 if not isinstance(exc, worker_deaths):
                     raise
+                fut.release()
                 if task.case not in retried:
                     retried.add(task.case)
                     submit(task, f"{fut.key}-retry")

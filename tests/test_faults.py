@@ -4,6 +4,7 @@ After each, a rerun's outputs equal a clean run's, and nothing half-written is v
 """
 import hashlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -240,3 +241,38 @@ def test_a_full_disk_during_a_shard_write_fails_in_one_line_and_a_rerun_equals_a
     assert CliRunner().invoke(main, [*args, str(tmp_path / "clean")]).exit_code == 0
     assert _visible_set(out) == _visible_set(tmp_path / "clean")
     assert _shard_digests(out) == _shard_digests(tmp_path / "clean")
+
+
+def _grows(payload):
+    """Take 1.5 GB, more than the worker's limit, so that its nanny stops it: always, or on the first attempt only."""
+    kind, marker = payload
+    if kind == "always" or (kind == "once" and not os.path.exists(marker)):
+        open(marker, "w").close()
+        held = np.ones(1_500_000_000, np.uint8)  # noqa: F841 - held while the nanny's monitor looks
+        time.sleep(20)  # the monitor looks every 0.1 s: a worker still alive after this was never stopped
+    return "done", kind
+
+
+@pytest.mark.timeout(600)
+def test_a_worker_over_its_memory_limit_costs_at_most_its_case(tmp_path):
+    from tcpc_data.runner import Task, run_cases
+
+    tasks = [Task(name, name, (kind, str(tmp_path / name)))
+             for name, kind in [("a", "ok"), ("b", "once"), ("c", "always"), ("d", "ok")]]
+    # A worker that unpickles this module imports torch (about 330 MB): the limit leaves room for that, or the
+    # worker would pause (at 80 %) before its first case.
+    rep = run_cases("t", tasks, _grows, workers=1, memory_limit="800MB", failures_path=tmp_path / "f.jsonl")
+    assert rep.done == ["a", "b", "d"], rep.failures  # b went over once: retried on a fresh worker
+    recs = [json.loads(line) for line in (tmp_path / "f.jsonl").read_text().splitlines()]
+    assert [r["case"] for r in recs] == ["c"] and "over its memory limit" in recs[0]["error"]
+
+
+@pytest.mark.parametrize("command", ["ingest", "supervoxels", "shards", "preprocess"])
+def test_every_stage_takes_a_memory_limit_and_refuses_a_bad_one_in_one_line(command, tmp_path):
+    assert "--memory-limit SIZE" in CliRunner().invoke(main, [command, "--help"]).output
+    where = ["--out", str(tmp_path / "o")] if command != "supervoxels" else []
+    r = CliRunner().invoke(main, [command, str(tmp_path), *where, "--memory-limit", "lots"])
+    assert r.exit_code == 2 and r.output == "error: memory limit 'lots' is not a size such as 4GiB or 500MB\n"
+    r = CliRunner().invoke(main, [command, str(tmp_path), *where, "--memory-limit", "1GiB", "--scheduler",
+                                  "tcp://127.0.0.1:1"])
+    assert r.exit_code == 2 and "workers of a running scheduler have theirs" in r.output, r.output

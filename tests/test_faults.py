@@ -88,6 +88,52 @@ def test_preprocess_killed_at_many_moments_then_rerun_equals_a_clean_run(clean, 
     _kill_preprocess_and_rerun(clean, tmp_path_factory, when)
 
 
+SHARD_ARGS = ["--crop-size", "32", "--cube-size", "8", "--shard-size", "5", "--workers", "1", "--no-progress"]
+
+
+def _start_shards(store: Path, out: Path) -> subprocess.Popen:
+    """Start ``tcpc shards`` and return once it has created ``out`` (after its imports and planning)."""
+    proc = subprocess.Popen(_cli("shards", store, *SHARD_ARGS, "--out", out), cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while not out.exists() and proc.poll() is None:
+        time.sleep(0.002)
+    return proc
+
+
+@pytest.fixture(scope="module")
+def shards_clean(tmp_path_factory, phantom_store):
+    """A store of six phantom cases, its clean shard set (a subprocess) and the seconds from the creation
+    of the output to its manifest: the window a drawn kill time falls in."""
+    d = tmp_path_factory.mktemp("shards-clean")
+    phantom_store(d / "v.zarr", n_cases=6)
+    proc = _start_shards(d / "v.zarr", d / "clean")
+    t0 = time.monotonic()
+    while not (d / "clean" / "manifest.json").exists() and proc.poll() is None:
+        time.sleep(0.002)
+    seconds = time.monotonic() - t0
+    assert proc.wait() == 0
+    return d / "v.zarr", d / "clean", seconds
+
+
+@pytest.mark.timeout(600)
+@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(when=st.floats(0.0, 1.0))
+def test_shards_killed_while_writing_then_rerun_leave_exactly_the_clean_set(shards_clean, tmp_path_factory, when):
+    store, clean_out, seconds = shards_clean
+    out = tmp_path_factory.mktemp("shards-killed") / "out"
+    proc = _start_shards(store, out)
+    time.sleep(when * seconds)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    left = sorted(p.name for p in out.iterdir())  # a partial set, or none, or all: then the rerun completes it
+    assert subprocess.run(_cli("shards", store, *SHARD_ARGS, "--out", out), cwd=ROOT,
+                          capture_output=True).returncode == 0
+    # every file: the shards, the case records, the manifest; no leftover of the killed run
+    assert _shard_digests(out) == _shard_digests(clean_out)
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in clean_out.iterdir())
+    assert (out / "manifest.json").read_bytes() == (clean_out / "manifest.json").read_bytes(), left
+
+
 @pytest.fixture
 def small_disk(tmp_path):
     """A 3 MiB tmpfs (root only: skipped where mounting is not allowed)."""

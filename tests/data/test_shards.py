@@ -297,3 +297,22 @@ def test_paper_block_cubes_touch_without_overlap():
     s = path_sample(np.zeros((32, 32, 32), np.float32), cfg, np.random.default_rng(1))
     starts = s["path"].astype(int) * 4  # stride 4 voxels; cubes of 8 voxels starting 8 apart
     assert {tuple(v) for v in starts - starts.min(0)} == {(a, b, c) for a in (0, 8) for b in (0, 8) for c in (0, 8)}
+
+
+def test_a_set_of_the_older_format_is_rewritten_and_its_files_removed(store, tmp_path):
+    from tcpc_data.shards.manifest import read_manifest
+
+    _, man = write_shards(store, tmp_path / "o", CFG, workers=1)
+    old = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    old["format_version"] = 1  # as tcpc wrote it before shards held one case each: packed shards, no records
+    for f in (tmp_path / "o").iterdir():
+        f.unlink()
+    (tmp_path / "o" / "manifest.json").write_text(json.dumps(old))
+    (tmp_path / "o" / "pre-000000.tar").write_bytes(b"old packed shard")
+    (tmp_path / "o" / ".parts").mkdir()
+    (tmp_path / "o" / ".parts" / "ph-00-0123.tar").write_bytes(b"old part")
+    with pytest.raises(ValueError, match="format version 1; this tcpc reads version 2 \\(rerun the command"):
+        read_manifest(tmp_path / "o")
+    rep, again = write_shards(store, tmp_path / "o", CFG, workers=1)
+    assert rep.done == ["ph-00", "ph-01"] and again == man
+    _only_listed(tmp_path / "o")  # the old packed shard and parts are gone

@@ -172,7 +172,7 @@ def check_manifest(obj: Any, where: str) -> Manifest:
     per_case: dict[str, int] = {}
     for s in shards:
         if "case" in s:
-            if not isinstance(obj["cases"], dict) or s["case"] not in obj["cases"]:
+            if not isinstance(s["case"], str) or not isinstance(obj["cases"], dict) or s["case"] not in obj["cases"]:
                 raise ValueError(f"{where}: shard {s['name']!r} holds case {s['case']!r}, which 'cases' lacks")
             per_case[s["case"]] = per_case.get(s["case"], 0) + s["samples"]
     wrong = sorted(c for c, n in per_case.items() if obj["cases"][c] != n)

@@ -308,10 +308,14 @@ def _grows(payload):
     kind, marker = payload
     if kind == "always" or (kind == "once" and not os.path.exists(marker)):
         open(marker, "w").close()
-        held = np.ones(1_500_000_000, np.uint8)
-        time.sleep(20)  # the monitor looks every 0.1 s: a worker still alive after this was never stopped
-        del held
+        _hold(np.ones(1_500_000_000, np.uint8))
     return "done", kind
+
+
+def _hold(block: np.ndarray) -> None:
+    """Keep ``block`` alive for 20 s: the nanny's monitor looks every 0.1 s, so a worker still alive after
+    this was never stopped (and its case comes back done, failing the test)."""
+    time.sleep(20)
 
 
 @pytest.mark.timeout(600)

@@ -197,11 +197,12 @@ def _reusable(previous: Manifest | None, keys: dict[str, str], present: set[str]
 def _remove_unlisted(out: str, name: str, keep: set[str]) -> None:
     """Delete this set's files that the manifest just written does not list: shards and records
     of removed or changed cases, a failed case's partial shards, temporary files of killed
-    workers, shards and parts of the older format."""
+    workers or of a client killed while writing the manifest, shards and parts of the older format."""
     fs, root = filesystem(out)
     for n in sorted(_names(out) - keep):
         ours = n.startswith(f"{name}-") and (n.endswith(".tar") or n.endswith(CASE_RECORD))
-        if ours or (n.startswith(f".{name}-") and n.endswith(".tmp")):
+        temporary = n.startswith((f".{name}-", f".{MANIFEST}.")) and n.endswith(".tmp")
+        if ours or temporary:
             fs.rm_file(f"{root}/{n}")
     if not is_remote(out):
         shutil.rmtree(local_path(out) / OLD_PARTS, ignore_errors=True)

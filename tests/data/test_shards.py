@@ -316,3 +316,16 @@ def test_a_set_of_the_older_format_is_rewritten_and_its_files_removed(store, tmp
     rep, again = write_shards(store, tmp_path / "o", CFG, workers=1)
     assert rep.done == ["ph-00", "ph-01"] and again == man
     _only_listed(tmp_path / "o")  # the old packed shard and parts are gone
+
+
+def test_temporary_files_of_killed_writers_are_swept(store, tmp_path):
+    _, man = write_shards(store, tmp_path / "o", CFG, workers=1)
+    (tmp_path / "o" / "manifest.json").unlink()  # the client was killed while writing it
+    for name in (".manifest.json.0123abcd.tmp", f".{man['shards'][0]['name']}.4567.tmp",
+                 ".pre-ph-00-0123456789abcdef.case.json.89ab.tmp"):
+        (tmp_path / "o" / name).write_bytes(b"half")
+    (tmp_path / "o" / "notes.txt").write_text("the user's")
+    rep, again = write_shards(store, tmp_path / "o", CFG, workers=1)
+    assert rep.skipped == ["ph-00", "ph-01"] and again == man  # the case records vouch for the shards
+    assert sorted(p.name for p in (tmp_path / "o").iterdir() if p.name.startswith(".")) == []
+    assert (tmp_path / "o" / "notes.txt").exists()  # not a file of the set: left alone

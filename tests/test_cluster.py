@@ -2,8 +2,8 @@
 
 Each worker and the client run in a directory of their own with their own TMPDIR, so nothing
 can pass through a shared local disk: sources, store and shards live on a local S3-compatible
-server (moto on 127.0.0.1). One worker is killed (SIGKILL, a lost host) while it writes a case's
-shards; the run still completes and its outputs equal those of one process writing alone.
+server (moto on 127.0.0.1). One worker is killed (SIGKILL, a lost host) while it runs one of the
+shards stage's cases; the run still completes and its outputs equal those of one process writing alone.
 """
 import hashlib
 import json

@@ -316,6 +316,10 @@ class StageRun(Display):
         "help": "Worker processes; none: one per core."})
     scheduler: str | None = dataclasses.field(default=None, metadata={
         "help": "Address of a running dask scheduler (tcp://host:8786).", "metavar": "ADDRESS"})
+    memory_limit: str | None = dataclasses.field(default=None, metadata={
+        "help": "Memory of each worker process tcpc starts (4GiB, 500MB; bytes): a worker past it is restarted "
+                "and its case retried once. None: the machine's memory shared between workers.",
+        "metavar": "SIZE"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -331,7 +335,11 @@ class RunDir:
 
 def _stage_run(settings: Settings) -> dict:
     run = settings.build("run")
-    return dict(workers=run.workers, scheduler=run.scheduler, progress=settings.progress())
+    if run.memory_limit is not None:  # refused before any work starts
+        from tcpc_data.runner import check_memory_limit
+        check_memory_limit(run.memory_limit, run.scheduler)
+    return dict(workers=run.workers, scheduler=run.scheduler, memory_limit=run.memory_limit,
+                progress=settings.progress())
 
 
 def _failures_option(default: str):

@@ -49,9 +49,9 @@ def build_store(url: Path, cases: int, shape: tuple[int, int, int], candidates: 
                        "candidates": {"digest": f"c{i}", "crop_size": 64, "source": "slic"}})
 
 
-def read_shards(out: Path, n_shards: int) -> tuple[int, float, list[dict]]:
+def read_shards(out: Path, names: list[str]) -> tuple[int, float, list[dict]]:
     import webdataset as wds
-    urls = str(out / f"tcpc-{{000000..{n_shards - 1:06d}}}.tar")
+    urls = [str(out / name) for name in names]
     t0 = time.perf_counter()
     n, metas = 0, []
     for s in wds.WebDataset(urls, shardshuffle=False):
@@ -63,12 +63,12 @@ def read_shards(out: Path, n_shards: int) -> tuple[int, float, list[dict]]:
     return n, time.perf_counter() - t0, metas
 
 
-def read_shards_tcpc(out: Path, n_shards: int) -> tuple[int, float]:
+def read_shards_tcpc(out: Path, names: list[str]) -> tuple[int, float]:
     """The same samples through tcpc's tar and .npy readers (the trainer's loader path)."""
     t0 = time.perf_counter()
     n = 0
-    for i in range(n_shards):
-        for _, members in tar_samples(out / f"tcpc-{i:06d}.tar"):
+    for name in names:
+        for _, members in tar_samples(out / name):
             cubes = torch.from_numpy(read_npy(members["cubes.npy"]).copy())
             path = torch.from_numpy(read_npy(members["path.npy"]).copy())
             assert cubes.ndim == 4 and path.ndim == 2
@@ -114,8 +114,8 @@ def main() -> None:
         t_write = time.perf_counter() - t0
         n = man["totals"]["samples"]
         size_mb = sum(p.stat().st_size for p in (tmp / "sh").glob("*.tar")) / 2**20
-        n_read, t_read, metas = read_shards(tmp / "sh", man["totals"]["shards"])
-        n_tcpc, t_tcpc = read_shards_tcpc(tmp / "sh", man["totals"]["shards"])
+        n_read, t_read, metas = read_shards(tmp / "sh", [s["name"] for s in man["shards"]])
+        n_tcpc, t_tcpc = read_shards_tcpc(tmp / "sh", [s["name"] for s in man["shards"]])
         n_fly, t_fly = on_the_fly(tmp / "v.zarr", metas, cfg, stride)
         n_ram, t_ram = on_the_fly(tmp / "v.zarr", metas, cfg, stride, cached=True)
     print(f"store: {args.cases} cases {shape}, {args.candidates} candidates, {args.targets} targets/crop; "

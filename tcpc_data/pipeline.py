@@ -52,7 +52,8 @@ class PreprocessReport:
 def preprocess(sources, out, *, ingest_config=None, supervoxel_config=None,
                shard_config: ShardConfig = ShardConfig(), candidates_csv=None, labels_csv=None,
                labelled_config: LabelledConfig | None = None, workers: int | None = None,
-               scheduler: str | None = None, progress: bool = False) -> PreprocessReport:
+               scheduler: str | None = None, memory_limit: str | None = None,
+               progress: bool = False) -> PreprocessReport:
     """Run ingest, supervoxels and shards on ``sources``, writing everything under ``out``.
 
     Parameters
@@ -73,7 +74,7 @@ def preprocess(sources, out, *, ingest_config=None, supervoxel_config=None,
         CSV ``case,z,y,x,label``: also write labelled crops to ``out/labelled``.
     labelled_config
         ``LabelledConfig`` of those; None = crop size of ``shard_config``.
-    workers, scheduler, progress
+    workers, scheduler, memory_limit, progress
         As in ``tcpc_data.runner.run_cases``, for every stage.
 
     Returns
@@ -86,18 +87,20 @@ def preprocess(sources, out, *, ingest_config=None, supervoxel_config=None,
     if labels_csv is not None and not Path(labels_csv).is_file():
         raise FileNotFoundError(f"labels CSV not found: {labels_csv}")
     out = str(out).rstrip("/")
+    where = out  # what the workers open: a URL, or an absolute path (they run in directories of their own)
     if is_local(out):
         local_path(out).mkdir(parents=True, exist_ok=True)
-    store = join(out, "volumes.zarr")
+        where = str(local_path(out).resolve())
+    store = join(where, "volumes.zarr")
     # one live display for the whole command, a line per stage
     display = progress_display() if progress else None
-    run = dict(workers=workers, scheduler=scheduler, progress=display or False)
+    run = dict(workers=workers, scheduler=scheduler, memory_limit=memory_limit, progress=display or False)
     with display or contextlib.nullcontext():
-        return _run_stages(sources, out, store, run, ingest_config, supervoxel_config, shard_config,
+        return _run_stages(sources, out, where, store, run, ingest_config, supervoxel_config, shard_config,
                            candidates_csv, labels_csv, labelled_config)
 
 
-def _run_stages(sources, out, store, run, ingest_config, supervoxel_config, shard_config, candidates_csv,
+def _run_stages(sources, out, where, store, run, ingest_config, supervoxel_config, shard_config, candidates_csv,
                 labels_csv, labelled_config) -> PreprocessReport:
     stages: dict[str, RunReport] = {}
     manifests: dict[str, Manifest] = {}
@@ -109,13 +112,13 @@ def _run_stages(sources, out, store, run, ingest_config, supervoxel_config, shar
                                         failures_path=join(out, "failures-supervoxels.jsonl"), **run)
     if _complete_cases(store, ("image", "candidates")):
         stages["shards"], manifests["shards"] = write_shards(
-            store, join(out, "shards"), shard_config, failures_path=join(out, "failures-shards.jsonl"), **run)
+            store, join(where, "shards"), shard_config, failures_path=join(out, "failures-shards.jsonl"), **run)
     if labels_csv is not None:
         lc = labelled_config or LabelledConfig(crop_size=shard_config.crop_size,
                                                background=shard_config.background,
                                                shard_size=shard_config.shard_size)
         stages["labelled"], manifests["labelled"] = write_labelled_shards(
-            store, labels_csv, join(out, "labelled"), lc, failures_path=join(out, "failures-labelled.jsonl"),
+            store, labels_csv, join(where, "labelled"), lc, failures_path=join(out, "failures-labelled.jsonl"),
             **run)
     return PreprocessReport(out, stages, manifests)
 
@@ -131,7 +134,7 @@ def _complete_cases(store: str, require: tuple[str, ...]) -> list[str]:
 def write_shard_sets(source, out, *, shard_fields: dict | None = None, labelled_fields: dict | None = None,
                      labels_csv=None, split: str | None = None, task: str | None = None, cases=None,
                      workers: int | None = None,
-                     scheduler: str | None = None, progress: bool = False,
+                     scheduler: str | None = None, memory_limit: str | None = None, progress: bool = False,
                      failures_path=None) -> dict[str, tuple[RunReport, dict]]:
     """Shards from a volume store or a MedMNIST-layout ``.npz``, whichever ``source`` is.
 
@@ -163,7 +166,7 @@ def write_shard_sets(source, out, *, shard_fields: dict | None = None, labelled_
         'pretrain' or 'finetune'; None: what the inputs say.
     cases
         Case ids of the store to use (pretraining shards); None: all complete cases.
-    workers, scheduler, progress
+    workers, scheduler, memory_limit, progress
         As in ``tcpc_data.runner.run_cases`` (an ``.npz`` runs in one process
         unless ``workers`` says otherwise: its arrays travel in the payloads).
     failures_path
@@ -185,6 +188,9 @@ def write_shard_sets(source, out, *, shard_fields: dict | None = None, labelled_
     if str(source).endswith(".npz"):
         if labels_csv is not None or cases is not None or split is not None:
             raise ValueError("a labels CSV and a case list apply to a volume store, not an .npz (so does a split)")
+        if scheduler is not None or memory_limit is not None:
+            raise ValueError("an .npz is written by local processes (its arrays travel with the tasks): "
+                             "drop --scheduler and --memory-limit")
         run["workers"] = workers or 1
         if task == "pretrain":
             side = load_npz_split(source, "train")[0].shape[1]
@@ -192,6 +198,7 @@ def write_shard_sets(source, out, *, shard_fields: dict | None = None, labelled_
             return {out: write_npz_shards(source, out, task="pretrain", config=config, **run)["pretrain"]}
         results = write_npz_shards(source, out, config=LabelledConfig(**labelled_fields), **run)
         return {join(out, split): res for split, res in results.items()}
+    run["memory_limit"] = memory_limit
     if labels_csv is not None:
         if task == "pretrain":
             if cases is not None:

@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import sys
 import time
 import traceback
 from pathlib import Path
@@ -142,10 +143,12 @@ def run_cases(stage: str, tasks: Sequence[Task], fn: Callable[[Any], tuple[str, 
         True: a live progress display of its own on the terminal; a display
         from :func:`progress_display`: a line in that shared display; False: none.
     memory_limit
-        Memory of each local worker process (``"4GiB"``); a worker past it is
-        restarted by its nanny. None: dask's default (the machine's memory
-        shared between workers). Ignored with ``scheduler``, whose workers were
-        started with their own limits.
+        Memory of each local worker process (``"4GiB"``, ``"500MB"``); a worker
+        past it is restarted by its nanny and its case retried once. Given,
+        cases run in worker processes even with ``workers=1``. None: dask's
+        default (the machine's memory shared between workers). A running
+        ``scheduler``'s workers have the limits they were started with
+        (``dask worker --memory-limit``), so both together are an error.
 
     Notes
     -----
@@ -157,6 +160,8 @@ def run_cases(stage: str, tasks: Sequence[Task], fn: Callable[[Any], tuple[str, 
     """
     if workers is not None and workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
+    if memory_limit is not None:
+        check_memory_limit(memory_limit, scheduler)
     report = RunReport(stage=stage, failures_path=str(failures_path) if failures_path else None)
     t0 = time.perf_counter()
     bar = _Progress(stage, len(tasks), progress)
@@ -172,7 +177,7 @@ def run_cases(stage: str, tasks: Sequence[Task], fn: Callable[[Any], tuple[str, 
 
     try:
         n = workers or default_workers(len(tasks))
-        if scheduler is None and n <= 1:
+        if scheduler is None and n <= 1 and memory_limit is None:
             for t in tasks:
                 record(*_call(fn, t))
         else:
@@ -191,6 +196,21 @@ def run_cases(stage: str, tasks: Sequence[Task], fn: Callable[[Any], tuple[str, 
     report.done.sort()
     report.skipped.sort()
     return report
+
+
+def check_memory_limit(memory_limit: str, scheduler: str | None) -> None:
+    """Raise a one-line ValueError for a limit dask cannot parse, or one given with a running scheduler."""
+    from dask.utils import parse_bytes
+
+    if scheduler is not None:
+        raise ValueError("a memory limit applies to the workers tcpc starts; the workers of a running scheduler "
+                         "have theirs (dask worker --memory-limit)")
+    try:
+        limit = parse_bytes(memory_limit)
+    except (ValueError, TypeError):
+        raise ValueError(f"memory limit {memory_limit!r} is not a size such as 4GiB or 500MB") from None
+    if limit <= 0:
+        raise ValueError(f"memory limit must be positive, got {memory_limit!r}")
 
 
 def _run_distributed(stage, tasks, fn, n, scheduler, memory_limit, record, bar) -> None:
@@ -217,8 +237,12 @@ def _run_distributed(stage, tasks, fn, n, scheduler, memory_limit, record, bar) 
                                    memory_limit=memory_limit if memory_limit is not None else "auto")
         client = Client(cluster)
     try:
-        if bar.bar is not None and client.dashboard_link:
-            bar.bar.console.print(f"{stage}: dask dashboard at {client.dashboard_link}")
+        if client.dashboard_link:  # where to watch workers, memory and tasks live
+            line = f"{stage}: dask dashboard at {client.dashboard_link}"
+            if bar.bar is not None:
+                bar.bar.console.print(line)
+            else:
+                print(line, file=sys.stderr, flush=True)
         # As many cases in flight as the cluster has threads: a worker holds only the case it runs,
         # so a worker's death costs that case alone, and the client holds one future per thread.
         workers = client.scheduler_info()["workers"]
@@ -228,9 +252,10 @@ def _run_distributed(stage, tasks, fn, n, scheduler, memory_limit, record, bar) 
         queue = iter(enumerate(tasks))
 
         def submit(task: Task, key: str) -> None:
-            # After a death, wait for the nanny's replacement: else the next case would queue
-            # behind another on a surviving worker and share its fate.
-            if len(client.scheduler_info()["workers"]) < len(workers):
+            # After a death in our own cluster, wait for the nanny's replacement: with no retries
+            # allowed, the next case would queue behind another on a surviving worker and share its
+            # fate. A running scheduler retries lost tasks itself and may never see that worker again.
+            if cluster is not None and len(client.scheduler_info()["workers"]) < len(workers):
                 with contextlib.suppress(TimeoutError):
                     client.wait_for_workers(len(workers), timeout=120)
             by_key[key] = task
@@ -248,9 +273,13 @@ def _run_distributed(stage, tasks, fn, n, scheduler, memory_limit, record, bar) 
             task = by_key.pop(fut.key)
             try:
                 record(*fut.result())
+                # Recorded: released, so that a later worker death does not make the scheduler compute
+                # this case again to restore a result nobody needs.
+                fut.release()
             except Exception as exc:  # noqa: BLE001 - a lost worker costs at most its case
                 if not isinstance(exc, worker_deaths):
                     raise
+                fut.release()
                 if task.case not in retried:
                     retried.add(task.case)
                     submit(task, f"{fut.key}-retry")

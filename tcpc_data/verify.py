@@ -11,7 +11,8 @@ What is checked, without trusting anything the files say about themselves:
   contract), every shard it lists exists, its SHA-256 matches the manifest's
   (sets written by tcpc record one), it parses as a tar, holds as many samples
   as listed, and every sample decodes to the members of the manifest's schema
-  with their shapes and dtypes.
+  with their shapes and dtypes and, where the shard names its case, belongs to
+  that case.
 
 The result is a list of problems, one line each; none means the output is intact.
 """
@@ -105,7 +106,7 @@ def _verify_shards(d: str, report: VerifyReport) -> None:
         try:
             for key, members in tar_samples(url):
                 n += 1
-                for problem in _sample_problems(members, schema):
+                for problem in _sample_problems(members, schema, entry.get("case")):
                     report.problems.append(f"{url}: sample {key}: {problem}")
         except ValueError as exc:
             report.problems.append(str(exc))
@@ -115,8 +116,9 @@ def _verify_shards(d: str, report: VerifyReport) -> None:
             report.problems.append(f"{url}: holds {n} samples, the manifest lists {entry['samples']}")
 
 
-def _sample_problems(members: dict[str, bytes], schema: dict) -> list[str]:
-    """Differences between one sample's members and the manifest's member schema."""
+def _sample_problems(members: dict[str, bytes], schema: dict, case: str | None = None) -> list[str]:
+    """Differences between one sample's members and the manifest's member schema (and the case
+    its shard holds, when the manifest names one)."""
     problems = [f"no {ext!r} member" for ext in schema if ext not in members]
     problems += [f"unexpected member {ext!r}" for ext in members if ext not in schema]
     for ext, data in members.items():
@@ -135,6 +137,9 @@ def _sample_problems(members: dict[str, bytes], schema: dict) -> list[str]:
                 missing = [k for k in spec.get("keys", ()) if not isinstance(record, dict) or k not in record]
                 if missing:
                     problems.append(f"json lacks {', '.join(missing)}")
+                if case is not None and isinstance(record, dict) and record.get("case") != case:
+                    problems.append(f"json names case {record.get('case')!r}, the manifest lists the shard "
+                                    f"under case {case!r}")
             elif ext == "cls":
                 int(data.decode().strip())
         except (ValueError, UnicodeDecodeError) as exc:

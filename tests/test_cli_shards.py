@@ -69,7 +69,9 @@ def test_npz_finetune_and_pretrain(tmp_path):
                                     for s in ("train", "val", "test") for k in ("images", "labels")})
     r = _run("shards", tmp_path / "m.npz", "--out", tmp_path / "ft", "--no-progress")
     assert r.exit_code == 0, r.output
-    assert all((tmp_path / "ft" / s / "labelled-000000.tar").exists() for s in ("train", "val", "test"))
+    for s in ("train", "val", "test"):
+        shards = json.loads((tmp_path / "ft" / s / "manifest.json").read_text())["shards"]
+        assert shards and all((tmp_path / "ft" / s / e["name"]).exists() for e in shards)
     r = _run("shards", tmp_path / "m.npz", "--out", tmp_path / "pre", "--task", "pretrain", "--path", "block",
              "--no-progress")
     assert r.exit_code == 0, r.output

@@ -5,9 +5,6 @@ s3fs through the standard AWS environment variables, as they would for a user.
 """
 import hashlib
 import json
-import socket
-import subprocess
-import sys
 import time
 
 import pytest
@@ -15,6 +12,7 @@ from click.testing import CliRunner
 
 from cli import main
 from tcpc_data.phantom import write_archive
+from tests.s3server import moto_server, s3_environment
 
 s3fs = pytest.importorskip("s3fs", reason="the s3 extra (pip install 'tcpc[s3]') is not installed")
 
@@ -24,31 +22,17 @@ ARGS = ["--clip", "-1024,3071", "--n-segments", "200", "--top-k", "3", "--crop-s
 
 @pytest.fixture(scope="module")
 def s3_endpoint():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
-        except OSError:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                proc.kill()
-                pytest.fail("the local S3 server (moto) did not start")
-            time.sleep(0.2)
-    yield f"http://127.0.0.1:{port}"
-    proc.terminate()
-    proc.wait(timeout=10)
+    try:
+        with moto_server() as endpoint:
+            yield endpoint
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
 
 
 @pytest.fixture
 def s3(s3_endpoint, monkeypatch):
     """An s3fs filesystem on a fresh bucket; the environment points every s3:// URL at the local server."""
-    for key, value in {"AWS_ENDPOINT_URL": s3_endpoint, "AWS_ACCESS_KEY_ID": "test",
-                       "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+    for key, value in s3_environment(s3_endpoint).items():
         monkeypatch.setenv(key, value)
     fs = s3fs.S3FileSystem(skip_instance_cache=True)
     bucket = f"tcpc-{time.monotonic_ns()}"

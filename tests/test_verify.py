@@ -86,3 +86,17 @@ def test_a_sample_off_the_schema_and_a_broken_manifest_are_found(copy):
 def test_nothing_there_is_a_one_line_error(tmp_path):
     r = _verify(tmp_path / "nope")
     assert r.exit_code == 2 and r.output.startswith("error: nothing to verify at")
+
+
+def test_a_shard_listed_under_another_case_is_found(copy):
+    m = json.loads((copy / "shards" / "manifest.json").read_text())
+    first, second = sorted(m["cases"])
+    for s in m["shards"]:
+        s["case"] = first  # every shard claimed by the first case
+    m["cases"] = {first: m["totals"]["samples"]}
+    m["case_digests"] = {first: m["case_digests"][first]}
+    m["totals"]["cases"] = 1
+    (copy / "shards" / "manifest.json").write_text(json.dumps(m))
+    r = _verify(copy / "shards")
+    assert r.exit_code == 1, r.output
+    assert f"json names case '{second}', the manifest lists the shard under case '{first}'" in r.output

@@ -111,7 +111,7 @@ class _Job:
 
 def ingest(sources, out, config: IngestConfig = IngestConfig(), *, workers: int | None = None,
            scheduler: str | None = None, progress: bool = False,
-           failures_path: str | os.PathLike | None = None) -> RunReport:
+           failures_path: str | os.PathLike | None = None, memory_limit: str | None = None) -> RunReport:
     """Ingest CT sources into the volume store ``out``.
 
     Parameters
@@ -122,7 +122,7 @@ def ingest(sources, out, config: IngestConfig = IngestConfig(), *, workers: int 
         Volume store path or URL (``volumes.zarr``).
     config
         :class:`IngestConfig`.
-    workers, scheduler, progress
+    workers, scheduler, progress, memory_limit
         Parallelism and display, as in :func:`tcpc_data.runner.run_cases`.
     failures_path
         JSON-lines failures report; a stale one from an earlier run is removed.
@@ -144,7 +144,7 @@ def ingest(sources, out, config: IngestConfig = IngestConfig(), *, workers: int 
     if failures_path is not None and Path(failures_path).exists():
         Path(failures_path).unlink()
     report = run_cases("ingest", tasks, _ingest_case, workers=workers, scheduler=scheduler,
-                       failures_path=failures_path, progress=progress)
+                       failures_path=failures_path, progress=progress, memory_limit=memory_limit)
     report.notes = list(found.notes) + [f"{case}: {note}" for case, r in sorted(report.results.items())
                                         for note in r.get("notes", ())]
     if swept:

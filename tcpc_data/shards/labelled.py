@@ -32,7 +32,7 @@ from tcpc_data.runner import RunReport
 from tcpc_data.shards.manifest import SPLITS
 from tcpc_data.shards.shardset import build_shard_set, encode_json
 from tcpc_data.shards.tario import Sample, encode_npy
-from tcpc_data.shards.pretrain import ShardConfig, crop_samples, pretrain_members
+from tcpc_data.shards.pretrain import ShardConfig, crop_samples, pretrain_members, store_location
 from tcpc_data.store import list_cases, open_store
 from tcpc_data.volume import index_to_world, stored_geometry, world_to_voxel
 
@@ -46,8 +46,9 @@ class LabelledConfig:
     crop_size: int = field(default=64, metadata={
         "help": "Crop side S in voxels around each CSV centre (an .npz's images are the volumes)."})
     background: float = field(default=-1.0, metadata={"help": "Value of crop voxels outside the volume."})
-    shard_size: int = field(default=1000, metadata={"help": "Samples per shard file."})
-    name: str = field(default="labelled", metadata={"help": "Shard file prefix: <name>-%06d.tar."})
+    shard_size: int = field(default=1000, metadata={
+        "help": "Most samples per shard file (each case's samples fill shards of their own)."})
+    name: str = field(default="labelled", metadata={"help": "Shard file prefix: <name>-<case>-<key>-%05d.tar."})
     split_as: str = field(default="", metadata={"help": "Rename the labels CSV's splits before writing, "
                                                  "FROM=TO[,FROM=TO], e.g. 'val=test' (no unit)."})
 
@@ -138,7 +139,8 @@ _JSON_KEYS = ["case", "label", "centre", "crop_box", "padding", "row", "backgrou
 def write_labelled_shards(store, labels_csv, out_dir, config: LabelledConfig = LabelledConfig(), *,
                           split: str | None = None, workers: int | None = None,
                           scheduler: str | None = None, progress: bool = False,
-                          failures_path: str | os.PathLike | None = None) -> tuple[RunReport, dict]:
+                          failures_path: str | os.PathLike | None = None,
+                          memory_limit: str | None = None) -> tuple[RunReport, dict]:
     """Crops of side S around labelled centres of a volume store, as one fine-tuning shard set.
 
     Parameters
@@ -155,7 +157,7 @@ def write_labelled_shards(store, labels_csv, out_dir, config: LabelledConfig = L
         Crop size, background, packing; ``split_as`` renames splits first.
     split
         Only the rows of this split (after renaming); None takes every row.
-    workers, scheduler, progress, failures_path
+    workers, scheduler, progress, failures_path, memory_limit
         As in ``tcpc_data.runner.run_cases``; a case missing from the store
         or a centre outside its volume fails that case only, naming the row.
 
@@ -168,12 +170,13 @@ def write_labelled_shards(store, labels_csv, out_dir, config: LabelledConfig = L
     config.validate()
     rows = _selected(labels_csv, store, config, split)
     return _write_rows(store, labels_csv, out_dir, config, rows, split, workers=workers, scheduler=scheduler,
-                       progress=progress, failures_path=failures_path)
+                       progress=progress, failures_path=failures_path, memory_limit=memory_limit)
 
 
 def write_labelled_splits(store, labels_csv, out_dir, config: LabelledConfig = LabelledConfig(), *,
                           workers: int | None = None, scheduler: str | None = None, progress: bool = False,
-                          failures_path: str | os.PathLike | None = None) -> dict[str, tuple[RunReport, dict]]:
+                          failures_path: str | os.PathLike | None = None,
+                          memory_limit: str | None = None) -> dict[str, tuple[RunReport, dict]]:
     """One labelled shard set per split of a labels table with a ``split`` column, in ``<out>/<split>``.
 
     Splits are renamed by ``config.split_as`` first (``val=test`` turns the
@@ -198,7 +201,8 @@ def write_labelled_splits(store, labels_csv, out_dir, config: LabelledConfig = L
         chosen = {c: rs for c, rs in chosen.items() if rs}
         results[split] = _write_rows(
             store, labels_csv, f"{out}/{split}", config, chosen, split, workers=workers, scheduler=scheduler,
-            progress=progress, failures_path=None if failures_path is None else f"{failures_path}.{split}")
+            progress=progress, failures_path=None if failures_path is None else f"{failures_path}.{split}",
+            memory_limit=memory_limit)
     return results
 
 
@@ -224,7 +228,8 @@ def _write_rows(store, labels_csv, out_dir, config: LabelledConfig, rows: dict[s
     sample_config = dataclasses.replace(config, shard_size=1, name="x")
     inputs = {c: digest(root[c]["image"].attrs["digest"] if c in complete else "absent",
                         [dataclasses.astuple(r) for r in rs], sample_config) for c, rs in rows.items()}
-    payloads = {c: (str(store), c, rs, config, Path(labels_csv).name) for c, rs in rows.items()}
+    where = store_location(store)
+    payloads = {c: (where, c, rs, config, Path(labels_csv).name) for c, rs in rows.items()}
     classes = sorted({r.label for rs in rows.values() for r in rs})
     extra = {"kind": "finetune", "source": str(store), "labels": str(labels_csv), "classes": classes}
     if split is not None:

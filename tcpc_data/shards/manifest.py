@@ -1,15 +1,20 @@
 """The shard-set contract: the one module that reads and writes ``manifest.json``.
 
-A shard set is a directory (local path or fsspec URL) of ``<name>-%06d.tar``
-WebDataset shards plus ``manifest.json``, written last: a directory without
-one is incomplete (``docs/design.md``, Shard contract). A labelled set is the
-directory of its split sets ``train/``, ``val/`` (optional) and ``test/``.
+A shard set is a directory (local path or fsspec URL) of WebDataset tar
+shards plus ``manifest.json``, written last: the set is what the manifest
+lists, and a directory without one is incomplete (``docs/design.md``, Shard
+contract). Sets written by :mod:`tcpc_data.shards.shardset` hold one case per
+shard (``<name>-<case>-<key>-%05d.tar``); other writers may name shards as
+they like. A labelled set is the directory of its split sets ``train/``,
+``val/`` (optional) and ``test/``.
 
 Readers open ``<dir>/manifest.json`` by its name, never by listing the
 directory, so a set behind a URL needs read access to its files alone. Every
 manifest read is checked here once: valid JSON, format ``tcpc-webdataset``,
-format version 1, the fields of :class:`Manifest` with shard counts that add
-up; anything else is a one-line error naming the file. The writer checks the
+format version 2, the fields of :class:`Manifest` with shard counts that add
+up (per case too, where shards name their case); anything else is a one-line
+error naming the file. Version 1 (shards that mixed cases) is refused with a
+hint to rewrite the set. The writer checks the
 same rules, so nothing is written that a reader would refuse.
 
 It needs the standard library alone (fsspec for URLs), so the trainer reads
@@ -23,10 +28,10 @@ import uuid
 from pathlib import Path
 from typing import Any, NotRequired, TypedDict
 
-from tcpc_data.urls import filesystem, join
+from tcpc_data.urls import filesystem, is_remote, join, local_path
 
 FORMAT = "tcpc-webdataset"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: one case per shard, each shard entry names its case
 MANIFEST = "manifest.json"
 KINDS = ("pretrain", "finetune")  # path samples (cubes, path, json); labelled volumes (volume, cls, json)
 SPLITS = ("train", "val", "test")  # the split sets of a labelled set, in this order
@@ -34,11 +39,12 @@ SPLITS = ("train", "val", "test")  # the split sets of a labelled set, in this o
 
 class ShardEntry(TypedDict):
     """One shard file of the set, its sample count and (sets written by tcpc_data) its SHA-256,
-    which ``tcpc verify`` checks."""
+    which ``tcpc verify`` checks, and the case whose samples it holds."""
 
     name: str
     samples: int
     sha256: NotRequired[str]
+    case: NotRequired[str]
 
 
 class Totals(TypedDict):
@@ -113,7 +119,8 @@ def new_manifest(*, kind: str, name: str, stage: str, config: dict, digest: str,
     members
         Sample schema: extension -> {"shape", "dtype", ...}.
     shards
-        [{"name", "samples"}] in stream order.
+        [{"name", "samples"}, optionally "sha256" and "case"] in stream order;
+        a shard that names its case counts toward that case's samples.
     cases, case_digests
         Case -> sample count (in shard order) and case -> input digest, for the cases written.
     failed_cases
@@ -145,7 +152,8 @@ def check_manifest(obj: Any, where: str) -> Manifest:
                          f"expected {FORMAT!r})")
     if obj.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{where}: manifest format version {obj.get('format_version')!r}; this tcpc "
-                         f"reads version {FORMAT_VERSION} (rewrite the shards with this version)")
+                         f"reads version {FORMAT_VERSION} (rerun the command that wrote the set, on the same "
+                         "output, to rewrite it in this version)")
     missing = [k for k in _REQUIRED if k not in obj]
     if missing:
         raise ValueError(f"{where}: manifest lacks {', '.join(missing)}")
@@ -161,6 +169,16 @@ def check_manifest(obj: Any, where: str) -> Manifest:
             raise ValueError(f"{where}: shard {s['name']!r} has no valid sample count (got {n!r})")
         if "/" in s["name"] or s["name"] in ("", ".", ".."):
             raise ValueError(f"{where}: shard name {s['name']!r} must be a file name in the set's directory")
+    per_case: dict[str, int] = {}
+    for s in shards:
+        if "case" in s:
+            if not isinstance(s["case"], str) or not isinstance(obj["cases"], dict) or s["case"] not in obj["cases"]:
+                raise ValueError(f"{where}: shard {s['name']!r} holds case {s['case']!r}, which 'cases' lacks")
+            per_case[s["case"]] = per_case.get(s["case"], 0) + s["samples"]
+    wrong = sorted(c for c, n in per_case.items() if obj["cases"][c] != n)
+    if wrong:
+        raise ValueError(f"{where}: case {wrong[0]!r} has {per_case[wrong[0]]} samples in its shards, "
+                         f"'cases' says {obj['cases'][wrong[0]]!r}")
     totals = obj["totals"]
     counted = {"samples": sum(s["samples"] for s in shards), "shards": len(shards)}
     if not isinstance(totals, dict) or any(totals.get(k) != v for k, v in counted.items()):
@@ -211,22 +229,55 @@ def read_manifest(shard_dir: str | os.PathLike) -> Manifest:
     return manifest
 
 
-def write_manifest(out_dir: str | os.PathLike, manifest: Manifest) -> Path:
-    """Check ``manifest`` and write ``out_dir/manifest.json`` atomically; returns its path.
+def manifest_bytes(manifest: Manifest) -> bytes:
+    """The file's bytes: indented JSON with sorted keys, so the same content gives the same bytes."""
+    return (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode()
 
-    The text is indented JSON with sorted keys: the same content gives the
-    same bytes. ``out_dir`` is local (a remote set is built locally, then
-    uploaded with its manifest last).
+
+def write_manifest(out_dir: str | os.PathLike, manifest: Manifest) -> str | Path:
+    """Check ``manifest`` and write ``out_dir/manifest.json`` atomically; returns its path (or URL).
+
+    Locally the file is written under a temporary name, flushed to disk and
+    renamed, so a crash leaves the old manifest or the new one; on object
+    storage one put of the whole object is atomic in the same way.
     """
-    out = Path(out_dir)
-    check_manifest(manifest, str(out / MANIFEST))
-    tmp = out / f".{MANIFEST}.{uuid.uuid4().hex}.tmp"
+    check_manifest(manifest, manifest_url(out_dir))
+    if is_remote(out_dir):
+        fs, root = filesystem(out_dir)
+        fs.pipe_file(f"{root}/{MANIFEST}", manifest_bytes(manifest))
+        return manifest_url(out_dir)
+    out = local_path(out_dir)
+    write_durably(out / MANIFEST, manifest_bytes(manifest))
+    return out / MANIFEST
+
+
+def write_durably(path: Path, data: bytes) -> None:
+    """Write a local file atomically and durably: a temporary name, fsync, rename, fsync of the
+    directory (a crash leaves the old file or the new one, never a renamed file without its data)."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
-        tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
-        os.replace(tmp, out / MANIFEST)
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
-    return out / MANIFEST
+
+
+def fsync_dir(path: Path) -> None:
+    """Flush a directory's entries (its renames) to disk; a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems refuse fsync on a directory
+        pass
+    finally:
+        os.close(fd)
 
 
 def describe(manifest: Manifest) -> str:

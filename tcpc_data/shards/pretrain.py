@@ -46,6 +46,7 @@ from tcpc_data.runner import RunReport
 from tcpc_data.shards.shardset import build_shard_set, encode_json
 from tcpc_data.shards.tario import Sample, encode_npy
 from tcpc_data.store import list_cases, open_store
+from tcpc_data.urls import is_remote, local_path
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,8 +78,9 @@ class ShardConfig:
         "help": "Use the best this many candidates of each case; none: all."})
     background: float = field(default=-1.0, metadata={
         "help": "Value of crop voxels outside the volume (-1: the bottom of [-1, 1])."})
-    shard_size: int = field(default=1000, metadata={"help": "Samples per shard file."})
-    name: str = field(default="tcpc", metadata={"help": "Shard file prefix: <name>-%06d.tar."})
+    shard_size: int = field(default=1000, metadata={
+        "help": "Most samples per shard file (each case's samples fill shards of their own)."})
+    name: str = field(default="tcpc", metadata={"help": "Shard file prefix: <name>-<case>-<key>-%05d.tar."})
     # A sample's draws depend only on (seed, case, candidate, draw index), never on the worker count.
     seed: int = field(default=0, metadata={"help": "Seed of every draw."})
     jitter: float | None = field(default=None, metadata={
@@ -285,6 +287,11 @@ def _case_samples(payload) -> Iterator[Sample]:
         yield from crop_samples(arr, config, case, i, info, image, box[0])
 
 
+def store_location(store) -> str:
+    """A store's URL, or its absolute path: what a worker in another directory (or host) opens."""
+    return str(store) if is_remote(store) else str(local_path(store).resolve())
+
+
 def pretrain_members(config: ShardConfig) -> dict:
     """The manifest's member schema of pretraining samples cut with ``config``."""
     n = len(P.path_positions(config.path, (0, 0, 0), *config.variants()[0], config.size()))
@@ -297,7 +304,8 @@ def pretrain_members(config: ShardConfig) -> dict:
 
 def write_shards(store, out_dir, config: ShardConfig = ShardConfig(), *, cases=None,
                  workers: int | None = None, scheduler: str | None = None, progress: bool = False,
-                 failures_path: str | os.PathLike | None = None) -> tuple[RunReport, dict]:
+                 failures_path: str | os.PathLike | None = None,
+                 memory_limit: str | None = None) -> tuple[RunReport, dict]:
     """Cut every candidate crop of a volume store into path samples and write WebDataset shards.
 
     Parameters
@@ -305,12 +313,13 @@ def write_shards(store, out_dir, config: ShardConfig = ShardConfig(), *, cases=N
     store
         Volume store path or URL with ``<case>/image`` and ``<case>/candidates``.
     out_dir
-        Shard directory (path or fsspec URL): ``<name>-%06d.tar`` and ``manifest.json``.
+        Shard directory (path or fsspec URL): per-case ``<name>-<case>-<key>-%05d.tar`` and
+        ``manifest.json`` (:mod:`tcpc_data.shards.shardset`).
     config
         Crop, grid, path and packing settings (saved in the manifest).
     cases
         Case ids to use; None = every case with complete image and candidates.
-    workers, scheduler, progress, failures_path
+    workers, scheduler, progress, failures_path, memory_limit
         As in ``tcpc_data.runner.run_cases`` (parallel over cases).
 
     Returns
@@ -338,9 +347,11 @@ def write_shards(store, out_dir, config: ShardConfig = ShardConfig(), *, cases=N
     root = open_store(store, mode="r")
     inputs = {c: digest(root[c]["image"].attrs["digest"], root[c]["candidates"].attrs["digest"],
                         config.sample_config()) for c in ready}
-    payloads = {c: (str(store), c, config) for c in ready}
+    where = store_location(store)
+    payloads = {c: (where, c, config) for c in ready}
     return build_shard_set("shards", out_dir, name=config.name, shard_size=config.shard_size,
                            config=config, inputs=inputs, payloads=payloads,
                            make_samples=_case_samples, members=pretrain_members(config),
                            extra={"kind": "pretrain", "source": str(store)}, workers=workers,
-                           scheduler=scheduler, progress=progress, failures_path=failures_path)
+                           scheduler=scheduler, progress=progress, failures_path=failures_path,
+                           memory_limit=memory_limit)

@@ -77,7 +77,7 @@ class SupervoxelConfig:
 
 def supervoxels(store, config: SupervoxelConfig = SupervoxelConfig(), *, cases=None,
                 candidates_csv=None, workers: int | None = None, scheduler: str | None = None,
-                progress: bool = False, failures_path=None) -> RunReport:
+                progress: bool = False, failures_path=None, memory_limit: str | None = None) -> RunReport:
     """Compute supervoxels and candidates for the cases of a volume store.
 
     Parameters
@@ -92,7 +92,7 @@ def supervoxels(store, config: SupervoxelConfig = SupervoxelConfig(), *, cases=N
         CSV of crop centres (``case,z,y,x`` voxels or ``case,z_mm,y_mm,x_mm``
         world mm) used instead of the SLIC ranking, in file order; case names
         are sanitised like ingest does; cases absent from the CSV get no candidates.
-    workers, scheduler, progress, failures_path
+    workers, scheduler, progress, failures_path, memory_limit
         As in :func:`tcpc_data.runner.run_cases`.
 
     Returns
@@ -121,7 +121,7 @@ def supervoxels(store, config: SupervoxelConfig = SupervoxelConfig(), *, cases=N
         tasks.append(Task(case, f"{url}/{case}", (url, case, config, rows)))
     swept = sweep_staging(store)
     report = run_cases("supervoxels", tasks, _process_case, workers=workers, scheduler=scheduler,
-                       progress=progress, failures_path=failures_path)
+                       progress=progress, failures_path=failures_path, memory_limit=memory_limit)
     if swept:
         report.notes.append(f"removed {len(swept)} staging folder(s) that killed runs left beside {store}")
     return report

@@ -37,7 +37,7 @@ def test_case_summary_and_montage(made, tmp_path):
 
 def test_shard_summary_and_path_montage(made, tmp_path):
     text = inspect_path(made / "sh", png=tmp_path / "s.png", sample=6)
-    assert "32 samples in 7 shards from 2 cases" in text and "digest " in text
+    assert "32 samples in 8 shards from 2 cases" in text  # 16 a case: 5 + 5 + 5 + 1 and "digest " in text
     assert "cubes.npy: (8, 8, 8, 8) float16" in text and "path.npy: (8, 3) int16" in text
     assert "sample 6: key ph-00_c00001_t02" in text
     assert _colour_fraction(tmp_path / "s.png", (1, 0, 0)) > 0  # target frame

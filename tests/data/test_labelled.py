@@ -134,7 +134,7 @@ def test_real_adrenalmnist3d_keeps_the_official_splits(shared_data, tmp_path):
     res = write_npz_shards(shared_data / "labeled" / "adrenalmnist3d.npz", tmp_path / "o")
     assert {s: m["totals"]["samples"] for s, (_, m) in res.items()} == {"train": 1188, "val": 98, "test": 298}
     import webdataset as wds
-    ds = wds.WebDataset(str(tmp_path / "o" / "val" / "labelled-000000.tar"), shardshuffle=False).decode()
+    ds = wds.WebDataset(str(tmp_path / "o" / "val" / res["val"][1]["shards"][0]["name"]), shardshuffle=False).decode()
     first = next(iter(ds))
     assert first["volume.npy"].shape == (28, 28, 28) and first["cls"] in (0, 1)
     assert -1.0 <= first["volume.npy"].min() and first["volume.npy"].max() <= 1.0

@@ -140,7 +140,8 @@ def test_labelled_splits_carry_labels_splits_and_padding(sample, tmp_path):
     patients = {}
     for split, (rep, man) in res.items():
         assert rep.ok and split in ("train", "test")
-        for s in wds.WebDataset(str(tmp_path / "lab" / split / "labelled-000000.tar"), shardshuffle=False):
+        for s in wds.WebDataset([str(tmp_path / "lab" / split / e["name"]) for e in man["shards"]],
+                                shardshuffle=False):
             meta = json.loads(s["json"])
             row = expected[meta["case"]]
             assert int(s["cls"]) == int(row["diagnosis"]) == meta["label"]

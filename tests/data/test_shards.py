@@ -29,11 +29,25 @@ def _bytes(d):
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(d.iterdir()) if p.is_file()}
 
 
+def _only_listed(d):
+    """The directory holds the manifest, the shards it lists and their cases' records, nothing else."""
+    man = json.loads((d / "manifest.json").read_text())
+    records = {f"{s['name'].rsplit('-', 1)[0]}.case.json" for s in man["shards"]}
+    assert sorted(p.name for p in d.iterdir()) == sorted({"manifest.json", *records,
+                                                          *(s["name"] for s in man["shards"])})
+    return man
+
+
 def test_samples_are_the_cubes_of_the_crop(store, tmp_path):
     rep, man = write_shards(store, tmp_path / "o", CFG, workers=1)
     assert rep.ok and rep.done == ["ph-00", "ph-01"]
     assert man["totals"] == {"samples": 2 * 4 * 3, "shards": 4, "cases": 2}
-    assert [s["samples"] for s in man["shards"]] == [7, 7, 7, 3]
+    # one case per shard, shard_size samples at most: 12 samples a case -> 7 + 5
+    assert [(s["case"], s["samples"]) for s in man["shards"]] == [("ph-00", 7), ("ph-00", 5), ("ph-01", 7),
+                                                                   ("ph-01", 5)]
+    assert all(s["name"].startswith(f"pre-{s['case']}-") and s["name"].endswith(("-00000.tar", "-00001.tar"))
+               for s in man["shards"])
+    _only_listed(tmp_path / "o")
     assert man["members"]["cubes.npy"]["shape"] == [8, 8, 8, 8]
     root = open_store(store, "r")
     seen = 0
@@ -44,6 +58,7 @@ def test_samples_are_the_cubes_of_the_crop(store, tmp_path):
             assert all(m.mtime == 0 and m.uid == 0 for m in tar.getmembers())
             for key in dict.fromkeys(n.split(".", 1)[0] for n in names):
                 meta = json.loads(tar.extractfile(f"{key}.json").read())
+                assert meta["case"] == shard["case"]
                 cubes = np.load(io.BytesIO(tar.extractfile(f"{key}.cubes.npy").read()), allow_pickle=False)
                 path = np.load(io.BytesIO(tar.extractfile(f"{key}.path.npy").read()), allow_pickle=False)
                 assert cubes.dtype == np.float16 and path.dtype == np.int16
@@ -75,8 +90,9 @@ def test_rerun_is_byte_identical_and_independent_of_workers(store, tmp_path):
     assert _bytes(tmp_path / "a") == first
     write_shards(store, tmp_path / "b", CFG, workers=2)
     assert _bytes(tmp_path / "b") == first
-    write_shards(store, tmp_path / "c", ShardConfig(**{**CFG.__dict__, "seed": 1}), workers=1)
-    assert _bytes(tmp_path / "c")["pre-000000.tar"] != first["pre-000000.tar"]
+    _, man = write_shards(store, tmp_path / "c", ShardConfig(**{**CFG.__dict__, "seed": 1}), workers=1)
+    assert not set(_bytes(tmp_path / "c").values()) & set(first.values())  # other draws: other bytes, other names
+    assert not {s["name"] for s in man["shards"]} & set(first)
 
 
 def test_a_bad_case_is_reported_the_rest_written_and_a_rerun_resumes(tmp_path, phantom_store):
@@ -93,7 +109,7 @@ def test_a_bad_case_is_reported_the_rest_written_and_a_rerun_resumes(tmp_path, p
     commit_arrays(url, "ph-01", {"candidates": good}, {"candidates": {"digest": "cand-1"}})
     rep, man = write_shards(url, tmp_path / "o", CFG, workers=1)
     assert rep.skipped == ["ph-00"] and rep.done == ["ph-01"] and rep.ok
-    assert not (tmp_path / "o" / ".parts").exists()
+    _only_listed(tmp_path / "o")
     fresh = tmp_path / "fresh"
     write_shards(url, fresh, CFG, workers=1)
     assert _bytes(tmp_path / "o") == _bytes(fresh)
@@ -140,7 +156,9 @@ def test_stock_webdataset_reads_the_shards_without_tcpc(store, tmp_path):
         assert not [m for m in sys.modules if m.startswith("tcpc")]
         print(n)
     """)
-    out = subprocess.run([sys.executable, "-I", "-c", code, str(tmp_path / "o" / "pre-{000000..000003}.tar")],
+    shards = json.loads((tmp_path / "o" / "manifest.json").read_text())["shards"]
+    out = subprocess.run([sys.executable, "-I", "-c", code.replace("sys.argv[1]", "sys.argv[1:]"),
+                          *(str(tmp_path / "o" / s["name"]) for s in shards)],
                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "24"
@@ -161,7 +179,7 @@ def test_real_ct_torso_end_to_end(shared_data, tmp_path):
                    "candidates": {"crop_size": 64, "source": "csv", "digest": "c"}})
     rep, man = write_shards(url, tmp_path / "o", ShardConfig(targets_per_crop=2), workers=1)
     assert rep.ok and man["totals"]["samples"] == 6
-    ds = wds.WebDataset(str(tmp_path / "o" / "tcpc-000000.tar"), shardshuffle=False).decode()
+    ds = wds.WebDataset(str(tmp_path / "o" / man["shards"][0]["name"]), shardshuffle=False).decode()
     for s in ds:
         cubes, meta = s["cubes.npy"], s["json"]
         assert cubes.shape == (8, 16, 16, 16) and cubes.min() >= -1 and cubes.max() <= 1
@@ -170,22 +188,33 @@ def test_real_ct_torso_end_to_end(shared_data, tmp_path):
         np.testing.assert_array_equal(cubes[-1], cr[P.cube_slices((0, 0, 0), 0, 16, o)].astype(np.float16))
 
 
-def test_a_kill_during_assembly_leaves_no_manifest(store, tmp_path, monkeypatch):
+def test_a_kill_mid_run_keeps_the_previous_set_valid_and_the_rerun_reuses_finished_cases(store, tmp_path,
+                                                                                          monkeypatch):
     import tcpc_data.shards.shardset as sio
+    from tcpc_data.verify import verify
 
     write_shards(store, tmp_path / "o", CFG, workers=1)
+    before = (tmp_path / "o" / "manifest.json").read_bytes()
+    put = sio._put_tar
 
-    def killed(self, samples):
-        raise KeyboardInterrupt  # the process dies while shards are being replaced
+    def killed(out, shard, samples):
+        if "ph-01" in shard:
+            raise KeyboardInterrupt  # the process dies while the second case's shards are written
+        return put(out, shard, samples)
 
-    monkeypatch.setattr(sio.ShardWriter, "write", killed)
+    changed = ShardConfig(**{**CFG.__dict__, "seed": 3})
+    monkeypatch.setattr(sio, "_put_tar", killed)
     with pytest.raises(KeyboardInterrupt):
-        write_shards(store, tmp_path / "o", ShardConfig(**{**CFG.__dict__, "seed": 3}), workers=1)
-    assert not (tmp_path / "o" / "manifest.json").exists()
+        write_shards(store, tmp_path / "o", changed, workers=1)
     monkeypatch.undo()
-    rep, man = write_shards(store, tmp_path / "o", ShardConfig(**{**CFG.__dict__, "seed": 3}), workers=1)
-    assert rep.skipped == ["ph-00", "ph-01"]  # parts written before the kill are reused
+    # the old manifest still vouches for the old set, every shard it lists intact
+    assert (tmp_path / "o" / "manifest.json").read_bytes() == before and verify(tmp_path / "o").ok
+    rep, man = write_shards(store, tmp_path / "o", changed, workers=1)
+    assert rep.skipped == ["ph-00"] and rep.done == ["ph-01"]  # ph-00 finished before the kill: reused
     assert man["config"]["seed"] == 3 and man["totals"]["samples"] == 24
+    _only_listed(tmp_path / "o")  # the seed-0 shards went once the new manifest was written
+    write_shards(store, tmp_path / "fresh", changed, workers=1)
+    assert _bytes(tmp_path / "o") == _bytes(tmp_path / "fresh")
 
 
 def test_a_store_behind_an_fsspec_url(tmp_path, phantom_store):
@@ -198,7 +227,6 @@ def test_a_store_behind_an_fsspec_url(tmp_path, phantom_store):
 def test_shards_written_to_an_fsspec_url_equal_a_local_write(store, tmp_path):
     import fsspec
 
-    from tcpc_data.shards.shardset import staging_dir
     from tcpc_data.shards.tario import tar_samples
 
     mem, url = fsspec.filesystem("memory"), f"memory://out-{tmp_path.name}/pre"
@@ -207,14 +235,16 @@ def test_shards_written_to_an_fsspec_url_equal_a_local_write(store, tmp_path):
         rep, man = write_shards(store, url, CFG, workers=1)
         assert rep.done == ["ph-00", "ph-01"] and man["totals"]["shards"] == 4
         remote = {p.rsplit("/", 1)[-1]: hashlib.sha256(mem.cat_file(p)).hexdigest() for p in mem.ls(url, detail=False)}
-        assert remote == _bytes(tmp_path / "local")  # the same bytes, manifest included
-        assert not staging_dir(url).exists()  # staged locally, uploaded, cleaned up
-        assert len(list(tar_samples(f"{url}/pre-000000.tar"))) == 7
+        assert remote == _bytes(tmp_path / "local")  # the same bytes, manifest and case records included
+        assert len(list(tar_samples(f"{url}/{man['shards'][0]['name']}"))) == 7
         rep, _ = write_shards(store, url, CFG, workers=1)
         assert rep.skipped == ["ph-00", "ph-01"] and not rep.done  # current remote set: nothing redone
-        mem.pipe(f"{url.split('://')[1]}/pre-000009.tar", b"stale")
-        write_shards(store, url, ShardConfig(**{**CFG.__dict__, "seed": 5}), workers=1)
-        assert sorted(p.rsplit("/", 1)[-1] for p in mem.ls(url, detail=False)) == sorted(remote)  # stale gone
+        mem.pipe(f"{url.split('://')[1]}/pre-ph-09-0123456789abcdef-00000.tar", b"stale")
+        _, seed5 = write_shards(store, url, ShardConfig(**{**CFG.__dict__, "seed": 5}), workers=1)
+        names = {p.rsplit("/", 1)[-1] for p in mem.ls(url, detail=False)}
+        assert names == {"manifest.json", *(s["name"] for s in seed5["shards"]),
+                         *(n for n in names if n.endswith(".case.json"))}  # stale and seed-0 shards gone
+        assert len([n for n in names if n.endswith(".case.json")]) == 2
     finally:
         mem.rm(f"/out-{tmp_path.name}", recursive=True)
     (tmp_path / "afile").write_text("x")
@@ -222,12 +252,15 @@ def test_shards_written_to_an_fsspec_url_equal_a_local_write(store, tmp_path):
         write_shards(store, tmp_path / "afile", CFG, workers=1)
 
 
-def test_adding_a_case_computes_only_that_case(tmp_path, monkeypatch, phantom_store):
+def test_adding_or_changing_cases_writes_only_those_and_reads_no_existing_shard(tmp_path, monkeypatch,
+                                                                             phantom_store):
     import tcpc_data.shards.pretrain as shards_mod
+    import tcpc_data.shards.tario as tario
 
     url = tmp_path / "v.zarr"
     phantom_store(url, n_cases=2)
     write_shards(url, tmp_path / "o", CFG, workers=1)
+    old = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "o").glob("*.tar")}
     phantom_store(url, n_cases=3)  # a new case arrives; the first two are unchanged
     computed = []
     make = shards_mod.crop_samples
@@ -235,21 +268,27 @@ def test_adding_a_case_computes_only_that_case(tmp_path, monkeypatch, phantom_st
     def counting(*args, **kwargs):
         computed.append(args)
         return make(*args, **kwargs)
+
+    def no_read(path):
+        raise AssertionError(f"an existing shard was read: {path}")
     monkeypatch.setattr(shards_mod, "crop_samples", counting)
+    monkeypatch.setattr(tario, "tar_members", no_read)
     rep, man = write_shards(url, tmp_path / "o", CFG, workers=1)
+    monkeypatch.undo()
     assert rep.done == ["ph-02"] and rep.skipped == ["ph-00", "ph-01"]
     assert {args[2] for args in computed} == {"ph-02"}  # crops cut for the new case only
-    monkeypatch.setattr(shards_mod, "crop_samples", make)
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "o").glob("*.tar") if p.name in old} == old
     write_shards(url, tmp_path / "fresh", CFG, workers=1)
     assert _bytes(tmp_path / "o") == _bytes(tmp_path / "fresh")
-    # A damaged old shard is not trusted: the cases it holds are computed again, with the same result.
-    phantom_store(url, n_cases=4)
-    shard = tmp_path / "o" / "pre-000005.tar"  # 36 samples by 7: the last shard holds ph-02's last one
-    shard.write_bytes(shard.read_bytes()[:3000])
-    rep, _ = write_shards(url, tmp_path / "o", CFG, workers=1)
-    assert rep.done == ["ph-02", "ph-03"] and rep.skipped == ["ph-00", "ph-01"]
-    write_shards(url, tmp_path / "fresh4", CFG, workers=1)
-    assert _bytes(tmp_path / "o") == _bytes(tmp_path / "fresh4")
+    # A changed case gets new shards; its old ones go. A missing shard of a listed case redoes that case.
+    cands = np.asarray(open_store(url, "r")["ph-01"]["candidates"][...])
+    commit_arrays(url, "ph-01", {"candidates": cands[:2]}, {"candidates": {"digest": "cand-1-changed"}})
+    (tmp_path / "o" / man["shards"][0]["name"]).unlink()  # ph-00's first shard lost
+    rep, man = write_shards(url, tmp_path / "o", CFG, workers=1)
+    assert rep.done == ["ph-00", "ph-01"] and rep.skipped == ["ph-02"]
+    _only_listed(tmp_path / "o")
+    write_shards(url, tmp_path / "fresh2", CFG, workers=1)
+    assert _bytes(tmp_path / "o") == _bytes(tmp_path / "fresh2")
 
 
 def test_paper_block_cubes_touch_without_overlap():
@@ -258,3 +297,35 @@ def test_paper_block_cubes_touch_without_overlap():
     s = path_sample(np.zeros((32, 32, 32), np.float32), cfg, np.random.default_rng(1))
     starts = s["path"].astype(int) * 4  # stride 4 voxels; cubes of 8 voxels starting 8 apart
     assert {tuple(v) for v in starts - starts.min(0)} == {(a, b, c) for a in (0, 8) for b in (0, 8) for c in (0, 8)}
+
+
+def test_a_set_of_the_older_format_is_rewritten_and_its_files_removed(store, tmp_path):
+    from tcpc_data.shards.manifest import read_manifest
+
+    _, man = write_shards(store, tmp_path / "o", CFG, workers=1)
+    old = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    old["format_version"] = 1  # as tcpc wrote it before shards held one case each: packed shards, no records
+    for f in (tmp_path / "o").iterdir():
+        f.unlink()
+    (tmp_path / "o" / "manifest.json").write_text(json.dumps(old))
+    (tmp_path / "o" / "pre-000000.tar").write_bytes(b"old packed shard")
+    (tmp_path / "o" / ".parts").mkdir()
+    (tmp_path / "o" / ".parts" / "ph-00-0123.tar").write_bytes(b"old part")
+    with pytest.raises(ValueError, match="format version 1; this tcpc reads version 2 \\(rerun the command"):
+        read_manifest(tmp_path / "o")
+    rep, again = write_shards(store, tmp_path / "o", CFG, workers=1)
+    assert rep.done == ["ph-00", "ph-01"] and again == man
+    _only_listed(tmp_path / "o")  # the old packed shard and parts are gone
+
+
+def test_temporary_files_of_killed_writers_are_swept(store, tmp_path):
+    _, man = write_shards(store, tmp_path / "o", CFG, workers=1)
+    (tmp_path / "o" / "manifest.json").unlink()  # the client was killed while writing it
+    for name in (".manifest.json.0123abcd.tmp", f".{man['shards'][0]['name']}.4567.tmp",
+                 ".pre-ph-00-0123456789abcdef.case.json.89ab.tmp"):
+        (tmp_path / "o" / name).write_bytes(b"half")
+    (tmp_path / "o" / "notes.txt").write_text("the user's")
+    rep, again = write_shards(store, tmp_path / "o", CFG, workers=1)
+    assert rep.skipped == ["ph-00", "ph-01"] and again == man  # the case records vouch for the shards
+    assert sorted(p.name for p in (tmp_path / "o").iterdir() if p.name.startswith(".")) == []
+    assert (tmp_path / "o" / "notes.txt").exists()  # not a file of the set: left alone

@@ -29,7 +29,7 @@ def test_lidc_nodule_crops_and_u_paths(lidc_store, tmp_path):
     labels.write_text(f"case,z,y,x,label\nLIDC-IDRI-0001,{centre[0]},{centre[1]},{centre[2]},{int(malignancy > 3)}\n")
     rep, man = write_labelled_shards(url, labels, tmp_path / "lab", LabelledConfig(crop_size=64), workers=1)
     assert rep.ok and man["totals"]["samples"] == 1
-    (key, members), = tar_samples(tmp_path / "lab" / "labelled-000000.tar")
+    (key, members), = tar_samples(tmp_path / "lab" / man["shards"][0]["name"])
     vol = np.load(__import__("io").BytesIO(members["volume.npy"]), allow_pickle=False).astype(np.float32)
     assert members["cls"] == b"1"  # median malignancy 5: malignant
     # the nodule (soft tissue, about -0.5) sits at the crop centre in lung (about -0.9)

@@ -19,6 +19,7 @@ import dataclasses
 import os
 import posixpath
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import field
 from pathlib import Path
 from typing import Literal
@@ -26,7 +27,7 @@ from typing import Literal
 import numpy as np
 
 from tcpc_data.digest import digest, files_digest
-from tcpc_data.ingest.discover import CaseSource, _strip_suffix, discover
+from tcpc_data.ingest.discover import CaseSource, _strip_suffix, discover, series_files
 from tcpc_data.ingest.normalise import apply_clip, check_clip, normalise
 from tcpc_data.ingest.resample import to_grid
 from tcpc_data.runner import DONE, SKIPPED, RunReport, Task, run_cases
@@ -156,16 +157,18 @@ def _ingest_case(job: _Job) -> tuple[str, dict]:
     if job.error is not None:
         raise ValueError(job.error)
     cs, config = job.case, job.config
-    with _local_copies(cs.files + ((cs.mask,) if cs.mask else ())) as paths:
-        image_paths = paths[:len(cs.files)]
-        d = digest(files_digest(image_paths), config.digest_fields(cs.format))
-        if cs.mask:  # a changed mask redoes the case; cases without one keep their digest
-            d = digest(d, "mask", files_digest(paths[-1:]))
+    with _case_files(cs) as paths, ThreadPoolExecutor(1, thread_name_prefix="tcpc-digest") as pool:
+        image_paths = paths[:-1] if cs.mask else paths
         n_bytes = sum(os.path.getsize(p) for p in paths)
-        if _stored_digest(job.out, cs.case) == d:
+        # The digest hashes every source byte (hashlib releases the GIL): a thread hashes while
+        # this one parses. Only a case already in the store waits for it, to skip unchanged work.
+        hashed = pool.submit(_case_digest, cs, paths, config)
+        stored = _stored_digest(job.out, cs.case)
+        if stored is not None and hashed.result() == stored:
             return SKIPPED, {"source_bytes": n_bytes}
         volume = _read(cs, image_paths, config)
         mask = _read_mask(cs, paths[-1], volume, config) if cs.mask else None
+        d = hashed.result()
     check_finite(volume.hu, cs.case)
     volume = dataclasses.replace(volume, hu=apply_clip(volume.hu, config.clip))
     source_spacing, notes = volume.spacing_zyx, list(volume.notes)
@@ -201,6 +204,14 @@ def _ingest_case(job: _Job) -> tuple[str, dict]:
                                "grid": "the image's (nearest-neighbour when resampled)", "digest": d}
     commit_arrays(job.out, cs.case, arrays, array_attrs, case_attrs)
     return DONE, {"shape": list(values.shape), "source_bytes": n_bytes, "notes": notes}
+
+
+def _case_digest(cs: CaseSource, paths: list[str], config: IngestConfig) -> str:
+    """Digest of a case's source bytes and the config fields that shape it."""
+    d = digest(files_digest(paths[:-1] if cs.mask else paths), config.digest_fields(cs.format))
+    if cs.mask:  # a changed mask redoes the case; cases without one keep their digest
+        d = digest(d, "mask", files_digest(paths[-1:]))
+    return d
 
 
 def _read(cs: CaseSource, paths: list[str], config: IngestConfig, what: str | None = None) -> Volume:
@@ -258,11 +269,27 @@ def _stored_digest(out: str, case: str) -> str | None:
 
 
 @contextlib.contextmanager
-def _local_copies(files: tuple[str, ...]):
-    """Local paths of the case's files; remote files are copied into a temporary folder first.
+def _case_files(cs: CaseSource):
+    """Local paths of the files of a case, its mask's last; a DICOM series' files are listed
+    from its folders here, on the worker (discovery keeps no file lists)."""
+    if cs.format != "dicom":
+        with _local_copies(cs.files + ((cs.mask,) if cs.mask else ())) as paths:
+            yield paths
+        return
+    with _local_copies(cs.files, folders=True) as folders:
+        paths = series_files(folders, cs.series)
+        if not paths:
+            raise ValueError(f"{cs.case}: no file of series {cs.series} is left in {cs.source}")
+        yield paths
+
+
+@contextlib.contextmanager
+def _local_copies(files: tuple[str, ...], folders: bool = False):
+    """Local paths of the case's files (or, with ``folders``, of the folders that hold them);
+    remote ones are copied into a temporary folder first.
 
     The copies keep their paths relative to the case's common folder (a MetaImage
-    header finds its data file by name).
+    header finds its data file by name). A folder is copied with the files directly in it.
     """
     if all(is_local(f) for f in files):
         yield [str(local_path(f)) for f in files]
@@ -270,7 +297,11 @@ def _local_copies(files: tuple[str, ...]):
     import fsspec
 
     fs, _ = fsspec.core.url_to_fs(files[0])
-    stripped = [fs._strip_protocol(f) for f in files]
+    given = [fs._strip_protocol(f) for f in files]
+    stripped = [f for f in given if not folders or fs.isfile(f)]
+    for folder in [f for f in given if f not in stripped]:
+        stripped += [i["name"] for i in fs.ls(folder, detail=True) if i["type"] == "file"
+                     and not posixpath.basename(i["name"]).startswith(".")]
     common = posixpath.commonpath([posixpath.dirname(p) for p in stripped])
     with tempfile.TemporaryDirectory(prefix="tcpc-ingest-") as tmp:
         local = []
@@ -279,4 +310,4 @@ def _local_copies(files: tuple[str, ...]):
             dst.parent.mkdir(parents=True, exist_ok=True)
             fs.get_file(p, str(dst))
             local.append(str(dst))
-        yield local
+        yield [str(Path(tmp) / posixpath.relpath(g, common)) for g in given] if folders else local

@@ -1,5 +1,6 @@
 """DICOM series reading and discovery on tiny synthetic series with a known HU field."""
 import random
+from pathlib import Path
 import re
 
 import numpy as np
@@ -8,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tcpc_data.ingest.dicom import read_series
-from tcpc_data.ingest.discover import discover
+from tcpc_data.ingest.discover import discover, series_files
 from tcpc_data.ingest.resample import to_grid
 from tcpc_data.volume import index_to_world
 
@@ -137,7 +138,9 @@ def test_discovery_splits_series_skips_non_images_and_reports_bad_files(tmp_path
     found = discover(src)
     cases = {c.case: c for c in found.cases}
     assert sorted(cases) == ["patient1_11111111", "patient1_22222222", "patient2"]
-    assert len(cases["patient1_11111111"].files) == 3 and cases["patient1_11111111"].format == "dicom"
+    one = cases["patient1_11111111"]
+    assert one.format == "dicom" and one.files == (str(src / "patient1"),)  # folders, never file lists
+    assert [Path(f).name for f in series_files(one.files, one.series)] == ["s1a.dcm", "s1b.dcm", "s1c.dcm"]
     assert dict(cases["patient2"].info)["patient_id"] == "P2"
     assert {f["case"] for f in found.failures} == {"patient3", "patient2_broken_dcm"}
     assert any("empty folder" in f["error"] for f in found.failures)
@@ -165,7 +168,8 @@ def test_parallel_discovery_equals_serial_and_reports_progress(tmp_path, dicom_f
     src = tmp_path / "archive"
     _big_archive(src, dicom_factory)
     serial = discover(src, workers=1)
-    assert [c.case for c in serial.cases] == ["a", "b"] and len(serial.cases[0].files) == 40
+    assert [c.case for c in serial.cases] == ["a", "b"]
+    assert len(series_files(serial.cases[0].files, serial.cases[0].series)) == 40
     assert [f["case"] for f in serial.failures] == ["b_broken_dcm"]
     display = progress_display()
     with display:

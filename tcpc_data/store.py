@@ -75,11 +75,16 @@ def array_digest(group: zarr.Group, name: str) -> str | None:
 def list_cases(url: str | os.PathLike, require: tuple[str, ...] = ("image",)) -> list[str]:
     """Sorted ids of cases whose arrays ``require`` are all complete."""
     root = open_store(url, mode="r")
-    out = []
-    for cid, grp in root.groups():
-        if all(array_digest(grp, name) for name in require):
-            out.append(cid)
-    return sorted(out)
+    # One listing of two levels: zarr reads the metadata of every case and its arrays
+    # concurrently (async.concurrency), not one case after another as groups() + attrs would.
+    cases, complete = set(), set()
+    for path, node in root.members(max_depth=1):
+        case, _, name = path.partition("/")
+        if not name and isinstance(node, zarr.Group):
+            cases.add(case)
+        elif name in require and isinstance(node, zarr.Array) and node.attrs.get("digest"):
+            complete.add((case, name))
+    return sorted(c for c in cases if all((c, name) in complete for name in require))
 
 
 def _chunks_for(shape: tuple[int, ...]) -> tuple[int, ...]:

@@ -205,14 +205,15 @@ def _levels(rel_dir: str) -> list[str]:
     return [p for p in rel_dir.split("/") if p not in ("", ".") and not _UID_NAME.fullmatch(p)]
 
 
-def _entries(fs, folder: str) -> tuple[list[str], list[str], bool]:
-    """(visible file names, sub-folder names, any file at all) directly in ``folder``, sorted.
+def _entries(fs, folder: str, count: bool = False) -> tuple[list[str] | int, list[str], bool]:
+    """(visible file names, sub-folder names, any file at all) directly in ``folder``, sorted;
+    with ``count``, the number of visible files instead of their names (the client's walk).
 
     Local folders follow symbolic links, since datasets are often folders of links
     into an archive. Hidden files (a name starting with '.') are not cases but still
     make their folder non-empty.
     """
-    files, dirs, any_file = [], [], False
+    files, dirs, any_file, n = [], [], False, 0
     if isinstance(fs, LocalFileSystem):
         with os.scandir(folder) as it:
             for e in it:
@@ -221,7 +222,9 @@ def _entries(fs, folder: str) -> tuple[list[str], list[str], bool]:
                 elif e.is_file():
                     any_file = True
                     if not e.name.startswith("."):
-                        files.append(e.name)
+                        n += 1
+                        if not count:
+                            files.append(e.name)
     else:
         for info in fs.ls(folder, detail=True):
             name = posixpath.basename(info["name"].rstrip("/"))
@@ -231,8 +234,10 @@ def _entries(fs, folder: str) -> tuple[list[str], list[str], bool]:
             elif info["type"] == "file":
                 any_file = True
                 if not name.startswith("."):
-                    files.append(name)
-    return sorted(files), sorted(dirs), any_file
+                    n += 1
+                    if not count:
+                        files.append(name)
+    return (n if count else sorted(files)), sorted(dirs), any_file
 
 
 def _walk(fs, folder: str, seen: set, empty: list[str]):
@@ -247,10 +252,9 @@ def _walk(fs, folder: str, seen: set, empty: list[str]):
         if (st.st_dev, st.st_ino) in seen:
             return True  # walked already: neither a case source again nor an empty folder
         seen.add((st.st_dev, st.st_ino))
-    files, dirs, occupied = _entries(fs, folder)
-    if files:
-        yield folder, len(files)
-    del files
+    n, dirs, occupied = _entries(fs, folder, count=True)
+    if n:
+        yield folder, n
     for d in dirs:
         sub = posixpath.join(folder, d)
         if (yield from _walk(fs, sub, seen, empty)):

@@ -136,7 +136,7 @@ def ingest(sources, out, config: IngestConfig = IngestConfig(), *, workers: int 
     """
     if not isinstance(config, IngestConfig):
         raise TypeError(f"config must be an IngestConfig, got {type(config).__name__}")
-    found = discover(sources, workers=workers, progress=progress)
+    found = discover(sources, workers=workers, progress=progress, scheduler=scheduler)
     out = str(out)
     swept = sweep_staging(out)
     tasks = [Task(c.case, c.source, _Job(c, out, config)) for c in found.cases]

@@ -49,18 +49,26 @@ def normalise(hu: np.ndarray, what: str = "volume") -> tuple[np.ndarray, tuple[f
         raise ValueError(f"{what}: the image is constant ({lo} HU) after windowing; "
                          f"min/max normalisation is undefined")
     out = np.empty(hu.shape, dtype=np.float32)
-    _normalise_kernel(np.ascontiguousarray(hu, dtype=np.float32), lo, 2.0 / (hi - lo), out)
+    # Waking Numba's threads costs milliseconds: small volumes run on this one
+    kernel = _normalise_kernel if hu.size >= _PARALLEL_VOXELS else _normalise_kernel_serial
+    kernel(np.ascontiguousarray(hu, dtype=np.float32), lo, 2.0 / (hi - lo), out)
     return out, (lo, hi)
 
 
-@numba.njit(cache=True, parallel=True)
-def _normalise_kernel(hu, lo, scale, out):  # pragma: no cover - compiled
+_PARALLEL_VOXELS = 1 << 20
+
+
+def _normalise_py(hu, lo, scale, out):  # pragma: no cover - compiled
     # float64 per voxel, so the minimum and maximum land exactly on -1 and 1
     for z in numba.prange(hu.shape[0]):
         for y in range(hu.shape[1]):
             for x in range(hu.shape[2]):
                 v = (np.float64(hu[z, y, x]) - lo) * scale - 1.0
                 out[z, y, x] = min(max(v, -1.0), 1.0)
+
+
+_normalise_kernel = numba.njit(cache=True, parallel=True)(_normalise_py)
+_normalise_kernel_serial = numba.njit(cache=True)(_normalise_py)  # prange runs as range
 
 
 def to_hu(values: np.ndarray, intensity_range) -> np.ndarray:

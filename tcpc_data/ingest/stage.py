@@ -36,6 +36,7 @@ from tcpc_data.urls import is_local, local_path
 from tcpc_data.volume import Volume, check_finite
 
 _DTYPES = ("float32", "float16")
+_OVERLAP_BYTES = 8 << 20  # a case this large hashes in a thread while it is parsed
 _IRREGULAR = ("resample", "refuse")
 
 
@@ -157,18 +158,20 @@ def _ingest_case(job: _Job) -> tuple[str, dict]:
     if job.error is not None:
         raise ValueError(job.error)
     cs, config = job.case, job.config
-    with _case_files(cs) as paths, ThreadPoolExecutor(1, thread_name_prefix="tcpc-digest") as pool:
-        image_paths = paths[:-1] if cs.mask else paths
+    with _case_files(cs) as paths:
         n_bytes = sum(os.path.getsize(p) for p in paths)
-        # The digest hashes every source byte (hashlib releases the GIL): a thread hashes while
-        # this one parses. Only a case already in the store waits for it, to skip unchanged work.
-        hashed = pool.submit(_case_digest, cs, paths, config)
         stored = _stored_digest(job.out, cs.case)
-        if stored is not None and hashed.result() == stored:
-            return SKIPPED, {"source_bytes": n_bytes}
-        volume = _read(cs, image_paths, config)
-        mask = _read_mask(cs, paths[-1], volume, config) if cs.mask else None
-        d = hashed.result()
+        # The digest hashes every source byte (hashlib releases the GIL): for a large case not yet
+        # in the store, a thread hashes while this one parses; a stored case needs it first, to skip.
+        overlap = stored is None and n_bytes >= _OVERLAP_BYTES
+        with ThreadPoolExecutor(1, thread_name_prefix="tcpc-digest") if overlap else contextlib.nullcontext() as pool:
+            hashed = pool.submit(_case_digest, cs, paths, config) if overlap else None
+            d = None if overlap else _case_digest(cs, paths, config)
+            if stored is not None and d == stored:
+                return SKIPPED, {"source_bytes": n_bytes}
+            volume = _read(cs, paths[:-1] if cs.mask else paths, config)
+            mask = _read_mask(cs, paths[-1], volume, config) if cs.mask else None
+            d = hashed.result() if overlap else d
     check_finite(volume.hu, cs.case)
     volume = dataclasses.replace(volume, hu=apply_clip(volume.hu, config.clip))
     source_spacing, notes = volume.spacing_zyx, list(volume.notes)

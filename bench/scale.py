@@ -4,8 +4,9 @@ Usage: python bench/scale.py [--cases 100 1000 10000] [--workers 1 2 4]
 
 For each number of cases N, writes N tiny synthetic DICOM CT series (two 8x8 slices,
 one folder each: discovery reads 2N headers) into a temporary folder. For each worker
-count, a fresh process starts a dask LocalCluster (processes, one thread each) and
-runs against its scheduler, as a user with a cluster would:
+count, a fresh process starts a ``dask scheduler`` and ``dask worker --nworkers W --nthreads 1``
+from the command line and runs against that scheduler, as a user with a cluster would
+(the measured client process holds no scheduler state):
 
 - discovery alone (the folder scans run on the workers);
 - ``tcpc ingest`` of every case into a fresh store (discovery included);
@@ -19,6 +20,7 @@ Prints one table row per (cases, workers).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import subprocess
@@ -71,10 +73,34 @@ def _noop(payload):
     return "done", None
 
 
+@contextlib.contextmanager
+def cluster(workers: int, tmp: Path):
+    """A scheduler and ``workers`` worker processes (one thread each) started from the command
+    line, as on a real cluster, so that the client process measured holds no scheduler state."""
+    sched_file = tmp / "scheduler.json"
+    procs = [subprocess.Popen(["dask", "scheduler", "--port", "0", "--no-dashboard", "--scheduler-file",
+                               str(sched_file)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        while not sched_file.exists():
+            time.sleep(0.1)
+        time.sleep(0.5)  # written, maybe not yet complete
+        addr = json.loads(sched_file.read_text())["address"]
+        procs.append(subprocess.Popen(["dask", "worker", addr, "--nworkers", str(workers), "--nthreads", "1",
+                                       "--local-directory", str(tmp / "workers"), "--no-dashboard"],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        from distributed import Client
+        with Client(addr) as client:
+            client.wait_for_workers(workers, timeout=300)
+        yield addr
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+            p.wait(timeout=60)
+
+
 def child(src: str, workers: int, out: str) -> dict:
     """One measurement in this (fresh) process; returns the row."""
     import psutil
-    from distributed import LocalCluster
 
     from tcpc_data import ingest
     from tcpc_data.ingest.discover import discover
@@ -87,12 +113,11 @@ def child(src: str, workers: int, out: str) -> dict:
             peak[0] = max(peak[0], proc.memory_info().rss)
             time.sleep(0.01)
 
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
-        addr = cluster.scheduler_address
-        with tempfile.TemporaryDirectory() as warm:  # imports and first calls, outside the measure
-            write_cases(Path(warm) / "src", 2)
-            ingest(Path(warm) / "src", Path(warm) / "v.zarr", scheduler=addr)
-            run_cases("noop", [Task("a", "a", None)], _noop, scheduler=addr)
+    with tempfile.TemporaryDirectory() as tmp, cluster(workers, Path(tmp)) as addr:
+        # imports and first calls, outside the measure
+        write_cases(Path(tmp) / "warm", 2)
+        ingest(Path(tmp) / "warm", Path(tmp) / "warm.zarr", scheduler=addr)
+        run_cases("noop", [Task("a", "a", None)], _noop, scheduler=addr)
         start_rss = proc.memory_info().rss
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
@@ -149,7 +174,7 @@ def main() -> None:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; tiny DICOM cases (2 slices of 8x8); "
-          f"dask LocalCluster, processes, 1 thread each")
+          f"dask scheduler + worker processes (CLI), 1 thread each")
     print(f"{'cases':>7s} {'wrk':>3s} {'discover':>9s} {'ingest':>9s} {'cases/s':>8s} {'sched ms/c':>10s} "
           f"{'client MB':>9s} {'growth':>8s}")
     for r in rows:

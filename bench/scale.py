@@ -98,7 +98,7 @@ def cluster(workers: int, tmp: Path):
             p.wait(timeout=60)
 
 
-def child(src: str, workers: int, out: str) -> dict:
+def child(src: str, workers: int, out: str, discovery_only: bool = False) -> dict:
     """One measurement in this (fresh) process; returns the row."""
     import psutil
 
@@ -125,14 +125,16 @@ def child(src: str, workers: int, out: str) -> dict:
         found = discover(src, scheduler=addr)
         t_discover = time.perf_counter() - t0
         n = len(found.cases)
-        t0 = time.perf_counter()
-        report = ingest(src, out, scheduler=addr)
-        t_ingest = time.perf_counter() - t0
-        assert report.ok and len(report.done) == n, report.summary()
-        tasks = [Task(c.case, c.source, None) for c in found.cases]
-        t0 = time.perf_counter()
-        run_cases("noop", tasks, _noop, scheduler=addr)
-        t_noop = time.perf_counter() - t0
+        t_ingest = t_noop = float("nan")
+        if not discovery_only:
+            t0 = time.perf_counter()
+            report = ingest(src, out, scheduler=addr)
+            t_ingest = time.perf_counter() - t0
+            assert report.ok and len(report.done) == n, report.summary()
+            tasks = [Task(c.case, c.source, None) for c in found.cases]
+            t0 = time.perf_counter()
+            run_cases("noop", tasks, _noop, scheduler=addr)
+            t_noop = time.perf_counter() - t0
         stop.set()
         sampler.join()
     return {"cases": n, "workers": workers, "discover_s": t_discover, "ingest_s": t_ingest,
@@ -144,11 +146,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", type=int, nargs="+", default=[100, 1000, 10000])
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
+    ap.add_argument("--discovery-only", action="store_true",
+                    help="measure discovery and the client's memory only (no ingest, no no-op stage)")
     ap.add_argument("--child", nargs=3, metavar=("SRC", "WORKERS", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         src, workers, out = args.child
-        print(json.dumps(child(src, int(workers), out)))
+        print(json.dumps(child(src, int(workers), out, args.discovery_only)))
         return
     import os
 
@@ -160,7 +164,8 @@ def main() -> None:
             write_cases(src, n)
             for w in args.workers:
                 out = tmp / f"v-{n}-{w}.zarr"
-                res = subprocess.run([sys.executable, __file__, "--child", str(src), str(w), str(out)],
+                res = subprocess.run([sys.executable, __file__, "--child", str(src), str(w), str(out)]
+                                     + (["--discovery-only"] if args.discovery_only else []),
                                      capture_output=True, text=True)
                 if res.returncode:
                     sys.exit(f"{n} cases, {w} workers failed:\n{res.stderr[-3000:]}")

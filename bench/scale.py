@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -30,7 +31,8 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+_ROOT = str(Path(__file__).resolve().parents[1])
+sys.path.insert(0, _ROOT)  # here and, through PYTHONPATH, in the scheduler and workers
 
 _UID = b"1.2.826.0.1.3680043.10.1.999999999999"  # placeholder, replaced by a same-length UID per case
 
@@ -78,8 +80,9 @@ def cluster(workers: int, tmp: Path):
     """A scheduler and ``workers`` worker processes (one thread each) started from the command
     line, as on a real cluster, so that the client process measured holds no scheduler state."""
     sched_file = tmp / "scheduler.json"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [_ROOT, os.environ.get("PYTHONPATH")]))}
     procs = [subprocess.Popen(["dask", "scheduler", "--port", "0", "--no-dashboard", "--scheduler-file",
-                               str(sched_file)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+                               str(sched_file)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)]
     try:
         while not sched_file.exists():
             time.sleep(0.1)
@@ -87,7 +90,7 @@ def cluster(workers: int, tmp: Path):
         addr = json.loads(sched_file.read_text())["address"]
         procs.append(subprocess.Popen(["dask", "worker", addr, "--nworkers", str(workers), "--nthreads", "1",
                                        "--local-directory", str(tmp / "workers"), "--no-dashboard"],
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env))
         from distributed import Client
         with Client(addr) as client:
             client.wait_for_workers(workers, timeout=300)
@@ -154,8 +157,6 @@ def main() -> None:
         src, workers, out = args.child
         print(json.dumps(child(src, int(workers), out, args.discovery_only)))
         return
-    import os
-
     tmp = Path(tempfile.mkdtemp(prefix="tcpc-scale-"))
     rows = []
     try:

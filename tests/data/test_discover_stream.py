@@ -85,3 +85,33 @@ def test_result_is_the_same_whatever_the_batching_and_completion_order(tmp_path,
     scrambled = discover(src, workers=2)
     assert (scrambled.cases, scrambled.failures, scrambled.notes) == \
            (reference.cases, reference.failures, reference.notes)
+
+
+def test_remote_dicom_case_is_listed_and_copied_on_the_worker(tmp_path, dicom_factory):
+    # a DICOM case names its folders; the worker lists them (two series share one folder)
+    # and copies the folders' files before it reads the series: same store values as a local run
+    import fsspec
+
+    from tcpc_data.ingest.stage import ingest
+    from tcpc_data.store import open_store
+
+    src = tmp_path / "archive"
+    dicom_factory.write_series(src / "p", dicom_factory.z_positions([0, 3, 6]), series_uid="1.2.840.99.1.1")
+    dicom_factory.write_series(src / "p", dicom_factory.z_positions([0, 5]), series_uid="1.2.840.99.1.2",
+                               names=["t0.dcm", "t1.dcm"])
+    (src / "p" / "notes.xml").write_text("<a/>")
+    mem = fsspec.filesystem("memory")
+    for f in sorted(src.rglob("*")):
+        if f.is_file():
+            mem.pipe(f"/tcpc-remote-dicom/{f.relative_to(src).as_posix()}", f.read_bytes())
+    try:
+        local = ingest(src, tmp_path / "local.zarr", workers=1)
+        remote = ingest("memory://tcpc-remote-dicom", tmp_path / "remote.zarr", workers=1)
+    finally:
+        mem.rm("/tcpc-remote-dicom", recursive=True)
+    assert local.done == remote.done == ["p_28409911", "p_28409912"] and remote.ok
+    a, b = open_store(tmp_path / "local.zarr", "r"), open_store(tmp_path / "remote.zarr", "r")
+    for case in local.done:
+        assert a[case]["image"].shape == ((3 if case.endswith("1") else 2), 12, 10)
+        np.testing.assert_array_equal(a[case]["image"][...], b[case]["image"][...])
+        assert a[case]["image"].attrs["digest"] == b[case]["image"].attrs["digest"]

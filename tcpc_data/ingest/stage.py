@@ -185,7 +185,9 @@ def _ingest_case(job: _Job) -> tuple[str, dict]:
         values = np.clip((volume.hu - np.float32(lo)) * np.float32(2.0 / (hi - lo)) - 1.0, -1.0, 1.0)
         values = values.astype(np.float32, copy=False)
     else:
-        values, (lo, hi) = normalise(volume.hu, cs.case)
+        hu = volume.hu
+        in_place = hu.dtype == np.float32 and hu.flags.c_contiguous  # the volume is ours: no copy
+        values, (lo, hi) = normalise(hu, cs.case, out=hu if in_place else None)
     attrs = {
         "spacing_zyx": list(volume.spacing_zyx),
         "origin_zyx": list(volume.origin_zyx),

@@ -301,3 +301,8 @@ def test_small_and_large_volumes_normalise_to_the_same_bits():
     norm._normalise_kernel(hu, lo, 2.0 / (hi - lo), parallel)
     assert serial.tobytes() == parallel.tobytes() and serial.min() == -1.0 and serial.max() == 1.0
     np.testing.assert_array_equal(norm.normalise(hu)[0], serial)
+    in_place = hu.copy()  # each voxel is read before it is written: in place gives the same bits
+    values, (lo2, hi2) = norm.normalise(in_place, out=in_place)
+    assert values is in_place and (lo2, hi2) == (lo, hi) and values.tobytes() == serial.tobytes()
+    with pytest.raises(ValueError, match="C-contiguous float32"):
+        norm.normalise(hu, out=np.empty(hu.shape, np.float64))

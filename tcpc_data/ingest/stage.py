@@ -172,7 +172,11 @@ def _ingest_case(job: _Job) -> tuple[str, dict]:
             volume = _read(cs, paths[:-1] if cs.mask else paths, config)
             mask = _read_mask(cs, paths[-1], volume, config) if cs.mask else None
             d = hashed.result() if overlap else d
-    check_finite(volume.hu, cs.case)
+    hu = volume.hu
+    # NaN propagates into min and max, and an infinity is one of them: two passes without the
+    # voxel-sized mask (and its page faults) of the full check, which only runs to name the voxels
+    if hu.size == 0 or not (np.isfinite(hu.min()) and np.isfinite(hu.max())):
+        check_finite(hu, cs.case)
     volume = dataclasses.replace(volume, hu=apply_clip(volume.hu, config.clip))
     source_spacing, notes = volume.spacing_zyx, list(volume.notes)
     if not volume.regular or config.spacing_zyx is not None:
@@ -185,7 +189,7 @@ def _ingest_case(job: _Job) -> tuple[str, dict]:
         values = np.clip((volume.hu - np.float32(lo)) * np.float32(2.0 / (hi - lo)) - 1.0, -1.0, 1.0)
         values = values.astype(np.float32, copy=False)
     else:
-        hu = volume.hu
+        hu = volume.hu  # clipped, maybe resampled
         in_place = hu.dtype == np.float32 and hu.flags.c_contiguous  # the volume is ours: no copy
         values, (lo, hi) = normalise(hu, cs.case, out=hu if in_place else None)
     attrs = {

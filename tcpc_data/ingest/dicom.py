@@ -114,7 +114,7 @@ def read_series(files, *, max_voxels: int, what: str, irregular: str = "resample
 
     hu = np.empty((len(paths), rows, cols), dtype=np.float32)
     for k, (p, ds) in enumerate(zip(paths, datasets)):
-        hu[k] = _slice_hu(ds, p, (rows, cols), what)
+        _slice_hu(ds, p, (rows, cols), what, out=hu[k])
 
     direction = np.stack([n[::-1], v[::-1], u[::-1]])  # image axes z, y, x; components z, y, x
     origin = tuple(float(x) for x in positions[order[0]][::-1])
@@ -155,8 +155,8 @@ def _check_gaps(gaps: np.ndarray, d: np.ndarray, paths: list[Path], what: str) -
                          f"(about {int(whole[i]) - 1} slice(s) missing)")
 
 
-def _slice_hu(ds, path: Path, shape: tuple[int, int], what: str) -> np.ndarray:
-    """Decode one slice and apply the rescale to HU (float32)."""
+def _slice_hu(ds, path: Path, shape: tuple[int, int], what: str, out: np.ndarray) -> None:
+    """Decode one slice and write it rescaled to HU into ``out`` (float32)."""
     if "PixelData" not in ds:
         raise ValueError(f"{what}: {path.name} has no pixel data")
     try:
@@ -171,7 +171,9 @@ def _slice_hu(ds, path: Path, shape: tuple[int, int], what: str) -> np.ndarray:
     if arr.shape != shape:
         raise ValueError(f"{what}: {path.name} decodes to shape {arr.shape}, expected {shape}")
     slope, intercept = _rescale(ds, path, what)
-    return arr.astype(np.float32) * np.float32(slope) + np.float32(intercept)
+    # float32 values times a float32 slope plus a float32 intercept, written in place
+    np.multiply(arr, np.float32(slope), out=out, dtype=np.float32)
+    out += np.float32(intercept)
 
 
 # Uncompressed little-endian transfer syntaxes, whose pixel data are the array's bytes

@@ -325,6 +325,8 @@ class RunDir:
     out: Path = dataclasses.field(metadata={"help": "Run directory (created)."})
     fresh: bool = dataclasses.field(default=False, metadata={
         "help": "Start over instead of resuming from the run directory's last.pt."})
+    tensorboard: bool = dataclasses.field(default=True, metadata={
+        "help": "Also write log.jsonl's rows as a TensorBoard event file in the run directory."})
 
 
 def _stage_run(settings: Settings) -> dict:
@@ -477,6 +479,34 @@ def verify(path):
     sys.exit(0 if report.ok else 1)
 
 
+@main.command(cls=ConfigCommand, configs={"view": "tcpc_data.view:ViewConfig"})
+@click.argument("store")
+@click.argument("case", required=False)
+@click.option("--centres", type=click.Path(dir_okay=False), default=None,
+              help="Centre table shown as points (case,z,y,x; case,z_mm,y_mm,x_mm; nodule table; LUNA16).")
+@click.option("--screenshot", type=click.Path(dir_okay=False), default=None,
+              help="Save the view to this PNG and close, instead of keeping the window open.")
+@_friendly
+def view(store, case, centres, screenshot, settings):
+    """Open CASE of a volume STORE (default: its first case) in napari: the image in world mm,
+    supervoxels and mask as label layers, candidate crop boxes and --centres points.
+    Needs the napari extra: pip install 'tcpc[napari]'."""
+    from tcpc_data.view import open_viewer
+
+    try:
+        viewer = open_viewer(store, case, settings.build("view"), centres)
+    except ModuleNotFoundError as exc:  # the napari extra is not installed: one line, like other user errors
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    if screenshot:
+        viewer.screenshot(path=screenshot, canvas_only=True)
+        viewer.close()
+        click.echo(f"view of {viewer.title.removeprefix('tcpc ')} written to {screenshot}")
+        return
+    import napari
+    napari.run()
+
+
 @main.command(cls=ConfigCommand, configs={"ingest": "tcpc_data.ingest.stage:IngestConfig",
                                           "supervoxels": "tcpc_data.supervoxels.stage:SupervoxelConfig",
                                           **_SHARD_CONFIGS, "run": StageRun})
@@ -519,7 +549,8 @@ def pretrain(shards, settings):
     from tcpc_train.pretraining import pretrain as run
 
     cfg, where = settings.build("pretrain"), settings.build("run")
-    s = run(shards, where.out, cfg, resume=not where.fresh, progress=settings.verbosity > 0)
+    s = run(shards, where.out, cfg, resume=not where.fresh, progress=settings.verbosity > 0,
+            tensorboard=where.tensorboard)
     if s["world_size"] > 1 and int(os.environ.get("RANK", 0)) != 0:
         return
     _print_summary(f"pretrained {cfg.task} ({cfg.arch}, width {cfg.width}) -> {where.out}", {
@@ -532,13 +563,16 @@ def pretrain(shards, settings):
 @click.option("--scratch", is_flag=True, help="Train from random initialisation (instead of --init).")
 @_friendly
 def finetune(labelled_shards, scratch, settings):
-    """Fine-tune a classifier on LABELLED_SHARDS/{train,val,test}; report test ACC and AUC."""
+    """Fine-tune a classifier on LABELLED_SHARDS/{train,val,test}; report test ACC and AUC. DDP under torchrun."""
     from tcpc_train.finetuning import finetune as run
 
     cfg, where = settings.build("finetune"), settings.build("run")
     if bool(cfg.init) == scratch:
         raise click.UsageError("give exactly one of --init CKPT or --scratch")
-    s = run(labelled_shards, where.out, cfg, resume=not where.fresh, progress=settings.verbosity > 0)
+    s = run(labelled_shards, where.out, cfg, resume=not where.fresh, progress=settings.verbosity > 0,
+            tensorboard=where.tensorboard)
+    if s["world_size"] > 1 and int(os.environ.get("RANK", 0)) != 0:
+        return
     rep = s["init_report"]
     m = s["metrics"]
     title = f"fine-tuned {cfg.arch} on {s['n_train']} samples ({cfg.label_fraction:g} of train) -> {where.out}"
@@ -585,8 +619,19 @@ def experiment(config, out, settings):
                          progress=settings.progress("display"), log=settings.say)
     click.echo(res["table"])
     click.echo(f"{len(res['cells'])} cells ({res['skipped']} pieces found finished) in {res['seconds']:.0f} s; "
-               f"table in {out}/results.md, plots {', '.join(res['plots'])}"
+               f"table in {out}/results.md, plots {', '.join(res['plots'])}, report {res['report']}"
                + (f", external scores in {res['external']}" if res["external"] else ""))
+
+
+@main.command()
+@click.argument("directories", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@_friendly
+def report(directories):
+    """(Re)write report.html of experiment or run DIRECTORIES from their files (runs and experiments write
+    it themselves; this rebuilds it, e.g. for directories made before reports existed)."""
+    from tcpc_train.htmlreport import rebuild_report
+    for d in directories:
+        click.echo(f"report written to {rebuild_report(d)}")
 
 
 @main.command(cls=ConfigCommand, configs={"demo": "tcpc_train.apps.demo:DemoConfig", "display": Display})

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The trainer's GPU checks in one go, for a machine with a CUDA GPU (CI has none):
-# the CUDA tests (bf16 autocast, resume, fine-tuning, DDP + SyncBatchNorm) and the
+# the CUDA tests (bf16 autocast, resume, fine-tuning, DDP + SyncBatchNorm, DDP fine-tuning) and the
 # loader benchmark on the GPU at two model sizes. Output goes to stdout and, when
 # given, to the folder $1 (pytest.log, bench.log).
 #   bash bench/gpu-check.sh [LOGDIR]
@@ -10,5 +10,6 @@ mkdir -p "$log"
 export PYTHONUNBUFFERED=1
 python3 -c "import torch; print(torch.__version__, torch.cuda.get_device_name(0), 'bf16', torch.cuda.is_bf16_supported())"
 python3 -m pytest -q -p no:cacheprovider tests/train/test_train_gpu.py 2>&1 | tee "$log/pytest.log"
+python3 -m pytest -q -p no:cacheprovider tests/train/test_train_ddp.py -k one_gpu 2>&1 | tee -a "$log/pytest.log"
 python3 bench/train.py --device cuda --steps 30 2>&1 | tee "$log/bench.log"
 python3 bench/train.py --device cuda --steps 30 --width 1 --batch-size 32 --workers 8 2>&1 | tee -a "$log/bench.log"

@@ -47,6 +47,8 @@ def main() -> None:
     ap.add_argument("--json", default=None, help="also write the rows here")
     args = ap.parse_args()
 
+    # the head's settings of every row; only cube_intensity and the seed vary per row
+    base = ProbeConfig(dataclasses.replace(ProbeConfig().pretrain, steps=args.steps, width=args.width))
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -68,9 +70,8 @@ def main() -> None:
                 write_shards(store, out, cfg, workers=1)
                 for intensity in (0.0, 0.1):
                     for seed in range(args.seeds):
-                        pc = ProbeConfig(dataclasses.replace(
-                            ProbeConfig().pretrain, steps=args.steps, width=args.width, cube_intensity=intensity,
-                            runtime=RuntimeConfig(seed=seed)))
+                        pc = ProbeConfig(dataclasses.replace(base.pretrain, cube_intensity=intensity,
+                                                             runtime=RuntimeConfig(seed=seed)))
                         r = probe(out, pc)
                         rows.append({"kind": kind, "geometry": geometry, "target_share": cfg.target_share(),
                                      "cube_intensity": intensity,
@@ -90,7 +91,7 @@ def main() -> None:
     print(f"\n{len(sel)} seeds each; {rows[0]['n_train']} train / {rows[0]['n_held_out']} held-out samples; "
           f"{time.perf_counter() - t0:.0f} s in all")
     if args.json:
-        Path(args.json).write_text(json.dumps({"args": vars(args), "probe": dataclasses.asdict(ProbeConfig()),
+        Path(args.json).write_text(json.dumps({"args": vars(args), "probe": dataclasses.asdict(base),
                                                "rows": rows}, indent=1))
 
 

@@ -9,6 +9,10 @@ measures it where lesion centres are known (phantoms, annotated CT):
   voxel lies in its box;
 - ``slic``: the K candidate centres of a case (the supervoxels stage's, best first);
 - ``random``: K centres drawn uniformly over the volume's voxels (seeded);
+- ``random in body`` (:func:`random_centres_in`): K centres drawn uniformly
+  over a mask's voxels, e.g. the body mask (supervoxel label > 0), so a crop
+  never sits in air or padding: random placement without task knowledge, but
+  inside the patient;
 - ``centre``: the crop at the volume centre (the same box K times), the
   usual "centre crop" of a whole-volume pipeline.
 
@@ -50,6 +54,15 @@ def random_centres(shape, k: int, seed: int) -> np.ndarray:
     """(k, 3) int64 centres drawn uniformly over the voxels of a volume of ``shape`` (seeded)."""
     rng = np.random.default_rng(seed)
     return np.stack([rng.integers(0, int(n), size=int(k)) for n in shape], axis=1)
+
+
+def random_centres_in(mask, k: int, seed: int) -> np.ndarray:
+    """(k, 3) int64 centres drawn uniformly (with replacement) over the True voxels of a (Z, Y, X) ``mask``."""
+    idx = np.flatnonzero(np.asarray(mask, dtype=bool))
+    if len(idx) == 0:
+        raise ValueError("the mask has no voxel to place a crop centre on")
+    pick = np.random.default_rng(seed).choice(idx, size=int(k), replace=True)
+    return np.stack(np.unravel_index(pick, np.shape(mask)), axis=1).astype(np.int64)
 
 
 def centre_crops(shape, k: int) -> np.ndarray:

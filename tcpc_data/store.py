@@ -26,6 +26,7 @@ import zarr
 import zarr.errors
 from zarr.codecs import BloscCodec, Crc32cCodec
 
+from tcpc_data import ngff
 from tcpc_data.urls import is_local, local_path
 
 _CASE_RE = re.compile(r"[^A-Za-z0-9_-]+")
@@ -122,7 +123,8 @@ def _write_arrays(group: zarr.Group, arrays: Mapping[str, np.ndarray],
         digest = a.pop("digest", None)
         # Attributes in one metadata write (attrs.update rewrites zarr.json once per key)
         arr = group.create_array(name, shape=data.shape, dtype=data.dtype, chunks=chunks, shards=shards,
-                                 compressors=_COMPRESSORS, overwrite=True, config=config, attributes=a)
+                                 compressors=_COMPRESSORS, overwrite=True, config=config, attributes=a,
+                                 dimension_names=ngff.DIMENSION_NAMES if data.ndim == 3 else None)
         arr[...] = data
         if digest is not None:
             arr.update_attributes({"digest": digest})  # last: the completion marker
@@ -145,8 +147,17 @@ def commit_arrays(url: str | os.PathLike, case_id: str, arrays: Mapping[str, np.
         Name -> attributes of that array; its ``"digest"`` is written last.
     case_attrs
         Attributes merged into the case group.
+
+    The case's OME-Zarr metadata follow the arrays (:mod:`tcpc_data.ngff`).
     """
     attrs = attrs or {}
+    ngff_attrs = ngff.before_commit(open_store(url, mode="a"), case_id, arrays, attrs)
+    _commit(url, case_id, arrays, attrs, {**ngff_attrs, **(case_attrs or {})})
+    ngff.after_commit(open_store(url, mode="r+")[case_id], arrays)
+
+
+def _commit(url, case_id: str, arrays: Mapping[str, np.ndarray], attrs: Mapping[str, Mapping[str, Any]],
+            case_attrs: Mapping[str, Any] | None) -> None:
     if case_id != sanitize_case_id(case_id):
         raise ValueError(f"case id {case_id!r} has characters outside [A-Za-z0-9_-]")
     root = open_store(url, mode="a")

@@ -16,6 +16,7 @@ _MODULES = {
     "tcpc_train.contrastive": ("info_nce",),
     "tcpc_train.weights": ("load_encoder_weights",),
     "tcpc_train.loader": ("open_shards",),
+    "tcpc_train.dataset": ("ShardDataset",),
     "tcpc_train.metrics": ("classification_metrics",),
     "tcpc_train.synthetic": ("write_synthetic_paths", "write_synthetic_labelled"),
     "tcpc_train.apps.demo": ("run_demo",),

@@ -14,10 +14,19 @@ label subset, model, resume), ``_train_epoch`` (one pass through
 pretraining uses too), ``_select`` (validation, ``best.pt``/``last.pt``) and
 ``_test``.
 
+Under ``torchrun`` the model trains under DDP: each epoch the selected
+training keys are dealt to the ranks by a seeded permutation (balanced to one
+sample; every rank reads the training tars and decodes only its own samples),
+the ranks step in lockstep (:func:`tcpc_train.runtime.lockstep`), recalibrate
+batch norm on their shares and average the statistics, and rank 0 alone
+validates, writes files and tests while the others wait; every rank returns
+rank 0's summary.
+
 Outputs in ``out``: ``config.json``, ``init_report.json``, ``log.jsonl``
-(per step: epoch, loss, lr, samples/s; per epoch: validation metrics),
+(per step: epoch, loss, lr, samples/s; per epoch: validation metrics) and the
+same rows as a TensorBoard event file,
 ``last.pt`` and ``best.pt`` (plain-dict checkpoints), ``metrics.json`` (test
-ACC, AUC, confusion matrix), ``roc.png``, ``curves.png``.
+ACC, AUC, confusion matrix), ``roc.png``, ``curves.png``, ``report.html``.
 """
 from __future__ import annotations
 
@@ -30,17 +39,20 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 
 from tcpc_train.checkpoint import load_checkpoint, save_checkpoint
 from tcpc_train.loader import (ShardSet, ShardStream, augment_volume, decode_labelled_sample, first_sample,
                                labelled_splits, make_loader, open_shards, raw_samples, read_label,
                                sample_rng, split_or_set)
+from tcpc_train.htmlreport import run_report
 from tcpc_train.metrics import classification_metrics
-from tcpc_train.models import ARCHS, Classifier, build_encoder
+from tcpc_train.models import ARCHS, Classifier, adopt_encoder, build_encoder
 from tcpc_train.plots import plot_curves, plot_roc
-from tcpc_train.pretraining import Arch
-from tcpc_train.runtime import (RuntimeConfig, StepLog, autocast, config_changes, optimiser_steps, progress_bar,
-                                resolve_device, skip_counts)
+from tcpc_train.pretraining import Arch, encoder_name
+from tcpc_train.runtime import (RuntimeConfig, StepLog, agree, autocast, average_over_ranks, barrier, config_changes,
+                                init_distributed, lockstep, optimiser_steps, progress_bar, resolve_device, share_json,
+                                skip_counts)
 from tcpc_train.weights import load_encoder_weights
 
 
@@ -150,9 +162,11 @@ def predict(model: torch.nn.Module, data: ShardSet, batch_size: int, device: tor
     return np.concatenate(labels), np.concatenate(scores)
 
 
-def _check_resume(ck: dict, cfg: FinetuneConfig, data_digest: str, path: Path) -> None:
+def _check_resume(ck: dict, cfg: FinetuneConfig, data_digest: str, path: Path, encoder: str | None) -> None:
     diff = config_changes(ck.get("config", {}), dataclasses.asdict(cfg),
                           {"epochs", "runtime.device", "runtime.skip_bad_samples"})
+    if ck.get("encoder") != encoder:
+        diff["encoder"] = (ck.get("encoder") or cfg.arch, encoder or cfg.arch)
     if ck.get("kind") != "classifier" or diff:
         was = ", ".join(f"{k}: {old!r}" for k, (old, _) in sorted(diff.items())) or "not a classifier"
         raise ValueError(f"{path} holds another run ({was});"
@@ -172,6 +186,11 @@ def recalibrate_batchnorm(model: torch.nn.Module, data: ShardSet, keys: frozense
     evaluation-mode outputs drift from the training-mode ones (seen here:
     AUC 1.0 but ACC 0.5 on a separable set); "precise BN" removes the lag.
     ``skip_bad``: leave out the samples that fail to load.
+
+    Under DDP every rank runs this on its own ``keys`` (its share), in
+    lockstep (SyncBatchNorm's forward is a collective), and the ranks'
+    statistics are then averaged: with equal batch counts, the average over
+    all ranks' batches, as one process would compute it.
     """
     bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     if not bns:
@@ -183,13 +202,14 @@ def recalibrate_batchnorm(model: torch.nn.Module, data: ShardSet, keys: frozense
     model.train()
     stream = ShardStream(data, VolumeSample(False, 0), batch_size, shuffle_buffer=1, epoch=0, keys=keys,
                          drop_last=len(keys) > batch_size, rank=0, world=1, skip_bad=skip_bad)
-    for i, batch in enumerate(make_loader(stream, workers)):
+    for i, batch in enumerate(lockstep(iter(make_loader(stream, workers)))):
         if i == max_batches:
             break
         with autocast(device, amp):
             model(batch["volume"].to(device, non_blocking=True))
     for m, mom in zip(bns, saved):
         m.momentum = mom
+        average_over_ranks(m.running_mean, m.running_var)
     model.eval()
 
 
@@ -210,9 +230,13 @@ class _Run:
     keys: frozenset  # the selected training samples
     n_classes: int
     model: Classifier
+    net: torch.nn.Module  # the model, under DistributedDataParallel when there are several ranks
     opt: torch.optim.Optimizer
     init_report: dict | None
     log: StepLog
+    rank: int
+    world: int
+    encoder: str | None  # a user's encoder class (None: built from arch and width)
     step: int = 0  # optimiser steps done
     start: int = 0  # epochs done before this process
     val: list = dataclasses.field(default_factory=list)  # per-epoch validation metrics
@@ -222,10 +246,11 @@ class _Run:
         return {"kind": "classifier", "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
                 "step": self.step, "epoch": epoch, "n_classes": self.n_classes,
                 "config": dataclasses.asdict(self.config), "data_digest": self.splits["train"].digest,
-                "val": self.val, "best_key": list(self.best_key or ())}
+                "val": self.val, "best_key": list(self.best_key or ()), "encoder": self.encoder}
 
 
-def _setup(labelled: str | Path, out: str | Path, config: FinetuneConfig, resume: bool) -> _Run:
+def _setup(labelled: str | Path, out: str | Path, config: FinetuneConfig, resume: bool,
+           encoder: torch.nn.Module | None, tensorboard: bool) -> _Run:
     """Check the data, select the training samples, build the model and resume from ``out/last.pt``."""
     config.validate()
     rt = config.runtime
@@ -243,52 +268,85 @@ def _setup(labelled: str | Path, out: str | Path, config: FinetuneConfig, resume
         raise ValueError(f"{splits['train'].root}: the training split holds a single class; need at least two")
     keys = stratified_fraction(train_labels, config.label_fraction, rt.seed)
 
+    if encoder is not None:
+        adopt_encoder(encoder, decode_labelled_sample(first_sample(splits["train"]))["volume"].shape)
+    rank, world = init_distributed(device)
+    if len(keys) < world:
+        raise ValueError(f"{len(keys)} selected training samples for {world} ranks; use fewer ranks or a larger "
+                         "label fraction")
+    main = rank == 0
     torch.manual_seed(rt.seed)
     n_classes = max(train_labels.values()) + 1
-    encoder = build_encoder(config.arch, config.width)
-    init_report = load_encoder_weights(encoder, config.init, {"arch": config.arch, "width": config.width}) \
-        if config.init else None
+    expect = None if encoder is not None else {"arch": config.arch, "width": config.width}
+    encoder_id = encoder_name(encoder)
+    encoder = encoder if encoder is not None else build_encoder(config.arch, config.width)
+    init_report = load_encoder_weights(encoder, config.init, expect) if config.init else None
     model = Classifier(encoder, n_classes).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=1))
-    (out / "init_report.json").write_text(json.dumps(init_report, indent=1))
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=1))
+        (out / "init_report.json").write_text(json.dumps(init_report, indent=1))
     done = dict(step=0, start=0, val=[], best_key=None)
     if resume and (out / "last.pt").exists():
         ck = load_checkpoint(out / "last.pt", map_location=device)
-        _check_resume(ck, config, splits["train"].digest, out / "last.pt")
+        _check_resume(ck, config, splits["train"].digest, out / "last.pt", encoder_id)
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         done = dict(step=int(ck["step"]), start=int(ck["epoch"]), val=list(ck["val"]), best_key=tuple(ck["best_key"]))
-    log = StepLog(out / "log.jsonl", True, keep_until_step=done["step"])
-    return _Run(config, out, device, splits, keys, n_classes, model, opt, init_report, log, **done)
+    agree(done["step"], "the step to resume from")
+    log = StepLog(out / "log.jsonl", main, keep_until_step=done["step"], tensorboard=tensorboard)
+    net = model
+    if world > 1:
+        if device.type == "cuda":  # few samples per GPU: batch statistics over all ranks
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        net = DistributedDataParallel(model)
+    return _Run(config, out, device, splits, keys, n_classes, model, net, opt, init_report, log, rank, world,
+                encoder_id, **done)
+
+
+def rank_keys(keys: frozenset, seed: int, epoch: int, rank: int, world: int) -> frozenset:
+    """Rank ``rank``'s share of ``keys`` in ``epoch``: every ``world``-th of a (seed, epoch)-seeded
+    permutation of them (shares differ by at most one key, cover ``keys`` and do not overlap)."""
+    if world == 1:
+        return keys
+    order = sorted(keys)
+    return frozenset(order[i] for i in np.random.default_rng([seed, epoch]).permutation(len(order))[rank::world])
 
 
 def _train_epoch(run: _Run, epoch: int, advance) -> None:
     """One pass over the selected training samples (order a pure function of seed and epoch), then
     precise batch-norm statistics; ``advance(status)`` after every step."""
     cfg, rt = run.config, run.config.runtime
-    run.model.train()
+    run.net.train()
+    mine = rank_keys(run.keys, rt.seed, epoch, run.rank, run.world)
     stream = ShardStream(run.splits["train"], VolumeSample(cfg.augment, rt.seed), cfg.batch_size, seed=rt.seed,
-                         shuffle_buffer=rt.shuffle_buffer, epoch=epoch, keys=run.keys,
-                         drop_last=len(run.keys) > cfg.batch_size, rank=0, world=1, skip_bad=rt.skip_bad_samples)
-    batches, skipped_in = skip_counts(iter(make_loader(stream, rt.workers, pin_memory=run.device.type == "cuda")))
+                         shuffle_buffer=rt.shuffle_buffer, epoch=epoch, keys=mine,
+                         drop_last=len(mine) > cfg.batch_size, rank=0, world=1, skip_bad=rt.skip_bad_samples)
+    loader = make_loader(stream, rt.workers, pin_memory=run.device.type == "cuda")
+    batches, skipped_in = skip_counts(lockstep(iter(loader)))
 
     def loss_of(batch: dict) -> torch.Tensor:
-        return F.cross_entropy(run.model(batch["volume"]).float(), batch["label"])
+        return F.cross_entropy(run.net(batch["volume"]).float(), batch["label"])
 
     for value, lr, dt, n in optimiser_steps(loss_of, run.opt, batches, run.device, lambda i: cfg.lr, rt.amp):
         run.step += 1
-        run.log.write({"step": run.step, "epoch": epoch + 1, "loss": value, "lr": lr, "samples_per_s": n / dt,
-                       "skipped": skipped_in()})
+        run.log.write({"step": run.step, "epoch": epoch + 1, "loss": value, "lr": lr,
+                       "samples_per_s": n * run.world / dt, "skipped": skipped_in()})
         advance(f"epoch {epoch + 1} loss {value:.4f}")
-    recalibrate_batchnorm(run.model, run.splits["train"], run.keys, cfg.batch_size, run.device, rt.workers, rt.amp,
+    recalibrate_batchnorm(run.model, run.splits["train"], mine, cfg.batch_size, run.device, rt.workers, rt.amp,
                           skip_bad=rt.skip_bad_samples)
 
 
 def _select(run: _Run, epoch: int) -> None:
     """Score epoch ``epoch`` on ``val`` (AUC, then ACC; the last epoch without ``val``), keep the best
-    weights in ``best.pt`` and the run's state in ``last.pt``."""
+    weights in ``best.pt`` and the run's state in ``last.pt`` (rank 0; the others wait for it)."""
+    if run.rank == 0:
+        _select_here(run, epoch)
+    barrier()
+
+
+def _select_here(run: _Run, epoch: int) -> None:
     cfg, rt = run.config, run.config.runtime
     if "val" in run.splits:
         m = classification_metrics(*predict(run.model, run.splits["val"], cfg.batch_size, run.device,
@@ -305,7 +363,12 @@ def _select(run: _Run, epoch: int) -> None:
 
 
 def _test(run: _Run) -> dict:
-    """Evaluate ``best.pt`` on ``test``; write metrics, ROC, curves and the summary."""
+    """Evaluate ``best.pt`` on ``test``; write metrics, ROC, curves and the summary (rank 0; every rank
+    returns its summary)."""
+    return share_json(_test_here(run) if run.rank == 0 else None)
+
+
+def _test_here(run: _Run) -> dict:
     cfg, rt = run.config, run.config.runtime
     best = load_checkpoint(run.out / "best.pt", map_location=run.device)
     run.model.load_state_dict(best["model"])
@@ -317,13 +380,17 @@ def _test(run: _Run) -> dict:
     plot_curves(run.log.rows, run.out / "curves.png", ("loss", "val_auc"), "fine-tuning")
     summary = {"metrics": metrics, "val": run.val, "n_train": len(run.keys), "n_classes": run.n_classes,
                "init_report": run.init_report, "checkpoint": str(run.out / "best.pt"), "out": str(run.out),
-               "skipped_samples": sum(r.get("skipped", 0) for r in run.log.rows)}
+               "skipped_samples": sum(r.get("skipped", 0) for r in run.log.rows), "world_size": run.world,
+               "encoder": run.encoder}
     (run.out / "summary.json").write_text(json.dumps(summary, indent=1))
+    run_report(run.out / "report.html", "fine-tuning", config=dataclasses.asdict(cfg), rows=run.log.rows,
+               summary=summary, metrics=metrics, labels=labels, scores=scores, lead=str(run.out))
     return summary
 
 
 def finetune(labelled: str | Path, out: str | Path, config: FinetuneConfig = FinetuneConfig(),
-             resume: bool = True, progress: bool = False) -> dict:
+             resume: bool = True, progress: bool = False, tensorboard: bool = True,
+             encoder: torch.nn.Module | None = None) -> dict:
     """Fine-tune a classifier on ``labelled/train``, select on ``val``, report on ``test``.
 
     Parameters
@@ -340,18 +407,27 @@ def finetune(labelled: str | Path, out: str | Path, config: FinetuneConfig = Fin
         Epoch e's order is a pure function of (seed, e), so the resumed run
         matches an uninterrupted one; a partly done epoch is redone.
     progress : bool
-        Show a progress bar.
+        Show a progress bar (rank 0).
+    tensorboard : bool
+        Also write the log rows as a TensorBoard event file in ``out`` (rank 0).
+    encoder : nn.Module, optional
+        Your own encoder instead of ``config.arch``/``config.width`` (any
+        module mapping (N, 1, S, S, S) to features; see
+        :func:`tcpc_train.models.adopt_encoder`); ``config.init`` loads into it
+        by parameter name. Checkpoints record its class; :func:`evaluate` and a
+        resume need it again.
 
     Returns
     -------
     dict summary: ``metrics`` (test acc, auc, confusion, n), ``val`` (per-epoch
     validation metrics), ``n_train`` (selected samples), ``n_classes``,
     ``init_report``, ``checkpoint`` (best.pt), ``out``, ``skipped_samples``
-    (training samples dropped by ``runtime.skip_bad_samples``, over the log's steps).
+    (training samples dropped by ``runtime.skip_bad_samples``, over the log's steps),
+    ``world_size``, ``encoder`` (the class of a user's encoder, else None).
     """
-    run = _setup(labelled, out, config, resume)
-    steps_per_epoch = max(1, len(run.keys) // config.batch_size)
-    with progress_bar(progress, "finetune") as bar:
+    run = _setup(labelled, out, config, resume, encoder, tensorboard)
+    steps_per_epoch = max(1, len(run.keys) // run.world // config.batch_size)
+    with progress_bar(progress and run.rank == 0, "finetune") as bar:
         task = bar.add_task("", total=config.epochs * steps_per_epoch, completed=run.start * steps_per_epoch,
                             status="")
         for epoch in range(run.start, config.epochs):
@@ -361,8 +437,8 @@ def finetune(labelled: str | Path, out: str | Path, config: FinetuneConfig = Fin
 
 
 def evaluate(checkpoint: str | Path, shards: str | Path, out: str | Path | None = None,
-             config: EvaluateConfig = EvaluateConfig()) -> dict:
-    """Evaluate a fine-tuned classifier checkpoint on one shard split.
+             config: EvaluateConfig = EvaluateConfig(), encoder: torch.nn.Module | None = None) -> dict:
+    """Evaluate a fine-tuned classifier checkpoint on one shard split (with ``out``: metrics, ROC, report).
 
     Parameters
     ----------
@@ -372,8 +448,11 @@ def evaluate(checkpoint: str | Path, shards: str | Path, out: str | Path | None 
         A labelled split directory (with ``manifest.json``), or a labelled set
         directory, whose ``test/`` is then used.
     out : path, optional
-        Where to write ``metrics.json`` and ``roc.png``.
+        Where to write ``metrics.json``, ``roc.png`` and ``report.html``.
     config : EvaluateConfig
+    encoder : nn.Module, optional
+        The encoder class the checkpoint was fine-tuned with, when it was a
+        user's (its weights come from the checkpoint).
 
     Returns
     -------
@@ -389,7 +468,13 @@ def evaluate(checkpoint: str | Path, shards: str | Path, out: str | Path | None 
     rt = config.runtime
     rt.validate()
     dev = resolve_device(rt.device)
-    model = Classifier(build_encoder(cfg["arch"], cfg["width"]), int(ck["n_classes"]))
+    if ck.get("encoder") != encoder_name(encoder):
+        raise ValueError(f"{checkpoint} was fine-tuned with the encoder {ck.get('encoder') or cfg['arch']!r}; "
+                         f"pass that encoder (got {encoder_name(encoder) or 'none'})")
+    if encoder is not None:
+        adopt_encoder(encoder, decode_labelled_sample(first_sample(data))["volume"].shape)
+    model = Classifier(encoder if encoder is not None else build_encoder(cfg["arch"], cfg["width"]),
+                       int(ck["n_classes"]))
     model.load_state_dict(ck["model"])
     labels, scores = predict(model.to(dev), data, config.batch_size, dev, rt.workers, rt.amp, rt.skip_bad_samples)
     if labels.max() >= scores.shape[1]:
@@ -397,4 +482,6 @@ def evaluate(checkpoint: str | Path, shards: str | Path, out: str | Path | None 
     metrics = {**classification_metrics(labels, scores), "checkpoint": str(checkpoint), "shards": str(shards)}
     if out is not None:
         _write_eval(Path(out), metrics, labels, scores, shards.rstrip("/").rsplit("/", 1)[-1])
+        run_report(Path(out) / "report.html", "evaluation", config=cfg, metrics=metrics, labels=labels,
+                   scores=scores, lead=f"{checkpoint} on {shards}; configuration: the checkpoint's training run")
     return metrics

@@ -10,7 +10,8 @@ How the run executes (seed, loader, device, precision) is the config's
 ``runtime`` (:class:`tcpc_train.runtime.RuntimeConfig`).
 
 Outputs in ``out``: ``config.json``, ``log.jsonl`` (step, loss, lr,
-samples/s, skipped samples), ``last.pt``, ``loss.png``, ``summary.json``.
+samples/s, skipped samples) and the same rows as a TensorBoard event file,
+``last.pt``, ``loss.png``, ``summary.json``, ``report.html``.
 """
 from __future__ import annotations
 
@@ -29,18 +30,21 @@ from torch.nn.parallel import DistributedDataParallel
 from tcpc_train.checkpoint import load_checkpoint, save_checkpoint
 from tcpc_train.loader import (ShardStream, augment_intensity, augment_path, decode_path_sample, first_sample,
                                make_loader, open_shards, sample_rng)
-from tcpc_train.models import ARCHS, build_encoder
+from tcpc_train.htmlreport import run_report
+from tcpc_train.models import ARCHS, adopt_encoder, build_encoder
 from tcpc_train.plots import plot_curves
-from tcpc_train.runtime import (RuntimeConfig, StepLog, config_changes, init_distributed, optimiser_steps,
-                                progress_bar, resolve_device, skip_counts)
+from tcpc_train.runtime import (RuntimeConfig, StepLog, agree, barrier, config_changes, init_distributed,
+                                optimiser_steps, progress_bar, resolve_device, skip_counts)
 from tcpc_train.tasks import TASKS, TaskName
 from tcpc_train.weights import load_encoder_weights
 
 # The type of the ``arch`` fields: the CLI offers exactly the built-in encoders.
 Arch = Literal[ARCHS]
 # Config fields a resumed run may change: they alter neither the model nor the data order (a run
-# stopped by a bad sample skipped none, so it may go on skipping them).
-_RESUMABLE_CHANGES = {"steps", "runtime.device", "checkpoint_every", "runtime.skip_bad_samples"}
+# stopped by a bad sample skipped none, so it may go on skipping them; all_rank_negatives does
+# nothing in one process, and runs from before it existed resume).
+_RESUMABLE_CHANGES = {"steps", "runtime.device", "checkpoint_every", "runtime.skip_bad_samples",
+                      "all_rank_negatives"}
 _TASK_HELP = "Pretraining task (and the path kind its shards hold): " + ", ".join(
     f"{t.name} ({t.label}; {t.path_kind})" for t in TASKS.values()) + "."
 
@@ -60,6 +64,9 @@ class PretrainConfig:
     temperature: float = field(default=0.1, metadata={"help": "InfoNCE temperature (tcpc, cpc)."})
     own_negatives: bool = field(default=False, metadata={
         "help": "Also contrast with the sample's own support cubes (tcpc, cpc)."})
+    all_rank_negatives: bool = field(default=True, metadata={
+        "help": "Under torchrun, contrast with the targets of every rank's batch, as one process on the "
+                "concatenated batch would (tcpc, cpc); off: each rank's own batch only."})
     n_permutations: int = field(default=100, metadata={"help": "Permutation classes (rubik, jigsaw)."})
     augment: bool = field(default=True, metadata={
         "help": "The same random flips / 90-degree rotations for every cube of a sample."})
@@ -112,9 +119,15 @@ class TaskSample:
         return self.task.prepare(cubes, path, rng, self.cfg)
 
 
-def build_task_model(cfg: PretrainConfig) -> torch.nn.Module:
-    """The encoder inside the task's model (``.encoder``); the loss is the model's output."""
-    return TASKS[cfg.task].model(build_encoder(cfg.arch, cfg.width), cfg)
+def build_task_model(cfg: PretrainConfig, encoder: torch.nn.Module | None = None) -> torch.nn.Module:
+    """The encoder (``encoder``, else ``cfg.arch``/``cfg.width`` built) inside the task's model
+    (``.encoder``); the loss is the model's output."""
+    return TASKS[cfg.task].model(encoder if encoder is not None else build_encoder(cfg.arch, cfg.width), cfg)
+
+
+def encoder_name(encoder: torch.nn.Module | None) -> str | None:
+    """How a checkpoint names a user's encoder (its class, module-qualified); None for the built-in ones."""
+    return None if encoder is None else f"{type(encoder).__module__}.{type(encoder).__qualname__}"
 
 
 def train_steps(net: torch.nn.Module, opt: torch.optim.Optimizer, batches: Iterator[dict], cfg: PretrainConfig,
@@ -135,7 +148,10 @@ def train_steps(net: torch.nn.Module, opt: torch.optim.Optimizer, batches: Itera
         yield start + i + 1, value, lr, dt
 
 
-def _check_resume(ck: dict, cfg: PretrainConfig, data_digest: str, path: Path) -> None:
+def _check_resume(ck: dict, cfg: PretrainConfig, data_digest: str, path: Path, encoder: str | None) -> None:
+    if ck.get("encoder") != encoder:
+        raise ValueError(f"{path} was trained with the encoder {ck.get('encoder') or cfg.arch!r}, not "
+                         f"{encoder or cfg.arch!r}; resume with the same encoder or choose a new output directory")
     diff = config_changes(ck.get("config", {}), dataclasses.asdict(cfg), _RESUMABLE_CHANGES)
     if diff:
         was = ", ".join(f"{k}: {old!r}" for k, (old, _) in sorted(diff.items()))
@@ -147,7 +163,8 @@ def _check_resume(ck: dict, cfg: PretrainConfig, data_digest: str, path: Path) -
 
 
 def pretrain(shards: str | Path, out: str | Path, config: PretrainConfig = PretrainConfig(),
-             resume: bool = True, progress: bool = False) -> dict:
+             resume: bool = True, progress: bool = False, tensorboard: bool = True,
+             encoder: torch.nn.Module | None = None) -> dict:
     """Pretrain an encoder on a shard directory; resumes from ``out/last.pt`` when it is there.
 
     Parameters
@@ -161,12 +178,22 @@ def pretrain(shards: str | Path, out: str | Path, config: PretrainConfig = Pretr
         Continue from ``out/last.pt`` (same config and data) instead of starting over.
     progress : bool
         Show a progress bar (rank 0).
+    tensorboard : bool
+        Also write the log rows as a TensorBoard event file in ``out`` (rank 0).
+    encoder : nn.Module, optional
+        Your own encoder (e.g. a MONAI ResNet with ``feed_forward=False``)
+        instead of ``config.arch``/``config.width``: any module mapping (N, 1,
+        c, c, c) cubes to features (N, F) or feature maps (N, F, ...)
+        (:func:`tcpc_train.models.adopt_encoder`). It is trained in place;
+        checkpoints hold its state dict under ``encoder.`` and its class name,
+        and a resume needs the same class again.
 
     Returns
     -------
     dict summary: task, steps, start_step, final_loss (mean of the last 10
-    steps), chance_loss (tasks with a closed form: InfoNCE), samples_per_s and step_time_s
-    (medians), checkpoint, log, world_size, init_report.
+    steps), chance_loss (tasks with a closed form: InfoNCE, over the negatives
+    of every rank with ``all_rank_negatives``), samples_per_s and step_time_s
+    (medians), checkpoint, log, world_size, init_report, encoder (None: built-in).
     """
     config.validate()
     data = open_shards(shards)
@@ -176,14 +203,16 @@ def pretrain(shards: str | Path, out: str | Path, config: PretrainConfig = Pretr
     except ValueError:
         if not config.runtime.skip_bad_samples:  # else the loader counts it, or names it if none is usable
             raise
+    if encoder is not None:
+        adopt_encoder(encoder, decode_path_sample(first_sample(data))["cubes"].shape[1:])
     out = Path(out)
     device = resolve_device(config.runtime.device)
     rank, world = init_distributed(device)
     main_rank = rank == 0
     torch.manual_seed(config.runtime.seed)
-    model = build_task_model(config)
-    init_report = load_encoder_weights(model.encoder, config.init, {"arch": config.arch, "width": config.width}) \
-        if config.init else None
+    model = build_task_model(config, encoder)
+    expect = {"arch": config.arch, "width": config.width} if encoder is None else None
+    init_report = load_encoder_weights(model.encoder, config.init, expect) if config.init else None
     model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
@@ -191,21 +220,22 @@ def pretrain(shards: str | Path, out: str | Path, config: PretrainConfig = Pretr
     start = 0
     if resume and ckpt_path.exists():
         ck = load_checkpoint(ckpt_path, map_location=device)
-        _check_resume(ck, config, data.digest, ckpt_path)
+        _check_resume(ck, config, data.digest, ckpt_path, encoder_name(encoder))
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         start = int(ck["step"])
+    start = agree(start, "the step to resume from")
     if main_rank:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=1))
-    log = StepLog(out / "log.jsonl", main_rank, keep_until_step=start)
+    log = StepLog(out / "log.jsonl", main_rank, keep_until_step=start, tensorboard=tensorboard)
     if world > 1 and device.type == "cuda":  # few samples per GPU: batch statistics over all ranks
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     net = DistributedDataParallel(model) if world > 1 else model
 
     def state(step: int) -> dict:
         return {"kind": "pretrain", "model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
-                "config": dataclasses.asdict(config), "data_digest": data.digest}
+                "config": dataclasses.asdict(config), "data_digest": data.digest, "encoder": encoder_name(encoder)}
 
     rt = config.runtime
     stream = ShardStream(data, sample_fn, config.batch_size, seed=rt.seed, shuffle_buffer=rt.shuffle_buffer,
@@ -228,13 +258,17 @@ def pretrain(shards: str | Path, out: str | Path, config: PretrainConfig = Pretr
     summary = {"task": config.task, "arch": config.arch, "steps": config.steps, "start_step": start,
                "final_loss": float(np.mean([r["loss"] for r in log.rows[-10:]])) if log.rows else
                (float(np.mean(losses[-10:])) if losses else None),
-               "chance_loss": None if chance is None else chance(config.batch_size),
+               "chance_loss": None if chance is None else
+               chance(config.batch_size * (world if config.all_rank_negatives else 1)),
                "samples_per_s": config.batch_size * world / statistics.median(steady) if steady else None,
                "step_time_s": statistics.median(steady) if steady else None,
                "checkpoint": str(ckpt_path), "log": str(out / "log.jsonl"), "world_size": world,
-               "init_report": init_report,
+               "init_report": init_report, "encoder": encoder_name(encoder),
                "skipped_samples": sum(r.get("skipped", 0) for r in log.rows)}
     if main_rank:
         plot_curves(log.rows, out / "loss.png", ("loss",), f"{config.task} pretraining")
+        run_report(out / "report.html", f"{config.task} pretraining", config=dataclasses.asdict(config),
+                   rows=log.rows, summary=summary, lead=str(out))
         (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    barrier()  # returned on any rank, the run's files are written (a next call may resume from them)
     return summary

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tcpc_train.models import encoder_features
+
 N_CUBES = 8
 
 
@@ -115,7 +117,7 @@ class BlockPuzzle(nn.Module):
     def forward(self, cubes: torch.Tensor, label: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
         """cubes (B, 8, c, c, c), label (B,), rot (B, 8, 2) -> scalar loss."""
         b, n = cubes.shape[:2]
-        feats = self.encoder.forward_features(cubes.reshape(b * n, 1, *cubes.shape[2:])).reshape(b, n, -1)
+        feats = encoder_features(self.encoder, cubes.reshape(b * n, 1, *cubes.shape[2:])).reshape(b, n, -1)
         loss = F.cross_entropy(self.order_head(feats.reshape(b, -1)).float(), label)
         if self.rot_head is not None:
             loss = loss + F.binary_cross_entropy_with_logits(self.rot_head(feats).float(), rot)

@@ -5,13 +5,18 @@ Shared by pretraining, fine-tuning and evaluation so their loops stay short:
 device, precision) that all three take, once. Under
 ``torchrun`` (``WORLD_SIZE`` > 1 in the environment) the process group is
 initialised here (NCCL on CUDA, gloo on CPU) unless the caller already did;
-only rank 0 writes files and shows progress.
+only rank 0 writes files and shows progress. The small control messages
+between ranks (do all still have a batch, did all resume at the same step)
+travel as CPU tensors: over the default group under gloo, over a gloo side
+group under NCCL, so they never wait for the GPU's queue.
 """
 from __future__ import annotations
 
 import collections
 import contextlib
 import dataclasses
+import functools
+import itertools
 import json
 import os
 import time
@@ -22,6 +27,8 @@ from typing import Callable, Iterator
 import torch
 import torch.distributed as dist
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from tcpc_train.tbevents import ScalarEvents
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,6 +102,90 @@ def init_distributed(device: torch.device) -> tuple[int, int]:
     return 0, 1
 
 
+def world_size() -> int:
+    """Processes in the default group (1 when torch.distributed is not initialised)."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+@functools.lru_cache(maxsize=None)
+def _gloo_side_group(default_group) -> object:
+    return dist.new_group(backend="gloo")
+
+
+def _control_group():
+    """The group for CPU tensors: the default one under gloo, a gloo side group (made once, by
+    every rank at the same point) under NCCL."""
+    return None if dist.get_backend() == "gloo" else _gloo_side_group(dist.group.WORLD)
+
+
+def lockstep(batches: Iterator[dict]) -> Iterator[dict]:
+    """The batches while every rank still has one.
+
+    A finite pass (a fine-tuning epoch) gives the ranks' loaders slightly
+    different numbers of batches (per-worker partial batches are dropped);
+    under DDP a rank that stopped early would leave the others waiting in the
+    gradient all-reduce for ever. One tiny all-reduce per batch (minimum of
+    "I have one") ends the pass on every rank at the first rank's end. One
+    process: the batches unchanged.
+    """
+    if world_size() == 1:
+        yield from batches
+        return
+    group = _control_group()
+    for batch in itertools.chain(batches, [None]):
+        have = torch.tensor([batch is not None], dtype=torch.int32)
+        dist.all_reduce(have, op=dist.ReduceOp.MIN, group=group)
+        if not have.item():
+            return
+        yield batch
+
+
+def agree(value: int, what: str) -> int:
+    """``value`` when every rank holds the same, else ValueError listing each rank's (one process: ``value``).
+
+    E.g. the step each rank resumed at: ranks that read different ``last.pt``
+    files (a run directory not shared between hosts) would train different
+    models under one DDP.
+    """
+    world = world_size()
+    if world == 1:
+        return value
+    values = [torch.zeros(1, dtype=torch.int64) for _ in range(world)]
+    dist.all_gather(values, torch.tensor([value], dtype=torch.int64), group=_control_group())
+    seen = [int(v) for v in values]
+    if len(set(seen)) > 1:
+        raise ValueError(f"the ranks disagree on {what}: " + ", ".join(f"rank {r}: {v}" for r, v in enumerate(seen))
+                         + "; every rank must see the same run directory (a shared file system)")
+    return value
+
+
+def average_over_ranks(*tensors: torch.Tensor) -> None:
+    """Replace each tensor, in place, by its mean over the ranks (no-op in one process)."""
+    if world_size() > 1:
+        for t in tensors:
+            dist.all_reduce(t)
+            t /= world_size()
+
+
+def share_json(obj):
+    """Rank 0's ``obj`` (JSON-able) on every rank, sent as UTF-8 bytes (no pickle); one process: ``obj``."""
+    if world_size() == 1:
+        return obj
+    group = _control_group()
+    data = json.dumps(obj).encode() if dist.get_rank() == 0 else b""
+    size = torch.tensor([len(data)], dtype=torch.int64)
+    dist.broadcast(size, 0, group=group)
+    buf = torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else torch.empty(int(size), dtype=torch.uint8)
+    dist.broadcast(buf, 0, group=group)
+    return json.loads(buf.numpy().tobytes().decode())
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op in one process): e.g. while rank 0 validates and writes checkpoints."""
+    if world_size() > 1:
+        dist.barrier(group=_control_group())
+
+
 def autocast(device: torch.device, enabled: bool):
     """bfloat16 autocast on CUDA when ``enabled`` (no loss scaling needed); a no-op on CPU and on
     GPUs without bfloat16 (they train in float32 rather than risk float16 overflow without a scaler)."""
@@ -161,23 +252,31 @@ def skip_counts(batches: Iterator[dict]) -> tuple[Iterator[dict], Callable[[], i
 
 
 class StepLog:
-    """Per-step JSON lines (rank 0 only). On resume, lines past the checkpoint's step are dropped, and
-    so is a last line a kill cut short."""
+    """Per-step JSON lines (rank 0 only), and with ``tensorboard`` the same rows as a TensorBoard
+    event file beside them (:class:`tcpc_train.tbevents.ScalarEvents`). On resume, lines past the
+    checkpoint's step are dropped, and so is a last line a kill cut short; the event file is
+    rewritten from the rows kept. Each row gets its ``wall_time`` (seconds since the epoch)."""
 
-    def __init__(self, path: Path, active: bool, keep_until_step: int = 0):
+    def __init__(self, path: Path, active: bool, keep_until_step: int = 0, tensorboard: bool = False):
         self.path, self.active = Path(path), active
         self.rows: list[dict] = []
+        self.events: ScalarEvents | None = None
         if active and self.path.exists():
             self.rows = [r for r in map(_row, self.path.read_text().splitlines())
                          if r is not None and r.get("step", 0) <= keep_until_step]
         if active:
             self.path.write_text("".join(json.dumps(r) + "\n" for r in self.rows))
+            if tensorboard:
+                self.events = ScalarEvents(self.path.parent, self.rows)
 
     def write(self, row: dict) -> None:
         if self.active:
+            row = {**row, "wall_time": round(time.time(), 3)}
             self.rows.append(row)
             with open(self.path, "a") as f:
                 f.write(json.dumps(row) + "\n")
+            if self.events is not None:
+                self.events.write(row)
 
 
 def _row(line: str) -> dict | None:

@@ -101,7 +101,7 @@ def path_rank(path: np.ndarray) -> int:
 
 
 def _contrastive(encoder: torch.nn.Module, cfg) -> torch.nn.Module:
-    return ContrastivePredictiveCoding(encoder, cfg.temperature, cfg.own_negatives)
+    return ContrastivePredictiveCoding(encoder, cfg.temperature, cfg.own_negatives, cfg.all_rank_negatives)
 
 
 def _path_cubes(cubes: np.ndarray, path: np.ndarray, rng: np.random.Generator, cfg) -> dict:

@@ -71,7 +71,8 @@ def load_encoder_weights(encoder: nn.Module, source: str | Path | dict, expect: 
     """
     name = str(source) if not isinstance(source, dict) else "<state dict>"
     obj = source if isinstance(source, dict) else load_checkpoint(source)
-    cfg = obj.get("config") if isinstance(obj.get("config"), dict) else {}
+    # A run on a user's encoder ("encoder" names its class) has no meaningful arch and width.
+    cfg = obj.get("config") if isinstance(obj.get("config"), dict) and not obj.get("encoder") else {}
     clash = {k: (cfg[k], v) for k, v in (expect or {}).items() if k in cfg and cfg[k] != v}
     if clash:
         raise ValueError(f"{name} was trained with " + ", ".join(f"{k} {a!r}" for k, (a, _) in clash.items())

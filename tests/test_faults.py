@@ -24,6 +24,11 @@ from tcpc_data.store import list_cases, open_store, sweep_staging
 from tcpc_train.checkpoint import load_checkpoint
 from tcpc_train.synthetic import write_synthetic_labelled, write_synthetic_paths
 
+try:  # the test extra's tensorboard reads the runs' event files back
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+except ImportError:
+    EventAccumulator = None
+
 ROOT = Path(__file__).resolve().parents[1]
 ARGS = ["--clip", "-1024,3071", "--n-segments", "200", "--top-k", "3", "--crop-size", "32",
         "--cube-size", "8", "--targets-per-crop", "2", "--workers", "1", "--no-progress"]
@@ -139,7 +144,7 @@ def _start_training(args: list[str], out: Path) -> subprocess.Popen:
 
 def _trained(out: Path) -> tuple[list, dict]:
     """(the log's rows without timings, the final weights) of a training run."""
-    rows = [{k: v for k, v in json.loads(line).items() if k not in ("samples_per_s", "time_s")}
+    rows = [{k: v for k, v in json.loads(line).items() if k not in ("samples_per_s", "time_s", "wall_time")}
             for line in (out / "log.jsonl").read_text().splitlines()]
     return rows, load_checkpoint(out / "last.pt")["model"]
 
@@ -179,6 +184,10 @@ def _kill_and_rerun(clean, tmp_path_factory, command: str, when: float) -> None:
     assert r.returncode == 0, r.stderr
     (rows, weights), (want_rows, want_weights) = _trained(out), _trained(clean_out)
     assert rows == want_rows  # the same losses, step by step
+    if EventAccumulator is not None:  # and TensorBoard shows each of them once
+        events = EventAccumulator(str(out)).Reload()
+        assert [(e.step, e.value) for e in events.Scalars("loss")] == \
+            [(r["step"], pytest.approx(r["loss"], rel=1e-6)) for r in rows if "loss" in r]
     assert weights.keys() == want_weights.keys()
     assert all(torch.equal(weights[k], want_weights[k]) for k in want_weights)
 

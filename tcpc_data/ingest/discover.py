@@ -15,7 +15,8 @@ folder beside an ``images/`` folder, or in nnU-Net's ``labelsTr/``/``labelsTs/``
 beside ``imagesTr/``/``imagesTs/``, is the mask of the image of the same name
 (nnU-Net's ``<case>_0000`` image channel suffix is dropped from the case id)
 and is ingested as that case's ``mask`` array. A label map without an image
-is skipped with a note.
+is skipped with a note. So is a DICOM-SEG object, the mask of the series it
+references (:mod:`tcpc_data.ingest.dicomseg`).
 
 Case ids are sanitised, unique and stable: a file's name without extensions
 (``phantom-000``); a DICOM series' folder relative to the source without its
@@ -36,6 +37,7 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
 from fsspec.implementations.local import LocalFileSystem
 
+from tcpc_data.ingest.dicomseg import is_segmentation, pair_segmentations
 from tcpc_data.runner import progress_display
 from tcpc_data.store import sanitize_case_id
 from tcpc_data.urls import filesystem, is_local
@@ -292,6 +294,7 @@ class _FolderScan:
     series: dict = dataclasses.field(default_factory=dict)       # key -> {count, first, meta}
     failures: list = dataclasses.field(default_factory=list)
     skipped: dict = dataclasses.field(default_factory=dict)      # (folder, why) -> files
+    segs: list = dataclasses.field(default_factory=list)         # DICOM-SEG objects: masks, paired later
     ignored: tuple = (0, ())                                     # (count, first paths)
     unpaired: tuple = (0, ())                                    # label maps without an image
 
@@ -401,6 +404,9 @@ def _add_dicom(scan: _FolderScan, src: str, fs, base: str, f: str, header: dict 
         scan.failures.append({"case": _case_id(rel), "source": _url(fs, f, src),
                               "error": f"unreadable DICOM file {_url(fs, f, src)}: {header}"})
         return
+    if is_segmentation(header):  # the mask of the series it references (pair_segmentations)
+        scan.segs.append(f)
+        return
     why = _skip_reason(header)
     if why is not None:
         key = (posixpath.relpath(scan.folder, base), why)
@@ -443,6 +449,7 @@ class _Summary:
         self.volumes: list = []
         self.series: dict[tuple[str, str], dict] = {}  # (folder or "", key) -> merged record
         self.failures: list[dict] = []
+        self.segs: list[str] = []  # DICOM-SEG objects: one per segmented series at most
         self.skipped: dict = defaultdict(int)
         self.ignored: tuple = (0, ())
         self.unpaired: tuple = (0, ())
@@ -451,6 +458,7 @@ class _Summary:
         """Merge one folder's scan; the result does not depend on the order of the merges."""
         self.volumes += scan.volumes
         self.failures += scan.failures
+        self.segs += scan.segs
         for k, n in scan.skipped.items():
             self.skipped[k] += n
         self.ignored = _first(self.ignored, scan.ignored)
@@ -490,7 +498,8 @@ class _Summary:
             if folder:
                 found.notes.append(f"{src}: {s['count']} DICOM file(s) in {posixpath.relpath(folder, base)} "
                                    f"have no SeriesInstanceUID; grouped by folder and SeriesNumber")
-        return sorted(self.volumes, key=lambda c: c[1].source) + self._series_cases()
+        cases = sorted(self.volumes, key=lambda c: c[1].source) + self._series_cases()
+        return pair_segmentations(fs, src, base, cases, sorted(self.segs), found.notes, _url)
 
     def _series_cases(self) -> list[tuple[list[str], CaseSource]]:
         src, fs, base = self.src, self.fs, self.base

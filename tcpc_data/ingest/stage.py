@@ -27,6 +27,7 @@ from typing import Literal
 import numpy as np
 
 from tcpc_data.digest import digest, files_digest
+from tcpc_data.ingest.dicomseg import read_seg_mask
 from tcpc_data.ingest.discover import CaseSource, _strip_suffix, discover, series_files
 from tcpc_data.ingest.normalise import apply_clip, check_clip, normalise
 from tcpc_data.ingest.resample import to_grid
@@ -244,6 +245,8 @@ def _read_mask(cs: CaseSource, path: str, volume: Volume, config: IngestConfig) 
     whose grid (shape, origin, spacing, direction) is not the image's."""
     fmt = _strip_suffix(posixpath.basename(cs.mask))[1]
     what = f"{cs.case} mask"
+    if fmt is None:  # not a volume file: a DICOM-SEG object that references the series
+        return read_seg_mask(path, volume, what=what)
     mask = _read(dataclasses.replace(cs, format=fmt, files=(cs.mask,)), [path], config, what=what)
     same = (mask.hu.shape == volume.hu.shape and volume.regular
             and np.allclose(mask.spacing_zyx, volume.spacing_zyx, rtol=1e-4, atol=1e-4)
@@ -285,11 +288,12 @@ def _case_files(cs: CaseSource):
         with _local_copies(cs.files + ((cs.mask,) if cs.mask else ())) as paths:
             yield paths
         return
-    with _local_copies(cs.files, folders=True) as folders:
+    with _local_copies(cs.files, folders=True) as folders, \
+            _local_copies((cs.mask,)) if cs.mask else contextlib.nullcontext([]) as mask:  # a DICOM-SEG
         paths = series_files(folders, cs.series)
         if not paths:
             raise ValueError(f"{cs.case}: no file of series {cs.series} is left in {cs.source}")
-        yield paths
+        yield paths + mask
 
 
 @contextlib.contextmanager

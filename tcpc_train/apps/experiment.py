@@ -30,6 +30,7 @@ out/pretrain/<row>-p<seed>/       one pretraining (or supervised stand-in) run p
 out/cells/<row>-f<fraction>-s<seed>/   one fine-tuning run per cell, with predictions.npz
 out/grid/c<cube>-o<overlap>-s<seed>/   TCPC cube size x overlap cells (when configured)
 out/cells.jsonl, out/results.md, out/fig4_left.png, out/fig4_right.png, out/experiment.json
+out/report.html                   the experiment on one self-contained page (every run has its own too)
 out/external.jsonl                one line per cell scored on an --external folder
 out/external-eval/                that folder's labelled test set (and, for a nodule folder, its store)
 ```
@@ -62,6 +63,7 @@ from tcpc_data.shards.tario import write_tar
 from tcpc_data.supervoxels.stage import SupervoxelConfig, supervoxels
 from tcpc_train.checkpoint import load_checkpoint
 from tcpc_train.finetuning import FINETUNE_RUNTIME, FinetuneConfig, finetune, read_labels, stratified_fraction
+from tcpc_train.htmlreport import experiment_report
 from tcpc_train.loader import (ShardSet, ShardStream, decode_labelled_sample, labelled_splits, make_loader,
                                open_shards, raw_samples, split_or_set)
 from tcpc_train.metrics import classification_metrics
@@ -760,7 +762,8 @@ def run_experiment(config: ExperimentConfig, out: str | Path, selection: Selecti
     Returns
     -------
     dict with ``cells`` (list of records), ``skipped`` (pieces found finished),
-    ``table`` (Markdown), ``plots`` (paths), ``external`` (path or None), ``seconds``.
+    ``table`` (Markdown), ``plots`` (paths), ``external`` (path or None), ``report``
+    (the experiment's HTML page, :func:`tcpc_train.htmlreport.experiment_report`), ``seconds``.
     """
     config.validate()
     run = select(config, selection)
@@ -805,7 +808,8 @@ def run_experiment(config: ExperimentConfig, out: str | Path, selection: Selecti
     external = _score_external(selection.external, out, labelled, cells, config, log) \
         if selection.external else None
     return {"cells": cells, "skipped": skipped + inits.skipped, "table": table, "plots": [str(p) for p in plots],
-            "external": None if external is None else str(external), "seconds": time.perf_counter() - t0}
+            "external": None if external is None else str(external), "report": str(experiment_report(out)),
+            "seconds": time.perf_counter() - t0}
 
 
 def _run_grid(config: ExperimentConfig, run: ExperimentConfig, out: Path, labelled: Path, inits: _Inits,

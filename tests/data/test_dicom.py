@@ -173,7 +173,7 @@ def test_discovery_splits_series_skips_non_images_and_reports_bad_files(tmp_path
     assert {f["case"] for f in found.failures} == {"patient3", "patient2_broken_dcm"}
     assert any("empty folder" in f["error"] for f in found.failures)
     notes = " | ".join(found.notes)
-    assert "modality MR is not CT" in notes and "non-image object (SEG)" in notes
+    assert "modality MR is not CT" in notes and "1 DICOM-SEG object(s) that reference no series" in notes
     assert "ignored 1 file(s)" in notes and "notes.xml" in notes
 
 

@@ -67,6 +67,7 @@ def test_phantom_archive_ingests_back_to_exactly_its_arrays(archive, tmp_path):
                                    "fixed_window": False}
         assert len(attrs["digest"]) == 64 and list(attrs)[-1] == "digest"
         group = dict(open_store(store, "r")[case].attrs)
+        assert group.pop("ome")["version"] == "0.5"  # OME-Zarr metadata: tests/data/test_ngff.py
         assert group == {"source": str(archive / f"{case}.nii.gz"), "format": "nifti"}
 
 

@@ -3,8 +3,10 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import pytest
+
 from tcpc_data.lesioncrops import (centre_crops, contains_lesion, lesion_shares, random_centres,
-                                   random_share_exact)
+                                   random_centres_in, random_share_exact)
 from tcpc_data.phantom import make_phantom
 from tcpc_data.store import commit_arrays, open_store
 from tcpc_data.supervoxels.stage import SupervoxelConfig, supervoxels
@@ -38,6 +40,17 @@ def test_random_draws_converge_and_the_centre_crop_is_one_box():
     assert np.array_equal(centre_crops(shape, 3), [[10, 20, 20]] * 3)
     assert lesion_shares(np.zeros((0, 3)), lesions, shape, 16)["slic"] is None
     assert lesion_shares([[5, 10, 30]] * 4, lesions, shape, 16)["centre"] == 0.0  # (10, 20, 20) is 10 voxels off
+
+
+def test_random_centres_in_a_mask_stay_inside_it_and_cover_it_evenly():
+    mask = np.zeros((6, 8, 8), bool)
+    mask[1, 2, 3] = mask[4, 5, 6] = True
+    got = random_centres_in(mask, 4000, seed=1)
+    assert got.shape == (4000, 3) and mask[tuple(got.T)].all()
+    assert abs((got[:, 0] == 1).mean() - 0.5) < 0.05  # two voxels, drawn alike
+    assert np.array_equal(got, random_centres_in(mask, 4000, seed=1))
+    with pytest.raises(ValueError, match="no voxel"):
+        random_centres_in(np.zeros((2, 2, 2), bool), 1, 0)
 
 
 def test_slic_candidates_on_a_phantom_hold_its_lesions_more_often_than_random_crops(tmp_path):

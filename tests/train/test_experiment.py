@@ -1,5 +1,6 @@
 """The Table-1 experiment runner end to end on tiny synthetic sets (seconds)."""
 import dataclasses
+import itertools
 import json
 from pathlib import Path
 
@@ -8,7 +9,8 @@ import pytest
 from click.testing import CliRunner
 
 from cli import main
-from tcpc_train.apps.experiment import (ExperimentConfig, Selection, load_config, run_experiment, select,
+from tcpc_data.shards.labelled import pretrain_config_for
+from tcpc_train.apps.experiment import (METHODS, ExperimentConfig, Selection, load_config, run_experiment, select,
                                         validation_size, validation_view)
 from tcpc_train.finetuning import read_labels
 from tcpc_train.loader import labelled_splits
@@ -211,3 +213,14 @@ def test_every_shipped_config_loads_with_the_protocol(path):
     if "quick" not in path.name:  # the full protocol: paired seeds, every row, 1/10/100 %
         assert len(cfg.seeds) >= 5 and len(cfg.pretrain_seeds) >= 3 and cfg.fractions == (0.01, 0.1, 1.0)
         assert set(cfg.rows) == {"majority", "scratch", "cpc", "rubik", "jigsaw", "tcpc", "external", "cascade"}
+        assert cfg.val_per_label > 0 and cfg.val_min >= 20  # selection sized to the label budget
+        if cfg.grid_cube_sizes:
+            assert -0.25 in cfg.grid_overlaps and 0.5 in cfg.grid_overlaps  # default gap and the paper's
+    if cfg.data.endswith(".npz"):  # every pretraining geometry fits the images before hours of work
+        with np.load(cfg.data, allow_pickle=False) as z:
+            side = z["train_images"].shape[-1]
+        kinds = {METHODS[r][1] for r in cfg.rows if METHODS[r]}
+        for kind in kinds:
+            pretrain_config_for(side, path=kind).validate()
+        for cube, overlap in itertools.product(cfg.grid_cube_sizes, cfg.grid_overlaps):
+            pretrain_config_for(side, path="u", cube_size=cube, overlap=overlap).validate()

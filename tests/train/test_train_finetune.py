@@ -195,3 +195,65 @@ def test_killed_finetune_resumes_at_the_epoch_with_the_same_losses(labelled, tmp
     assert again["val"] == whole["val"] and again["metrics"]["confusion"] == whole["metrics"]["confusion"]
     with pytest.raises(ValueError, match="holds another run .*lr"):
         finetune(labelled, tmp_path / "killed", FinetuneConfig(arch="vgg", epochs=3, **{**TINY, "lr": 0.1}))
+
+
+class MyEncoder(torch.nn.Module):
+    """A user's encoder: no out_dim, no forward_features; its forward ends in a feature map."""
+
+    def __init__(self, channels=6):
+        super().__init__()
+        self.conv = torch.nn.Conv3d(1, channels, 3, padding=1)
+        self.bn = torch.nn.BatchNorm3d(channels)
+
+    def forward(self, x):
+        return torch.relu(self.bn(self.conv(x)))
+
+
+def test_pretrain_and_finetune_take_your_own_encoder(u_shards, labelled, tmp_path):
+    torch.manual_seed(0)
+    p = pretrain(u_shards, tmp_path / "pre", PretrainConfig(steps=2, batch_size=4, runtime=RuntimeConfig(workers=0)),
+                 encoder=MyEncoder())
+    name = f"{MyEncoder.__module__}.MyEncoder"
+    assert p["encoder"] == name and math.isfinite(p["final_loss"])
+    ck = load_checkpoint(tmp_path / "pre" / "last.pt")
+    assert ck["encoder"] == name and {"encoder.conv.weight", "encoder.bn.running_mean"} <= set(ck["model"])
+    enc = MyEncoder()
+    s = finetune(labelled, tmp_path / "ft", FinetuneConfig(epochs=2, init=str(tmp_path / "pre" / "last.pt"), **TINY),
+                 encoder=enc)
+    rep = json.loads((tmp_path / "ft" / "init_report.json").read_text())
+    assert rep["missing"] == [] and rep["matched"] == sorted(MyEncoder().state_dict())
+    assert s["encoder"] == name and s["metrics"]["n"] == 16 and enc.out_dim == 6
+    again = evaluate(tmp_path / "ft" / "best.pt", labelled, encoder=MyEncoder())
+    assert again["acc"] == s["metrics"]["acc"] and again["confusion"] == s["metrics"]["confusion"]
+    with pytest.raises(ValueError, match=rf"fine-tuned with the encoder '{name}'; pass that encoder \(got none\)"):
+        evaluate(tmp_path / "ft" / "best.pt", labelled)
+    finetune(labelled, tmp_path / "scratch", FinetuneConfig(arch="vgg", epochs=1, **TINY), encoder=MyEncoder())
+    with pytest.raises(ValueError, match=rf"holds another run \(encoder: '{name}'\)"):
+        finetune(labelled, tmp_path / "scratch", FinetuneConfig(arch="vgg", epochs=2, **TINY))
+    with pytest.raises(ValueError, match=rf"trained with the encoder '{name}', not 'resnet18'"):
+        pretrain(u_shards, tmp_path / "pre", PretrainConfig(steps=3, batch_size=4, runtime=RuntimeConfig(workers=0)))
+
+
+@pytest.fixture
+def medicalnet_file(tmp_path, medicalnet_state_dict):
+    torch.save(medicalnet_state_dict(4), tmp_path / "resnet_18.pth")  # width 4 = 64 / 16
+    return str(tmp_path / "resnet_18.pth")
+
+
+def test_a_medicalnet_checkpoint_initialises_every_encoder_tensor(labelled, tmp_path, medicalnet_file):
+    init = medicalnet_file
+    s = finetune(labelled, tmp_path / "ft", FinetuneConfig(arch="medicalnet18", epochs=1, init=init, **TINY))
+    rep = json.loads((tmp_path / "ft" / "init_report.json").read_text())
+    assert rep == s["init_report"] and rep["missing"] == [] and rep["mismatched"] == []
+    assert len(rep["matched"]) == 102 and all(k.startswith("conv_seg.") for k in rep["unexpected"])
+
+
+def test_a_monai_resnet_with_a_medicalnet_checkpoint(labelled, tmp_path, medicalnet_file):
+    nets = pytest.importorskip("monai.networks.nets", reason="monai not installed (pip install 'tcpc[monai]')")
+    enc = nets.resnet18(spatial_dims=3, n_input_channels=1, feed_forward=False, shortcut_type="A",
+                        widen_factor=1 / 16)
+    s = finetune(labelled, tmp_path / "ft", FinetuneConfig(epochs=1, init=medicalnet_file, **TINY),
+                 encoder=enc)
+    rep = s["init_report"]
+    assert rep["missing"] == [] and len(rep["matched"]) == 102 and s["encoder"] == "monai.networks.nets.resnet.ResNet"
+    assert enc.out_dim == 32 and s["metrics"]["n"] == 16 and math.isfinite(s["metrics"]["acc"])

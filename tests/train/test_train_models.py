@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from tcpc_train.models import Classifier, ResNet18_3d, build_encoder
+from tcpc_train.models import (BasicBlock3d, Classifier, ResNet18_3d, ZeroPadShortcut, adopt_encoder, build_encoder,
+                               encoder_features)
+from tcpc_train.weights import load_encoder_weights
 from tcpc_train.proxy import BlockPuzzle, canonical_order, permutation_set, shuffle_block
 from tcpc_train.contrastive import ContrastivePredictiveCoding, info_nce
 
@@ -115,3 +117,68 @@ def test_block_puzzle_loss(rotate):
     model = BlockPuzzle(build_encoder("resnet18", 1 / 16), n_perms=10, rotate=rotate)
     loss = model(torch.randn(2, 8, 8, 8, 8), torch.tensor([1, 7]), torch.zeros(2, 8, 2))
     assert math.isfinite(loss.item()) and loss.item() > 0
+
+
+def test_a_medicalnet_resnet18_checkpoint_loads_completely(medicalnet_state_dict):
+    src = medicalnet_state_dict()
+    enc = build_encoder("medicalnet18", 1.0)
+    rep = load_encoder_weights(enc, src)
+    assert rep["missing"] == [] and rep["mismatched"] == [] and rep["adapted"] == []
+    assert rep["matched"] == sorted(enc.state_dict()) and len(rep["matched"]) == 102  # 6 stem + 8 blocks x 12
+    assert rep["unexpected"] and all(k.startswith("conv_seg.") for k in rep["unexpected"])  # the segmentation head
+    for k, v in enc.state_dict().items():
+        assert torch.equal(v, src["state_dict"][f"module.{k}"]), k
+    # The small-cube ResNet-18 keeps its 3^3 stem and 1^3 projection shortcuts fresh.
+    small = load_encoder_weights(build_encoder("resnet18", 1.0), src)
+    assert small["mismatched"] == ["conv1.weight"] and "layer2.0.downsample.0.weight" in small["missing"]
+
+
+def test_medicalnet18_geometry_on_cubes_and_volumes():
+    enc = build_encoder("medicalnet18", 1 / 16).eval()
+    assert tuple(enc.feature_map(torch.randn(2, 1, 16, 16, 16)).shape[2:]) == (2, 2, 2)  # /4 stem, /2 stage 2
+    assert enc(torch.randn(2, 1, 28, 28, 28)).shape == (2, enc.out_dim) == (2, 32)
+    assert isinstance(enc.layer2[0].downsample, ZeroPadShortcut) and enc.layer1[0].downsample is None
+    assert enc.layer4[0].conv1.dilation == (4, 4, 4) and enc.layer3[1].conv2.dilation == (2, 2, 2)
+
+
+def test_shortcut_a_subsamples_and_pads_channels_with_zeros():
+    x = torch.randn(2, 4, 5, 6, 7)
+    y = ZeroPadShortcut(10, 2)(x)
+    assert y.shape == (2, 10, 3, 3, 4)
+    assert torch.equal(y[:, :4], x[:, :, ::2, ::2, ::2]) and not y[:, 4:].any()
+    # A block whose convolutions give zero passes its input through shortcut A, then the ReLU.
+    block = BasicBlock3d(4, 10, 2, shortcut="A").eval()
+    for conv in (block.conv1, block.conv2):
+        torch.nn.init.zeros_(conv.weight)
+    with torch.no_grad():
+        assert torch.equal(block(x), torch.relu(y))
+    assert not any("downsample" in k for k in block.state_dict())
+
+
+class BareEncoder(torch.nn.Module):
+    """A user's encoder without out_dim or forward_features: its forward gives a feature map."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv3d(1, 5, 3, padding=1)
+        self.bn = torch.nn.BatchNorm3d(5)
+
+    def forward(self, x):
+        return torch.relu(self.bn(self.conv(x)))
+
+
+def test_any_module_is_adopted_as_an_encoder():
+    enc = BareEncoder()
+    before = enc.bn.running_mean.clone()
+    assert adopt_encoder(enc, (8, 8, 8)) is enc and enc.out_dim == 5 and enc.training
+    assert torch.equal(enc.bn.running_mean, before)  # probed in eval mode
+    x = torch.randn(3, 1, 8, 8, 8)
+    assert torch.allclose(encoder_features(enc, x), enc(x).mean((2, 3, 4)))
+    assert Classifier(enc, 3)(x).shape == (3, 3)
+    with pytest.raises(TypeError, match="must be a torch.nn.Module"):
+        adopt_encoder(lambda x: x, (8, 8, 8))
+    with pytest.raises(ValueError, match=r"encoder Linear fails on a batch of shape \(2, 1, 8, 8, 8\)"):
+        adopt_encoder(torch.nn.Linear(3, 4), (8, 8, 8))
+    flat = torch.nn.Sequential(torch.nn.Flatten(0))
+    with pytest.raises(ValueError, match=r"maps \(2, 1, 8, 8, 8\) to \(1024,\); it must give features"):
+        adopt_encoder(flat, (8, 8, 8))

@@ -52,11 +52,15 @@ def test_killed_run_resumes_at_the_same_step_with_the_same_losses(u_shards, tmp_
 
 def test_resume_refuses_a_different_config_or_data(u_shards, shard_root, tmp_path):
     pretrain(u_shards, tmp_path, PretrainConfig(steps=1, **TINY))
+    ck = load_checkpoint(tmp_path / "last.pt")  # a run from before all_rank_negatives existed resumes
+    del ck["config"]["all_rank_negatives"]
+    save_checkpoint(tmp_path / "last.pt", ck)
+    assert pretrain(u_shards, tmp_path, PretrainConfig(steps=2, **TINY))["start_step"] == 1
     with pytest.raises(ValueError, match="different config .*lr"):
-        pretrain(u_shards, tmp_path, PretrainConfig(steps=2, **{**TINY, "lr": 0.5}))
+        pretrain(u_shards, tmp_path, PretrainConfig(steps=3, **{**TINY, "lr": 0.5}))
     other = write_synthetic_paths(tmp_path / "other", 8, "u", seed=9)
     with pytest.raises(ValueError, match="other shards"):
-        pretrain(other, tmp_path, PretrainConfig(steps=2, **TINY))
+        pretrain(other, tmp_path, PretrainConfig(steps=3, **TINY))
 
 
 def test_wrong_shards_for_the_task_fail_clearly(shard_root, tmp_path):

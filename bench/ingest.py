@@ -9,7 +9,8 @@ Prints cases/s and MB/s (DICOM bytes read per second) for
 - a rerun on the finished store (every case skipped by digest);
 and each one's speed as a ratio to the baseline: wall time (best of --repeat runs) and
 CPU seconds (this process plus its worker processes; mean), which a busy machine
-disturbs less than wall time.
+disturbs less than wall time. ``--phases`` adds where the 1-worker ingest spends its
+time: wall and CPU seconds (all threads of the process) of each step, summed over cases.
 """
 from __future__ import annotations
 
@@ -56,10 +57,35 @@ def best_of(repeat: int, fn) -> tuple[float, float]:
     return min(times), (cpu_seconds() - c0) / repeat
 
 
+_PHASES = ("discover", "series_files", "_case_digest", "_read", "normalise", "commit_arrays")
+
+
+def timed_phases(acc: dict) -> None:
+    """Wrap the ingest stage's steps so that each call adds its (wall, CPU) seconds to ``acc``."""
+    import functools
+
+    import tcpc_data.ingest.stage as stage
+
+    for name in _PHASES:
+        fn = getattr(stage, name)
+
+        @functools.wraps(fn)
+        def wrapped(*args, _fn=fn, _name=name, **kwargs):
+            w, c = time.perf_counter(), time.process_time()
+            try:
+                return _fn(*args, **kwargs)
+            finally:
+                a = acc.setdefault(_name, [0.0, 0.0])
+                a[0] += time.perf_counter() - w
+                a[1] += time.process_time() - c
+        setattr(stage, name, wrapped)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/ct/lidc")
     ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--phases", action="store_true", help="also time each step of a 1-worker ingest")
     args = ap.parse_args()
     series = sorted(p for p in args.data.glob("LIDC-IDRI-*") if p.is_dir())
     if len(series) != 2:
@@ -98,6 +124,10 @@ def main() -> None:
     rows.append(("tcpc ingest, 2 workers (running cluster)", (wall, (cpu_seconds() - c0) / args.repeat)))
     rows.append(("tcpc ingest rerun, all skipped (1 worker)",
                  best_of(args.repeat, lambda: ingest(args.data, tmp / "w1.zarr", config, workers=1))))
+    phases: dict = {}
+    if args.phases:
+        timed_phases(phases)
+        run_ingest("phases.zarr", workers=1)
     shutil.rmtree(tmp, ignore_errors=True)
 
     base, base_cpu = rows[0][1]
@@ -109,6 +139,11 @@ def main() -> None:
     for name, (sec, cpu) in rows:
         print(f"{name:48s} {sec:7.2f} {2 / sec:8.2f} {n_bytes / 1e6 / sec:7.1f} {base / sec:10.2f}x "
               f"{cpu:7.2f} {base_cpu / cpu:14.2f}x")
+    if phases:
+        print("1-worker ingest by step (seconds over both cases; CPU of all threads, so the digest's "
+              "thread counts inside _read too):")
+        for name, (w, c) in phases.items():
+            print(f"  {name:16s} wall {w:6.2f}  CPU {c:6.2f}")
 
 
 if __name__ == "__main__":

@@ -53,6 +53,7 @@ _NON_IMAGE_SOP_PREFIXES = ("1.2.840.10008.5.1.4.1.1.88.",     # structured repor
                            "1.2.840.10008.5.1.4.1.1.11.",     # presentation states
                            "1.2.840.10008.5.1.4.1.1.104.")    # encapsulated documents
 _HEADER_TAGS = ["SeriesInstanceUID", "SeriesNumber", "Modality", "SOPClassUID", "ImageType", "PatientID"]
+_LAST_HEADER_TAG = 0x00200011  # Series Number: the highest tag of _HEADER_TAGS
 _UID_NAME = re.compile(r"\d+(\.\d+){3,}")
 # Label-map folders and the image folder beside each (nnU-Net raw layout, and images/ + masks/):
 # their files are masks of the image of the same name, never CT cases.
@@ -74,12 +75,18 @@ class CaseSource:
     source
         The series folder or the file, as a path or URL (recorded in the store).
     files
-        Every file whose bytes define the case (URLs for remote sources), sorted.
+        Volume formats: every file whose bytes define the case, sorted. DICOM:
+        the folders that hold the series' files, sorted; the ingest lists them on
+        the worker and keeps the files of ``series`` (:func:`series_files`), so
+        discovery never holds a list of an archive's files.
     info
         Extra case attributes, e.g. DICOM ``patient_id``, ``series_uid``, ``modality``.
     mask
         Label map of the case (a file of a ``masks/`` or ``labelsTr/`` folder
         beside the images), stored as its ``mask`` array; None when there is none.
+    series
+        DICOM: the SeriesInstanceUID of the series' files, or ``#<SeriesNumber>``
+        for files without one (grouped per folder); empty for other formats.
     """
 
     case: str
@@ -88,6 +95,7 @@ class CaseSource:
     files: tuple[str, ...]
     info: tuple[tuple[str, str], ...] = ()
     mask: str | None = None
+    series: str = ""
 
 
 @dataclasses.dataclass
@@ -99,20 +107,33 @@ class Discovery:
     notes: list[str] = dataclasses.field(default_factory=list)
 
 
-def discover(sources, *, workers: int | None = 1, progress=False) -> Discovery:
+_BATCH_FILES = 256  # files per scan task: amortises the hand-over, keeps progress moving
+_FIRST_NAMES = 3    # file names quoted in a note
+
+
+def discover(sources, *, workers: int | None = 1, progress=False, scheduler: str | None = None) -> Discovery:
     """Find the cases under each source (folder, file, or fsspec URL of either).
+
+    The client only walks folders and counts their files; the files of each batch
+    of folders are listed and their DICOM headers read by a worker, which sends
+    back one summary per folder (its volume files, its DICOM series with file
+    counts, skipped and unreadable files). The client's memory grows with the
+    number of folders and cases, not with the number of files.
 
     Parameters
     ----------
     sources
         Folder, file or fsspec URL, or a list of them.
     workers
-        Processes that read DICOM headers (None: one per core); remote sources
-        use threads instead, since their cost is latency. The result does not
-        depend on it.
+        Local processes that read DICOM headers (None: one per core); remote
+        sources use threads instead, since their cost is latency. The result
+        does not depend on it.
     progress
         True: a progress line of its own; a display from
         :func:`tcpc_data.runner.progress_display`: a line in it; False: none.
+    scheduler
+        Address of a running ``dask.distributed`` scheduler: the folder scans run
+        on its workers (which must see the sources); overrides ``workers``.
 
     Raises
     ------
@@ -128,11 +149,34 @@ def discover(sources, *, workers: int | None = 1, progress=False) -> Discovery:
         raise ValueError(f"workers must be >= 1, got {workers}")
     found = Discovery()
     candidates: list[tuple[list[str], CaseSource]] = []  # (name levels, case with a provisional id)
+    roots = []
     for src in sources:
         fs, root = filesystem(src)
         if not fs.exists(root):
             raise FileNotFoundError(f"source {src} does not exist")
-        candidates += _discover_one(src, fs, root, found, workers, progress)
+        roots.append((src, fs, root))
+    with contextlib.ExitStack() as stack:
+        display = None
+        if progress:
+            display = progress_display() if isinstance(progress, bool) else progress
+            if isinstance(progress, bool):
+                stack.enter_context(display)
+        for src, fs, root in roots:
+            line = None
+            if display is not None:
+                line = display.add_task(f"discover {posixpath.basename(src.rstrip('/')) or src}",
+                                        total=None, counts="files read")
+            summary, read = _Summary(src, fs, root), 0
+            with _scan_pool(fs, workers, scheduler) as pool:
+                for scans in pool((fs, src, summary.base, b) for b in _folder_batches(summary, fs, root)):
+                    for scan in scans:
+                        summary.add(scan)
+                        read += scan.files_read
+                    if line is not None:
+                        display.update(line, completed=read)
+            if line is not None:
+                display.update(line, total=read, completed=read)
+            candidates += summary.finish(found)
     found.cases = _assign_ids(candidates)
     return found
 
@@ -158,45 +202,159 @@ def _strip_suffix(name: str) -> tuple[str, str | None]:
     return name, None
 
 
-def _discover_one(src: str, fs, root: str, found: Discovery, workers: int | None,
-                  progress) -> list[tuple[list[str], CaseSource]]:
-    if fs.isfile(root):
-        base, files, dirs = posixpath.dirname(root), [root], []
-    else:
-        base = root
-        all_files, dirs = _walk(fs, root)
-        files = [p for p in all_files if not posixpath.basename(p).startswith(".")]
-        if not files:
-            found.failures.append({"case": _case_id(posixpath.basename(root) or "source"),
-                                   "source": src, "error": f"empty folder: no files under {src}"})
-            return []
-        occupied = {posixpath.dirname(f) for f in all_files}
-        for f in list(occupied):  # every ancestor of a file is occupied too
-            while f not in ("", "/") and f != root:
-                f = posixpath.dirname(f)
-                occupied.add(f)
-        for d in dirs:
-            if d.rstrip("/") not in occupied:
-                rel = posixpath.relpath(d, root)
-                found.failures.append({"case": _case_id(rel), "source": _url(fs, d, src),
-                                       "error": f"empty folder: {_url(fs, d, src)} holds no files"})
+def _levels(rel_dir: str) -> list[str]:
+    """Folder levels of a relative path, without '.' and UID-named levels."""
+    return [p for p in rel_dir.split("/") if p not in ("", ".") and not _UID_NAME.fullmatch(p)]
 
-    out: list[tuple[list[str], CaseSource]] = []
+
+def _entries(fs, folder: str, count: bool = False) -> tuple[list[str] | int, list[str], bool]:
+    """(visible file names, sub-folder names, any file at all) directly in ``folder``, sorted;
+    with ``count``, the number of visible files instead of their names (the client's walk).
+
+    Local folders follow symbolic links, since datasets are often folders of links
+    into an archive. Hidden files (a name starting with '.') are not cases but still
+    make their folder non-empty.
+    """
+    files, dirs, any_file, n = [], [], False, 0
+    if isinstance(fs, LocalFileSystem):
+        with os.scandir(folder) as it:
+            for e in it:
+                if e.is_dir():
+                    dirs.append(e.name)
+                elif e.is_file():
+                    any_file = True
+                    if not e.name.startswith("."):
+                        n += 1
+                        if not count:
+                            files.append(e.name)
+    else:
+        for info in fs.ls(folder, detail=True):
+            name = posixpath.basename(info["name"].rstrip("/"))
+            if info["type"] == "directory":
+                if info["name"].rstrip("/") != folder.rstrip("/"):
+                    dirs.append(name)
+            elif info["type"] == "file":
+                any_file = True
+                if not name.startswith("."):
+                    n += 1
+                    if not count:
+                        files.append(name)
+    return (n if count else sorted(files)), sorted(dirs), any_file
+
+
+def _walk(fs, folder: str, seen: set, empty: list[str]):
+    """Yield (folder, number of visible files) for every folder under ``folder`` that has some,
+    depth first; append folders with no file at all below them to ``empty``; return whether
+    any file lies below. Only one folder's names are held at a time, per level of depth.
+
+    A local link back to a folder already walked (a loop) is not entered twice.
+    """
+    if isinstance(fs, LocalFileSystem):
+        st = os.stat(folder)
+        if (st.st_dev, st.st_ino) in seen:
+            return True  # walked already: neither a case source again nor an empty folder
+        seen.add((st.st_dev, st.st_ino))
+    n, dirs, occupied = _entries(fs, folder, count=True)
+    if n:
+        yield folder, n
+    for d in dirs:
+        sub = posixpath.join(folder, d)
+        if (yield from _walk(fs, sub, seen, empty)):
+            occupied = True
+        else:
+            empty.append(sub)
+    return occupied
+
+
+def _folder_batches(summary: "_Summary", fs, root: str):
+    """Batches of (folder, only this file or None) of about ``_BATCH_FILES`` files, walked lazily."""
+    if summary.is_file:
+        yield [(posixpath.dirname(root), posixpath.basename(root))]
+        return
+    batch, n = [], 0
+    for folder, count in _walk(fs, root, set(), summary.empty):
+        summary.visible = True
+        batch.append((folder, None))
+        n += count
+        if n >= _BATCH_FILES:
+            yield batch
+            batch, n = [], 0
+    if batch:
+        yield batch
+
+
+@dataclasses.dataclass
+class _FolderScan:
+    """What a worker found in one folder (sent back to the client instead of its file list)."""
+
+    folder: str
+    only: str | None = None  # the file, when the source is a single file
+    files_read: int = 0
+    volumes: list = dataclasses.field(default_factory=list)      # (levels, CaseSource)
+    series: dict = dataclasses.field(default_factory=dict)       # key -> {count, first, meta}
+    failures: list = dataclasses.field(default_factory=list)
+    skipped: dict = dataclasses.field(default_factory=dict)      # (folder, why) -> files
+    segs: list = dataclasses.field(default_factory=list)         # DICOM-SEG objects: masks, paired later
+    ignored: tuple = (0, ())                                     # (count, first paths)
+    unpaired: tuple = (0, ())                                    # label maps without an image
+
+
+def _first(count_names_a: tuple, count_names_b: tuple) -> tuple:
+    """Merge two (count, first few sorted names) pairs."""
+    return (count_names_a[0] + count_names_b[0],
+            tuple(sorted(count_names_a[1] + count_names_b[1])[:_FIRST_NAMES]))
+
+
+def _siblings(fs, parent: str, name_lower: str) -> list[str]:
+    """Folders beside (in ``parent``) whose name is ``name_lower`` in any case."""
+    _, dirs, _ = _entries(fs, parent)
+    return [posixpath.join(parent, d) for d in dirs if d.lower() == name_lower]
+
+
+def _image_stem(folder: str, name: str) -> str:
+    stem = _strip_suffix(name)[0]
+    if posixpath.basename(folder).lower() in _NNUNET_IMAGES and stem.endswith(_CHANNEL_0):
+        stem = stem[: -len(_CHANNEL_0)]
+    return stem
+
+
+def _volume_names(fs, folder: str) -> list[str]:
+    return [n for n in _entries(fs, folder)[0] if _strip_suffix(n)[1] is not None]
+
+
+def _scan_folders(fs, src: str, base: str, batch) -> list[_FolderScan]:
+    """Scan a batch of folders (runs on a worker): one :class:`_FolderScan` each."""
+    return [_scan_folder(fs, src, base, folder, only) for folder, only in batch]
+
+
+def _scan_folder(fs, src: str, base: str, folder: str, only: str | None) -> _FolderScan:
+    """Classify the files directly in ``folder`` (or only the file ``only``): volume cases, DICOM
+    series (read from headers), label maps, skipped and unreadable files."""
+    scan = _FolderScan(folder, None if only is None else posixpath.join(folder, only))
+    names = [only] if only is not None else _entries(fs, folder)[0]
+    parent, kind = posixpath.dirname(folder), posixpath.basename(folder).lower()
+    masks: dict[str, str] = {}  # image stem -> its label map
+    if only is None and kind in _LABEL_FOLDERS and any(_volume_names(fs, d) for d in
+                                                        _siblings(fs, parent, _LABEL_FOLDERS[kind])):
+        # a label-map folder: its volumes are masks of the images beside, never cases
+        images = {_image_stem(d, n) for d in _siblings(fs, parent, _LABEL_FOLDERS[kind])
+                  for n in _volume_names(fs, d)}
+        unpaired = sorted(posixpath.join(folder, n) for n in names
+                          if _strip_suffix(n)[1] is not None and _strip_suffix(n)[0] not in images)
+        scan.unpaired = (len(unpaired), tuple(unpaired[:_FIRST_NAMES]))
+        names = [n for n in names if _strip_suffix(n)[1] is None]
+    elif only is None and kind in set(_LABEL_FOLDERS.values()):
+        for label_kind in sorted(k for k, v in _LABEL_FOLDERS.items() if v == kind):
+            for d in _siblings(fs, parent, label_kind):
+                for n in _volume_names(fs, d):  # sorted: the last of a name wins, as before
+                    masks[_strip_suffix(n)[0]] = posixpath.join(d, n)
     claimed: set[str] = set()
-    masks = _label_maps(files)
-    mask_files = set(masks.values())
-    files = [f for f in files if f not in mask_files]
-    unknown = [f for f in files if _strip_suffix(posixpath.basename(f))[1] is None]
-    scans = dict(zip(unknown, _scan_all(fs, unknown, src, workers, progress)))
-    dicom_files: list[tuple[str, dict | str]] = []  # (path, header tags or the parse error)
-    ignored: list[str] = []
-    for f in files:
-        stem, fmt = _strip_suffix(posixpath.basename(f))
+    unknown: list[str] = []
+    for name in names:
+        f = posixpath.join(folder, name)
+        stem, fmt = _strip_suffix(name)
         if fmt is None:
-            if scans[f] is None:
-                ignored.append(f)
-            else:
-                dicom_files.append((f, scans[f]))
+            unknown.append(f)
             continue
         members = [f]
         if fmt == "metaimage" and f.lower().endswith(".mhd"):
@@ -204,64 +362,214 @@ def _discover_one(src: str, fs, root: str, found: Discovery, workers: int | None
             if data is not None:
                 members.append(data)
                 claimed.add(data)
-        image_dir = posixpath.dirname(f)
-        folder = posixpath.basename(image_dir).lower()
-        if folder in _NNUNET_IMAGES and stem.endswith(_CHANNEL_0):
-            stem = stem[: -len(_CHANNEL_0)]
-        mask = masks.pop((posixpath.dirname(image_dir), folder, stem), None)
-        levels = _levels(posixpath.relpath(posixpath.dirname(f), base)) + [stem]
-        out.append((levels, CaseSource(_case_id(stem), fmt, _url(fs, f, src),
-                                       tuple(_url(fs, m, src) for m in sorted(members)),
-                                       mask=None if mask is None else _url(fs, mask, src))))
-    unpaired = sorted(masks.values())  # those left: no image of their name
-    if unpaired:
-        names = ", ".join(posixpath.relpath(f, base) for f in unpaired[:3]) + (" ..." if len(unpaired) > 3 else "")
-        found.notes.append(f"{src}: ignored {len(unpaired)} label map(s) with no image of the same name ({names})")
-    ignored = [f for f in ignored if f not in claimed]
-    if ignored:
-        names = ", ".join(posixpath.basename(f) for f in ignored[:3]) + (" ..." if len(ignored) > 3 else "")
-        found.notes.append(f"{src}: ignored {len(ignored)} file(s) that are neither images nor DICOM ({names})")
-    out += _dicom_series(src, fs, base, dicom_files, found)
-    return out
+        stem = _image_stem(folder, name)
+        mask = masks.get(stem)
+        levels = _levels(posixpath.relpath(folder, base)) + [stem]
+        scan.volumes.append((levels, CaseSource(_case_id(stem), fmt, _url(fs, f, src),
+                                                tuple(_url(fs, m, src) for m in sorted(members)),
+                                                mask=None if mask is None else _url(fs, mask, src))))
+    ignored = []
+    for f in unknown:
+        header = _scan_file(fs, f)
+        scan.files_read += 1
+        if header is None:
+            if f not in claimed:
+                ignored.append(f)
+        else:
+            _add_dicom(scan, src, fs, base, f, header)
+    scan.ignored = (len(ignored), tuple(ignored[:_FIRST_NAMES]))
+    return scan
 
 
-def _walk(fs, root: str) -> tuple[list[str], list[str]]:
-    """Sorted files and sub-folders under ``root``.
+def _skip_reason(header: dict) -> str | None:
+    """Why a DICOM file is not part of a CT series (None: it is)."""
+    modality, sop = header["Modality"], header["SOPClassUID"]
+    if modality in _NON_IMAGE_MODALITIES or sop.startswith(_NON_IMAGE_SOP_PREFIXES):
+        return f"non-image object ({modality or sop})"
+    if modality != "CT":
+        return f"modality {modality or 'unknown'} is not CT"
+    if "LOCALIZER" in header["ImageType"]:
+        return "localizer image"
+    return None
 
-    Local folders follow symbolic links, since datasets are often folders of
-    links into an archive; a link back to a folder already walked (a loop) is
-    not entered twice. Remote filesystems have no links.
+
+def _series_key(header: dict) -> str:
+    # Anonymisers sometimes blank the UID: then a folder and series number make the series
+    return header["SeriesInstanceUID"] or f"#{header['SeriesNumber']}"
+
+
+def _add_dicom(scan: _FolderScan, src: str, fs, base: str, f: str, header: dict | str) -> None:
+    if isinstance(header, str):
+        rel = posixpath.relpath(f, base)
+        scan.failures.append({"case": _case_id(rel), "source": _url(fs, f, src),
+                              "error": f"unreadable DICOM file {_url(fs, f, src)}: {header}"})
+        return
+    if is_segmentation(header):  # the mask of the series it references (pair_segmentations)
+        scan.segs.append(f)
+        return
+    why = _skip_reason(header)
+    if why is not None:
+        key = (posixpath.relpath(scan.folder, base), why)
+        scan.skipped[key] = scan.skipped.get(key, 0) + 1
+        return
+    entry = scan.series.setdefault(_series_key(header), {
+        "count": 0, "first": f, "meta": {"patient_id": header["PatientID"],
+                                         "series_uid": header["SeriesInstanceUID"], "modality": header["Modality"]}})
+    entry["count"] += 1
+
+
+def series_files(folders, series: str) -> list[str]:
+    """The files of DICOM series ``series`` (a :attr:`CaseSource.series`) directly in the local
+    ``folders``, sorted: what discovery counted, listed again on the worker that reads them."""
+    fs = LocalFileSystem()
+    out = []
+    for folder in map(str, folders):
+        # a folder, or the file itself when the source was one DICOM file
+        names = [posixpath.basename(folder)] if os.path.isfile(folder) else _entries(fs, folder)[0]
+        folder = posixpath.dirname(folder) if os.path.isfile(folder) else folder
+        for name in names:
+            if _strip_suffix(name)[1] is not None:
+                continue
+            f = posixpath.join(folder, name)
+            header = _scan_file(fs, f)
+            if isinstance(header, dict) and _skip_reason(header) is None and _series_key(header) == series:
+                out.append(f)
+    return sorted(out)
+
+
+class _Summary:
+    """The client's view of one source: per case and per folder records, never per file."""
+
+    def __init__(self, src: str, fs, root: str):
+        self.src, self.fs, self.root = src, fs, root
+        self.is_file = fs.isfile(root)
+        self.base = posixpath.dirname(root) if self.is_file else root
+        self.visible = self.is_file
+        self.empty: list[str] = []
+        self.volumes: list = []
+        self.series: dict[tuple[str, str], dict] = {}  # (folder or "", key) -> merged record
+        self.failures: list[dict] = []
+        self.segs: list[str] = []  # DICOM-SEG objects: one per segmented series at most
+        self.skipped: dict = defaultdict(int)
+        self.ignored: tuple = (0, ())
+        self.unpaired: tuple = (0, ())
+
+    def add(self, scan: _FolderScan) -> None:
+        """Merge one folder's scan; the result does not depend on the order of the merges."""
+        self.volumes += scan.volumes
+        self.failures += scan.failures
+        self.segs += scan.segs
+        for k, n in scan.skipped.items():
+            self.skipped[k] += n
+        self.ignored = _first(self.ignored, scan.ignored)
+        self.unpaired = _first(self.unpaired, scan.unpaired)
+        for key, entry in scan.series.items():
+            # a UID groups files across folders; a series without one stays in its folder
+            k = (scan.folder, key) if key.startswith("#") else ("", key)
+            merged = self.series.setdefault(k, {"count": 0, "first": entry["first"], "meta": entry["meta"],
+                                                "folders": [], "key": key if k[0] == "" else scan.folder + key})
+            merged["count"] += entry["count"]
+            merged["folders"].append(scan.only or scan.folder)  # a file source: that file alone
+            if entry["first"] < merged["first"]:  # the first file's header names the series
+                merged["first"], merged["meta"] = entry["first"], entry["meta"]
+
+    def finish(self, found: Discovery) -> list[tuple[list[str], CaseSource]]:
+        """Failures and notes into ``found``; the candidates (levels, case with a provisional id)."""
+        src, fs, base = self.src, self.fs, self.base
+        if not self.visible:
+            found.failures.append({"case": _case_id(posixpath.basename(self.root) or "source"),
+                                   "source": src, "error": f"empty folder: no files under {src}"})
+            return []
+        for d in sorted(self.empty):
+            found.failures.append({"case": _case_id(posixpath.relpath(d, self.root)), "source": _url(fs, d, src),
+                                   "error": f"empty folder: {_url(fs, d, src)} holds no files"})
+        n, first = self.unpaired
+        if n:
+            names = ", ".join(posixpath.relpath(f, base) for f in first) + (" ..." if n > len(first) else "")
+            found.notes.append(f"{src}: ignored {n} label map(s) with no image of the same name ({names})")
+        n, first = self.ignored
+        if n:
+            names = ", ".join(posixpath.basename(f) for f in first) + (" ..." if n > len(first) else "")
+            found.notes.append(f"{src}: ignored {n} file(s) that are neither images nor DICOM ({names})")
+        found.failures += sorted(self.failures, key=lambda r: r["source"])
+        for (folder, why), n in sorted(self.skipped.items()):
+            found.notes.append(f"{src}: skipped {n} DICOM file(s) in {folder}: {why}")
+        for (folder, key), s in sorted(self.series.items()):
+            if folder:
+                found.notes.append(f"{src}: {s['count']} DICOM file(s) in {posixpath.relpath(folder, base)} "
+                                   f"have no SeriesInstanceUID; grouped by folder and SeriesNumber")
+        cases = sorted(self.volumes, key=lambda c: c[1].source) + self._series_cases()
+        return pair_segmentations(fs, src, base, cases, sorted(self.segs), found.notes, _url)
+
+    def _series_cases(self) -> list[tuple[list[str], CaseSource]]:
+        src, fs, base = self.src, self.fs, self.base
+        levels_of = {}
+        by_levels: dict[tuple[str, ...], list] = defaultdict(list)
+        for k, s in self.series.items():
+            folder = posixpath.commonpath([posixpath.dirname(f) if f == self.root and self.is_file else f
+                                           for f in s["folders"]])
+            levels = _levels(posixpath.relpath(folder, base))
+            if not levels:  # the series sits in UID-named folders: name it after the nearest other one
+                up = folder
+                while up not in ("", "/") and _UID_NAME.fullmatch(posixpath.basename(up)):
+                    up = posixpath.dirname(up)
+                levels = [posixpath.basename(up) or posixpath.basename(folder) or "series"]
+            levels_of[k] = (levels, folder)
+            by_levels[tuple(levels)].append(k)
+        out = []
+        for k, (levels, folder) in sorted(levels_of.items(), key=lambda kv: self.series[kv[0]]["key"]):
+            s = self.series[k]
+            if len(by_levels[tuple(levels)]) > 1:  # several series in one folder: tell them apart
+                tail = re.sub(r"\W", "", s["key"])[-8:]
+                levels = levels[:-1] + [f"{levels[-1]}_{tail}"]
+            out.append((levels, CaseSource(_case_id(levels[-1]), "dicom", _url(fs, folder, src),
+                                           tuple(_url(fs, d, src) for d in sorted(s["folders"])),
+                                           tuple(sorted(s["meta"].items())), series=k[1])))
+        return out
+
+
+@contextlib.contextmanager
+def _scan_pool(fs, workers: int | None, scheduler: str | None):
+    """A function that maps :func:`_scan_folders` over batches of folders, yielding the results
+    as they complete (any order), with a bounded number of batches in flight.
+
+    Local headers cost CPU (pydicom parses in Python): processes. Remote ones cost
+    latency: threads, which also see in-memory filesystems. With a scheduler, the
+    cluster's workers.
     """
-    if not isinstance(fs, LocalFileSystem):
-        listing = fs.find(root, withdirs=True, detail=True)
-        return (sorted(p for p, i in listing.items() if i["type"] == "file"),
-                sorted(p for p, i in listing.items() if i["type"] == "directory" and p.rstrip("/") != root))
-    files, dirs, seen = [], [], set()
-    for folder, subdirs, names in os.walk(root, followlinks=True):
-        st = os.stat(folder)
-        if (st.st_dev, st.st_ino) in seen:
-            subdirs[:] = []
-            continue
-        seen.add((st.st_dev, st.st_ino))
-        subdirs.sort()
-        if folder != root:
-            dirs.append(folder)
-        files += [posixpath.join(folder, n) for n in names if os.path.isfile(posixpath.join(folder, n))]
-    return sorted(files), sorted(dirs)
+    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    local = "file" in protocols or "local" in protocols
+    if scheduler is not None:
+        from distributed import Client
+        with Client(scheduler) as client:
+            slots = sum(w["nthreads"] for w in client.scheduler_info()["workers"].values()) or 1
+            yield _windowed(lambda task: client.submit(_scan_folders, *task, pure=False), 2 * slots, dask=True)
+        return
+    n = (workers or os.cpu_count() or 1) if local else 16
+    if n <= 1:
+        yield lambda tasks: (_scan_folders(*task) for task in tasks)
+        return
+    with (ProcessPoolExecutor if local else ThreadPoolExecutor)(n) as pool:
+        yield _windowed(lambda task: pool.submit(_scan_folders, *task), 2 * n)
 
 
-def _label_maps(files: list[str]) -> dict[tuple[str, str, str], str]:
-    """Volume files inside a label-map folder (``masks/``, ``labelsTr/``...) that has its image
-    folder beside it, keyed by (parent folder, image folder name in lower case, case name)."""
-    out: dict[tuple[str, str, str], str] = {}
-    dirs = {(posixpath.dirname(d), posixpath.basename(d).lower()) for d in map(posixpath.dirname, files)}
-    for f in files:
-        folder = posixpath.dirname(f)
-        images = _LABEL_FOLDERS.get(posixpath.basename(folder).lower())
-        stem, fmt = _strip_suffix(posixpath.basename(f))
-        if images is not None and fmt is not None and (posixpath.dirname(folder), images) in dirs:
-            out[(posixpath.dirname(folder), images, stem)] = f
-    return out
+def _windowed(submit, window: int, dask: bool = False):
+    def run(tasks):
+        if dask:
+            from distributed import wait
+        else:
+            from concurrent.futures import wait
+
+        pending = set()
+        for task in tasks:
+            pending.add(submit(task))
+            if len(pending) >= window:
+                done, pending = wait(pending, return_when="FIRST_COMPLETED")
+                yield from (f.result() for f in done)
+        while pending:
+            done, pending = wait(pending, return_when="FIRST_COMPLETED")
+            yield from (f.result() for f in done)
+    return run
 
 
 def _scan_file(fs, path: str) -> dict | str | None:
@@ -270,17 +578,20 @@ def _scan_file(fs, path: str) -> dict | str | None:
     DICOM means the ``DICM`` preamble, or a DICOM suffix (preamble-less files
     are read with ``force``). Runs in discovery's worker processes or threads.
     """
-    import pydicom
+    from pydicom.filereader import read_partial
+    from pydicom.tag import Tag
 
     suffix, magic = path.lower().endswith(_DICOM_SUFFIXES), False
     try:
-        with fs.open(path, "rb") as fh:  # one open: on remote storage each costs a round trip
+        # One open: on remote storage each costs a round trip. Local files through Python's
+        # own buffered reader, which pydicom's many small reads cost far less than fsspec's.
+        with (open(path, "rb") if isinstance(fs, LocalFileSystem) else fs.open(path, "rb")) as fh:
             head = fh.read(132)
             magic = len(head) == 132 and head[128:] == b"DICM"
             if not magic and not suffix:
                 return None
             fh.seek(0)
-            ds = pydicom.dcmread(fh, stop_before_pixels=True, specific_tags=_HEADER_TAGS, force=not magic)
+            ds = read_partial(fh, stop_when=_past_header_tags, specific_tags=[Tag(t) for t in _HEADER_TAGS], force=not magic)
         if not any(ds.get(t) for t in ("SeriesInstanceUID", "Modality", "SOPClassUID")):
             raise ValueError("no DICOM image header (no SeriesInstanceUID, Modality or SOPClassUID)")
         return {"SeriesInstanceUID": str(ds.get("SeriesInstanceUID", "") or ""),
@@ -295,42 +606,10 @@ def _scan_file(fs, path: str) -> dict | str | None:
         return f"{type(exc).__name__}: {exc}" if not str(exc) else str(exc)
 
 
-def _scan_chunk(fs, paths: list[str]) -> list[dict | str | None]:
-    return [_scan_file(fs, p) for p in paths]
-
-
-_CHUNK = 64  # files per task: amortises the hand-over, keeps progress moving
-
-
-def _scan_all(fs, paths: list[str], src: str, workers: int | None, progress) -> list[dict | str | None]:
-    """:func:`_scan_file` of every path, in order; in parallel for large inputs, with progress."""
-    if not paths:
-        return []
-    chunks = [paths[i:i + _CHUNK] for i in range(0, len(paths), _CHUNK)]
-    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
-    local = "file" in protocols or "local" in protocols
-    n = min(len(chunks), (workers or os.cpu_count() or 1) if local else 16)
-    out: list = []
-    with contextlib.ExitStack() as stack:
-        display = None
-        if progress:
-            display = progress_display() if isinstance(progress, bool) else progress
-            if isinstance(progress, bool):
-                stack.enter_context(display)
-            line = display.add_task(f"discover {posixpath.basename(src.rstrip('/')) or src}",
-                                    total=len(paths), counts="files read")
-        if n > 1:
-            # Local headers cost CPU (pydicom parses in Python): processes. Remote ones cost
-            # latency: threads, which also see in-memory filesystems.
-            pool = stack.enter_context((ProcessPoolExecutor if local else ThreadPoolExecutor)(n))
-            results = pool.map(_scan_chunk, [fs] * len(chunks), chunks)
-        else:
-            results = (_scan_chunk(fs, c) for c in chunks)
-        for chunk in results:
-            out += chunk
-            if display is not None:
-                display.update(line, advance=len(chunk))
-    return out
+def _past_header_tags(tag, vr, length) -> bool:
+    """Stop parsing after the last tag discovery reads (Series Number): elements are stored in
+    tag order, and the rest of a header (and its pixel data) is not needed to group files."""
+    return tag > _LAST_HEADER_TAG
 
 
 def _mhd_data(fs, path: str) -> str | None:
@@ -347,72 +626,6 @@ def _mhd_data(fs, path: str) -> str | None:
         return None
     data = posixpath.join(posixpath.dirname(path), name)
     return data if fs.exists(data) else None
-
-
-def _levels(rel_dir: str) -> list[str]:
-    """Folder levels of a relative path, without '.' and UID-named levels."""
-    return [p for p in rel_dir.split("/") if p not in ("", ".") and not _UID_NAME.fullmatch(p)]
-
-
-def _dicom_series(src: str, fs, base: str, files: list[tuple[str, dict | str]], found: Discovery):
-    series: dict[str, list[str]] = defaultdict(list)
-    meta: dict[str, dict] = {}
-    skipped: dict[tuple[str, str], int] = defaultdict(int)
-    segs: list[str] = []
-    for f, ds in files:
-        if isinstance(ds, str):
-            rel = posixpath.relpath(f, base)
-            found.failures.append({"case": _case_id(rel), "source": _url(fs, f, src),
-                                   "error": f"unreadable DICOM file {_url(fs, f, src)}: {ds}"})
-            continue
-        modality, sop = ds["Modality"], ds["SOPClassUID"]
-        folder = posixpath.relpath(posixpath.dirname(f), base)
-        if is_segmentation(ds):  # the mask of the series it references (pair_segmentations)
-            segs.append(f)
-            continue
-        if modality in _NON_IMAGE_MODALITIES or sop.startswith(_NON_IMAGE_SOP_PREFIXES):
-            skipped[(folder, f"non-image object ({modality or sop})")] += 1
-            continue
-        if modality != "CT":
-            skipped[(folder, f"modality {modality or 'unknown'} is not CT")] += 1
-            continue
-        if "LOCALIZER" in ds["ImageType"]:
-            skipped[(folder, "localizer image")] += 1
-            continue
-        uid = ds["SeriesInstanceUID"]
-        # Anonymisers sometimes blank the UID: then a folder and series number make the series
-        key = uid or f"{posixpath.dirname(f)}#{ds['SeriesNumber']}"
-        series[key].append(f)
-        meta.setdefault(key, {"patient_id": ds["PatientID"], "series_uid": uid,
-                              "modality": modality})
-    for (folder, why), n in sorted(skipped.items()):
-        found.notes.append(f"{src}: skipped {n} DICOM file(s) in {folder}: {why}")
-    for key in sorted(k for k in series if not meta[k]["series_uid"]):
-        found.notes.append(f"{src}: {len(series[key])} DICOM file(s) in "
-                           f"{posixpath.relpath(posixpath.dirname(series[key][0]), base)} have no "
-                           f"SeriesInstanceUID; grouped by folder and SeriesNumber")
-
-    out = []
-    by_levels: dict[tuple[str, ...], list[str]] = defaultdict(list)
-    levels_of = {}
-    for uid, members in series.items():
-        folder = posixpath.commonpath([posixpath.dirname(m) for m in members])
-        levels = _levels(posixpath.relpath(folder, base))
-        if not levels:  # the series sits in UID-named folders: name it after the nearest other one
-            up = folder
-            while up not in ("", "/") and _UID_NAME.fullmatch(posixpath.basename(up)):
-                up = posixpath.dirname(up)
-            levels = [posixpath.basename(up) or posixpath.basename(folder) or "series"]
-        levels_of[uid] = (levels, folder)
-        by_levels[tuple(levels)].append(uid)
-    for uid, (levels, folder) in sorted(levels_of.items()):
-        if len(by_levels[tuple(levels)]) > 1:  # several series in one folder: tell them apart
-            tail = re.sub(r"\W", "", uid)[-8:]
-            levels = levels[:-1] + [f"{levels[-1]}_{tail}"]
-        info = tuple(sorted(meta[uid].items()))
-        out.append((levels, CaseSource(_case_id(levels[-1]), "dicom", _url(fs, folder, src),
-                                       tuple(_url(fs, m, src) for m in sorted(series[uid])), info)))
-    return pair_segmentations(fs, src, base, out, segs, found.notes, _url)
 
 
 def _assign_ids(candidates: list[tuple[list[str], CaseSource]]) -> list[CaseSource]:

@@ -19,6 +19,7 @@ import dataclasses
 import os
 import posixpath
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import field
 from pathlib import Path
 from typing import Literal
@@ -27,7 +28,7 @@ import numpy as np
 
 from tcpc_data.digest import digest, files_digest
 from tcpc_data.ingest.dicomseg import read_seg_mask
-from tcpc_data.ingest.discover import CaseSource, _strip_suffix, discover
+from tcpc_data.ingest.discover import CaseSource, _strip_suffix, discover, series_files
 from tcpc_data.ingest.normalise import apply_clip, check_clip, normalise
 from tcpc_data.ingest.resample import to_grid
 from tcpc_data.runner import DONE, SKIPPED, RunReport, Task, run_cases
@@ -36,6 +37,7 @@ from tcpc_data.urls import is_local, local_path
 from tcpc_data.volume import Volume, check_finite
 
 _DTYPES = ("float32", "float16")
+_OVERLAP_BYTES = 8 << 20  # a case this large hashes in a thread while it is parsed
 _IRREGULAR = ("resample", "refuse")
 
 
@@ -136,7 +138,7 @@ def ingest(sources, out, config: IngestConfig = IngestConfig(), *, workers: int 
     """
     if not isinstance(config, IngestConfig):
         raise TypeError(f"config must be an IngestConfig, got {type(config).__name__}")
-    found = discover(sources, workers=workers, progress=progress)
+    found = discover(sources, workers=workers, progress=progress, scheduler=scheduler)
     out = str(out)
     swept = sweep_staging(out)
     tasks = [Task(c.case, c.source, _Job(c, out, config)) for c in found.cases]
@@ -157,17 +159,25 @@ def _ingest_case(job: _Job) -> tuple[str, dict]:
     if job.error is not None:
         raise ValueError(job.error)
     cs, config = job.case, job.config
-    with _local_copies(cs.files + ((cs.mask,) if cs.mask else ())) as paths:
-        image_paths = paths[:len(cs.files)]
-        d = digest(files_digest(image_paths), config.digest_fields(cs.format))
-        if cs.mask:  # a changed mask redoes the case; cases without one keep their digest
-            d = digest(d, "mask", files_digest(paths[-1:]))
+    with _case_files(cs) as paths:
         n_bytes = sum(os.path.getsize(p) for p in paths)
-        if _stored_digest(job.out, cs.case) == d:
-            return SKIPPED, {"source_bytes": n_bytes}
-        volume = _read(cs, image_paths, config)
-        mask = _read_mask(cs, paths[-1], volume, config) if cs.mask else None
-    check_finite(volume.hu, cs.case)
+        stored = _stored_digest(job.out, cs.case)
+        # The digest hashes every source byte (hashlib releases the GIL): for a large case not yet
+        # in the store, a thread hashes while this one parses; a stored case needs it first, to skip.
+        overlap = stored is None and n_bytes >= _OVERLAP_BYTES
+        with ThreadPoolExecutor(1, thread_name_prefix="tcpc-digest") if overlap else contextlib.nullcontext() as pool:
+            hashed = pool.submit(_case_digest, cs, paths, config) if overlap else None
+            d = None if overlap else _case_digest(cs, paths, config)
+            if stored is not None and d == stored:
+                return SKIPPED, {"source_bytes": n_bytes}
+            volume = _read(cs, paths[:-1] if cs.mask else paths, config)
+            mask = _read_mask(cs, paths[-1], volume, config) if cs.mask else None
+            d = hashed.result() if overlap else d
+    hu = volume.hu
+    # NaN propagates into min and max, and an infinity is one of them: two passes without the
+    # voxel-sized mask (and its page faults) of the full check, which only runs to name the voxels
+    if hu.size == 0 or not (np.isfinite(hu.min()) and np.isfinite(hu.max())):
+        check_finite(hu, cs.case)
     volume = dataclasses.replace(volume, hu=apply_clip(volume.hu, config.clip))
     source_spacing, notes = volume.spacing_zyx, list(volume.notes)
     if not volume.regular or config.spacing_zyx is not None:
@@ -180,7 +190,9 @@ def _ingest_case(job: _Job) -> tuple[str, dict]:
         values = np.clip((volume.hu - np.float32(lo)) * np.float32(2.0 / (hi - lo)) - 1.0, -1.0, 1.0)
         values = values.astype(np.float32, copy=False)
     else:
-        values, (lo, hi) = normalise(volume.hu, cs.case)
+        hu = volume.hu  # clipped, maybe resampled
+        in_place = hu.dtype == np.float32 and hu.flags.c_contiguous  # the volume is ours: no copy
+        values, (lo, hi) = normalise(hu, cs.case, out=hu if in_place else None)
     attrs = {
         "spacing_zyx": list(volume.spacing_zyx),
         "origin_zyx": list(volume.origin_zyx),
@@ -202,6 +214,14 @@ def _ingest_case(job: _Job) -> tuple[str, dict]:
                                "grid": "the image's (nearest-neighbour when resampled)", "digest": d}
     commit_arrays(job.out, cs.case, arrays, array_attrs, case_attrs)
     return DONE, {"shape": list(values.shape), "source_bytes": n_bytes, "notes": notes}
+
+
+def _case_digest(cs: CaseSource, paths: list[str], config: IngestConfig) -> str:
+    """Digest of a case's source bytes and the config fields that shape it."""
+    d = digest(files_digest(paths[:-1] if cs.mask else paths), config.digest_fields(cs.format))
+    if cs.mask:  # a changed mask redoes the case; cases without one keep their digest
+        d = digest(d, "mask", files_digest(paths[-1:]))
+    return d
 
 
 def _read(cs: CaseSource, paths: list[str], config: IngestConfig, what: str | None = None) -> Volume:
@@ -261,11 +281,28 @@ def _stored_digest(out: str, case: str) -> str | None:
 
 
 @contextlib.contextmanager
-def _local_copies(files: tuple[str, ...]):
-    """Local paths of the case's files; remote files are copied into a temporary folder first.
+def _case_files(cs: CaseSource):
+    """Local paths of the files of a case, its mask's last; a DICOM series' files are listed
+    from its folders here, on the worker (discovery keeps no file lists)."""
+    if cs.format != "dicom":
+        with _local_copies(cs.files + ((cs.mask,) if cs.mask else ())) as paths:
+            yield paths
+        return
+    with _local_copies(cs.files, folders=True) as folders, \
+            _local_copies((cs.mask,)) if cs.mask else contextlib.nullcontext([]) as mask:  # a DICOM-SEG
+        paths = series_files(folders, cs.series)
+        if not paths:
+            raise ValueError(f"{cs.case}: no file of series {cs.series} is left in {cs.source}")
+        yield paths + mask
+
+
+@contextlib.contextmanager
+def _local_copies(files: tuple[str, ...], folders: bool = False):
+    """Local paths of the case's files (or, with ``folders``, of the folders that hold them);
+    remote ones are copied into a temporary folder first.
 
     The copies keep their paths relative to the case's common folder (a MetaImage
-    header finds its data file by name).
+    header finds its data file by name). A folder is copied with the files directly in it.
     """
     if all(is_local(f) for f in files):
         yield [str(local_path(f)) for f in files]
@@ -273,7 +310,11 @@ def _local_copies(files: tuple[str, ...]):
     import fsspec
 
     fs, _ = fsspec.core.url_to_fs(files[0])
-    stripped = [fs._strip_protocol(f) for f in files]
+    given = [fs._strip_protocol(f) for f in files]
+    stripped = [f for f in given if not folders or fs.isfile(f)]
+    for folder in [f for f in given if f not in stripped]:
+        stripped += [i["name"] for i in fs.ls(folder, detail=True) if i["type"] == "file"
+                     and not posixpath.basename(i["name"]).startswith(".")]
     common = posixpath.commonpath([posixpath.dirname(p) for p in stripped])
     with tempfile.TemporaryDirectory(prefix="tcpc-ingest-") as tmp:
         local = []
@@ -282,4 +323,4 @@ def _local_copies(files: tuple[str, ...]):
             dst.parent.mkdir(parents=True, exist_ok=True)
             fs.get_file(p, str(dst))
             local.append(str(dst))
-        yield local
+        yield [str(Path(tmp) / posixpath.relpath(g, common)) for g in given] if folders else local

@@ -1,5 +1,6 @@
 """DICOM series reading and discovery on tiny synthetic series with a known HU field."""
 import random
+from pathlib import Path
 import re
 
 import numpy as np
@@ -8,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tcpc_data.ingest.dicom import read_series
-from tcpc_data.ingest.discover import discover
+from tcpc_data.ingest.discover import discover, series_files
 from tcpc_data.ingest.resample import to_grid
 from tcpc_data.volume import index_to_world
 
@@ -115,6 +116,34 @@ def test_truncated_pixel_data_names_the_file(tmp_path, dicom_factory):
         read_series(paths, **KW)
 
 
+@pytest.mark.parametrize("syntax,signed,bits", [("explicit", 1, 16), ("explicit", 0, 16), ("implicit", 1, 16),
+                                                ("explicit", 1, 12)])
+def test_native_pixels_equal_pydicoms_decoding(tmp_path, dicom_factory, syntax, signed, bits):
+    # 16-bit uncompressed little-endian slices are taken straight from their bytes; anything
+    # else (here 12 stored bits, which pydicom sign-extends) goes through pydicom's handlers
+    import pydicom
+    from pydicom.uid import ImplicitVRLittleEndian
+
+    from tcpc_data.ingest.dicom import _native_pixels
+
+    (path,) = dicom_factory.write_series(tmp_path, dicom_factory.z_positions([0]))
+    ds = pydicom.dcmread(path)
+    raw = np.random.default_rng(bits).integers(-2048 if signed else 0, 2047, size=(ds.Rows, ds.Columns))
+    ds.PixelRepresentation, ds.BitsStored, ds.HighBit = signed, bits, bits - 1
+    ds.PixelData = raw.astype(np.int16 if signed else np.uint16).tobytes()
+    if syntax == "implicit":
+        ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    ds.save_as(path, implicit_vr=syntax == "implicit", little_endian=True)
+    ds = pydicom.dcmread(path)
+    fast = _native_pixels(ds, (ds.Rows, ds.Columns))
+    if bits < 16:
+        assert fast is None
+    else:
+        assert fast.dtype == ds.pixel_array.dtype
+        np.testing.assert_array_equal(fast, ds.pixel_array)
+        np.testing.assert_array_equal(fast, raw)
+
+
 def test_size_guard_checks_headers_before_decoding(tmp_path, dicom_factory):
     paths = dicom_factory.write_series(tmp_path, dicom_factory.z_positions([0, 3, 6]))
     with pytest.raises(ValueError, match="360 voxels, over the limit of 100"):
@@ -137,7 +166,9 @@ def test_discovery_splits_series_skips_non_images_and_reports_bad_files(tmp_path
     found = discover(src)
     cases = {c.case: c for c in found.cases}
     assert sorted(cases) == ["patient1_11111111", "patient1_22222222", "patient2"]
-    assert len(cases["patient1_11111111"].files) == 3 and cases["patient1_11111111"].format == "dicom"
+    one = cases["patient1_11111111"]
+    assert one.format == "dicom" and one.files == (str(src / "patient1"),)  # folders, never file lists
+    assert [Path(f).name for f in series_files(one.files, one.series)] == ["s1a.dcm", "s1b.dcm", "s1c.dcm"]
     assert dict(cases["patient2"].info)["patient_id"] == "P2"
     assert {f["case"] for f in found.failures} == {"patient3", "patient2_broken_dcm"}
     assert any("empty folder" in f["error"] for f in found.failures)
@@ -165,7 +196,8 @@ def test_parallel_discovery_equals_serial_and_reports_progress(tmp_path, dicom_f
     src = tmp_path / "archive"
     _big_archive(src, dicom_factory)
     serial = discover(src, workers=1)
-    assert [c.case for c in serial.cases] == ["a", "b"] and len(serial.cases[0].files) == 40
+    assert [c.case for c in serial.cases] == ["a", "b"]
+    assert len(series_files(serial.cases[0].files, serial.cases[0].series)) == 40
     assert [f["case"] for f in serial.failures] == ["b_broken_dcm"]
     display = progress_display()
     with display:

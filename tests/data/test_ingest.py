@@ -289,3 +289,21 @@ def test_staging_left_by_killed_runs_is_swept_and_live_staging_kept(archive, tmp
     report = ingest(archive, store, workers=1)
     assert report.ok and not old.exists() and live.exists()  # a write in progress is never touched
     assert any("removed 1 staging folder(s)" in n for n in report.notes)
+
+
+def test_small_and_large_volumes_normalise_to_the_same_bits():
+    # volumes under _PARALLEL_VOXELS run the same kernel without Numba's threads
+    from tcpc_data.ingest import normalise as norm
+
+    hu = np.random.default_rng(3).normal(0, 700, size=(9, 31, 17)).astype(np.float32)
+    lo, hi = float(hu.min()), float(hu.max())
+    serial, parallel = np.empty_like(hu), np.empty_like(hu)
+    norm._normalise_kernel_serial(hu, lo, 2.0 / (hi - lo), serial)
+    norm._normalise_kernel(hu, lo, 2.0 / (hi - lo), parallel)
+    assert serial.tobytes() == parallel.tobytes() and serial.min() == -1.0 and serial.max() == 1.0
+    np.testing.assert_array_equal(norm.normalise(hu)[0], serial)
+    in_place = hu.copy()  # each voxel is read before it is written: in place gives the same bits
+    values, (lo2, hi2) = norm.normalise(in_place, out=in_place)
+    assert values is in_place and (lo2, hi2) == (lo, hi) and values.tobytes() == serial.tobytes()
+    with pytest.raises(ValueError, match="C-contiguous float32"):
+        norm.normalise(hu, out=np.empty(hu.shape, np.float64))

@@ -22,6 +22,38 @@ def test_commit_arrays_round_trip_and_replace(tmp_path):
     assert not (tmp_path / ".v.zarr.staging").exists()
 
 
+@pytest.mark.parametrize("zero_chunk", [False, True])
+def test_stored_bytes_equal_zarrs_own_write_with_or_without_an_empty_chunk(tmp_path, zero_chunk):
+    # commit_arrays tells zarr to skip its per-chunk empty test only when no chunk is empty:
+    # the shard it writes is zarr's, byte for byte, either way (an all-zero chunk is left out)
+    import zarr
+
+    data = np.random.default_rng(0).normal(size=(70, 80, 9)).astype("f4")
+    if zero_chunk:
+        data[:64, 64:, :] = 0.0  # one whole (edge) chunk of zeros
+    assert store._has_empty_chunk(data, (64, 64, 9)) == zero_chunk
+    store.commit_arrays(tmp_path / "v.zarr", "c", {"image": data}, {"image": {"digest": "d"}})
+    plain = zarr.open_group(str(tmp_path / "plain.zarr"), mode="w", zarr_format=3)
+    arr = plain.create_array("image", shape=data.shape, dtype=data.dtype, chunks=(64, 64, 9),
+                             shards=(128, 128, 9), compressors=store._COMPRESSORS)
+    arr[...] = data
+    ours = (tmp_path / "v.zarr" / "c" / "image" / "c" / "0" / "0" / "0").read_bytes()
+    assert ours == (tmp_path / "plain.zarr" / "image" / "c" / "0" / "0" / "0").read_bytes()
+    np.testing.assert_array_equal(store.open_store(tmp_path / "v.zarr", "r")["c/image"][...], data)
+
+
+def test_list_cases_reads_every_case_once_and_needs_every_required_array(tmp_path):
+    url = tmp_path / "v.zarr"
+    for i in range(12):
+        arrays = {"image": np.ones((2, 2, 2), "f4")}
+        if i % 3:
+            arrays["supervoxels"] = np.ones((2, 2, 2), "i4")
+        store.commit_arrays(url, f"c{i:02d}", arrays, {name: {"digest": "d"} for name in arrays})
+    store.commit_arrays(url, "c99", {"image": np.ones((2, 2, 2), "f4")}, {"image": {}})  # unfinished
+    assert store.list_cases(url) == [f"c{i:02d}" for i in range(12)]
+    assert store.list_cases(url, ("image", "supervoxels")) == [f"c{i:02d}" for i in range(12) if i % 3]
+
+
 def test_arrays_without_digest_count_as_absent(tmp_path):
     url = tmp_path / "v.zarr"
     store.commit_arrays(url, "c1", {"image": np.ones((4, 4, 4), "f4")}, {"image": {}})

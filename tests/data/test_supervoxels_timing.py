@@ -50,3 +50,16 @@ def test_process_age_is_the_time_since_this_process_started():
     b = _process_age()
     assert a is not None and 0 < a <= b < 86400  # /proc on Linux; clock ticks of 10 ms
     assert b - a < 5
+
+
+def test_numba_cache_falls_back_to_a_temp_folder_only_when_nothing_is_writable(tmp_path):
+    from tcpc_data._numba_cache import fallback_cache_dir
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    unwritable = blocker / "numba"  # under a file: can never be created
+    assert fallback_cache_dir(tmp_path, unwritable, {}) is None  # beside the sources
+    assert fallback_cache_dir(unwritable, tmp_path / "cache" / "numba", {}) is None  # user-wide
+    assert fallback_cache_dir(unwritable, unwritable, {"NUMBA_CACHE_DIR": "/x"}) is None  # the user's choice
+    chosen = fallback_cache_dir(unwritable, unwritable, {})
+    assert chosen is not None and "tcpc-numba-cache" in chosen

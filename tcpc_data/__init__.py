@@ -7,7 +7,11 @@ from __future__ import annotations
 
 import importlib
 
+from tcpc_data._numba_cache import ensure_cache_dir
+
 __version__ = "0.1.0"
+
+ensure_cache_dir()  # before any kernel module imports Numba
 
 # public name -> module that defines it
 _API = {

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
+import time
 from pathlib import Path
 
 from tcpc_data.ingest.stage import IngestConfig, ingest
@@ -35,6 +37,8 @@ class PreprocessReport:
     out: str
     stages: dict[str, RunReport]
     manifests: dict[str, Manifest]
+    # wall seconds: "start-up" (process start to the call; None off Linux) and "total" (the call)
+    seconds: dict = dataclasses.field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -46,7 +50,27 @@ class PreprocessReport:
             lines.append(f"{join(self.out, name)}: {describe(m)}")
         if "shards" not in self.manifests:
             lines.append("no shards written: no case came through ingest and supervoxels")
+        lines.append(self.timing())
         return "\n".join(lines)
+
+    def timing(self) -> str:
+        """One line: wall seconds of start-up, each stage (the supervoxels stage split into
+        its phases, summed over the cases it computed) and the whole run."""
+        parts = []
+        if self.seconds.get("start-up") is not None:
+            parts.append(f"start-up {self.seconds['start-up']:.1f} s")
+        for name, rep in self.stages.items():
+            part = f"{name} {rep.seconds:.1f} s"
+            phases: dict[str, float] = {}
+            for res in rep.results.values():
+                for k, v in (res.get("seconds", {}) if isinstance(res, dict) else {}).items():
+                    phases[k] = phases.get(k, 0.0) + v
+            if phases:
+                part += " (" + ", ".join(f"{k} {v:.1f}" for k, v in phases.items()) + ")"
+            parts.append(part)
+        if "total" in self.seconds:
+            parts.append(f"total {self.seconds['total']:.1f} s")
+        return "time: " + " · ".join(parts)
 
 
 def preprocess(sources, out, *, ingest_config=None, supervoxel_config=None,
@@ -81,6 +105,7 @@ def preprocess(sources, out, *, ingest_config=None, supervoxel_config=None,
     -------
     PreprocessReport
     """
+    t0, startup = time.perf_counter(), _process_age()
     shard_config.validate()  # fail on a bad shard config before hours of ingest
     ingest_config = IngestConfig() if ingest_config is None else ingest_config
     supervoxel_config = SupervoxelConfig() if supervoxel_config is None else supervoxel_config
@@ -96,8 +121,22 @@ def preprocess(sources, out, *, ingest_config=None, supervoxel_config=None,
     display = progress_display() if progress else None
     run = dict(workers=workers, scheduler=scheduler, memory_limit=memory_limit, progress=display or False)
     with display or contextlib.nullcontext():
-        return _run_stages(sources, out, where, store, run, ingest_config, supervoxel_config, shard_config,
-                           candidates_csv, labels_csv, labelled_config)
+        report = _run_stages(sources, out, where, store, run, ingest_config, supervoxel_config, shard_config,
+                             candidates_csv, labels_csv, labelled_config)
+    report.seconds = {"start-up": startup, "total": time.perf_counter() - t0}
+    return report
+
+
+def _process_age() -> float | None:
+    """Seconds since this process started (interpreter, imports, CLI parsing); None without /proc."""
+    try:
+        with open("/proc/self/stat") as f:
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _run_stages(sources, out, where, store, run, ingest_config, supervoxel_config, shard_config, candidates_csv,

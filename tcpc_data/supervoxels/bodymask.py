@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 
+import numba
 import numpy as np
 from scipy import ndimage as ndi
 
@@ -74,7 +75,22 @@ def body_mask(hu: np.ndarray, spacing_zyx=(1.0, 1.0, 1.0), *, threshold_hu: floa
         sizes[0] = 0
         small = comp == int(np.argmax(sizes))
     del comp
-    if fy > 1 or fx > 1:
-        small = np.repeat(np.repeat(small, fy, axis=1), fx, axis=2)[:, :hu.shape[1], :hu.shape[2]]
-    # Filled holes may enclose padding where the body touches the scan field's edge.
-    return np.ascontiguousarray(small & (hu > PADDING_BELOW_HU))
+    # Back to the full grid; filled holes may enclose padding where the body touches the
+    # scan field's edge, so padding is cleared on the way.
+    out = np.empty(hu.shape, dtype=np.bool_)
+    _upsample_and_unpad(np.ascontiguousarray(small), np.ascontiguousarray(hu, dtype=np.float32),
+                        fy, fx, np.float32(PADDING_BELOW_HU), out)
+    return out
+
+
+@numba.njit(parallel=True, cache=True)
+def _upsample_and_unpad(small, hu, fy, fx, padding_below, out):
+    """out = small[z, y // fy, x // fx] and hu > padding_below (nearest-neighbour upsampling)."""
+    Z, Y, X = hu.shape
+    for z in numba.prange(Z):
+        for y in range(Y):
+            s_row = small[z, y // fy]
+            h_row = hu[z, y]
+            o_row = out[z, y]
+            for x in range(X):
+                o_row[x] = s_row[x // fx] and h_row[x] > padding_below

@@ -485,7 +485,7 @@ def _run_at(x_lo, x_hi, first, last, x):
 
 @numba.njit(cache=True)
 def _connectivity(seg, min_size, max_size, start_label):
-    """Relabel ``seg`` into 6-connected components, labels from ``start_label`` in raster order.
+    """Relabel ``seg`` (in place, returned) into 6-connected components, labels from ``start_label`` in raster order.
 
     Union-find over runs of equal labels along x (memory is read in order,
     unlike a voxel breadth-first search). A component smaller than
@@ -586,7 +586,7 @@ def _connectivity(seg, min_size, max_size, start_label):
                 continue
         final[i] = new
         new += 1
-    out = np.empty(seg.shape, dtype=np.int32)
+    out = seg  # the runs hold everything still needed: relabel in place (no second volume)
     for r in range(n_rows):
         z, y = r // Y, r % Y
         for i in range(row_start[r], row_start[r + 1]):

@@ -216,3 +216,33 @@ def test_csv_world_mm_round_trip_to_voxels(vox, spacing, origin):
     got = csv_centres([("mm", tuple(mm))], case="c", shape=(20, 30, 40), spacing_zyx=spacing,
                       origin_zyx=origin, direction=np.eye(3))
     assert got.tolist() == [list(vox)]
+
+
+def test_body_mask_and_hu_equal_their_numpy_formulas():
+    # the Numba kernels replace np.repeat upsampling and a numpy affine: same results
+    from scipy import ndimage as ndi
+
+    from tcpc_data.supervoxels.bodymask import PADDING_BELOW_HU
+    from tcpc_data.supervoxels.stage import image_hu
+
+    ph = make_phantom((16, 61, 67), seed=4)  # odd sizes: the subsampled grid does not tile them
+    sp = (2.5, 0.7, 0.7)  # 1.5 mm grid: every 2nd voxel in-plane
+    got = body_mask(ph.hu, sp)
+    small = ph.hu[:, ::2, ::2] > -500.0
+    for z in range(small.shape[0]):
+        small[z] = ndi.binary_fill_holes(small[z])
+    r = 3.0 / 1.4
+    yy, xx = np.ogrid[-2:3, -2:3]
+    small = ndi.binary_opening(small, structure=((yy / r) ** 2 + (xx / r) ** 2 <= 1.0)[None])
+    comp, n = ndi.label(small)
+    sizes = np.bincount(comp.ravel())
+    sizes[0] = 0
+    small = comp == np.argmax(sizes)
+    want = np.repeat(np.repeat(small, 2, axis=1), 2, axis=2)[:, :61, :67] & (ph.hu > PADDING_BELOW_HU)
+    assert got.dtype == bool and np.array_equal(got, want)
+
+    img = np.random.default_rng(0).uniform(-1, 1, (5, 6, 7)).astype(np.float32)
+    hu = image_hu(img, {"intensity_range": [LO, HI]}, "c")
+    assert hu.dtype == np.float32 and np.allclose(hu, LO + (img + 1) * (HI - LO) / 2, rtol=0, atol=2e-3)
+    with pytest.raises(ValueError, match="case c: image attr intensity_range"):
+        image_hu(img, {"intensity_range": [1, 1]}, "c")

@@ -76,6 +76,9 @@ def array_digest(group: zarr.Group, name: str) -> str | None:
 def list_cases(url: str | os.PathLike, require: tuple[str, ...] = ("image",)) -> list[str]:
     """Sorted ids of cases whose arrays ``require`` are all complete."""
     root = open_store(url, mode="r")
+    fs = getattr(root.store, "fs", None)
+    if fs is not None:  # fsspec caches listings per filesystem; workers have written since the last
+        fs.invalidate_cache()
     # One listing of two levels: zarr reads the metadata of every case and its arrays
     # concurrently (async.concurrency), not one case after another as groups() + attrs would.
     cases, complete = set(), set()

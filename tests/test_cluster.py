@@ -70,7 +70,8 @@ def _kill_while_writing_shards(scheduler: str, worker: str, proc: subprocess.Pop
                 proc.send_signal(signal.SIGKILL)
                 return shard_keys[0]
             time.sleep(0.01)
-    raise AssertionError("the run ended before a shard task reached the worker to kill")
+    raise AssertionError("the run ended before a shard task reached the worker to kill:\n"
+                         + client_proc.communicate()[0])
 
 
 @pytest.mark.timeout(900)

@@ -52,8 +52,8 @@ def blosc_of(codec: ShardingCodec) -> Blosc | None:
 
 
 def encode_shard(data: np.ndarray, chunks: tuple[int, int, int], blosc: Blosc,
-                 write_empty_chunks: bool) -> bytes | None:
-    """The bytes zarr writes for a shard holding all of ``data``.
+                 write_empty_chunks: bool) -> list[bytes] | None:
+    """The bytes zarr writes for a shard holding all of ``data``, in pieces.
 
     Parameters
     ----------
@@ -69,8 +69,10 @@ def encode_shard(data: np.ndarray, chunks: tuple[int, int, int], blosc: Blosc,
 
     Returns
     -------
-    bytes or None
-        The shard; None when every chunk was omitted (zarr then writes no shard).
+    list of bytes or None
+        The shard's pieces in order (the encoded chunks, the index): written one after the
+        other, without a join into one more copy of the shard; None when every chunk was
+        omitted (zarr then writes no shard).
     """
     if data.ndim != 3 or len(chunks) != 3:
         raise ValueError(f"encode_shard takes a 3-D array and 3-D chunks, got {data.shape} and {chunks}")
@@ -110,5 +112,5 @@ def encode_shard(data: np.ndarray, chunks: tuple[int, int, int], blosc: Blosc,
     if offset == 0:
         return None
     index_bytes = index.tobytes()
-    return b"".join([p for p in parts if p is not None]
-                    + [index_bytes, np.uint32(google_crc32c.value(index_bytes)).astype("<u4").tobytes()])
+    return ([p for p in parts if p is not None]
+            + [index_bytes, np.uint32(google_crc32c.value(index_bytes)).astype("<u4").tobytes()])

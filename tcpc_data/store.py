@@ -145,10 +145,17 @@ def _fill(arr: zarr.Array, data: np.ndarray, chunks: tuple[int, ...], write_empt
     if blosc is None:
         arr[...] = data
         return
-    blob = encode_shard(data, chunks, blosc, write_empty_chunks)
-    if blob is not None:  # None: every chunk holds the fill value, and zarr writes no shard
-        key = "/".join(p for p in (arr.path, arr.metadata.encode_chunk_key((0,) * data.ndim)) if p)
-        sync(arr.store.set(key, default_buffer_prototype().buffer.from_bytes(blob)))
+    pieces = encode_shard(data, chunks, blosc, write_empty_chunks)
+    if pieces is None:  # every chunk holds the fill value: zarr writes no shard
+        return
+    key = "/".join(p for p in (arr.path, arr.metadata.encode_chunk_key((0,) * data.ndim)) if p)
+    if isinstance(arr.store, zarr.storage.LocalStore):  # what LocalStore.set does, without a join
+        path = arr.store.root / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as f:
+            f.writelines(pieces)
+    else:
+        sync(arr.store.set(key, default_buffer_prototype().buffer.from_bytes(b"".join(pieces))))
 
 
 def commit_arrays(url: str | os.PathLike, case_id: str, arrays: Mapping[str, np.ndarray],

@@ -32,7 +32,7 @@ from zarr.core.indexing import morton_order_iter
 _EMPTY = np.uint64(2**64 - 1)
 # Compression threads per shard: beyond a few, the copy into chunk buffers and the
 # memory bandwidth limit it, and a Dask worker runs one task per core already.
-_THREADS = max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+_THREADS = max(1, min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
 
 
 def blosc_of(codec: ShardingCodec) -> Blosc | None:

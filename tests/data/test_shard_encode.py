@@ -89,3 +89,17 @@ def test_fsspec_store_gets_the_same_shard_as_a_local_one(tmp_path):
     remote = fsspec.filesystem("memory").cat_file(f"/shard-{tmp_path.name}/v.zarr/c/image/c/0/0/0")
     assert remote == (tmp_path / "v.zarr" / "c" / "image" / "c" / "0" / "0" / "0").read_bytes()
     np.testing.assert_array_equal(store.open_store(url, "r")["c/image"][...], data)
+
+
+def test_a_chunk_of_negative_zeros_is_kept_like_zarr():
+    # zarr compares a chunk with the fill value 0.0 bit for bit: -0.0 is data, not an empty chunk
+    data = np.zeros((4, 4, 8), "f4")
+    data[:, :, 4:] = -0.0
+    expected, codec = _zarr_shard(data, (4, 4, 4), False)
+    pieces = encode_shard(data, (4, 4, 4), blosc_of(codec), False)
+    assert len(pieces) == 3 and b"".join(pieces) == expected  # one chunk, the index, its CRC
+    mem = zarr.storage.MemoryStore()
+    arr = zarr.create_array(mem, shape=data.shape, dtype="f4", chunks=(4, 4, 4), shards=(4, 4, 8),
+                            compressors=store._COMPRESSORS, zarr_format=3)
+    zarr.core.sync.sync(mem.set("c/0/0/0", zarr.core.buffer.default_buffer_prototype().buffer.from_bytes(expected)))
+    assert np.signbit(arr[...][:, :, 4:]).all() and not np.signbit(arr[...][:, :, :4]).any()

@@ -74,9 +74,9 @@ def test_other_codec_layouts_are_left_to_zarr():
     arr = zarr.create_array(zarr.storage.MemoryStore(), shape=(8, 8, 8), dtype="f4", chunks=(4, 4, 4),
                             shards=(8, 8, 8), compressors=zarr.codecs.ZstdCodec(), zarr_format=3)
     assert blosc_of(arr.metadata.codecs[0]) is None
+    blosc = blosc_of(_zarr_shard(np.ones((2, 2, 2), "f4"), (2, 2, 2), True)[1])
     with pytest.raises(ValueError, match="3-D"):
-        encode_shard(np.zeros((4, 4), "f4"), (4, 4), blosc_of(_zarr_shard(np.ones((2, 2, 2), "f4"), (2, 2, 2), True)[1]),
-                     True)
+        encode_shard(np.zeros((4, 4), "f4"), (4, 4), blosc, True)
 
 
 def test_fsspec_store_gets_the_same_shard_as_a_local_one(tmp_path):

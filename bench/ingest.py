@@ -86,6 +86,7 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/ct/lidc")
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--phases", action="store_true", help="also time each step of a 1-worker ingest")
+    ap.add_argument("--one-worker", action="store_true", help="only the baseline and the 1-worker runs")
     args = ap.parse_args()
     series = sorted(p for p in args.data.glob("LIDC-IDRI-*") if p.is_dir())
     if len(series) != 2:
@@ -113,15 +114,16 @@ def main() -> None:
     run_ingest("warm.zarr", workers=1)
     rows.append(("baseline: pydicom -> npy (1 process)", best_of(args.repeat, lambda: baseline(series, npy))))
     rows.append(("tcpc ingest, 1 worker", best_of(args.repeat, lambda: run_ingest("w1.zarr", workers=1))))
-    rows.append(("tcpc ingest, 2 workers (incl. cluster start)",
-                 best_of(args.repeat, lambda: run_ingest("w2.zarr", workers=2))))
-    from distributed import LocalCluster
+    if not args.one_worker:
+        rows.append(("tcpc ingest, 2 workers (incl. cluster start)",
+                     best_of(args.repeat, lambda: run_ingest("w2.zarr", workers=2))))
+        from distributed import LocalCluster
 
-    c0 = cpu_seconds()
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
-        wall, _ = best_of(args.repeat, lambda: run_ingest("w2s.zarr", scheduler=cluster.scheduler_address))
-    # the workers' CPU is counted once they exit: the cluster's whole life, per run
-    rows.append(("tcpc ingest, 2 workers (running cluster)", (wall, (cpu_seconds() - c0) / args.repeat)))
+        c0 = cpu_seconds()
+        with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+            wall, _ = best_of(args.repeat, lambda: run_ingest("w2s.zarr", scheduler=cluster.scheduler_address))
+        # the workers' CPU is counted once they exit: the cluster's whole life, per run
+        rows.append(("tcpc ingest, 2 workers (running cluster)", (wall, (cpu_seconds() - c0) / args.repeat)))
     rows.append(("tcpc ingest rerun, all skipped (1 worker)",
                  best_of(args.repeat, lambda: ingest(args.data, tmp / "w1.zarr", config, workers=1))))
     phases: dict = {}

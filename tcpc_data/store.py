@@ -24,9 +24,12 @@ from typing import Any, Mapping
 import numpy as np
 import zarr
 import zarr.errors
-from zarr.codecs import BloscCodec, Crc32cCodec
+from zarr.codecs import BloscCodec, Crc32cCodec, ShardingCodec
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.sync import sync
 
 from tcpc_data import ngff
+from tcpc_data.shard_encode import blosc_of, encode_shard
 from tcpc_data.urls import is_local, local_path
 
 _CASE_RE = re.compile(r"[^A-Za-z0-9_-]+")
@@ -128,9 +131,31 @@ def _write_arrays(group: zarr.Group, arrays: Mapping[str, np.ndarray],
         arr = group.create_array(name, shape=data.shape, dtype=data.dtype, chunks=chunks, shards=shards,
                                  compressors=_COMPRESSORS, overwrite=True, config=config, attributes=a,
                                  dimension_names=ngff.DIMENSION_NAMES if data.ndim == 3 else None)
-        arr[...] = data
+        _fill(arr, data, chunks, config["write_empty_chunks"])
         if digest is not None:
             arr.update_attributes({"digest": digest})  # last: the completion marker
+
+
+def _fill(arr: zarr.Array, data: np.ndarray, chunks: tuple[int, ...], write_empty_chunks: bool) -> None:
+    """Write all of ``data`` into the new array ``arr``: a 3-D array's one shard is encoded here
+    (:mod:`tcpc_data.shard_encode`, the same bytes as zarr's write at about a fifth less CPU), the rest
+    through zarr."""
+    codec = arr.metadata.codecs[0] if data.ndim == 3 and len(arr.metadata.codecs) == 1 else None
+    blosc = blosc_of(codec) if isinstance(codec, ShardingCodec) else None
+    if blosc is None:
+        arr[...] = data
+        return
+    pieces = encode_shard(data, chunks, blosc, write_empty_chunks)
+    if pieces is None:  # every chunk holds the fill value: zarr writes no shard
+        return
+    key = "/".join(p for p in (arr.path, arr.metadata.encode_chunk_key((0,) * data.ndim)) if p)
+    if isinstance(arr.store, zarr.storage.LocalStore):  # what LocalStore.set does, without a join
+        path = arr.store.root / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as f:
+            f.writelines(pieces)
+    else:
+        sync(arr.store.set(key, default_buffer_prototype().buffer.from_bytes(b"".join(pieces))))
 
 
 def commit_arrays(url: str | os.PathLike, case_id: str, arrays: Mapping[str, np.ndarray],

@@ -15,7 +15,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable
 
 DONE, SKIPPED = "done", "skipped"
 
@@ -83,11 +83,11 @@ def progress_display():
 class _Progress:
     """One stage's line in a live display: its own (``progress=True``), a shared one, or none."""
 
-    def __init__(self, stage: str, total: int, progress):
+    def __init__(self, stage: str, total: int | None, progress):
         self.counts = {DONE: 0, SKIPPED: 0, "failed": 0}
         self.bar = None
         self.t0 = time.perf_counter()
-        if progress and total:
+        if progress and total != 0:  # None: a lazy iterable, its length unknown
             self.owned = isinstance(progress, bool)
             self.bar = progress_display() if self.owned else progress
             self.task = self.bar.add_task(stage, total=total, counts="")
@@ -115,7 +115,7 @@ def default_workers(n_tasks: int) -> int:
     return max(1, min(os.cpu_count() or 1, n_tasks))
 
 
-def run_cases(stage: str, tasks: Sequence[Task], fn: Callable[[Any], tuple[str, Any]], *,
+def run_cases(stage: str, tasks: Iterable[Task], fn: Callable[[Any], tuple[str, Any]], *,
               workers: int | None = None, scheduler: str | None = None,
               failures_path: str | os.PathLike | None = None, progress=False,
               memory_limit: str | None = None) -> RunReport:
@@ -126,12 +126,15 @@ def run_cases(stage: str, tasks: Sequence[Task], fn: Callable[[Any], tuple[str, 
     stage
         Name shown in progress and the report ("ingest", "supervoxels", ...).
     tasks
-        Cases to process; ``fn(task.payload)`` must return ``(status, result)``
-        with status ``"done"`` or ``"skipped"``. It must be picklable (a
-        module-level function or ``functools.partial`` of one).
+        Cases to process: a sequence, or a lazy iterable (a generator) that is
+        drawn from only as cases finish, so that the first cases run while later
+        ones are still being found. ``fn(task.payload)`` must return
+        ``(status, result)`` with status ``"done"`` or ``"skipped"``. It must be
+        picklable (a module-level function or ``functools.partial`` of one).
     workers
         Local worker processes; None = one per core (capped at the number of
-        tasks). 1 runs in this process without starting a cluster.
+        tasks; one per core for a lazy iterable). 1 runs in this process
+        without starting a cluster.
     scheduler
         Address of a running ``dask.distributed`` scheduler
         (``tcp://host:8786``); overrides ``workers``.
@@ -164,7 +167,14 @@ def run_cases(stage: str, tasks: Sequence[Task], fn: Callable[[Any], tuple[str, 
         check_memory_limit(memory_limit, scheduler)
     report = RunReport(stage=stage, failures_path=str(failures_path) if failures_path else None)
     t0 = time.perf_counter()
-    bar = _Progress(stage, len(tasks), progress)
+    total = len(tasks) if hasattr(tasks, "__len__") else None
+    bar = _Progress(stage, total, progress)
+    drawn: list[Task] = []  # what was taken from ``tasks``: on Ctrl-C, the unfinished ones are reported
+
+    def draw():
+        for t in tasks:
+            drawn.append(t)
+            yield t
 
     def record(case: str, status: str, result: Any) -> None:
         if status == "failed":
@@ -176,16 +186,17 @@ def run_cases(stage: str, tasks: Sequence[Task], fn: Callable[[Any], tuple[str, 
         bar.update(case, status)
 
     try:
-        n = workers or default_workers(len(tasks))
+        n = workers or default_workers(total if total is not None else os.cpu_count() or 1)
         if scheduler is None and n <= 1 and memory_limit is None:
-            for t in tasks:
+            for t in draw():
                 record(*_call(fn, t))
         else:
-            _run_distributed(stage, tasks, fn, n, scheduler, memory_limit, record, bar)
+            _run_distributed(stage, draw(), fn, n, scheduler, memory_limit, record, bar)
     except KeyboardInterrupt:
         seen = set(report.done) | set(report.skipped) | {f["case"] for f in report.failures}
+        rest = tasks if total is not None else drawn  # a generator is not drawn further
         report.failures += [{"case": t.case, "source": t.source, "error": "interrupted before this case finished",
-                             "traceback": ""} for t in tasks if t.case not in seen]
+                             "traceback": ""} for t in rest if t.case not in seen]
         raise
     finally:
         bar.close()

@@ -78,20 +78,29 @@ def array_digest(group: zarr.Group, name: str) -> str | None:
 
 def list_cases(url: str | os.PathLike, require: tuple[str, ...] = ("image",)) -> list[str]:
     """Sorted ids of cases whose arrays ``require`` are all complete."""
+    return sorted(case_digests(url, require))
+
+
+def case_digests(url: str | os.PathLike, require: tuple[str, ...] = ("image",)) -> dict[str, dict[str, str]]:
+    """``{case: {array name: digest}}`` for every case whose arrays ``require`` are all complete.
+
+    One listing of two levels: zarr reads the metadata of every case and its arrays
+    concurrently (``async.concurrency``), where ``group[case][name].attrs`` per case
+    costs one round trip after another (10,000 cases: 10,000 sequential reads).
+    """
     root = open_store(url, mode="r")
     fs = getattr(root.store, "fs", None)
     if fs is not None:  # fsspec caches listings per filesystem; workers have written since the last
         fs.invalidate_cache()
-    # One listing of two levels: zarr reads the metadata of every case and its arrays
-    # concurrently (async.concurrency), not one case after another as groups() + attrs would.
-    cases, complete = set(), set()
+    cases: set[str] = set()
+    digests: dict[str, dict[str, str]] = {}
     for path, node in root.members(max_depth=1):
         case, _, name = path.partition("/")
         if not name and isinstance(node, zarr.Group):
             cases.add(case)
         elif name in require and isinstance(node, zarr.Array) and node.attrs.get("digest"):
-            complete.add((case, name))
-    return sorted(c for c in cases if all((c, name) in complete for name in require))
+            digests.setdefault(case, {})[name] = node.attrs["digest"]
+    return {c: digests[c] for c in sorted(cases) if len(digests.get(c, ())) == len(set(require))}
 
 
 def _chunks_for(shape: tuple[int, ...]) -> tuple[int, ...]:

@@ -33,7 +33,7 @@ from tcpc_data.shards.manifest import SPLITS
 from tcpc_data.shards.shardset import build_shard_set, encode_json
 from tcpc_data.shards.tario import Sample, encode_npy
 from tcpc_data.shards.pretrain import ShardConfig, crop_samples, pretrain_members, store_location
-from tcpc_data.store import list_cases, open_store
+from tcpc_data.store import case_digests, open_store
 from tcpc_data.volume import index_to_world, stored_geometry, world_to_voxel
 
 _CHUNK = 256  # npz images per task: parts stay small and resumable
@@ -223,10 +223,9 @@ def _selected(labels_csv, store, config: LabelledConfig, split: str | None) -> d
 
 def _write_rows(store, labels_csv, out_dir, config: LabelledConfig, rows: dict[str, list[CentreRow]],
                 split: str | None, **run) -> tuple[RunReport, dict]:
-    root = open_store(store, mode="r")
-    complete = set(list_cases(store))
+    complete = case_digests(store)  # one concurrent listing, not a read per case
     sample_config = dataclasses.replace(config, shard_size=1, name="x")
-    inputs = {c: digest(root[c]["image"].attrs["digest"] if c in complete else "absent",
+    inputs = {c: digest(complete[c]["image"] if c in complete else "absent",
                         [dataclasses.astuple(r) for r in rs], sample_config) for c, rs in rows.items()}
     where = store_location(store)
     payloads = {c: (where, c, rs, config, Path(labels_csv).name) for c, rs in rows.items()}

@@ -45,7 +45,7 @@ from tcpc_data.digest import digest
 from tcpc_data.runner import RunReport
 from tcpc_data.shards.shardset import build_shard_set, encode_json
 from tcpc_data.shards.tario import Sample, encode_npy
-from tcpc_data.store import list_cases, open_store
+from tcpc_data.store import case_digests, open_store
 from tcpc_data.urls import is_remote, local_path
 
 
@@ -335,7 +335,8 @@ def write_shards(store, out_dir, config: ShardConfig = ShardConfig(), *, cases=N
         No store at ``store``.
     """
     config.validate()
-    ready = list_cases(store, require=("image", "candidates"))
+    stored = case_digests(store, require=("image", "candidates"))  # one concurrent listing
+    ready = sorted(stored)
     if cases is not None:
         missing = sorted(set(cases) - set(ready))
         if missing:
@@ -344,9 +345,7 @@ def write_shards(store, out_dir, config: ShardConfig = ShardConfig(), *, cases=N
     if not ready:
         raise ValueError(f"no case in {store} has complete image and candidates arrays "
                          "(run ingest and supervoxels first)")
-    root = open_store(store, mode="r")
-    inputs = {c: digest(root[c]["image"].attrs["digest"], root[c]["candidates"].attrs["digest"],
-                        config.sample_config()) for c in ready}
+    inputs = {c: digest(stored[c]["image"], stored[c]["candidates"], config.sample_config()) for c in ready}
     where = store_location(store)
     payloads = {c: (where, c, config) for c in ready}
     return build_shard_set("shards", out_dir, name=config.name, shard_size=config.shard_size,

@@ -140,22 +140,25 @@ def bench_encoders(width: float, batch: int, cubes: int, cube: int, steps: int, 
 
 
 def bench_loader_stages(shards: Path, cfg: PretrainConfig, repeat: int = 3) -> dict:
-    """In-process loader cost per sample (µs of this process's CPU time): tar reading, sample
-    preparation (decode, path check, random key; the batch's augmentation and assembly) and the
-    rest (shuffle buffer, batching)."""
+    """In-process loader cost per sample (µs of this process's CPU time): tar reading, decoding
+    (.npy headers, path check, random key), the batch's augmentation and assembly (one compiled
+    gather + intensity pass) and the rest (shuffle buffer, batching)."""
     data = open_shards(shards)
     prepare = TaskSample(cfg)
     _retain_freed_memory()  # as in a loader process
     prepare(next(raw_samples(data.urls[0])), 0)  # untimed: loads the compiled kernels
-    t_tar = t_prep = 0.0
+    t_tar = t_decode = t_collate = 0.0
     for _ in range(repeat):
         for url in data.urls:
             t0 = time.process_time()
             raws = list(raw_samples(url))
-            t1 = time.process_time()
+            t_tar += time.process_time() - t0
             for i in range(0, len(raws), cfg.batch_size):  # decode per sample, augment per batch
-                prepare.collate([prepare.decode(raw, 0) for raw in raws[i:i + cfg.batch_size]])
-            t_tar, t_prep = t_tar + t1 - t0, t_prep + time.process_time() - t1
+                t0 = time.process_time()
+                items = [prepare.decode(raw, 0) for raw in raws[i:i + cfg.batch_size]]
+                t1 = time.process_time()
+                prepare.collate(items)
+                t_decode, t_collate = t_decode + t1 - t0, t_collate + time.process_time() - t1
     n = repeat * data.total
     stream = iter(ShardStream(data, prepare, cfg.batch_size, seed=cfg.runtime.seed,
                               shuffle_buffer=cfg.runtime.shuffle_buffer,
@@ -165,9 +168,9 @@ def bench_loader_stages(shards: Path, cfg: PretrainConfig, repeat: int = 3) -> d
     for _ in range(batches):
         next(stream)
     total = (time.process_time() - t0) / (batches * cfg.batch_size)
-    tar, prep = t_tar / n, t_prep / n
-    return {"tar_us": tar * 1e6, "prepare_us": prep * 1e6, "batching_us": max(0.0, total - tar - prep) * 1e6,
-            "batch_ms": total * cfg.batch_size * 1e3}
+    tar, decode, collate = t_tar / n, t_decode / n, t_collate / n
+    return {"tar_us": tar * 1e6, "decode_us": decode * 1e6, "collate_us": collate * 1e6,
+            "batching_us": max(0.0, total - tar - decode - collate) * 1e6, "batch_ms": total * cfg.batch_size * 1e3}
 
 
 def bench_stems(cubes: int, width: float, repeats: int) -> dict:
@@ -222,9 +225,9 @@ def main() -> None:
         shards = Path(args.shards or write_synthetic_paths(Path(tmp) / "u", args.samples, "u", per_shard=16))
         if args.loader_stages:
             r = bench_loader_stages(shards, cfg)
-            print(f"loader, in-process, CPU time per sample: tar {r['tar_us']:.0f} us, decode + checks + batch augmentation "
-                  f"{r['prepare_us']:.0f} us, shuffle + batching {r['batching_us']:.0f} us; "
-                  f"{r['batch_ms']:.1f} ms per batch of {cfg.batch_size}")
+            print(f"loader, in-process, CPU time per sample: tar {r['tar_us']:.0f} us, decode + checks "
+                  f"{r['decode_us']:.0f} us, batch augmentation + assembly {r['collate_us']:.0f} us, shuffle + "
+                  f"batching {r['batching_us']:.0f} us; {r['batch_ms']:.1f} ms per batch of {cfg.batch_size}")
             return
         devices = [torch.device(d) for d in ("cpu", "cuda") if args.device in ("all", d)
                    and (d == "cpu" or torch.cuda.is_available())]

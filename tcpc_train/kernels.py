@@ -17,8 +17,10 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-from tcpc_train.intensity import FIELD_SUM_SD as _FIELD_SUM_SD
-from tcpc_train.intensity import GOLDEN
+from tcpc_train.intensity import BYTE_SUM_SD as _BYTE_SUM_SD
+from tcpc_train.intensity import GOLDEN, GOLDEN32
+from tcpc_train.intensity import HASH1 as _HASH1
+from tcpc_train.intensity import HASH2 as _HASH2
 from tcpc_train.intensity import MIX1 as _MIX1
 from tcpc_train.intensity import MIX2 as _MIX2
 
@@ -94,31 +96,54 @@ _half_to_float, _float_to_half = ((_hw_half_to_float, _hw_float_to_half) if _har
 
 
 @numba.njit(cache=True, inline="always")
-def _noise(counter):
-    """An approximately standard normal float32 value from one SplitMix64 output: the sum of its
-    four 16-bit fields (Irwin–Hall of order 4), standardised."""
-    z = counter
+def _cube_seed(key, cube):
+    """The 32-bit noise seed of cube ``cube`` of the sample with 64-bit key ``key``: the high half of
+    SplitMix64's output for counter ``key + (cube + 1)·γ``."""
+    z = key + np.uint64(cube + 1) * GOLDEN
     z = (z ^ (z >> np.uint64(30))) * _MIX1
     z = (z ^ (z >> np.uint64(27))) * _MIX2
-    z = z ^ (z >> np.uint64(31))
-    m = np.uint64(0xFFFF)
-    total = (z & m) + ((z >> np.uint64(16)) & m) + ((z >> np.uint64(32)) & m) + (z >> np.uint64(48))
-    return (np.float32(np.int64(total)) - np.float32(2 * 65535.0)) / _FIELD_SUM_SD
+    return np.uint32((z ^ (z >> np.uint64(31))) >> np.uint64(32))
+
+
+@intrinsic
+def _byte_sum_of_hash(typingctx, seed, j):
+    """The sum of the four bytes of lowbias32(seed + (j + 1)·γ₃₂), as 32-bit LLVM IR: Numba would
+    widen uint32 arithmetic to 64 bits, halving the vector lanes of the noise loop."""
+    def codegen(context, builder, sig, args):
+        i32 = ir.IntType(32)
+
+        def const(v):
+            return ir.Constant(i32, int(v))
+        x = builder.add(args[0], builder.mul(builder.add(builder.trunc(args[1], i32), const(1)), const(GOLDEN32)))
+        for shift, factor in ((16, _HASH1), (15, _HASH2)):
+            x = builder.mul(builder.xor(x, builder.lshr(x, const(shift))), const(factor))
+        x = builder.xor(x, builder.lshr(x, const(16)))
+        total = builder.and_(x, const(0xFF))
+        for shift in (8, 16):
+            total = builder.add(total, builder.and_(builder.lshr(x, const(shift)), const(0xFF)))
+        return builder.add(total, builder.lshr(x, const(24)))
+    return types.uint32(types.uint32, types.int64), codegen
+
+
+@numba.njit(cache=True, inline="always")
+def _noise(seed, j):
+    """An approximately standard normal float32 value for voxel ``j`` of the cube with 32-bit ``seed``:
+    the sum of the four bytes of lowbias32(seed + (j + 1)·γ₃₂) (Irwin–Hall of order 4), standardised."""
+    return (np.float32(np.int32(_byte_sum_of_hash(seed, j))) - np.float32(2 * 255.0)) / _BYTE_SUM_SD
 
 
 @numba.njit(cache=True, nogil=True)
 def intensity_half(flat, scale, shift, sd, keys):
     """In place on float16 bits ``flat`` (B, N, voxels) uint16: v·scale + shift + sd·noise per cube,
-    the noise of cube (b, i) from counters ``keys[b] + (i·voxels + j + 1)·γ``."""
+    the noise of voxel j of cube (b, i) ``_noise(_cube_seed(keys[b], i), j)``."""
     m = flat.shape[2]
     for b in range(flat.shape[0]):
         for i in range(flat.shape[1]):
             row = flat[b, i]
             s, t, d = np.float32(scale[b, i]), np.float32(shift[b, i]), np.float32(sd[b, i])
-            base = keys[b] + np.uint64(i) * np.uint64(m) * GOLDEN
+            seed = _cube_seed(keys[b], i)
             for j in range(m):
-                g = _noise(base + np.uint64(j + 1) * GOLDEN)
-                row[j] = _float_to_half(_half_to_float(row[j]) * s + t + d * g)
+                row[j] = _float_to_half(_half_to_float(row[j]) * s + t + d * _noise(seed, j))
 
 
 @numba.njit(cache=True, nogil=True)
@@ -129,9 +154,9 @@ def intensity_single(flat, scale, shift, sd, keys):
         for i in range(flat.shape[1]):
             row = flat[b, i]
             s, t, d = np.float32(scale[b, i]), np.float32(shift[b, i]), np.float32(sd[b, i])
-            base = keys[b] + np.uint64(i) * np.uint64(m) * GOLDEN
+            seed = _cube_seed(keys[b], i)
             for j in range(m):
-                row[j] = row[j] * s + t + d * _noise(base + np.uint64(j + 1) * GOLDEN)
+                row[j] = row[j] * s + t + d * _noise(seed, j)
 
 
 @intrinsic
@@ -170,7 +195,6 @@ def gather_half(addresses, n, c, sstrides, sbase, out, scale, shift, sd, keys, n
                             row[o + x] = src[np.uint64(np.int64(start) + x * sx)]
             if noisy:  # the cube is in L1 now: one long vectorised loop over it
                 sc, sh, d = np.float32(scale[s, i]), np.float32(shift[s, i]), np.float32(sd[s, i])
-                base = keys[s] + np.uint64(i) * np.uint64(m) * GOLDEN
+                seed = _cube_seed(keys[s], i)
                 for j in range(m):
-                    g = _noise(base + np.uint64(j + 1) * GOLDEN)
-                    row[j] = _float_to_half(_half_to_float(row[j]) * sc + sh + d * g)
+                    row[j] = _float_to_half(_half_to_float(row[j]) * sc + sh + d * _noise(seed, j))

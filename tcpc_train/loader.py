@@ -88,15 +88,19 @@ def open_shards(root: str | Path) -> ShardSet:
                     digest=manifest["digest"], config=manifest["config"])
 
 
+def _where(raw: dict) -> str:
+    """How errors name a raw sample: "url: sample key" (built only for an error: it runs per sample)."""
+    return f"{raw.get('__url__', '?')}: sample {raw.get('__key__', '?')}"
+
+
 def _npy(raw: dict, member: str, layout: str) -> np.ndarray:
-    where = f"{raw.get('__url__', '?')}: sample {raw.get('__key__', '?')}"
     if member not in raw:
         found = sorted(k for k in raw if not k.startswith("__"))
-        raise ValueError(f"{where} has no {member!r} member (has {found}); expected the {layout} layout")
+        raise ValueError(f"{_where(raw)} has no {member!r} member (has {found}); expected the {layout} layout")
     try:
         return read_npy(raw[member])
     except (ValueError, OSError, EOFError) as exc:
-        raise ValueError(f"{where}: {member} is not a plain .npy array ({exc})") from None
+        raise ValueError(f"{_where(raw)}: {member} is not a plain .npy array ({exc})") from None
 
 
 def decode_path_sample(raw: dict) -> dict:
@@ -107,13 +111,13 @@ def decode_path_sample(raw: dict) -> dict:
     """
     layout = "pretraining (cubes.npy, path.npy, json)"
     cubes, path = _npy(raw, "cubes.npy", layout), _npy(raw, "path.npy", layout)
-    where = f"{raw.get('__url__', '?')}: sample {raw.get('__key__', '?')}"
-    if cubes.ndim != 4 or len(set(cubes.shape[1:])) != 1 or cubes.shape[0] < 2:
-        raise ValueError(f"{where}: cubes.npy must be (P+1, c, c, c) with P >= 1, got {cubes.shape}")
-    if path.shape != (cubes.shape[0], 3):
-        raise ValueError(f"{where}: path.npy must be ({cubes.shape[0]}, 3) to match cubes.npy, got {path.shape}")
+    shape = cubes.shape
+    if len(shape) != 4 or not shape[1] == shape[2] == shape[3] or shape[0] < 2:
+        raise ValueError(f"{_where(raw)}: cubes.npy must be (P+1, c, c, c) with P >= 1, got {shape}")
+    if path.shape != (shape[0], 3):
+        raise ValueError(f"{_where(raw)}: path.npy must be ({shape[0]}, 3) to match cubes.npy, got {path.shape}")
     if cubes.dtype.kind != "f":
-        raise ValueError(f"{where}: cubes.npy must hold floats, got {cubes.dtype}")
+        raise ValueError(f"{_where(raw)}: cubes.npy must hold floats, got {cubes.dtype}")
     return {"key": raw["__key__"], "cubes": cubes, "path": path.astype(np.int64)}
 
 
@@ -121,15 +125,14 @@ def decode_labelled_sample(raw: dict) -> dict:
     """Fine-tuning sample -> {key, volume (S, S, S) float32, label int}."""
     layout = "labelled (volume.npy, cls, json)"
     volume = _npy(raw, "volume.npy", layout)
-    where = f"{raw.get('__url__', '?')}: sample {raw.get('__key__', '?')}"
     if volume.ndim != 3:
-        raise ValueError(f"{where}: volume.npy must be (S, S, S), got {volume.shape}")
+        raise ValueError(f"{_where(raw)}: volume.npy must be (S, S, S), got {volume.shape}")
     return {"key": raw["__key__"], "volume": volume.astype(np.float32), "label": read_label(raw)}
 
 
 def read_label(raw: dict) -> int:
     """The integer class of a labelled sample's ``cls`` member."""
-    where = f"{raw.get('__url__', '?')}: sample {raw.get('__key__', '?')}"
+    where = _where(raw)
     if "cls" not in raw:
         raise ValueError(f"{where} has no 'cls' member; expected the labelled layout (volume.npy, cls, json)")
     try:
@@ -160,9 +163,13 @@ def first_sample(data: ShardSet) -> dict:
     raise ValueError(f"{data.urls[0]}: holds no samples although {manifest_url(data.root)} counts some")
 
 
+def _shape(value) -> tuple:
+    return value.shape if isinstance(value, np.ndarray) else np.shape(value)
+
+
 def _usual_shapes(items: list[dict]) -> dict[str, tuple]:
     """The most common shape of each array member of a batch (ties go to the shape seen first)."""
-    return {k: Counter(np.shape(it[k]) for it in items).most_common(1)[0][0] for k in items[0] if k != "key"}
+    return {k: Counter(_shape(it[k]) for it in items).most_common(1)[0][0] for k in items[0] if k != "key"}
 
 
 def _stack(items: list[dict]) -> dict:
@@ -171,27 +178,36 @@ def _stack(items: list[dict]) -> dict:
             for k in items[0]}
 
 
-def _collate(items: list[dict], names: list[str], skip_bad: bool = False, skipped: int = 0,
+def _collate(items: list[dict], raws: list[dict], skip_bad: bool = False, skipped: int = 0,
              stack: Callable[[list[dict]], dict] = _stack) -> dict:
     """Stack prepared samples into a batch, with ``skipped`` (an int: samples dropped from it).
 
-    ``names`` ("url: sample key") let a sample whose array shapes differ from
-    the rest of its batch be named in a one-line ValueError, or, when
-    ``skip_bad``, dropped and counted. ``stack`` makes the batch's members from
-    the remaining samples (arrays become tensors).
+    ``raws`` (the raw samples, for their url and key) let a sample whose array
+    shapes differ from the rest of its batch be named in a one-line
+    ValueError, or, when ``skip_bad``, dropped and counted. ``stack`` makes the
+    batch's members from the remaining samples (arrays become tensors).
     """
+    members = [k for k in items[0] if k != "key"]
+    first = [_shape(items[0][k]) for k in members]
+    if all([_shape(it[k]) for k in members] == first for it in items):  # the usual case, one pass
+        return _batch_of(stack(items), skipped)
     usual = _usual_shapes(items)
     for i in reversed(range(len(items))):
-        shapes = {k: np.shape(items[i][k]) for k in usual}
+        shapes = {k: _shape(items[i][k]) for k in usual}
         if shapes == usual:
             continue
-        message = f"{names[i]}: array shapes {shapes} differ from the other samples of its batch ({usual})"
+        message = f"{_where(raws[i])}: array shapes {shapes} differ from the other samples of its batch ({usual})"
         if not skip_bad:
             raise ValueError(message)
         _warn_skipped(message)
-        del items[i], names[i]
+        del items[i], raws[i]
         skipped += 1
-    out = {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in stack(items).items()}
+    return _batch_of(stack(items), skipped)
+
+
+def _batch_of(stacked: dict, skipped: int) -> dict:
+    """The batch: NumPy members as tensors (no copy), and ``skipped``."""
+    out = {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in stacked.items()}
     out["skipped"] = skipped
     return out
 
@@ -319,12 +335,11 @@ class ShardStream(IterableDataset):
             if skip:
                 skip -= 1
                 continue
-            items, names = [], []
+            items, raws = [], []
             for epoch, s in chunk:
-                name = f"{s.get('__url__', '?')}: sample {s.get('__key__', '?')}"
                 try:
                     items.append(prepare(s, epoch))
-                    names.append(name)
+                    raws.append(s)
                     failing = 0
                 except ValueError as exc:
                     if not self.skip_bad:
@@ -337,7 +352,7 @@ class ShardStream(IterableDataset):
                         raise ValueError(f"{self.shards.root}: every sample failed to load; the last: {exc}") \
                             from None
             if items:
-                batch = _collate(items, names, self.skip_bad, carried, stack)
+                batch = _collate(items, raws, self.skip_bad, carried, stack)
                 carried = 0
                 yield batch
 

@@ -47,6 +47,10 @@ def _number(field: bytes, what: str, path: str) -> int:
     """A tar header number: NUL/space-padded octal, or GNU base-256 when the top bit is set."""
     if field[0] & 0x80:
         return int.from_bytes(field[1:], "big")
+    try:  # the usual field, digits then NULs or spaces: one call, the same value as below
+        return int(field.rstrip(b" \0"), 8)
+    except ValueError:
+        pass
     text = field.split(b"\0", 1)[0].strip()
     try:
         return int(text, 8) if text else 0
@@ -109,8 +113,9 @@ def tar_members(path: str | os.PathLike) -> Iterator[tuple[str, bytes]]:
         f.seek(0)
         pax, longname = {}, None
         pos = 0  # offset of the next header; tracked here, not asked of the file, as is the checksum's
+        skip = 0  # the padding after the last member, read with the next header (one call, no seek)
         while True:
-            header = f.read(_BLOCK)
+            header = f.read(skip + _BLOCK)[skip:] if skip else f.read(_BLOCK)
             pos += _BLOCK
             if len(header) < _BLOCK or header == _ZERO_BLOCK:
                 if header and any(header):
@@ -130,8 +135,6 @@ def tar_members(path: str | os.PathLike) -> Iterator[tuple[str, bytes]]:
             if len(data) < size:
                 raise ValueError(f"{path}: truncated tar (member data cut short)")
             skip = -size % _BLOCK
-            if skip:
-                f.seek(skip, io.SEEK_CUR)
             pos += size + skip
             if kind == b"x":
                 pax = _pax_records(data, path)
@@ -142,7 +145,7 @@ def tar_members(path: str | os.PathLike) -> Iterator[tuple[str, bytes]]:
             if kind in _REGULAR:
                 name = header[:100].split(b"\0", 1)[0].decode("utf-8")
                 # The name prefix is POSIX ustar's; GNU headers keep other fields there.
-                prefix = header[345:500].split(b"\0", 1)[0] if header[257:263] == b"ustar\0" else b""
+                prefix = header[345:500].split(b"\0", 1)[0] if header[345] and header[257:263] == b"ustar\0" else b""
                 if prefix:
                     name = prefix.decode("utf-8") + "/" + name
                 yield pax.get("path") or longname or name, data

@@ -146,3 +146,19 @@ def test_gnu_time_fields_and_signed_checksums(tmp_path):
 def test_header_byte_sum_equals_sum(header):
     from tcpc_data.shards.tario import _byte_sum
     assert _byte_sum(header) == sum(header)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(b"01234567 \0+_8x"), min_size=1, max_size=12).map(bytes))
+def test_header_numbers_read_as_tar_defines_them(field):
+    """The one-call parse of a number field agrees with its definition: the text up to the first NUL,
+    stripped, in octal (empty: 0), else a one-line error naming the file."""
+    from tcpc_data.shards.tario import _number
+    text = field.split(b"\0", 1)[0].strip()
+    try:
+        want = int(text, 8) if text else 0
+    except ValueError:
+        with pytest.raises(ValueError, match=r"^x.tar: not a tar file \(bad size field"):
+            _number(field, "size", "x.tar")
+    else:
+        assert _number(field, "size", "x.tar") == want

@@ -134,6 +134,15 @@ def after_commit(case: zarr.Group, arrays: Mapping[str, np.ndarray]) -> None:
     arrays
         What was just committed: name -> data.
     """
+    try:
+        _complete(case, arrays)
+    except KeyError:
+        # Another process is swapping this case's arrays in (two ingests of one store): its own
+        # after_commit, or the case's next commit if it is killed, completes the metadata.
+        return
+
+
+def _complete(case: zarr.Group, arrays: Mapping[str, np.ndarray]) -> None:
     if IMAGE not in case:
         return
     image = case[IMAGE]

@@ -4,6 +4,7 @@ import pytest
 import zarr
 
 from tcpc_data import IngestConfig, ingest
+from tcpc_data import ngff
 from tcpc_data.ngff import image_attrs, multiscales
 from tcpc_data.store import commit_arrays, open_store
 from tcpc_data import SupervoxelConfig, supervoxels
@@ -177,3 +178,17 @@ def test_a_real_lidc_case_opens_at_its_dicom_geometry(lidc_dir, tmp_path):
     assert _transforms(label) == (scale, translation)
     np.testing.assert_array_equal(np.asarray(label.data[0]),
                                   open_store(store, "r")["LIDC-IDRI-0001"]["supervoxels"][...])
+
+
+def test_after_commit_leaves_a_case_another_process_is_swapping_in_to_that_process():
+    # Two ingests of one store: the other writer's image is between its trash and its rename.
+    class Swapping:
+        basename = "case"
+
+        def __contains__(self, name):
+            return True
+
+        def __getitem__(self, name):
+            raise KeyError(name)
+
+    assert ngff.after_commit(Swapping(), {}) is None

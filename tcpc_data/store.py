@@ -13,6 +13,7 @@ attribute is the completion marker.
 """
 from __future__ import annotations
 
+import errno
 import itertools
 import os
 import re
@@ -219,8 +220,13 @@ def _commit(url, case_id: str, arrays: Mapping[str, np.ndarray], attrs: Mapping[
             if case_attrs:
                 sgroup.update_attributes(dict(case_attrs))
             shutil.rmtree(case_dir, ignore_errors=True)
-            os.replace(staging, case_dir)  # whole new case appears at once
-            return
+            try:
+                os.replace(staging, case_dir)  # whole new case appears at once
+                return
+            except OSError as e:
+                if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+                # another process committed this case since the check: swap our arrays into it
         case = root[case_id]
         for name in arrays:
             target = case_dir / name

@@ -134,3 +134,26 @@ def test_ctrl_c_still_writes_the_failures_report(tmp_path):
         run_cases("t", tasks, _interrupted_at_2, workers=1, failures_path=tmp_path / "f.jsonl")
     recs = [json.loads(line) for line in (tmp_path / "f.jsonl").read_text().splitlines()]
     assert [r["case"] for r in recs] == ["c2", "c3"] and all("interrupted" in r["error"] for r in recs)
+
+
+def test_a_new_case_another_process_commits_first_still_commits(tmp_path, monkeypatch):
+    # Two ingests of one store: the other process's whole case lands between this one's
+    # "is the case new?" check and its rename, which then finds a non-empty directory.
+    url = str(tmp_path / "v.zarr")
+    store.open_store(url)
+    real_replace, raced = os.replace, []
+
+    def replace(src, dst):
+        if not raced and os.path.basename(dst) == "c1":
+            raced.append(True)
+            monkeypatch.setattr(store.os, "replace", real_replace)
+            store.commit_arrays(url, "c1", {"image": np.zeros((2, 2, 2), np.float32)},
+                                {"image": {"digest": "other"}})
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(store.os, "replace", replace)
+    store.commit_arrays(url, "c1", {"image": np.ones((2, 2, 2), np.float32)}, {"image": {"digest": "mine"}})
+    assert raced
+    case = store.open_store(url, mode="r")["c1"]
+    assert case["image"].attrs["digest"] == "mine" and np.array_equal(case["image"][...], np.ones((2, 2, 2)))
+    assert store.list_cases(url) == ["c1"]

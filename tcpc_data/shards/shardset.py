@@ -276,9 +276,7 @@ def _put_tar(out: str, shard: str, samples: Iterable[Sample]) -> tuple[int, str]
     """
     if not is_remote(out):
         path = local_path(out) / shard
-        n = write_tar(path, samples)
-        with open(path, "rb") as f:
-            os.fsync(f.fileno())
+        n = write_tar(path, samples, durable=True)
         fsync_dir(path.parent)
         return n, file_sha256(path)
     fs, root = filesystem(out)

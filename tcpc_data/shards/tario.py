@@ -226,11 +226,14 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def write_tar(path: Path, samples: Iterable[Sample]) -> int:
+def write_tar(path: Path, samples: Iterable[Sample], durable: bool = False) -> int:
     """Write ``samples`` to the tar ``path`` via a temporary name; returns the sample count.
 
     Members are plain ustar entries (fixed mtime, owner, mode; a PAX header only
     for names over 100 characters), so readers parse one 512-byte header each.
+    With ``durable``, the data reach the disk before the rename (a crash never
+    leaves the final name on a file without its data); the caller flushes the
+    directory.
     """
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     n = 0
@@ -242,6 +245,9 @@ def write_tar(path: Path, samples: Iterable[Sample]) -> int:
                 for ext in sorted(members):
                     _add(tar, f"{key}.{ext}", members[ext])
                 n += 1
+        if durable:
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -57,7 +57,11 @@ def best_of(repeat: int, fn) -> tuple[float, float]:
     return min(times), (cpu_seconds() - c0) / repeat
 
 
-_PHASES = ("discover", "series_files", "_case_digest", "_read", "normalise", "commit_arrays")
+# a new DICOM case: read_series_once (each file read, parsed and hashed once), series_volume
+# (decoding to HU), normalise, commit_arrays (float16 cast, compression, write; in a thread that
+# overlaps the next case's reads); series_files, _case_digest and _read are the stored-case path
+_PHASES = ("discover", "read_series_once", "series_volume", "series_files", "_case_digest", "_read", "normalise",
+           "commit_arrays")
 
 
 def timed_phases(acc: dict) -> None:
@@ -143,7 +147,7 @@ def main() -> None:
               f"{cpu:7.2f} {base_cpu / cpu:14.2f}x")
     if phases:
         print("1-worker ingest by step (seconds over both cases; CPU of all threads, so the digest's "
-              "thread counts inside _read too):")
+              "thread counts inside read_series_once, and the writes overlap the next case's reads):")
         for name, (w, c) in phases.items():
             print(f"  {name:16s} wall {w:6.2f}  CPU {c:6.2f}")
 

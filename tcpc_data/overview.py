@@ -119,11 +119,15 @@ def _store_text(url: str) -> tuple[str, str | None]:
 
 
 def _case_text(grp, name: str) -> str:
+    from tcpc_data.ingest.normalise import hu_rounding  # here: its module loads Numba, which inspect rarely needs
+
     lines = [f"case {name}" + (f" attrs {_fmt_attrs(grp.attrs)}" if dict(grp.attrs) else "")]
     for aname, arr in sorted(grp.arrays(), key=lambda kv: kv[0]):
         data = np.asarray(arr[...])
         rng = f"[{data.min():.4g}, {data.max():.4g}]" if data.size else "[]"
         extra = f", {len(np.unique(data)) - (1 if (data == 0).any() else 0)} labels" if aname == "supervoxels" else ""
+        if aname == "image" and "intensity_range" in arr.attrs and arr.dtype in (np.float16, np.float32):
+            extra = f" (HU to within {hu_rounding(arr.attrs['intensity_range'], arr.dtype):.2g})"
         lines.append(f"  {aname}: {tuple(arr.shape)} {arr.dtype} range {rng}{extra}")
         lines.append(f"    attrs {_fmt_attrs(arr.attrs)}")
     if "candidates" in grp:

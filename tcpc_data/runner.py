@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import json
 import os
 import sys
@@ -55,15 +56,64 @@ class RunReport:
         return s
 
 
-def _call(fn: Callable[[Any], tuple[str, Any]], task: Task) -> tuple[str, str, Any]:
-    """Run one task; turn any exception into a failure record (runs on the worker)."""
+def _call(fn: Callable[[Any], Any], task: Task) -> tuple[str, str, Any]:
+    """Run one task to its end; turn any exception into a failure record (runs on the worker)."""
+    started = _start(fn, task)
+    return _finish(task, started) if inspect.isgenerator(started) else started
+
+
+def _start(fn: Callable[[Any], Any], task: Task):
+    """Run one task up to its pause: its record, or a generator paused at its ``yield``."""
     try:
-        status, result = fn(task.payload)
-        return task.case, status, result
+        out = fn(task.payload)
+        if not inspect.isgenerator(out):
+            return (task.case, *out)
+        next(out)
+        return out
+    except StopIteration as stop:  # a generator that finished without pausing
+        return (task.case, *stop.value)
     except Exception as exc:  # noqa: BLE001 - every case error is reported, none stops the run
-        msg = f"{type(exc).__name__}: {exc}"
-        return task.case, "failed", {"case": task.case, "source": task.source, "error": msg,
-                                     "traceback": traceback.format_exc(limit=8)}
+        return _failure(task, exc)
+
+
+def _finish(task: Task, paused) -> tuple[str, str, Any]:
+    """Run a paused task (:func:`_start`) to its end."""
+    try:
+        next(paused)
+    except StopIteration as stop:
+        return (task.case, *stop.value)
+    except Exception as exc:  # noqa: BLE001 - as in _start
+        return _failure(task, exc)
+    return _failure(task, RuntimeError("a task function may pause (yield) once"))
+
+
+def _failure(task: Task, exc: Exception) -> tuple[str, str, dict]:
+    msg = f"{type(exc).__name__}: {exc}"
+    return task.case, "failed", {"case": task.case, "source": task.source, "error": msg,
+                                 "traceback": traceback.format_exc(limit=8)}
+
+
+def _run_here(tasks: Iterable[Task], fn: Callable[[Any], Any], record) -> None:
+    """Cases one after another in this process. A task that pauses (yields) after its reads
+    finishes in a thread while the next case reads: writes (compression, hashing) release the
+    GIL, so on two cores they take little of the wall time; one case at most is in flight."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    pending = None  # (task, future of its finish)
+    with ThreadPoolExecutor(1, thread_name_prefix="tcpc-finish") as pool:
+        try:
+            for t in tasks:
+                started = _start(fn, t)
+                if pending is not None:
+                    record(*pending.result())
+                    pending = None
+                if inspect.isgenerator(started):
+                    pending = pool.submit(_finish, t, started)
+                else:
+                    record(*started)
+        finally:  # also on Ctrl-C: the case being written is completed and recorded
+            if pending is not None:
+                record(*pending.result())
 
 
 def progress_display():
@@ -129,8 +179,11 @@ def run_cases(stage: str, tasks: Iterable[Task], fn: Callable[[Any], tuple[str, 
         Cases to process: a sequence, or a lazy iterable (a generator) that is
         drawn from only as cases finish, so that the first cases run while later
         ones are still being found. ``fn(task.payload)`` must return
-        ``(status, result)`` with status ``"done"`` or ``"skipped"``. It must be
-        picklable (a module-level function or ``functools.partial`` of one).
+        ``(status, result)`` with status ``"done"`` or ``"skipped"``, or be a
+        generator function that returns it and may pause (``yield``) once, after
+        its reads: in this process, the rest of a paused case (its writes) then
+        runs in a thread while the next case starts. It must be picklable (a
+        module-level function or ``functools.partial`` of one).
     workers
         Local worker processes; None = one per core (capped at the number of
         tasks; one per core for a lazy iterable). 1 runs in this process
@@ -188,8 +241,7 @@ def run_cases(stage: str, tasks: Iterable[Task], fn: Callable[[Any], tuple[str, 
     try:
         n = workers or default_workers(total if total is not None else os.cpu_count() or 1)
         if scheduler is None and n <= 1 and memory_limit is None:
-            for t in draw():
-                record(*_call(fn, t))
+            _run_here(draw(), fn, record)
         else:
             _run_distributed(stage, draw(), fn, n, scheduler, memory_limit, record, bar)
     except KeyboardInterrupt:

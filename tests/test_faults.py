@@ -157,7 +157,7 @@ def _images(store) -> dict:
 
 
 def test_a_full_disk_fails_cases_in_one_line_and_a_rerun_after_freeing_space_completes(small_disk, tmp_path):
-    write_archive(tmp_path / "arch", n_cases=3, shape=(48, 96, 96))
+    write_archive(tmp_path / "arch", n_cases=3, shape=(64, 128, 128))
     store = small_disk / "volumes.zarr"
     report = ingest(tmp_path / "arch", store, workers=1)
     assert report.failures, "the disk was expected to fill up"

@@ -61,21 +61,36 @@ def read_series(files, *, max_voxels: int, what: str, irregular: str = "resample
         (Z, Y, X) float32 HU, slices sorted along the normal; z spacing is the
         mean gap (regular) or the median gap (irregular).
     """
+    paths = [Path(f) for f in files]
+    _check_count(paths, what)
+    datasets = [parse_file(p.read_bytes(), p, what) for p in paths]
+    return series_volume(paths, datasets, max_voxels=max_voxels, what=what, irregular=irregular)
+
+
+def parse_file(data: bytes, path: Path, what: str):
+    """The pydicom dataset of one file's bytes (pixels not yet decoded); a damaged file is a
+    one-line ValueError that names it."""
     import pydicom
 
-    paths = [Path(f) for f in files]
+    try:
+        # from bytes already in memory: pydicom reads a file in many small calls, which cost
+        # more than the copy
+        return pydicom.dcmread(io.BytesIO(data))
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many types for damaged files; name the file
+        raise ValueError(f"{what}: cannot read DICOM file {path}: {one_line(exc)}") from exc
+
+
+def _check_count(paths: list[Path], what: str) -> None:
     if len(paths) < 2:
         raise ValueError(f"{what}: the series has {len(paths)} slice(s) ({paths[0].name if paths else 'none'}); "
                          f"a volume needs at least 2")
-    datasets = []
-    for p in paths:
-        try:
-            # One read into memory, then parse: pydicom reads a file in many small calls,
-            # which cost more than the copy.
-            datasets.append(pydicom.dcmread(io.BytesIO(p.read_bytes())))
-        except Exception as exc:  # noqa: BLE001 - pydicom raises many types for damaged files; name the file
-            raise ValueError(f"{what}: cannot read DICOM file {p}: {one_line(exc)}") from exc
 
+
+@reader
+def series_volume(paths: list[Path], datasets: list, *, max_voxels: int, what: str,
+                  irregular: str = "resample") -> Volume:
+    """:func:`read_series` on files already parsed: ``datasets[i]`` is the dataset of ``paths[i]``."""
+    _check_count(paths, what)
     first = datasets[0]
     rows, cols = int(first.get("Rows", 0)), int(first.get("Columns", 0))
     check_size((len(paths), rows, cols), max_voxels, what)

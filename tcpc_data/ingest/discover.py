@@ -418,23 +418,29 @@ def _add_dicom(scan: _FolderScan, src: str, fs, base: str, f: str, header: dict 
     entry["count"] += 1
 
 
-def series_files(folders, series: str) -> list[str]:
-    """The files of DICOM series ``series`` (a :attr:`CaseSource.series`) directly in the local
-    ``folders``, sorted: what discovery counted, listed again on the worker that reads them."""
-    fs = LocalFileSystem()
-    out = []
+def series_candidates(folders) -> list[str]:
+    """The files directly in the local ``folders`` that may belong to a DICOM series (every file but
+    the volume files discovery reads as cases of their own)."""
+    fs, out = LocalFileSystem(), []
     for folder in map(str, folders):
         # a folder, or the file itself when the source was one DICOM file
         names = [posixpath.basename(folder)] if os.path.isfile(folder) else _entries(fs, folder)[0]
         folder = posixpath.dirname(folder) if os.path.isfile(folder) else folder
-        for name in names:
-            if _strip_suffix(name)[1] is not None:
-                continue
-            f = posixpath.join(folder, name)
-            header = _scan_file(fs, f)
-            if isinstance(header, dict) and _skip_reason(header) is None and _series_key(header) == series:
-                out.append(f)
-    return sorted(out)
+        out += [posixpath.join(folder, name) for name in names if _strip_suffix(name)[1] is None]
+    return out
+
+
+def in_series(header: dict | str | None, series: str) -> bool:
+    """Whether a file with this header (as :func:`scan_header` returns it) is an image of DICOM
+    series ``series`` (a :attr:`CaseSource.series`)."""
+    return isinstance(header, dict) and _skip_reason(header) is None and _series_key(header) == series
+
+
+def series_files(folders, series: str) -> list[str]:
+    """The files of DICOM series ``series`` (a :attr:`CaseSource.series`) directly in the local
+    ``folders``, sorted: what discovery counted, listed again on the worker that reads them."""
+    fs = LocalFileSystem()
+    return sorted(f for f in series_candidates(folders) if in_series(_scan_file(fs, f), series))
 
 
 class _Summary:
@@ -574,36 +580,58 @@ def _windowed(submit, window: int, dask: bool = False):
 
 def _scan_file(fs, path: str) -> dict | str | None:
     """A file of unknown type: None if it is not DICOM, else its header tags, or the parse error.
+    Runs in discovery's worker processes or threads."""
+    try:
+        # One open: on remote storage each costs a round trip. Local files through Python's own
+        # buffered reader, which pydicom's many small reads cost far less than fsspec's.
+        with (open(path, "rb") if isinstance(fs, LocalFileSystem) else fs.open(path, "rb")) as fh:
+            return scan_header(fh, path)
+    except Exception as exc:  # noqa: BLE001 - an unopenable file named as DICOM is that file's failure
+        return _error_text(exc) if path.lower().endswith(_DICOM_SUFFIXES) else None
+
+
+def scan_header(fh, path: str) -> dict | str | None:
+    """:func:`_scan_file` of an open binary file (or ``io.BytesIO``) at its start, named ``path``.
 
     DICOM means the ``DICM`` preamble, or a DICOM suffix (preamble-less files
-    are read with ``force``). Runs in discovery's worker processes or threads.
+    are read with ``force``).
     """
     from pydicom.filereader import read_partial
     from pydicom.tag import Tag
 
     suffix, magic = path.lower().endswith(_DICOM_SUFFIXES), False
     try:
-        # One open: on remote storage each costs a round trip. Local files through Python's
-        # own buffered reader, which pydicom's many small reads cost far less than fsspec's.
-        with (open(path, "rb") if isinstance(fs, LocalFileSystem) else fs.open(path, "rb")) as fh:
-            head = fh.read(132)
-            magic = len(head) == 132 and head[128:] == b"DICM"
-            if not magic and not suffix:
-                return None
-            fh.seek(0)
-            ds = read_partial(fh, stop_when=_past_header_tags, specific_tags=[Tag(t) for t in _HEADER_TAGS], force=not magic)
-        if not any(ds.get(t) for t in ("SeriesInstanceUID", "Modality", "SOPClassUID")):
+        head = fh.read(132)
+        magic = len(head) == 132 and head[128:] == b"DICM"
+        if not magic and not suffix:
+            return None
+        fh.seek(0)
+        ds = read_partial(fh, stop_when=_past_header_tags, specific_tags=[Tag(t) for t in _HEADER_TAGS], force=not magic)
+        header = header_of(ds)
+        if header is None:
             raise ValueError("no DICOM image header (no SeriesInstanceUID, Modality or SOPClassUID)")
-        return {"SeriesInstanceUID": str(ds.get("SeriesInstanceUID", "") or ""),
-                "SeriesNumber": str(ds.get("SeriesNumber", "")),  # as before: series 0 stays "0"
-                "Modality": str(ds.get("Modality", "") or ""),
-                "SOPClassUID": str(ds.get("SOPClassUID", "") or ""),
-                "ImageType": [str(t).upper() for t in (ds.get("ImageType") or [])],
-                "PatientID": str(ds.get("PatientID", "") or "")}
+        return header
     except Exception as exc:  # noqa: BLE001 - any parse error of a user's file is that file's failure
         if not magic and not suffix:  # unreadable, and nothing says it is DICOM
             return None
-        return f"{type(exc).__name__}: {exc}" if not str(exc) else str(exc)
+        return _error_text(exc)
+
+
+def _error_text(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}" if not str(exc) else str(exc)
+
+
+def header_of(ds) -> dict | None:
+    """The tags discovery groups DICOM files by, from a pydicom dataset; None when it has no image
+    header (no SeriesInstanceUID, Modality or SOPClassUID)."""
+    if not any(ds.get(t) for t in ("SeriesInstanceUID", "Modality", "SOPClassUID")):
+        return None
+    return {"SeriesInstanceUID": str(ds.get("SeriesInstanceUID", "") or ""),
+            "SeriesNumber": str(ds.get("SeriesNumber", "")),  # as before: series 0 stays "0"
+            "Modality": str(ds.get("Modality", "") or ""),
+            "SOPClassUID": str(ds.get("SOPClassUID", "") or ""),
+            "ImageType": [str(t).upper() for t in (ds.get("ImageType") or [])],
+            "PatientID": str(ds.get("PatientID", "") or "")}
 
 
 def _past_header_tags(tag, vr, length) -> bool:

@@ -84,3 +84,15 @@ def to_hu(values: np.ndarray, intensity_range) -> np.ndarray:
     """Inverse of :func:`normalise`: stored values in [-1, 1] back to HU (float64)."""
     lo, hi = (float(v) for v in intensity_range)
     return lo + (np.asarray(values, dtype=np.float64) + 1.0) / 2.0 * (hi - lo)
+
+
+def hu_rounding(intensity_range, dtype) -> float:
+    """Largest error, in HU, that storing normalised values as ``dtype`` adds to :func:`to_hu`.
+
+    Half a unit in the last place of the largest magnitudes (|v| in [0.5, 1]: 2^-12 for float16,
+    2^-25 for float32) times the HU per unit, (hi - lo) / 2: 0.5 HU for float16 over a 4095-HU
+    window, so integer HU round back exactly below a 4096-HU range.
+    """
+    lo, hi = (float(v) for v in intensity_range)
+    half_ulp = {np.dtype(np.float16): 2.0 ** -12, np.dtype(np.float32): 2.0 ** -25}[np.dtype(dtype)]
+    return half_ulp * (hi - lo) / 2.0

@@ -27,9 +27,11 @@ from typing import Literal
 import numpy as np
 
 from tcpc_data.digest import digest, files_digest
+from tcpc_data.ingest.dicom import series_volume
 from tcpc_data.ingest.dicomseg import read_seg_mask
 from tcpc_data.ingest.discover import CaseSource, _strip_suffix, discover, series_files
 from tcpc_data.ingest.normalise import apply_clip, check_clip, normalise
+from tcpc_data.ingest.onepass import read_series_once
 from tcpc_data.ingest.resample import to_grid
 from tcpc_data.runner import DONE, SKIPPED, RunReport, Task, run_cases
 from tcpc_data.store import array_digest, commit_arrays, open_store, sweep_staging
@@ -67,7 +69,9 @@ class IngestConfig:
     npy_spacing_zyx: tuple[float, ...] | None = field(default=None, metadata={
         "help": "Voxel size in mm of .npy/.npz inputs, which carry none; none refuses them.",
         "metavar": "S|Z,Y,X", "option": "npy-spacing", "aliases": ("npy-spacing-zyx",)})
-    dtype: Literal[_DTYPES] = field(default="float32", metadata={"help": "Stored dtype."})
+    dtype: Literal[_DTYPES] = field(default="float16", metadata={
+        "help": "Stored dtype of the normalised image: float16 rounds by at most 2^-12 of the [-1, 1] range "
+                "(0.5 HU of a 4095-HU window; the shards hold float16 cubes anyway); float32 keeps every bit."})
     irregular: Literal[_IRREGULAR] = field(default="resample", metadata={
         "help": "Tilted or unevenly spaced DICOM series: resample onto a regular grid, or refuse."})
     max_voxels: int = field(default=1 << 30, metadata={
@@ -154,25 +158,30 @@ def ingest(sources, out, config: IngestConfig = IngestConfig(), *, workers: int 
     return report
 
 
-def _ingest_case(job: _Job) -> tuple[str, dict]:
-    """Ingest one case (runs on a worker)."""
+def _ingest_case(job: _Job):
+    """Ingest one case (runs on a worker): a generator that pauses once, between its reads and
+    its writes, so that in-process runs overlap them (:func:`tcpc_data.runner.run_cases`);
+    returns ``(status, result)``."""
     if job.error is not None:
         raise ValueError(job.error)
     cs, config = job.case, job.config
-    with _case_files(cs) as paths:
-        n_bytes = sum(os.path.getsize(p) for p in paths)
-        stored = _stored_digest(job.out, cs.case)
-        # The digest hashes every source byte (hashlib releases the GIL): for a large case not yet
-        # in the store, a thread hashes while this one parses; a stored case needs it first, to skip.
-        overlap = stored is None and n_bytes >= _OVERLAP_BYTES
-        with ThreadPoolExecutor(1, thread_name_prefix="tcpc-digest") if overlap else contextlib.nullcontext() as pool:
-            hashed = pool.submit(_case_digest, cs, paths, config) if overlap else None
-            d = None if overlap else _case_digest(cs, paths, config)
-            if stored is not None and d == stored:
-                return SKIPPED, {"source_bytes": n_bytes}
-            volume = _read(cs, paths[:-1] if cs.mask else paths, config)
-            mask = _read_mask(cs, paths[-1], volume, config) if cs.mask else None
-            d = hashed.result() if overlap else d
+    stored = _stored_digest(job.out, cs.case)
+    if cs.format == "dicom" and stored is None:
+        volume, mask, d, n_bytes = _read_new_dicom(cs, config)
+    else:
+        with _case_files(cs) as paths:
+            n_bytes = sum(os.path.getsize(p) for p in paths)
+            # The digest hashes every source byte (hashlib releases the GIL): for a large case not
+            # yet in the store, a thread hashes while this one parses; a stored case needs it first.
+            overlap = stored is None and n_bytes >= _OVERLAP_BYTES
+            with ThreadPoolExecutor(1, thread_name_prefix="tcpc-digest") if overlap else contextlib.nullcontext() as pool:
+                hashed = pool.submit(_case_digest, cs, paths, config) if overlap else None
+                d = None if overlap else _case_digest(cs, paths, config)
+                if stored is not None and d == stored:
+                    return SKIPPED, {"source_bytes": n_bytes}
+                volume = _read(cs, paths[:-1] if cs.mask else paths, config)
+                mask = _read_mask(cs, paths[-1], volume, config) if cs.mask else None
+                d = hashed.result() if overlap else d
     hu = volume.hu
     # NaN propagates into min and max, and an infinity is one of them: two passes without the
     # voxel-sized mask (and its page faults) of the full check, which only runs to name the voxels
@@ -207,6 +216,7 @@ def _ingest_case(job: _Job) -> tuple[str, dict]:
     case_attrs = {"source": cs.source, "format": cs.format, **dict(cs.info)}
     if notes:
         case_attrs["notes"] = notes
+    yield  # the reads are done; the writes may overlap the next case's reads
     arrays, array_attrs = {"image": values.astype(config.dtype, copy=False)}, {"image": attrs}
     if mask is not None:
         arrays["mask"] = mask_on_grid(mask, source_spacing, volume.spacing_zyx, values.shape)
@@ -218,10 +228,30 @@ def _ingest_case(job: _Job) -> tuple[str, dict]:
 
 def _case_digest(cs: CaseSource, paths: list[str], config: IngestConfig) -> str:
     """Digest of a case's source bytes and the config fields that shape it."""
-    d = digest(files_digest(paths[:-1] if cs.mask else paths), config.digest_fields(cs.format))
+    return _digest_of(cs, files_digest(paths[:-1] if cs.mask else paths), paths[-1:] if cs.mask else [], config)
+
+
+def _digest_of(cs: CaseSource, files_hex: str, mask_paths: list[str], config: IngestConfig) -> str:
+    """:func:`_case_digest` from the image files' :func:`files_digest` already computed."""
+    d = digest(files_hex, config.digest_fields(cs.format))
     if cs.mask:  # a changed mask redoes the case; cases without one keep their digest
-        d = digest(d, "mask", files_digest(paths[-1:]))
+        d = digest(d, "mask", files_digest(mask_paths))
     return d
+
+
+def _read_new_dicom(cs: CaseSource, config: IngestConfig) -> tuple[Volume, np.ndarray | None, str, int]:
+    """(volume, mask, digest, source bytes) of a DICOM case not yet in the store, each of its
+    files read once (:mod:`tcpc_data.ingest.onepass`)."""
+    with _local_copies(cs.files, folders=True) as folders, \
+            _local_copies((cs.mask,)) if cs.mask else contextlib.nullcontext([]) as mask_paths:  # a DICOM-SEG
+        paths, datasets, files_hex = read_series_once(folders, cs.series, what=cs.case)
+        if not paths:
+            raise ValueError(f"{cs.case}: no file of series {cs.series} is left in {cs.source}")
+        volume = series_volume(paths, datasets, max_voxels=config.max_voxels, what=cs.case,
+                               irregular=config.irregular)
+        mask = _read_mask(cs, mask_paths[0], volume, config) if cs.mask else None
+        n_bytes = sum(os.path.getsize(p) for p in [*paths, *mask_paths])
+        return volume, mask, _digest_of(cs, files_hex, mask_paths, config), n_bytes
 
 
 def _read(cs: CaseSource, paths: list[str], config: IngestConfig, what: str | None = None) -> Volume:

@@ -12,6 +12,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cli import main
 from tcpc_data import IngestConfig, ingest
@@ -55,7 +57,7 @@ def test_phantom_archive_ingests_back_to_exactly_its_arrays(archive, tmp_path):
     for i, case in enumerate(report.done):
         values, attrs = _stored(store, case)
         hu = _phantom_hu(i)
-        assert values.dtype == np.float32 and values.shape == hu.shape
+        assert values.dtype == np.float16 and values.shape == hu.shape  # float16 by default
         assert values.min() == -1.0 and values.max() == 1.0
         np.testing.assert_array_equal(np.round(to_hu(values, attrs["intensity_range"])), hu)
         assert attrs["intensity_range"] == [hu.min(), hu.max()] and attrs["clip"] is None
@@ -63,7 +65,7 @@ def test_phantom_archive_ingests_back_to_exactly_its_arrays(archive, tmp_path):
         assert attrs["origin_zyx"] == [0.0, 0.0, 0.0]
         assert attrs["direction"] == [[1.0, 0.0, 0.0], [0.0, -1.0, 0.0], [0.0, 0.0, -1.0]]
         assert attrs["config"] == {"clip": None, "spacing_zyx": None, "npy_spacing_zyx": None,
-                                   "dtype": "float32", "irregular": "resample", "max_voxels": 1 << 30,
+                                   "dtype": "float16", "irregular": "resample", "max_voxels": 1 << 30,
                                    "fixed_window": False}
         assert len(attrs["digest"]) == 64 and list(attrs)[-1] == "digest"
         group = dict(open_store(store, "r")[case].attrs)
@@ -132,7 +134,7 @@ def test_bad_inputs_become_failure_lines_and_good_cases_survive(tmp_path, dicom_
     assert dict(open_store(tmp_path / "v.zarr", "r")["mixed_1234222"].attrs)["series_uid"] == "1.2.3.4.222"
 
 
-def test_numpy_metaimage_spacing_and_float16(tmp_path):
+def test_numpy_metaimage_spacing_and_float32(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
     hu = _phantom_hu(0, shape=(16, 40, 40))
@@ -140,18 +142,33 @@ def test_numpy_metaimage_spacing_and_float16(tmp_path):
     (src / "vol.raw").write_bytes(hu.tobytes())
     (src / "vol.mhd").write_text("NDims = 3\nDimSize = 40 40 16\nElementSpacing = 1.4 1.4 2.5\n"
                                  "ElementType = MET_SHORT\nElementDataFile = vol.raw\n")
-    cfg = IngestConfig(npy_spacing_zyx=(2.5, 1.4, 1.4), spacing_zyx=(5.0, 2.8, 2.8), dtype="float16")
+    cfg = IngestConfig(npy_spacing_zyx=(2.5, 1.4, 1.4), spacing_zyx=(5.0, 2.8, 2.8), dtype="float32")
     report = ingest(src, tmp_path / "v.zarr", cfg, workers=1)
     assert report.done == ["arr", "vol"] and not any("vol.raw" in n for n in report.notes)
     for case in report.done:
         values, attrs = _stored(tmp_path / "v.zarr", case)
-        assert values.dtype == np.float16 and values.shape == (8, 20, 20)
+        assert values.dtype == np.float32 and values.shape == (8, 20, 20)
         assert attrs["spacing_zyx"] == [5.0, 2.8, 2.8] and attrs["source_spacing_zyx"] == [2.5, 1.4, 1.4]
-        # doubling the spacing puts every new voxel on an old one: values are the old ones
-        # (float16 keeps 11 bits: 1/1024 of the range)
-        back = to_hu(values.astype(np.float32), attrs["intensity_range"])
-        tol = (attrs["intensity_range"][1] - attrs["intensity_range"][0]) / 1024
-        np.testing.assert_allclose(back, hu[::2, ::2, ::2], atol=tol)
+        # doubling the spacing puts every new voxel on an old one: values are the old ones, and
+        # float32 keeps every integer HU
+        np.testing.assert_array_equal(np.round(to_hu(values, attrs["intensity_range"])), hu[::2, ::2, ::2])
+
+
+@settings(max_examples=60, deadline=None)
+@given(lo=st.integers(-3024, 0), width=st.integers(1, 40_000), seed=st.integers(0, 2**31 - 1))
+def test_float16_storage_stays_within_its_stated_hu_bound(lo, width, seed):
+    # the default store: normalise in float32, store float16; to_hu must come back within
+    # hu_rounding of the HU (plus the float32 normalisation's rounding), for any window
+    from tcpc_data.ingest.normalise import hu_rounding, normalise
+
+    hu = np.random.default_rng(seed).integers(lo, lo + width, size=(4, 8, 8), endpoint=True).astype(np.float32)
+    hu.flat[:2] = lo, lo + width  # both ends of the window
+    values, rng = normalise(hu)
+    back = to_hu(values.astype(np.float16), rng)
+    bound = hu_rounding(rng, np.float16)
+    assert np.abs(back - hu).max() <= bound + 2e-6 * width
+    if width < 4096:  # integer HU round back exactly under a 4096-HU window
+        np.testing.assert_array_equal(np.round(back), hu)
 
 
 def test_two_dask_workers_and_a_running_scheduler_equal_one_in_process_run(archive, tmp_path):

@@ -13,7 +13,7 @@ import pytest
 from scipy import ndimage
 
 from tcpc_data import IngestConfig, ingest
-from tcpc_data.ingest.normalise import to_hu
+from tcpc_data.ingest.normalise import hu_rounding, to_hu
 from tcpc_data.store import open_store
 from tcpc_data.volume import world_to_index
 
@@ -79,7 +79,8 @@ def test_lidc_shape_spacing_and_hu_range_match_the_dicom(native_store, lidc_trut
     group = dict(open_store(native_store[0], "r")[case].attrs)
     assert group["patient_id"] == case and group["modality"] == "CT" and group["format"] == "dicom"
     # the whole volume maps back to the windowed DICOM HU (float32 rounding only)
-    np.testing.assert_allclose(to_hu(arr[...], attrs["intensity_range"]), np.clip(hu, *CLIP), atol=2e-3)
+    np.testing.assert_allclose(to_hu(arr[...], attrs["intensity_range"]), np.clip(hu, *CLIP),
+                               atol=2e-3 + hu_rounding(attrs["intensity_range"], arr.dtype))
 
 
 def test_lidc_nodules_map_back_to_the_dicom_hu(native_store, lidc_truth, nodules):
@@ -92,7 +93,8 @@ def test_lidc_nodules_map_back_to_the_dicom_hu(native_store, lidc_truth, nodules
         assert k == pytest.approx(float(nod["slice_index"]), abs=1.0)
         z, y, x = round(float(nod["slice_index"])), round(float(nod["row"])), round(float(nod["col"]))
         stored = to_hu(arr[z, y, x], attrs["intensity_range"])
-        assert stored == pytest.approx(np.clip(hu[z, y, x], *CLIP), abs=2e-3)
+        tol = 2e-3 + hu_rounding(attrs["intensity_range"], arr.dtype)
+        assert stored == pytest.approx(np.clip(hu[z, y, x], *CLIP), abs=tol)
         assert -1000 < stored < 500  # inside the body, not padding
 
 
@@ -112,11 +114,12 @@ def test_lidc_nodules_after_resampling_to_1mm(iso_store, lidc_truth, nodules):
         w = np.asarray(attrs["origin_zyx"]) + q * attrs["spacing_zyx"]
         native_idx = (w - native_origin) / np.array([2.5, *pixel])
         truth = ndimage.map_coordinates(np.clip(hu, *CLIP), native_idx[:, None], order=1)[0]
-        assert stored == pytest.approx(truth, abs=0.05)
+        tol = 0.05 + hu_rounding(attrs["intensity_range"], arr.dtype)
+        assert stored == pytest.approx(truth, abs=tol)
         # and it lies between the HU of the native voxels around it
         lo_idx, hi_idx = np.floor(native_idx).astype(int), np.ceil(native_idx).astype(int)
         cell = np.clip(hu, *CLIP)[lo_idx[0]:hi_idx[0] + 1, lo_idx[1]:hi_idx[1] + 1, lo_idx[2]:hi_idx[2] + 1]
-        assert cell.min() - 0.05 <= stored <= cell.max() + 0.05
+        assert cell.min() - tol <= stored <= cell.max() + tol
 
 
 def test_jpeg2000_series_decodes_to_the_dicom_hu(native_store, shared_data):
@@ -124,7 +127,8 @@ def test_jpeg2000_series_decodes_to_the_dicom_hu(native_store, shared_data):
     arr, attrs = _image(native_store[0], "body-jpeg2000-dicom")
     assert arr.shape == (20, 512, 512) and attrs["spacing_zyx"] == pytest.approx([2.0, *pixel])
     assert attrs["origin_zyx"][0] == pytest.approx(ipp[:, 2].min())
-    np.testing.assert_allclose(to_hu(arr[...], attrs["intensity_range"]), np.clip(hu, *CLIP), atol=2e-3)
+    np.testing.assert_allclose(to_hu(arr[...], attrs["intensity_range"]), np.clip(hu, *CLIP),
+                               atol=2e-3 + hu_rounding(attrs["intensity_range"], arr.dtype))
 
 
 def _dicom_stack_any(folder: Path):
@@ -167,7 +171,8 @@ def test_gantry_tilt_series_is_resampled_in_its_tilted_frame(native_store, share
         inside = (r >= 0) & (r <= src.shape[0] - 1) & (c >= 0) & (c <= src.shape[1] - 1)
         assert inside.mean() > 0.6
         truth = ndimage.map_coordinates(src, [r[inside], c[inside]], order=1)
-        np.testing.assert_allclose(values[k][jj[inside], ii[inside]], truth, atol=0.05)
+        np.testing.assert_allclose(values[k][jj[inside], ii[inside]], truth,
+                                   atol=0.05 + hu_rounding(attrs["intensity_range"], arr.dtype))
 
 
 def test_nifti_torso_keeps_its_voxels_and_affine(native_store, shared_data):
@@ -175,7 +180,8 @@ def test_nifti_torso_keeps_its_voxels_and_affine(native_store, shared_data):
     data = np.asarray(img.dataobj, dtype=np.float64).transpose(2, 1, 0)
     arr, attrs = _image(native_store[0], "torso-3mm")
     assert arr.shape == (112, 101, 122) and attrs["spacing_zyx"] == [3.0, 3.0, 3.0]
-    np.testing.assert_allclose(to_hu(arr[...], attrs["intensity_range"]), np.clip(data, *CLIP), atol=2e-3)
+    np.testing.assert_allclose(to_hu(arr[...], attrs["intensity_range"]), np.clip(data, *CLIP),
+                               atol=2e-3 + hu_rounding(attrs["intensity_range"], arr.dtype))
     ras_origin = img.affine[:3, 3]
     assert attrs["origin_zyx"] == pytest.approx([ras_origin[2], -ras_origin[1], -ras_origin[0]], abs=1e-4)
 

@@ -42,5 +42,5 @@ def test_lidc_nodule_crops_and_u_paths(lidc_store, tmp_path):
     text = inspect_path(tmp_path / "pre", png=tmp_path / "path.png")
     assert "LIDC-IDRI-0001_c00000_t00" in text
     text = inspect_path(url / "LIDC-IDRI-0001", png=tmp_path / "case.png")
-    assert "image: (133, 512, 512) float32" in text and f"0: {centre}" in text
+    assert "image: (133, 512, 512) float16" in text and f"0: {centre}" in text
     assert (tmp_path / "case.png").stat().st_size > 10_000

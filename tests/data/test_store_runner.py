@@ -136,6 +136,57 @@ def test_ctrl_c_still_writes_the_failures_report(tmp_path):
     assert [r["case"] for r in recs] == ["c2", "c3"] and all("interrupted" in r["error"] for r in recs)
 
 
+def _paused(payload):
+    """A task that pauses after its 'reads'. Case "first" writes only once case "ok" has started
+    its reads (so only an overlapping runner finishes it); kinds also: skip, fail-after, twice."""
+    kind, started, log = payload
+    log.append(("start", kind))
+    if kind == "skip":
+        return SKIPPED, kind
+    if kind == "ok":
+        started.set()
+    yield
+    if kind == "first":
+        assert started.wait(10), "case ok never started while case first was writing"
+    if kind == "fail-after":
+        raise ValueError("disk full")
+    if kind == "twice":
+        yield
+    log.append(("end", kind))
+    return DONE, kind
+
+
+def test_a_paused_task_writes_while_the_next_case_reads_and_results_stay_in_order(tmp_path):
+    import threading
+
+    log, started = [], threading.Event()
+    kinds = ["first", "ok", "skip", "fail-after", "twice", "ok2"]
+    rep = run_cases("t", [Task(k, k, (k, started, log)) for k in kinds], _paused, workers=1,
+                    failures_path=tmp_path / "f.jsonl")
+    assert rep.done == ["first", "ok", "ok2"] and rep.skipped == ["skip"] and rep.results["ok"] == "ok"
+    errors = {f["case"]: f["error"] for f in rep.failures}
+    assert errors == {"fail-after": "ValueError: disk full",
+                      "twice": "RuntimeError: a task function may pause (yield) once"}
+    assert log.index(("start", "ok")) < log.index(("end", "first"))  # the overlap
+    dask = run_cases("t", [Task(k, k, (k, None, [])) for k in ("ok2", "skip", "fail-after")], _paused, workers=2)
+    assert (dask.done, dask.skipped, [f["case"] for f in dask.failures]) == (["ok2"], ["skip"], ["fail-after"])
+
+
+def _paused_then_interrupted(payload):
+    if payload == 1:
+        raise KeyboardInterrupt
+    yield
+    return DONE, payload
+
+
+def test_ctrl_c_while_a_case_writes_completes_and_records_it(tmp_path):
+    tasks = [Task(f"c{i}", f"s{i}", i) for i in range(3)]
+    with pytest.raises(KeyboardInterrupt):
+        run_cases("t", tasks, _paused_then_interrupted, workers=1, failures_path=tmp_path / "f.jsonl")
+    recs = [json.loads(line) for line in (tmp_path / "f.jsonl").read_text().splitlines()]
+    assert [r["case"] for r in recs] == ["c1", "c2"]  # c0 was written and counts as done
+
+
 def test_a_new_case_another_process_commits_first_still_commits(tmp_path, monkeypatch):
     # Two ingests of one store: the other process's whole case lands between this one's
     # "is the case new?" check and its rename, which then finds a non-empty directory.

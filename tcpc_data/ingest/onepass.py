@@ -1,0 +1,89 @@
+"""One read of each file of a DICOM case not yet in the store: series membership, digest and
+pixels from the same bytes.
+
+A case already in the store needs its digest first (to skip it when it matches), so it
+finds its series' files by header scans (:func:`discover.series_files`) and hashes them
+before anything else. A new case read that way would read and parse every file twice
+more (a header scan, the hash, the full parse); here each file in the series' folders is
+read once and parsed once: membership comes from the parsed header, and a thread hashes
+the members' bytes, in the order :func:`tcpc_data.digest.files_digest` uses, while the
+main thread parses on, so the digest equals the stored case's.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from tcpc_data.ingest.dicom import parse_file
+from tcpc_data.ingest.discover import header_of, in_series, scan_header, series_candidates
+
+def read_series_once(folders, series: str, *, what: str) -> tuple[list[Path], list, str]:
+    """The files of DICOM series ``series`` in the local ``folders``, each read once.
+
+    Parameters
+    ----------
+    folders
+        Local folders (or one DICOM file) the series lies in, as :func:`discover.series_files` takes.
+    series
+        The series key (:attr:`CaseSource.series`).
+    what
+        Case name for error messages.
+
+    Returns
+    -------
+    paths, datasets, files_hex
+        The member files sorted as :func:`tcpc_data.digest.files_digest` sorts them, their
+        pydicom datasets (pixels not yet decoded), and ``files_digest(paths)``.
+
+    Raises
+    ------
+    ValueError
+        A file whose header puts it in the series cannot be parsed (named, as
+        :func:`tcpc_data.ingest.dicom.read_series` names it).
+    """
+    h, paths, datasets = hashlib.sha256(), [], []
+    mixed = False  # a folder shared with other series: from its first stranger on, headers first
+    # one thread: updates run in submission order; hashlib releases the GIL on large buffers
+    with ThreadPoolExecutor(1, thread_name_prefix="tcpc-digest") as pool:
+        for p in sorted(Path(f) for f in series_candidates(folders)):
+            try:
+                found = (_member_headers_first if mixed else _member)(p, series, what)
+            except OSError:
+                continue  # unopenable: discovery's header scan passes it over too
+            if isinstance(found, bool):
+                mixed = mixed or found
+                continue
+            data, ds = found
+            pool.submit(h.update, p.name.encode() + b"\0")
+            pool.submit(h.update, data)
+            paths.append(p)
+            datasets.append(ds)
+    return paths, datasets, h.hexdigest()
+
+
+def _member(p: Path, series: str, what: str) -> tuple[bytes, object] | bool:
+    """(bytes, dataset) of a file of the series, else whether it is a DICOM image of another one."""
+    data = p.read_bytes()
+    try:
+        ds = parse_file(data, p, what)
+    except ValueError:
+        # damaged or not DICOM: the header scan discovery made decides whether it fails the case
+        # (one of ours) or is passed over
+        if in_series(scan_header(io.BytesIO(data), str(p)), series):
+            raise
+        return False
+    header = header_of(ds)
+    return (data, ds) if in_series(header, series) else header is not None
+
+
+def _member_headers_first(p: Path, series: str, what: str) -> tuple[bytes, object] | bool:
+    """As :func:`_member`, reading past the header (the first KB, as discovery does) only for a
+    file of the series."""
+    with open(p, "rb") as fh:
+        if not in_series(scan_header(fh, str(p)), series):
+            return True
+        fh.seek(0)
+        data = fh.read()
+    return data, parse_file(data, p, what)

@@ -338,14 +338,14 @@ def _ct_data(out: Path, cfg: AblationConfig, log) -> dict:
     """CT series (pretraining crops, nodule centres) and the nodule folder's labelled set (fine-tuning)."""
     from bench.lesion_crops import _lidc_lesions
     from tcpc_data.ingest.stage import IngestConfig, ingest
-    from tcpc_train.apps.experiment import ExperimentConfig, _nodule_labelled, _nodule_patients
+    from tcpc_train.apps.experiment import ExperimentConfig, nodule_labelled, nodule_patients
 
     ct = Path(cfg.data)
     cases = sorted({r["patient_id"] for r in csv.DictReader(open(ct / "nodules.csv", newline=""))})
     protocol = ExperimentConfig(data=cfg.labelled, nodule_crop=cfg.crop, nodule_clip_hu=cfg.clip)
-    labelled = _nodule_labelled(Path(cfg.labelled), out / "labelled", protocol, out / "nodules" / "volumes.zarr",
+    labelled = nodule_labelled(Path(cfg.labelled), out / "labelled", protocol, out / "nodules" / "volumes.zarr",
                                 log=log)
-    test = _nodule_patients(out / "nodules" / "splits.csv", ("test",))
+    test = nodule_patients(out / "nodules" / "splits.csv", ("test",))
     if set(cases) & test:
         raise ValueError(f"CT patients {sorted(set(cases) & test)} are test patients of {cfg.labelled}: "
                          "pretraining must not see them")

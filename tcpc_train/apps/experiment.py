@@ -22,7 +22,7 @@ Every piece is a directory under ``out``, and a rerun skips what is finished:
 
 ```
 out/data/volumes.zarr, splits.csv  a nodule folder ingested (with SLIC candidates of its training VOIs)
-                                  and its table with the experiment's splits (see _nodule_labelled)
+                                  and its table with the experiment's splits (see nodule_labelled)
 out/labelled/{train,val,test}     labelled shards (from an .npz or a nodule folder; a shard set is used in place)
 out/views/v<n>-s<seed>/           train and test linked, val a subset of n samples
 out/shards/<path kind>[-c<cube>-o<overlap>]/   pretraining shards from the training images
@@ -264,7 +264,7 @@ def _split_table(src: Path, dst: Path, config: ExperimentConfig, *, external: bo
     return {k: sorted(v) for k, v in sorted(patients.items())}
 
 
-def _nodule_labelled(folder: Path, out: Path, config: ExperimentConfig, store: Path, *,
+def nodule_labelled(folder: Path, out: Path, config: ExperimentConfig, store: Path, *,
                      external: bool = False, trained: frozenset = frozenset(), progress: bool = False,
                      log=print) -> Path:
     """The labelled shard set (``out/{train,val,test}``) of a folder of ``images/*.nii.gz`` + ``nodules.csv``.
@@ -313,13 +313,13 @@ def _nodule_labelled(folder: Path, out: Path, config: ExperimentConfig, store: P
     return out
 
 
-def _nodule_patients(table: Path, splits: tuple[str, ...]) -> frozenset[str]:
+def nodule_patients(table: Path, splits: tuple[str, ...]) -> frozenset[str]:
     """Patients of ``splits`` in a split table written by :func:`_split_table`."""
     with open(table, newline="") as f:
         return frozenset(r.get("patient_id") or r.get("name") for r in csv.DictReader(f) if r["split"] in splits)
 
 
-def _nodule_pretrain_shards(folder: Path, out: Path, path_kind: str, geometry: dict, config: ExperimentConfig,
+def nodule_pretrain_shards(folder: Path, out: Path, path_kind: str, geometry: dict, config: ExperimentConfig,
                             store: Path, progress: bool = False) -> Path:
     """Pretraining shards of ``path_kind`` from SLIC candidates inside the training VOIs, written to ``out``.
 
@@ -356,13 +356,13 @@ def _nodule_shard_fields(config: ExperimentConfig, path_kind: str, geometry: dic
 
 def _labelled_dir(src: str, out: Path, progress: bool, config: ExperimentConfig, log=print) -> Path:
     """A labelled shard directory for ``src``: shards written from an .npz or a nodule folder (its
-    store in ``out/data``, :func:`_nodule_labelled`), a shard set as it is."""
+    store in ``out/data``, :func:`nodule_labelled`), a shard set as it is."""
     kind = _data_kind(src)
     if kind == "npz":
         write_npz_shards(src, out, task="finetune", progress=progress)
         return out
     if kind == "nodules":
-        return _nodule_labelled(Path(src), out, config, out / "data" / "volumes.zarr", progress=progress, log=log)
+        return nodule_labelled(Path(src), out, config, out / "data" / "volumes.zarr", progress=progress, log=log)
     return Path(src)
 
 
@@ -600,7 +600,7 @@ class _Inits:
                                    for k, v in sorted(geometry.items()))
         shards = self.out / "shards" / name
         if _data_kind(self.config.data) != "npz":  # validate() let only .npz or a nodule folder through
-            return _nodule_pretrain_shards(Path(self.config.data), shards, path_kind, geometry, self.config,
+            return nodule_pretrain_shards(Path(self.config.data), shards, path_kind, geometry, self.config,
                                            self.out / "data" / "volumes.zarr", self.progress)
         cfg = pretrain_config_for(self.side, path=path_kind, targets_per_crop=self.config.targets_per_crop,
                                   name=path_kind, **geometry)
@@ -716,9 +716,9 @@ def _score_external(folder: str, out: Path, labelled: Path, cells: list[dict], c
     """Score every cell's selected checkpoint on ``folder``; one JSON line per cell in ``out/external.jsonl``."""
     if _data_kind(folder) == "nodules":
         ext = out / "external-eval"
-        trained = _nodule_patients(out / "data" / "splits.csv", ("train", "val")) \
+        trained = nodule_patients(out / "data" / "splits.csv", ("train", "val")) \
             if _data_kind(config.data) == "nodules" else frozenset()
-        src = _nodule_labelled(Path(folder), ext, config, ext / "data" / "volumes.zarr", external=True,
+        src = nodule_labelled(Path(folder), ext, config, ext / "data" / "volumes.zarr", external=True,
                                trained=trained, log=log)
     else:
         src = _labelled_dir(folder, out / "external-eval", False, config, log)
@@ -773,7 +773,7 @@ def run_experiment(config: ExperimentConfig, out: str | Path, selection: Selecti
                                                      "selection": dataclasses.asdict(selection)}, indent=1))
     t0 = time.perf_counter()
     if _data_kind(config.data) == "nodules":
-        labelled = _nodule_labelled(Path(config.data), out / "labelled", config, out / "data" / "volumes.zarr",
+        labelled = nodule_labelled(Path(config.data), out / "labelled", config, out / "data" / "volumes.zarr",
                                     progress=progress, log=log)
     else:
         labelled = _labelled_dir(config.data, out / "labelled", progress, config, log)

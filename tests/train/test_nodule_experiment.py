@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tcpc_data.store import list_cases
-from tcpc_train.apps.experiment import (ExperimentConfig, Selection, _nodule_labelled, _nodule_pretrain_shards,
+from tcpc_train.apps.experiment import (ExperimentConfig, Selection, nodule_labelled, nodule_pretrain_shards,
                                         _split_table, run_experiment)
 from tcpc_train.finetuning import read_labels
 from tcpc_train.loader import labelled_splits, open_shards, raw_samples
@@ -69,7 +69,7 @@ def test_labelled_hook_keeps_the_held_out_patients_as_test_and_selects_on_traini
     data, _ = folders
     table = _table(data)
     cfg = ExperimentConfig(data=str(data), **TINY)
-    lab = _nodule_labelled(data, tmp_path / "labelled", cfg, tmp_path / "data" / "volumes.zarr", log=lambda s: None)
+    lab = nodule_labelled(data, tmp_path / "labelled", cfg, tmp_path / "data" / "volumes.zarr", log=lambda s: None)
     splits = {s: _patients(lab / s) for s in ("train", "val", "test")}
     by_split = {s: set(p.values()) for s, p in splits.items()}
     source = {s: {r["patient_id"] for r in table.values() if r["split"] == s} for s in ("train", "val")}
@@ -89,7 +89,7 @@ def test_pretraining_hook_cuts_only_training_vois(folders, tmp_path):
     table = _table(data)
     cfg = ExperimentConfig(data=str(data), **TINY)
     store = tmp_path / "data" / "volumes.zarr"
-    out = _nodule_pretrain_shards(data, tmp_path / "u", "u", {}, cfg, store)
+    out = nodule_pretrain_shards(data, tmp_path / "u", "u", {}, cfg, store)
     man = json.loads((out / "manifest.json").read_text())
     train = sorted(n for n, r in table.items() if r["split"] == "train")
     assert sorted(man["cases"]) == train  # no held-out VOI, and every training VOI gave samples

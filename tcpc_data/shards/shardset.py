@@ -35,6 +35,7 @@ same bytes for any worker count. Members are ``.npy`` (saved without pickle),
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 import shutil
@@ -43,7 +44,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from tcpc_data.digest import digest as _digest
-from tcpc_data.digest import file_sha256
 from tcpc_data.digest import to_json
 from tcpc_data.runner import DONE, SKIPPED, RunReport, Task, run_cases
 from tcpc_data.shards.manifest import (FORMAT_VERSION, MANIFEST, Manifest, ShardEntry, find_manifest, fsync_dir,
@@ -274,18 +274,18 @@ def _put_tar(out: str, shard: str, samples: Iterable[Sample]) -> tuple[int, str]
     written after, never vouches for a shard that a crash could lose. To a
     URL: built in the worker's temporary directory, then put as one object.
     """
+    sha = hashlib.sha256()  # fed as the bytes are written: no second read of the shard
     if not is_remote(out):
         path = local_path(out) / shard
-        n = write_tar(path, samples, durable=True)
+        n = write_tar(path, samples, durable=True, sha256=sha)
         fsync_dir(path.parent)
-        return n, file_sha256(path)
+        return n, sha.hexdigest()
     fs, root = filesystem(out)
     with tempfile.TemporaryDirectory(prefix="tcpc-shard-") as tmp:
         path = Path(tmp) / shard
-        n = write_tar(path, samples)
-        sha = file_sha256(path)
+        n = write_tar(path, samples, sha256=sha)
         fs.put_file(str(path), f"{root}/{shard}")
-    return n, sha
+    return n, sha.hexdigest()
 
 
 def _take(first: Sample, it: Iterator[Sample], n: int) -> Iterator[Sample]:

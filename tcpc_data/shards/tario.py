@@ -226,29 +226,46 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def write_tar(path: Path, samples: Iterable[Sample], durable: bool = False) -> int:
+def write_tar(path: Path, samples: Iterable[Sample], durable: bool = False, sha256=None) -> int:
     """Write ``samples`` to the tar ``path`` via a temporary name; returns the sample count.
 
     Members are plain ustar entries (fixed mtime, owner, mode; a PAX header only
     for names over 100 characters), so readers parse one 512-byte header each.
     With ``durable``, the data reach the disk before the rename (a crash never
     leaves the final name on a file without its data); the caller flushes the
-    directory.
+    directory. ``sha256`` (a ``hashlib.sha256()``) is updated with every byte
+    written, so the caller need not read the file back to hash it.
     """
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     n = 0
     try:
-        with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
-            for key, members in samples:
-                if "." in key or "/" in key:
-                    raise ValueError(f"sample key {key!r} must not contain '.' or '/'")
-                for ext in sorted(members):
-                    _add(tar, f"{key}.{ext}", members[ext])
-                n += 1
-        if durable:
-            with open(tmp, "rb") as f:
+        with open(tmp, "wb") as f:
+            with tarfile.open(fileobj=_Hashing(f, sha256) if sha256 is not None else f, mode="w",
+                              format=tarfile.PAX_FORMAT) as tar:
+                for key, members in samples:
+                    if "." in key or "/" in key:
+                        raise ValueError(f"sample key {key!r} must not contain '.' or '/'")
+                    for ext in sorted(members):
+                        _add(tar, f"{key}.{ext}", members[ext])
+                    n += 1
+            if durable:
+                f.flush()
                 os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return n
+
+
+class _Hashing:
+    """A writable file that also feeds every byte written to a hash."""
+
+    def __init__(self, f, h):
+        self.f, self.h = f, h
+
+    def write(self, data) -> int:
+        self.h.update(data)
+        return self.f.write(data)
+
+    def tell(self) -> int:
+        return self.f.tell()

@@ -1,6 +1,7 @@
 """The fast tar and .npy readers agree with tarfile and np.load, and refuse damaged or pickled input."""
 from __future__ import annotations
 
+import hashlib
 import io
 import pickle
 import tarfile
@@ -56,6 +57,11 @@ def test_write_tar_round_trip(tmp_path):
     samples = [(f"s{i}", {"json": b"{}", "path.npy": encode_npy(np.arange(i + 1))}) for i in range(3)]
     assert write_tar(tmp_path / "r.tar", samples) == 3
     assert list(tar_samples(tmp_path / "r.tar")) == samples
+    # hashed while written: the same bytes and the file's own SHA-256, with or without the fsync
+    sha = hashlib.sha256()
+    assert write_tar(tmp_path / "h.tar", samples, durable=True, sha256=sha) == 3
+    assert (tmp_path / "h.tar").read_bytes() == (tmp_path / "r.tar").read_bytes()
+    assert sha.hexdigest() == hashlib.sha256((tmp_path / "r.tar").read_bytes()).hexdigest()
 
 
 def test_damaged_tars_are_clear_errors_and_the_file_is_kept(tmp_path):

@@ -1,4 +1,6 @@
 """tcpc inspect: summaries of stores, cases and shard dirs, montage PNGs, and bad paths."""
+import re
+
 import fsspec
 import matplotlib.image as mpimg
 import numpy as np
@@ -30,6 +32,8 @@ def test_store_summary_lists_cases(made):
 def test_case_summary_and_montage(made, tmp_path):
     text = inspect_path(made / "v.zarr" / "ph-00", png=tmp_path / "c.png")
     assert "image: (32, 64, 64) float32 range [-1" in text
+    # the stored values' HU resolution over the store's [-1024, 3071] window: 6.1e-05 HU for float32
+    assert re.search(r"image: \(32, 64, 64\) float32 range \[-1, \S+\] \(HU to within 6.1e-05\)", text), text
     assert "candidates (z, y, x), best first" in text and "0: (" in text and "labels" in text
     assert "img-0" in text  # digests shown
     assert _colour_fraction(tmp_path / "c.png", (1, 0, 0)) > 0  # the best candidate's red box

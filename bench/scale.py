@@ -133,7 +133,8 @@ def child(src: str, workers: int, out: str, discovery_only: bool = False) -> dic
             t0 = time.perf_counter()
             report = ingest(src, out, scheduler=addr)
             t_ingest = time.perf_counter() - t0
-            assert report.ok and len(report.done) == n, report.summary()
+            assert report.ok and len(report.done) == n, (report.summary() + "".join(
+                f"\n  {f['case']}: {f['error']}" for f in report.failures[:5]))
             tasks = [Task(c.case, c.source, None) for c in found.cases]
             t0 = time.perf_counter()
             run_cases("noop", tasks, _noop, scheduler=addr)

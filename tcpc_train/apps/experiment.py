@@ -657,10 +657,38 @@ class _Inits:
             self._done[key] = ck
         return self._done[key]
 
+    def default_geometry(self) -> tuple[int, float]:
+        """(cube side, overlap) of the TCPC row's pretraining shards."""
+        if _data_kind(self.config.data) != "npz":
+            cfg = ShardConfig(**_nodule_shard_fields(self.config, "u", {}))
+        else:
+            cfg = pretrain_config_for(self.side, path="u")
+        return cfg.cube_size, cfg.overlap
+
     def grid(self, cube: int, overlap: float, seed: int) -> str:
         """TCPC pretrained with one cube side and overlap (Fig. 4 right)."""
         shards = self.shards("u", cube_size=cube, overlap=overlap)
         return self._pretrain(f"grid-c{cube}-o{round(overlap * 100)}-p{seed}", "tcpc", shards, seed)
+
+
+def _geometry_name(cube: int, overlap: float) -> str:
+    return f"cube {cube}, overlap {overlap:g}"
+
+
+def _grid_table(cells: list[dict], out: Path, default: tuple[int, float], config: ExperimentConfig) -> str:
+    """The heat map's cells as a table with intervals, each geometry tested (paired over seeds)
+    against the TCPC row's own geometry, so a colour difference can be read against the noise."""
+    against = _geometry_name(*default)
+    named = [{**c, "method": _geometry_name(c["cube"], c["overlap"]), "fraction": config.grid_fraction}
+             for c in cells]
+    names = list(dict.fromkeys(c["method"] for c in named))
+    if against not in names:  # the default geometry is not on the grid: intervals only
+        against = names[0]
+    stats = table_stats(named, out, against=against, n_boot=config.n_boot)
+    note = " (the TCPC row's geometry)" if against == _geometry_name(*default) else ""
+    return (f"TCPC at {config.grid_fraction * 100:g} % of the labels over cube side x overlap (Fig. 4 right); "
+            f"mean [95 % interval by bootstrap over test patients and seeds], paired test against "
+            f"{against}{note}.\n\n" + markdown_table(stats, names, [config.grid_fraction], against=against))
 
 
 def _finetune_config(config: ExperimentConfig, fraction: float, epochs: int, seed: int,
@@ -827,5 +855,6 @@ def _run_grid(config: ExperimentConfig, run: ExperimentConfig, out: Path, labell
     (out / "grid.jsonl").write_text("".join(json.dumps(c) + "\n" for c in cells))
     log(f"grid: {len(cells)} TCPC cells over cube sizes {list(config.grid_cube_sizes)} x overlaps "
         f"{list(config.grid_overlaps)}")
+    (out / "grid.md").write_text(_grid_table(cells, out, inits.default_geometry(), config))
     return plot_grid(grid_stats(cells), list(config.grid_cube_sizes), list(config.grid_overlaps),
                      out / "fig4_right.png", title=f"TCPC at {config.grid_fraction * 100:g} % of the labels")

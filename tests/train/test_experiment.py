@@ -81,6 +81,14 @@ def test_the_cube_size_overlap_grid_draws_fig4_right(tmp_path):
     stride2 = json.loads((tmp_path / "exp" / "shards" / "u-c8-o75" / "manifest.json").read_text())["config"]
     assert stride2["cube_size"] == 8 and stride2["overlap"] == 0.75
     assert res["plots"][-1].endswith("fig4_right.png") and (tmp_path / "exp" / "fig4_right.png").stat().st_size > 5000
+    # the heat map's numbers with intervals; the TCPC row's geometry (overlap -0.25) is not on this
+    # grid, so the first geometry is the reference of the paired tests
+    table = (tmp_path / "exp" / "grid.md").read_text()
+    assert "paired test against cube 8, overlap 0.5." in table
+    rows = {r.split(" | ")[1]: r for r in table.splitlines() if r.startswith("| 100 % |")}
+    assert set(rows) == {"cube 8, overlap 0.5", "cube 8, overlap 0.75"}
+    acc = next(g["acc"] for g in grid if g["overlap"] == 0.75)
+    assert f"| {acc:.3f} [" in rows["cube 8, overlap 0.75"] and rows["cube 8, overlap 0.5"].endswith("| — | — |")
 
 
 def test_rows_fractions_seeds_run_exactly_those_cells_and_external_scores_each(tmp_path, shard_sets):

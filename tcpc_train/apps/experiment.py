@@ -29,7 +29,8 @@ out/shards/<path kind>[-c<cube>-o<overlap>]/   pretraining shards from the train
 out/pretrain/<row>-p<seed>/       one pretraining (or supervised stand-in) run per row and seed
 out/cells/<row>-f<fraction>-s<seed>/   one fine-tuning run per cell, with predictions.npz
 out/grid/c<cube>-o<overlap>-s<seed>/   TCPC cube size x overlap cells (when configured)
-out/cells.jsonl, out/results.md, out/fig4_left.png, out/fig4_right.png, out/experiment.json
+out/cells.jsonl, out/results.md, out/fig4_left.png, out/experiment.json
+out/grid.jsonl, out/grid.md, out/fig4_right.png   the grid's cells, its table (intervals, paired tests), the heat map
 out/report.html                   the experiment on one self-contained page (every run has its own too)
 out/external.jsonl                one line per cell scored on an --external folder
 out/external-eval/                that folder's labelled test set (and, for a nodule folder, its store)

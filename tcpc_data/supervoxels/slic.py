@@ -459,9 +459,7 @@ def _assign_slab(img, mask, use_mask, row_lo, row_hi, centres, lo, hi, cx32, ci3
                 continue
             img_row = img_z[y]
             band = band_of[y]
-            for e in range(bc_start[band], bc_start[band + 1]):
-                dy = sy * (e_cy[e] - y)
-                e_base[e] = np.float32(_fma(dy, dy, e_dz2[e]) * weight)
+            _row_bases(e_base, e_cy, e_dz2, bc_start[band], bc_start[band + 1], y, sy, weight)
             bx0, bx1 = a // _LANES, (b - 1) // _LANES + 1
             for bx in range(bx0, bx1):
                 o = np.uint64(bx * 4 * _LANES)
@@ -514,22 +512,43 @@ def _assign_slab(img, mask, use_mask, row_lo, row_hi, centres, lo, hi, cx32, ci3
     return n_changed
 
 
+@numba.njit(cache=True)
+def _row_bases(e_base, e_cy, e_dz2, e0, e1, y, sy, weight):
+    """Spatial distance of row y to entries e0..e1-1 without (dz, dy) x weight, float32.
+
+    Not fastmath, so LLVM may not reassociate it: every entry rounds alike, in
+    vector or scalar code, and equal distances stay equal (ties go to the lowest index).
+    """
+    for e in range(e0, e1):
+        dy = sy * (e_cy[e] - y)
+        e_base[e] = np.float32(_fma(dy, dy, e_dz2[e]) * weight)
+
+
 @intrinsic
 def _fma(typingctx, a, b, c):
-    """a * b + c rounded once (float64): fixed, so vector and scalar code paths agree."""
+    """a * b + c rounded once, for float32 or float64 (all three of one type).
+
+    Explicit, so no compile (first run or reloaded from Numba's cache) can
+    contract or reorder it differently: every code path rounds alike.
+    """
+    if not (isinstance(a, types.Float) and a == b == c):
+        return None
+
     def codegen(context, builder, signature, args):
         return builder.fma(*args)
-    return types.float64(types.float64, types.float64, types.float64), codegen
+    return a(a, b, c), codegen
 
 
-@numba.njit(cache=True, fastmath=True, inline="always")
+@numba.njit(cache=True)
 def _sweep_block(work, o, cand, i0, i1, e_base, e_par, w):
     """Offer one block's lanes (``work[o:o + 4 * _LANES]``) to entries ``cand[i0:i1]`` in order.
 
     The lanes' layout (intensity, x, best distance, label) at constant offsets
-    lets LLVM turn the lane loop into one branch-free vector step per centre;
+    lets LLVM turn the lane loop into one branch-free vector step per entry;
     the window test does not depend on the best distance, so the loop-carried
-    chain is one compare and one select.
+    chain is one compare and one select. Not fastmath: the distance is
+    ``fma(di, di, fma(dx * dx, w, base))`` in every compile, so equal distances
+    stay equal and ties go to the lowest index.
     """
     for i in range(np.uint64(i0), np.uint64(i1)):
         e = np.uint64(cand[i])
@@ -543,7 +562,7 @@ def _sweep_block(work, o, cand, i0, i1, e_base, e_par, w):
             xv = work[o + np.uint64(_LANES) + j]
             dx = cx - xv
             di = work[o + j] - ci
-            d = base + dx * dx * w + di * di
+            d = _fma(di, di, _fma(dx * dx, w, base))
             d = d if (xv >= xl) & (xv < xh) else _FAR
             bd = work[o + np.uint64(2 * _LANES) + j]
             bk = work[o + np.uint64(3 * _LANES) + j]

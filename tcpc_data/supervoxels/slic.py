@@ -20,10 +20,10 @@ import numbers
 
 import numba
 import numpy as np
-from numba import prange, types
-from numba.extending import intrinsic
+from numba import prange
 from skimage.util import regular_grid
 
+from tcpc_data.supervoxels.fma import fma
 from tcpc_data.supervoxels.smoothing import gaussian
 
 # Half-width of a centre's search window in grid steps. scikit-image uses 2 (and
@@ -521,22 +521,7 @@ def _row_bases(e_base, e_cy, e_dz2, e0, e1, y, sy, weight):
     """
     for e in range(e0, e1):
         dy = sy * (e_cy[e] - y)
-        e_base[e] = np.float32(_fma(dy, dy, e_dz2[e]) * weight)
-
-
-@intrinsic
-def _fma(typingctx, a, b, c):
-    """a * b + c rounded once, for float32 or float64 (all three of one type).
-
-    Explicit, so no compile (first run or reloaded from Numba's cache) can
-    contract or reorder it differently: every code path rounds alike.
-    """
-    if not (isinstance(a, types.Float) and a == b == c):
-        return None
-
-    def codegen(context, builder, signature, args):
-        return builder.fma(*args)
-    return a(a, b, c), codegen
+        e_base[e] = np.float32(fma(dy, dy, e_dz2[e]) * weight)
 
 
 @numba.njit(cache=True)
@@ -562,7 +547,7 @@ def _sweep_block(work, o, cand, i0, i1, e_base, e_par, w):
             xv = work[o + np.uint64(_LANES) + j]
             dx = cx - xv
             di = work[o + j] - ci
-            d = _fma(di, di, _fma(dx * dx, w, base))
+            d = fma(di, di, fma(dx * dx, w, base))
             d = d if (xv >= xl) & (xv < xh) else _FAR
             bd = work[o + np.uint64(2 * _LANES) + j]
             bk = work[o + np.uint64(3 * _LANES) + j]

@@ -40,6 +40,8 @@ _FAR = np.float32(3e38)
 _MAX_PARTIALS = 1 << 22
 # Voxels per block of the assignment: one AVX-512 vector of float32.
 _LANES = 16
+# Rows per band of the assignment, whose rows share their candidate lists.
+_BAND_ROWS = 8
 
 
 def slic(image, n_segments=100, compactness=10.0, max_num_iter=10, sigma=0, spacing=None,
@@ -407,7 +409,6 @@ def _assign_slab(img, mask, use_mask, row_lo, row_hi, centres, lo, hi, cx32, ci3
     n_blocks = (X + _LANES - 1) // _LANES
     n_changed = 0
     zlist = np.empty(K, dtype=np.int64)
-    band_of = np.empty(Y + 1, dtype=np.int64)
     for z in range(z0, z1):
         # Centres whose window covers slice z, in increasing index (ties go to the lowest).
         nz = 0
@@ -415,25 +416,19 @@ def _assign_slab(img, mask, use_mask, row_lo, row_hi, centres, lo, hi, cx32, ci3
             if lo[k, 0] <= z < hi[k, 0]:
                 zlist[nz] = k
                 nz += 1
-        # Bands: runs of rows covered by the same centres (cut at every window edge).
-        band_of[:] = 0
-        band_of[0] = 1
-        for i in range(nz):
-            k = zlist[i]
-            band_of[lo[k, 1]] = 1
-            band_of[hi[k, 1]] = 1
-        n_bands = 0
-        for y in range(Y + 1):
-            n_bands += band_of[y]
-            band_of[y] = n_bands - 1
-        # Per band: its centres' parameters (one entry per band and centre); per
-        # (band, block): the entries of the centres reaching it (CSR, index order kept).
+        # Bands of _BAND_ROWS rows; per band: the parameters of the centres reaching
+        # any of its rows (one entry per band and centre); per (band, block): the
+        # entries of the centres reaching it (CSR, index order kept). Window edges
+        # in y are per row (see _row_bases); exact bands, cut at every edge, were
+        # a row or two thin once the centres had moved, and listing them cost
+        # more than the sweeps.
+        n_bands = (Y + _BAND_ROWS - 1) // _BAND_ROWS
         bc_start = np.zeros(n_bands + 1, dtype=np.int64)
         cand_start = np.zeros(n_bands * n_blocks + 1, dtype=np.int64)
         for i in range(nz):
             k = zlist[i]
             bx0, bx1 = lo[k, 2] // _LANES, (hi[k, 2] - 1) // _LANES + 1
-            for band in range(band_of[lo[k, 1]], band_of[hi[k, 1]]):
+            for band in range(lo[k, 1] // _BAND_ROWS, (hi[k, 1] - 1) // _BAND_ROWS + 1):
                 bc_start[band + 1] += 1
                 for bx in range(bx0, bx1):
                     cand_start[band * n_blocks + bx + 1] += 1
@@ -444,6 +439,7 @@ def _assign_slab(img, mask, use_mask, row_lo, row_hi, centres, lo, hi, cx32, ci3
         n_entries = bc_start[n_bands]
         e_dz2 = np.empty(n_entries, dtype=np.float64)
         e_cy = np.empty(n_entries, dtype=np.float64)
+        e_rows = np.empty((n_entries, 2), dtype=np.int64)  # the centre's window in y, [lo, hi)
         e_base = np.empty(n_entries, dtype=np.float32)
         e_par = np.empty((n_entries, 5), dtype=np.float32)  # cx, intensity, x lo, x hi, label
         cand = np.empty(cand_start[n_bands * n_blocks], dtype=np.int32)
@@ -453,11 +449,13 @@ def _assign_slab(img, mask, use_mask, row_lo, row_hi, centres, lo, hi, cx32, ci3
             k = zlist[i]
             dz = sz * (centres[k, 0] - z)
             bx0, bx1 = lo[k, 2] // _LANES, (hi[k, 2] - 1) // _LANES + 1
-            for band in range(band_of[lo[k, 1]], band_of[hi[k, 1]]):
+            for band in range(lo[k, 1] // _BAND_ROWS, (hi[k, 1] - 1) // _BAND_ROWS + 1):
                 e = bfill[band]
                 bfill[band] += 1
                 e_dz2[e] = dz * dz
                 e_cy[e] = centres[k, 1]
+                e_rows[e, 0] = lo[k, 1]
+                e_rows[e, 1] = hi[k, 1]
                 e_par[e, 0] = cx32[k]
                 e_par[e, 1] = ci32[k]
                 e_par[e, 2] = lo[k, 2]
@@ -477,8 +475,9 @@ def _assign_slab(img, mask, use_mask, row_lo, row_hi, centres, lo, hi, cx32, ci3
                     out_row[x] = _OUTSIDE
                 continue
             img_row = img_z[y]
-            band = band_of[y]
-            _row_bases(e_base, e_cy, e_dz2, bc_start[band], bc_start[band + 1], y, sy, weight)
+            band = y // _BAND_ROWS
+            _row_bases(e_base, e_cy, e_dz2, e_rows, bc_start[band], bc_start[band + 1], y, sy,
+                       weight)
             bx0, bx1 = a // _LANES, (b - 1) // _LANES + 1
             for bx in range(bx0, bx1):
                 o = np.uint64(bx * 4 * _LANES)
@@ -532,15 +531,18 @@ def _assign_slab(img, mask, use_mask, row_lo, row_hi, centres, lo, hi, cx32, ci3
 
 
 @numba.njit(cache=True)
-def _row_bases(e_base, e_cy, e_dz2, e0, e1, y, sy, weight):
-    """Spatial distance of row y to entries e0..e1-1 without (dz, dy) x weight, float32.
+def _row_bases(e_base, e_cy, e_dz2, e_rows, e0, e1, y, sy, weight):
+    """Spatial distance (dz, dy) x weight of row y to entries e0..e1-1, float32.
 
-    Not fastmath, so LLVM may not reassociate it: every entry rounds alike, in
-    vector or scalar code, and equal distances stay equal (ties go to the lowest index).
+    ``_FAR`` where the entry's centre does not reach row y: its distances then
+    round to ``_FAR`` or more and never win a voxel. Not fastmath, so LLVM may not
+    reassociate it: every entry rounds alike, in vector or scalar code, and equal
+    distances stay equal (ties go to the lowest index).
     """
     for e in range(e0, e1):
         dy = sy * (e_cy[e] - y)
-        e_base[e] = np.float32(fma(dy, dy, e_dz2[e]) * weight)
+        base = np.float32(fma(dy, dy, e_dz2[e]) * weight)
+        e_base[e] = base if e_rows[e, 0] <= y < e_rows[e, 1] else _FAR
 
 
 @numba.njit(cache=True)

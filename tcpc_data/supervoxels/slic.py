@@ -6,9 +6,13 @@ divided by spacing, intensity scaled by ``1 / compactness``, spatial distance
 weighted by spacing and divided by the grid step), then calls private Numba
 kernels that trust their input:
 
-- assignment runs voxel-major: each (z, y) row gathers the centres whose
-  search window covers it, then every centre sweeps its x-interval of the row
-  in a vectorisable loop; no full-volume distance array is kept;
+- assignment runs voxel-major in blocks of 16 voxels of a row: per slice, the
+  centres whose search window reaches each (band of rows, block) are listed
+  once, and each costs one branch-free vector step on the block; no
+  full-volume distance array is kept;
+- distances are written with explicit FMAs and no fastmath, so every build
+  (first compile or reloaded from Numba's cache) rounds alike and exact ties
+  go to the lowest centre index;
 - centre sums are accumulated per fixed z-slab while labels are written and
   reduced in slab order, so results do not depend on the thread count;
 - connectivity is union-find over runs along x, read in memory order.
@@ -36,6 +40,8 @@ WINDOW_STEPS = 1.25
 _OUTSIDE, _ORPHAN = -2, -1
 # A finite 'infinity' for distances: fastmath code may assume no inf.
 _FAR = np.float32(3e38)
+# Labels travel as float32 through the assignment: exact up to 2**24.
+_MAX_CENTRES = 1 << 24
 # Upper bound on slab partial sums (slabs x centres) to keep their memory small.
 _MAX_PARTIALS = 1 << 22
 # Voxels per block of the assignment: one AVX-512 vector of float32.
@@ -170,6 +176,8 @@ def slic(image, n_segments=100, compactness=10.0, max_num_iter=10, sigma=0, spac
         centres, steps = _mask_seeds(mask8, n_segments)
         n_mask = int(np.count_nonzero(mask))
     n_centres = len(centres)
+    if n_centres > _MAX_CENTRES:
+        raise ValueError(f"n_segments gives {n_centres} supervoxels; at most {_MAX_CENTRES} are supported")
 
     labels = _volume_buffer(shape, np.int32)
     labels[...] = -3  # no valid label: iteration 1 counts all as changed
@@ -399,10 +407,10 @@ def _assign_slab(img, mask, use_mask, row_lo, row_hi, centres, lo, hi, cx32, ci3
     """Assign slices z0..z1-1, accumulating their centre sums in ``part``; returns #changes.
 
     A row is cut into blocks of ``_LANES`` voxels; ``work`` holds per block the
-    intensities, x positions, best distances and labels (as float32) of its
-    lanes, so every centre that reaches a block costs one branch-free vector
-    step. Rows covered by the same centres form a band; the centres reaching
-    each (band, block) are listed once per slice.
+    intensities, x positions, best distances and labels (as float32, exact below
+    ``_MAX_CENTRES``) of its lanes, so every centre that reaches a block costs one
+    branch-free vector step. The centres reaching each (band of ``_BAND_ROWS``
+    rows, block) are listed once per slice.
     """
     Z, Y, X = img.shape
     K = centres.shape[0]

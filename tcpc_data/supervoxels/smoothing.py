@@ -14,7 +14,11 @@ loops: scipy's own filter runs on one core, and the lesion score's small
 scales spent most of their time there.
 
 Every line is filtered independently, so the result does not depend on the
-number of threads.
+number of threads; the arithmetic is spelled out with explicit FMAs and no
+fastmath, so it does not depend on the build either (a first compile and code
+reloaded from Numba's cache give the same bits). Along the last axis, strips of
+rows are transposed through a small buffer so the recursion runs down contiguous
+rows in cache.
 """
 from __future__ import annotations
 
@@ -233,17 +237,6 @@ def _columns_to_strip(t, plane, y0):
             row = plane[y0 + i]
             for x in range(x0, min(x0 + 32, X)):
                 row[x] = t[x, i]
-
-
-@numba.njit(cache=True)
-def _transpose(src, dst):
-    """dst = src.T in 32 x 32 tiles (cache-friendly)."""
-    n, m = src.shape
-    for i0 in range(0, n, 32):
-        for j0 in range(0, m, 32):
-            for i in range(i0, min(i0 + 32, n)):
-                for j in range(j0, min(j0 + 32, m)):
-                    dst[j, i] = src[i, j]
 
 
 def _fir_weights(sigma: float) -> np.ndarray:

@@ -16,7 +16,9 @@ its own fresh process after an untimed warm-up on a small crop, and prints:
 - quality of both (explained variation, undersegmentation error, boundary
   recall against HU tissue-class regions, ``tcpc_data.supervoxels.segmetrics``)
   and tcpc's relative difference to scikit-image's in percent;
-- whether tcpc's labels are identical with 1 and with all threads.
+- whether tcpc's labels are identical with 1 and with all threads;
+- with ``--profile``, tcpc's single-thread CPU seconds per phase (Gaussian,
+  k-means, connectivity, the rest) from one more fresh run under cProfile.
 
 scikit-image takes minutes per volume, so its labels, times and memory are
 cached on disk (``--cache-dir``, keyed by the volume's bytes, the kwargs and
@@ -26,7 +28,7 @@ refreshes the cache): the printed ratios then come from one run of both.
 marks its rows ``(cached)``: for iterating on tcpc only, not for reporting.
 
     python bench/slic.py [--cases LIDC-IDRI-0001 LIDC-IDRI-0003] [--calls spacing plain]
-                         [--slices 128] [--cached-skimage] [--cache-dir DIR]
+                         [--slices 128] [--cached-skimage] [--profile] [--cache-dir DIR]
 """
 from __future__ import annotations
 
@@ -96,6 +98,40 @@ def _run(which: str, path: str, kw: dict, threads: int | None, out: str, queue) 
     queue.put((seconds, cpu, max(0, peak - base), os.getloadavg()[0]))
 
 
+def _profile(path: str, kw: dict, queue) -> None:
+    """In a fresh process, 1 thread: CPU seconds of tcpc's phases (cProfile on the Numba kernels' calls)."""
+    import cProfile
+    import pstats
+
+    import numba
+
+    from tcpc_data.supervoxels import slic as slic_mod
+    numba.set_num_threads(1)
+    img = np.load(path)
+    slic_mod.slic(img[:8, :40, :40], **kw)
+    prof = cProfile.Profile(time.process_time)
+    prof.runcall(slic_mod.slic, img, **kw)
+    stats = pstats.Stats(prof).stats  # (file, line, name) -> (cc, nc, tottime, cumtime, callers)
+    cum = {}
+    for (_, _, name), (_, _, _, cumtime, _) in stats.items():
+        cum[name] = cum.get(name, 0.0) + cumtime
+    phases = {"Gaussian": cum.get("gaussian", 0.0), "k-means": cum.get("_kmeans", 0.0),
+              "connectivity": cum.get("_connectivity", 0.0)}
+    phases["rest (checks, copy, scaling, grid)"] = cum["slic"] - sum(phases.values())
+    phases["total"] = cum["slic"]
+    queue.put(phases)
+
+
+def profile(path, kw):
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=_profile, args=(path, kw, q))
+    p.start()
+    res = q.get()
+    p.join()
+    return res
+
+
 def measure(which, path, kw, threads, out):
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
@@ -153,6 +189,7 @@ def bench_one(case: str, call: str, args, n_threads: int) -> dict:
             out = str(Path(tmp) / f"{name}.npy")
             rows[name] = measure("tcpc", path, kw, threads, out)
             labels[name] = np.load(out)
+        phases = profile(path, kw) if args.profile else None
         *sk, sk_labels, cached = skimage_run(path, img, kw, tmp, Path(args.cache_dir), args.cached_skimage)
         rows["skimage (cached)" if cached else "skimage"] = tuple(sk)
         labels["skimage (cached)" if cached else "skimage"] = sk_labels
@@ -174,6 +211,8 @@ def bench_one(case: str, call: str, args, n_threads: int) -> dict:
           f"quality difference EV {diffs[0]:.2f} %, UE {diffs[1]:.2f} %, BR {diffs[2]:.2f} %; "
           f"tcpc extra memory {rows['tcpc'][2] / vol:.2f}x volume; "
           f"labels identical with {n_threads} threads and 1: {same}")
+    if phases:
+        print("tcpc 1 thread, CPU s per phase: " + ", ".join(f"{k} {v:.2f}" for k, v in phases.items()))
     return dict(case=case, call=call, wall_ratio=wall_ratio, cpu_ratio=cpu_ratio, diffs=diffs,
                 memory=rows["tcpc"][2] / vol, same=same, cached=cached)
 
@@ -191,6 +230,8 @@ def main(argv=None):
     ap.add_argument("--max-num-iter", type=int, default=10)
     ap.add_argument("--cached-skimage", action="store_true",
                     help="reuse cached scikit-image results (development only; rows marked '(cached)')")
+    ap.add_argument("--profile", action="store_true",
+                    help="also run tcpc once more with 1 thread under cProfile and print CPU s per phase")
     ap.add_argument("--cache-dir", default=str(Path.home() / ".cache" / "tcpc-bench" / "slic"))
     args = ap.parse_args(argv)
 

@@ -6,9 +6,13 @@ divided by spacing, intensity scaled by ``1 / compactness``, spatial distance
 weighted by spacing and divided by the grid step), then calls private Numba
 kernels that trust their input:
 
-- assignment runs voxel-major: each (z, y) row gathers the centres whose
-  search window covers it, then every centre sweeps its x-interval of the row
-  in a vectorisable loop; no full-volume distance array is kept;
+- assignment runs voxel-major in blocks of 16 voxels of a row: per slice, the
+  centres whose search window reaches each (band of rows, block) are listed
+  once, and each costs one branch-free vector step on the block; no
+  full-volume distance array is kept;
+- distances are written with explicit FMAs and no fastmath, so every build
+  (first compile or reloaded from Numba's cache) rounds alike and exact ties
+  go to the lowest centre index;
 - centre sums are accumulated per fixed z-slab while labels are written and
   reduced in slab order, so results do not depend on the thread count;
 - connectivity is union-find over runs along x, read in memory order.
@@ -16,6 +20,7 @@ kernels that trust their input:
 from __future__ import annotations
 
 import math
+import mmap
 import numbers
 
 import numba
@@ -23,6 +28,7 @@ import numpy as np
 from numba import prange
 from skimage.util import regular_grid
 
+from tcpc_data.supervoxels.fma import fma
 from tcpc_data.supervoxels.smoothing import gaussian
 
 # Half-width of a centre's search window in grid steps. scikit-image uses 2 (and
@@ -34,8 +40,14 @@ WINDOW_STEPS = 1.25
 _OUTSIDE, _ORPHAN = -2, -1
 # A finite 'infinity' for distances: fastmath code may assume no inf.
 _FAR = np.float32(3e38)
+# Labels travel as float32 through the assignment: exact up to 2**24.
+_MAX_CENTRES = 1 << 24
 # Upper bound on slab partial sums (slabs x centres) to keep their memory small.
 _MAX_PARTIALS = 1 << 22
+# Voxels per block of the assignment: one AVX-512 vector of float32.
+_LANES = 16
+# Rows per band of the assignment, whose rows share their candidate lists.
+_BAND_ROWS = 8
 
 
 def slic(image, n_segments=100, compactness=10.0, max_num_iter=10, sigma=0, spacing=None,
@@ -134,7 +146,8 @@ def slic(image, n_segments=100, compactness=10.0, max_num_iter=10, sigma=0, spac
         image, spacing, sig = image[None], np.r_[1.0, spacing], np.r_[0.0, sig]
         mask = None if mask is None else mask[None]
 
-    img = np.array(image, dtype=np.float32, order="C", copy=True)
+    img = _volume_buffer(image.shape, np.float32)
+    img[...] = image
     values = img.reshape(-1) if mask is None else img[mask]
     finite, lo, hi = _finite_min_max(values)  # one pass instead of three
     if not finite:
@@ -163,12 +176,15 @@ def slic(image, n_segments=100, compactness=10.0, max_num_iter=10, sigma=0, spac
         centres, steps = _mask_seeds(mask8, n_segments)
         n_mask = int(np.count_nonzero(mask))
     n_centres = len(centres)
+    if n_centres > _MAX_CENTRES:
+        raise ValueError(f"n_segments gives {n_centres} supervoxels; at most {_MAX_CENTRES} are supported")
 
-    labels = np.full(shape, -3, dtype=np.int32)  # no valid label: iteration 1 counts all as changed
+    labels = _volume_buffer(shape, np.int32)
+    labels[...] = -3  # no valid label: iteration 1 counts all as changed
     row_lo, row_hi = _row_extent(mask8, shape)
     half = np.maximum(WINDOW_STEPS * steps, 1.0)
     _kmeans(img, mask8, mask is not None, row_lo, row_hi, centres, spacing.astype(np.float64),
-            1.0 / float(steps.max()) ** 2, half, max_num_iter, labels)
+            1.0 / float(steps.max()) ** 2, half, max_num_iter, labels, numba.get_num_threads())
     del img
     if enforce_connectivity:
         segment_size = n_mask / n_centres
@@ -178,6 +194,22 @@ def slic(image, n_segments=100, compactness=10.0, max_num_iter=10, sigma=0, spac
     else:
         _shift_labels(labels, start_label)
     return labels[0] if is_2d else labels
+
+
+def _volume_buffer(shape, dtype):
+    """An uninitialised C-contiguous array in its own anonymous mapping, without a huge-page hint.
+
+    NumPy asks the kernel for transparent huge pages on large arrays
+    (``madvise``); where THP defrag is ``madvise`` (a common default) a fault on
+    a fragmented host then compacts memory synchronously: first-touching the
+    two volume-sized buffers cost 0.3-0.5 CPU s on a 128 MB volume, against
+    0.1 s for plain pages. The mapping is released with the array.
+    """
+    nbytes = math.prod(shape) * np.dtype(dtype).itemsize
+    if nbytes == 0:
+        return np.empty(shape, dtype=dtype)
+    buf = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    return np.frombuffer(buf, dtype=dtype).reshape(shape)
 
 
 def _int_param(name, value, minimum):
@@ -289,7 +321,8 @@ def _row_extent(mask, shape):
 
 
 @numba.njit(cache=True)
-def _kmeans(img, mask, use_mask, row_lo, row_hi, centres, spacing, weight, half, n_iter, labels):
+def _kmeans(img, mask, use_mask, row_lo, row_hi, centres, spacing, weight, half, n_iter, labels,
+            n_threads):
     """Lloyd iterations: assign every voxel, then move centres to their members' means.
 
     ``centres`` (K, 4) z, y, x, intensity (scaled) is updated in place;
@@ -302,7 +335,7 @@ def _kmeans(img, mask, use_mask, row_lo, row_hi, centres, spacing, weight, half,
     alive = np.ones(K, dtype=np.bool_)
     for it in range(n_iter):
         changed = _assign(img, mask, use_mask, row_lo, row_hi, centres, alive, spacing, weight,
-                          half, labels, partial)
+                          half, labels, partial, n_threads)
         if changed == 0 or it == n_iter - 1:
             break
         # Ordered reduction over slabs: the same sums whatever the thread count.
@@ -329,7 +362,7 @@ def _kmeans(img, mask, use_mask, row_lo, row_hi, centres, spacing, weight, half,
 
 @numba.njit(parallel=True, cache=True, fastmath=True)
 def _assign(img, mask, use_mask, row_lo, row_hi, centres, alive, spacing, weight, half, labels,
-            partial):
+            partial, n_threads):
     """One assignment pass; fills ``partial`` (slab, centre, [n, Σz, Σy, Σx, ΣI]); returns #changes."""
     Z, Y, X = img.shape
     K = centres.shape[0]
@@ -350,108 +383,206 @@ def _assign(img, mask, use_mask, row_lo, row_hi, centres, alive, spacing, weight
     changes = np.zeros(n_slabs, dtype=np.int64)
     sz, sy, sx = spacing[0], spacing[1], spacing[2]
     w = np.float32(weight * sx * sx)
-    xpos = np.arange(X).astype(np.float32)
     cx32 = centres[:, 2].astype(np.float32)
     ci32 = centres[:, 3].astype(np.float32)
-    for s in prange(n_slabs):
-        z0 = s * Z // n_slabs
-        z1 = (s + 1) * Z // n_slabs
-        part = partial[s]
-        best = np.empty(X, dtype=np.float32)
-        lab = np.empty(X, dtype=np.int32)
-        zlist = np.empty(K, dtype=np.int64)
-        dz2 = np.empty(K, dtype=np.float64)
-        row_count = np.zeros(Y + 1, dtype=np.int64)
-        n_changed = 0
-        for z in range(z0, z1):
-            # Centres whose window covers slice z, in increasing index (ties go to the lowest).
-            nz = 0
-            for k in range(K):
-                if lo[k, 0] <= z < hi[k, 0]:
-                    zlist[nz] = k
-                    dz = sz * (centres[k, 0] - z)
-                    dz2[k] = dz * dz
-                    nz += 1
-            # Bucket them by the rows they cover (CSR, order kept).
-            row_count[:] = 0
-            for i in range(nz):
-                k = zlist[i]
-                for y in range(lo[k, 1], hi[k, 1]):
-                    row_count[y + 1] += 1
-            for y in range(Y):
-                row_count[y + 1] += row_count[y]
-            rows = np.empty(row_count[Y], dtype=np.int64)
-            fill = row_count[:Y].copy()
-            for i in range(nz):
-                k = zlist[i]
-                for y in range(lo[k, 1], hi[k, 1]):
-                    rows[fill[y]] = k
-                    fill[y] += 1
-            for y in range(Y):
-                a, b = row_lo[z, y], row_hi[z, y]
-                if a >= b:
-                    for x in range(X):
-                        n_changed += labels[z, y, x] != _OUTSIDE
-                        labels[z, y, x] = _OUTSIDE
-                    continue
-                for x in range(a, b):
-                    best[x] = _FAR
-                    lab[x] = _ORPHAN
-                img_row = img[z, y]
-                for i in range(row_count[y], row_count[y + 1]):
-                    k = rows[i]
-                    xa = max(lo[k, 2], a)
-                    xb = min(hi[k, 2], b)
-                    if xa >= xb:
-                        continue
-                    dy = sy * (centres[k, 1] - y)
-                    base = np.float32((dz2[k] + dy * dy) * weight)
-                    cx = cx32[k]
-                    ci = ci32[k]
-                    kk = np.int32(k)
-                    # Unsigned indices: no wraparound checks, so LLVM vectorises this loop
-                    # (masked stores) without the per-call cost of array slices.
-                    for j in range(np.uint64(xa), np.uint64(xb)):
-                        dx = cx - xpos[j]
-                        di = img_row[j] - ci
-                        d = base + dx * dx * w + di * di
-                        if d < best[j]:
-                            best[j] = d
-                            lab[j] = kk
-                # Write labels, count changes, accumulate run by run.
-                out_row = labels[z, y]
-                for x in range(0, a):
-                    out_row[x] = _OUTSIDE
-                for x in range(b, X):
-                    out_row[x] = _OUTSIDE
-                if use_mask:
-                    mask_row = mask[z, y]
-                    for x in range(a, b):
-                        if mask_row[x] == 0:
-                            lab[x] = _OUTSIDE
-                for x in range(np.uint64(a), np.uint64(b)):
-                    n_changed += out_row[x] != lab[x]
-                    out_row[x] = lab[x]
-                x = a
-                while x < b:
-                    k = lab[x]
-                    x0 = x
-                    x += 1
-                    while x < b and lab[x] == k:
-                        x += 1
-                    if k >= 0:
-                        # (fastmath: a vectorised sum, in an order fixed by the data alone)
-                        si = 0.0
-                        for j in range(np.uint64(x0), np.uint64(x)):
-                            si += img_row[j]
-                        n = x - x0
-                        part[k, 0] += n
-                        part[k, 1] += z * n
-                        part[k, 2] += y * n
-                        part[k, 3] += (x0 + x - 1) * n * 0.5
-                        part[k, 4] += si
-        changes[s] = n_changed
+    # Each thread takes a run of slabs and allocates its buffers once; the sums
+    # stay per slab, so results do not depend on the thread count.
+    n_chunks = max(1, min(n_slabs, n_threads))
+    for c in prange(n_chunks):
+        n_blocks = (X + _LANES - 1) // _LANES
+        work = np.zeros(n_blocks * 4 * _LANES, dtype=np.float32)
+        for x in range(n_blocks * _LANES):
+            work[(x // _LANES) * 4 * _LANES + _LANES + x % _LANES] = x
+        lab = np.empty(n_blocks * _LANES, dtype=np.int32)  # padded to whole blocks
+        for s in range(c * n_slabs // n_chunks, (c + 1) * n_slabs // n_chunks):
+            changes[s] = _assign_slab(img, mask, use_mask, row_lo, row_hi, centres, lo, hi, cx32,
+                                      ci32, sz, sy, w, weight, s * Z // n_slabs,
+                                      (s + 1) * Z // n_slabs, work, lab, labels, partial[s])
     return changes.sum()
+
+
+@numba.njit(cache=True, fastmath=True)
+def _assign_slab(img, mask, use_mask, row_lo, row_hi, centres, lo, hi, cx32, ci32, sz, sy, w,
+                 weight, z0, z1, work, lab, labels, part):
+    """Assign slices z0..z1-1, accumulating their centre sums in ``part``; returns #changes.
+
+    A row is cut into blocks of ``_LANES`` voxels; ``work`` holds per block the
+    intensities, x positions, best distances and labels (as float32, exact below
+    ``_MAX_CENTRES``) of its lanes, so every centre that reaches a block costs one
+    branch-free vector step. The centres reaching each (band of ``_BAND_ROWS``
+    rows, block) are listed once per slice.
+    """
+    Z, Y, X = img.shape
+    K = centres.shape[0]
+    n_blocks = (X + _LANES - 1) // _LANES
+    n_changed = 0
+    zlist = np.empty(K, dtype=np.int64)
+    for z in range(z0, z1):
+        # Centres whose window covers slice z, in increasing index (ties go to the lowest).
+        nz = 0
+        for k in range(K):
+            if lo[k, 0] <= z < hi[k, 0]:
+                zlist[nz] = k
+                nz += 1
+        # Bands of _BAND_ROWS rows; per band: the parameters of the centres reaching
+        # any of its rows (one entry per band and centre); per (band, block): the
+        # entries of the centres reaching it (CSR, index order kept). Window edges
+        # in y are per row (see _row_bases); exact bands, cut at every edge, were
+        # a row or two thin once the centres had moved, and listing them cost
+        # more than the sweeps.
+        n_bands = (Y + _BAND_ROWS - 1) // _BAND_ROWS
+        bc_start = np.zeros(n_bands + 1, dtype=np.int64)
+        cand_start = np.zeros(n_bands * n_blocks + 1, dtype=np.int64)
+        for i in range(nz):
+            k = zlist[i]
+            bx0, bx1 = lo[k, 2] // _LANES, (hi[k, 2] - 1) // _LANES + 1
+            for band in range(lo[k, 1] // _BAND_ROWS, (hi[k, 1] - 1) // _BAND_ROWS + 1):
+                bc_start[band + 1] += 1
+                for bx in range(bx0, bx1):
+                    cand_start[band * n_blocks + bx + 1] += 1
+        for i in range(n_bands):
+            bc_start[i + 1] += bc_start[i]
+        for i in range(n_bands * n_blocks):
+            cand_start[i + 1] += cand_start[i]
+        n_entries = bc_start[n_bands]
+        e_dz2 = np.empty(n_entries, dtype=np.float64)
+        e_cy = np.empty(n_entries, dtype=np.float64)
+        e_rows = np.empty((n_entries, 2), dtype=np.int64)  # the centre's window in y, [lo, hi)
+        e_base = np.empty(n_entries, dtype=np.float32)
+        e_par = np.empty((n_entries, 5), dtype=np.float32)  # cx, intensity, x lo, x hi, label
+        cand = np.empty(cand_start[n_bands * n_blocks], dtype=np.int32)
+        bfill = bc_start[:n_bands].copy()
+        cfill = cand_start[:n_bands * n_blocks].copy()
+        for i in range(nz):
+            k = zlist[i]
+            dz = sz * (centres[k, 0] - z)
+            bx0, bx1 = lo[k, 2] // _LANES, (hi[k, 2] - 1) // _LANES + 1
+            for band in range(lo[k, 1] // _BAND_ROWS, (hi[k, 1] - 1) // _BAND_ROWS + 1):
+                e = bfill[band]
+                bfill[band] += 1
+                e_dz2[e] = dz * dz
+                e_cy[e] = centres[k, 1]
+                e_rows[e, 0] = lo[k, 1]
+                e_rows[e, 1] = hi[k, 1]
+                e_par[e, 0] = cx32[k]
+                e_par[e, 1] = ci32[k]
+                e_par[e, 2] = lo[k, 2]
+                e_par[e, 3] = hi[k, 2]
+                e_par[e, 4] = k
+                for bx in range(bx0, bx1):
+                    j = band * n_blocks + bx
+                    cand[cfill[j]] = e
+                    cfill[j] += 1
+        img_z = img[z]
+        for y in range(Y):
+            a, b = row_lo[z, y], row_hi[z, y]
+            out_row = labels[z, y]
+            if a >= b:
+                for x in range(X):
+                    n_changed += out_row[x] != _OUTSIDE
+                    out_row[x] = _OUTSIDE
+                continue
+            img_row = img_z[y]
+            band = y // _BAND_ROWS
+            _row_bases(e_base, e_cy, e_dz2, e_rows, bc_start[band], bc_start[band + 1], y, sy,
+                       weight)
+            bx0, bx1 = a // _LANES, (b - 1) // _LANES + 1
+            for bx in range(bx0, bx1):
+                o = np.uint64(bx * 4 * _LANES)
+                if bx * _LANES + _LANES <= X:
+                    x0 = np.uint64(bx * _LANES)
+                    for j in range(np.uint64(_LANES)):
+                        work[o + j] = img_row[x0 + j]
+                else:
+                    for j in range(X - bx * _LANES):
+                        work[o + np.uint64(j)] = img_row[bx * _LANES + j]
+                for j in range(np.uint64(_LANES)):
+                    work[o + np.uint64(2 * _LANES) + j] = _FAR
+                    work[o + np.uint64(3 * _LANES) + j] = _ORPHAN
+                j = band * n_blocks + bx
+                _sweep_block(work, o, cand, cand_start[j], cand_start[j + 1], e_base, e_par, w)
+                x0 = np.uint64(bx * _LANES)
+                for j in range(np.uint64(_LANES)):
+                    lab[x0 + j] = np.int32(work[o + np.uint64(3 * _LANES) + j])
+            # Write labels, count changes, accumulate run by run.
+            for x in range(0, a):
+                out_row[x] = _OUTSIDE
+            for x in range(b, X):
+                out_row[x] = _OUTSIDE
+            if use_mask:
+                mask_row = mask[z, y]
+                for x in range(a, b):
+                    if mask_row[x] == 0:
+                        lab[x] = _OUTSIDE
+            for x in range(np.uint64(a), np.uint64(b)):
+                n_changed += out_row[x] != lab[x]
+                out_row[x] = lab[x]
+            x = a
+            while x < b:
+                k = lab[x]
+                x0 = x
+                x += 1
+                while x < b and lab[x] == k:
+                    x += 1
+                if k >= 0:
+                    # (fastmath: a vectorised sum, in an order fixed by the data alone)
+                    si = 0.0
+                    for j in range(np.uint64(x0), np.uint64(x)):
+                        si += img_row[j]
+                    n = x - x0
+                    part[k, 0] += n
+                    part[k, 1] += z * n
+                    part[k, 2] += y * n
+                    part[k, 3] += (x0 + x - 1) * n * 0.5
+                    part[k, 4] += si
+    return n_changed
+
+
+@numba.njit(cache=True)
+def _row_bases(e_base, e_cy, e_dz2, e_rows, e0, e1, y, sy, weight):
+    """Spatial distance (dz, dy) x weight of row y to entries e0..e1-1, float32.
+
+    ``_FAR`` where the entry's centre does not reach row y: its distances then
+    round to ``_FAR`` or more and never win a voxel. Not fastmath, so LLVM may not
+    reassociate it: every entry rounds alike, in vector or scalar code, and equal
+    distances stay equal (ties go to the lowest index).
+    """
+    for e in range(e0, e1):
+        dy = sy * (e_cy[e] - y)
+        base = np.float32(fma(dy, dy, e_dz2[e]) * weight)
+        e_base[e] = base if e_rows[e, 0] <= y < e_rows[e, 1] else _FAR
+
+
+@numba.njit(cache=True)
+def _sweep_block(work, o, cand, i0, i1, e_base, e_par, w):
+    """Offer one block's lanes (``work[o:o + 4 * _LANES]``) to entries ``cand[i0:i1]`` in order.
+
+    The lanes' layout (intensity, x, best distance, label) at constant offsets
+    lets LLVM turn the lane loop into one branch-free vector step per entry;
+    the window test does not depend on the best distance, so the loop-carried
+    chain is one compare and one select. Not fastmath: the distance is
+    ``fma(di, di, fma(dx * dx, w, base))`` in every compile, so equal distances
+    stay equal and ties go to the lowest index.
+    """
+    for i in range(np.uint64(i0), np.uint64(i1)):
+        e = np.uint64(cand[i])
+        base = e_base[e]
+        cx = e_par[e, 0]
+        ci = e_par[e, 1]
+        xl = e_par[e, 2]
+        xh = e_par[e, 3]
+        kv = e_par[e, 4]
+        for j in range(np.uint64(_LANES)):
+            xv = work[o + np.uint64(_LANES) + j]
+            dx = cx - xv
+            di = work[o + j] - ci
+            d = fma(di, di, fma(dx * dx, w, base))
+            d = d if (xv >= xl) & (xv < xh) else _FAR
+            bd = work[o + np.uint64(2 * _LANES) + j]
+            bk = work[o + np.uint64(3 * _LANES) + j]
+            take = d < bd
+            work[o + np.uint64(2 * _LANES) + j] = d if take else bd
+            work[o + np.uint64(3 * _LANES) + j] = kv if take else bk
 
 
 @numba.njit(cache=True)

@@ -28,7 +28,9 @@ from tcpc_data.store import (array_digest, commit_arrays, list_cases, open_store
 
 OUTPUTS = ("supervoxels", "supervoxel_table", "candidates", "candidate_scores")
 # Part of every digest: bump when the algorithm changes its outputs for the same config.
-ALGORITHM_VERSION = 2  # 2: lesion-score Gaussians below 2 voxels summed in float32 (parallel FIR)
+# 2: lesion-score Gaussians below 2 voxels summed in float32 (parallel FIR);
+# 3: Gaussians with explicit FMAs (the same bits on a cold and a warm Numba cache).
+ALGORITHM_VERSION = 3
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,7 +15,7 @@ import hashlib
 
 import numpy as np
 
-from tcpc_train.intensity import GOLDEN, affine_noise, affine_noise_inplace, gather_affine_noise, splitmix64
+from tcpc_train.intensity import GOLDEN, affine_noise, affine_noise_inplace, augment_half, splitmix64
 
 _PLANES = ((0, 1), (0, 2), (1, 2))
 
@@ -37,17 +37,6 @@ def _view_recipe(flips: tuple[bool, bool, bool], plane: int, turns: int) -> tupl
     if swap:
         axes[a + 1], axes[b + 1] = axes[b + 1], axes[a + 1]
     return (slice(None),) + tuple(slice(None, None, -1) if f else slice(None) for f in flipped), tuple(axes)
-
-
-@functools.lru_cache(maxsize=None)
-def _gather_map(flips: tuple[bool, bool, bool], plane: int, turns: int, c: int) -> tuple[tuple[int, int, int], int]:
-    """The same transform as an index map of a C-contiguous (c, c, c) cube: voxel (z, y, x) of the
-    transformed cube is flat source index ``base + z·s0 + y·s1 + x·s2``; returns ((s0, s1, s2), base)."""
-    index, axes = _view_recipe(flips, plane, turns)
-    source_strides = (c * c, c, 1)
-    base = sum((c - 1) * source_strides[j - 1] for j in (1, 2, 3) if index[j].step == -1)
-    strides = tuple(-source_strides[j - 1] if index[j].step == -1 else source_strides[j - 1] for j in axes[1:])
-    return strides, base
 
 
 def _cube_view(cubes: np.ndarray, flips, plane: int, turns: int) -> np.ndarray:
@@ -179,28 +168,22 @@ def augment_path_batch(cubes: list[np.ndarray], paths: np.ndarray, keys: np.ndar
     -------
     cubes (B, N, c, c, c) C-contiguous in the input dtype, and positions (B, N, 3) int64.
     """
+    shape = cubes[0].shape
+    if len(shape) == 4 and shape[1] == shape[2] == shape[3] and paths.shape[1:] == (shape[0], 3) and all(
+            c.dtype == np.float16 and c.flags.c_contiguous and c.shape == shape for c in cubes):
+        return augment_half(cubes, paths, keys, geometric, strength)  # the same values, in one compiled call
     b, n = len(cubes), paths.shape[1]
     u = uniforms(keys, 5 + 3 * n)
     flips = u[:, :3] < 0.5
     plane, turns = (u[:, 3] * 3).astype(np.int64), (u[:, 4] * 4).astype(np.int64)
     if not geometric:  # the identity: no flip, no turn
         flips[:], turns[:] = False, 0
-    shape = cubes[0].shape
     out = np.empty((b,) + shape, np.result_type(*(c.dtype for c in cubes)))
     u_scale, u_shift, u_sd = u[:, 5:5 + n], u[:, 5 + n:5 + 2 * n], u[:, 5 + 2 * n:]
     scale, shift, sd = 1 - strength + 2 * strength * u_scale, strength * (2 * u_shift - 1), strength / 5 * u_sd
     noise_keys = splitmix64(keys.astype(np.uint64) ^ np.uint64(0xA5A5A5A5A5A5A5A5))
-    # Both branches give the same values (noise keyed by output voxel order), so a sample's result
-    # never depends on which branch its batch took.
-    if out.dtype == np.float16 and len(shape) == 4 and len(set(shape[1:])) == 1 and all(
-            c.dtype == np.float16 and c.flags.c_contiguous and c.shape == shape for c in cubes):
-        maps = [_gather_map(tuple(f), p, t, shape[1])
-                for f, p, t in zip(flips.tolist(), plane.tolist(), turns.tolist())]
-        gather_affine_noise(cubes, out, np.array([m[0] for m in maps]), np.array([m[1] for m in maps]),
-                            *((scale, shift, sd) if strength else (None, None, None)), noise_keys)
-    else:
-        for i, c in enumerate(cubes):
-            np.copyto(out[i], _cube_view(c, flips[i], plane[i], turns[i]))
-        if strength:
-            affine_noise_inplace(out.reshape(b, n, -1), scale, shift, sd, noise_keys)
+    for i, c in enumerate(cubes):
+        np.copyto(out[i], _cube_view(c, flips[i], plane[i], turns[i]))
+    if strength:
+        affine_noise_inplace(out.reshape(b, n, -1), scale, shift, sd, noise_keys)
     return out, _move_positions(paths, flips, plane, turns)

@@ -90,34 +90,37 @@ def affine_noise(cubes: np.ndarray, scale: np.ndarray, shift: np.ndarray, sd: np
     return out
 
 
-def gather_affine_noise(sources: list[np.ndarray], out: np.ndarray, sstrides: np.ndarray, sbase: np.ndarray,
-                        scale: np.ndarray | None, shift: np.ndarray | None, sd: np.ndarray | None,
-                        keys: np.ndarray) -> None:
-    """Gather float16 ``sources`` into ``out`` through per-sample index maps, optionally changing intensities.
+def augment_half(sources: list[np.ndarray], paths: np.ndarray, keys: np.ndarray, geometric: bool,
+                 strength: float) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`tcpc_train.augment.augment_path_batch` for C-contiguous float16 sources, in one compiled call.
 
-    The result equals copying each source's transformed view into ``out`` and then
-    :func:`affine_noise_inplace`, in one pass over the batch.
+    The draws, the moved positions, the gather of each sample's flipped/rotated
+    cubes into the batch array and the intensity change (:func:`affine_noise_inplace`'s
+    noise) all run in the kernel, with the same values as the NumPy path.
 
     Parameters
     ----------
-    sources : B C-contiguous float16 arrays (N, c, c, c); they must stay alive during the call
-    out : (B, N, c, c, c) C-contiguous float16 array, written in full
-    sstrides, sbase : (B, 3) and (B,) int
-        Voxel (z, y, x) of a cube of ``out`` reads flat index ``sbase + z·sz + y·sy + x·sx`` of the
-        same cube of its source; each map must be a bijection of the cube's voxels.
-    scale, shift, sd : (B, N) arrays, or None for a plain gather
-    keys : (B,) uint64
-        Noise key per sample (:func:`affine_noise_inplace`).
+    sources : B C-contiguous float16 arrays (N, c, c, c)
+    paths : (B, N, 3) int grid positions
+    keys : (B,) uint64, each sample's random key
+    geometric : bool
+    strength : float >= 0
+
+    Returns
+    -------
+    cubes (B, N, c, c, c) float16 and positions (B, N, 3) int64.
     """
     from tcpc_train import kernels
-    b, n = out.shape[:2]
-    c = out.shape[2]
-    if (out.dtype != np.float16 or not out.flags.c_contiguous or out.shape[2:] != (c, c, c) or len(sources) != b
-            or any(x.dtype != np.float16 or x.shape != out.shape[1:] or not x.flags.c_contiguous for x in sources)):
-        raise ValueError("gather_affine_noise needs C-contiguous float16 sources of out's (N, c, c, c) sample shape")
-    addresses = np.array([x.ctypes.data for x in sources], np.int64)
-    noisy = scale is not None
-    params = [np.ascontiguousarray(p if noisy else np.zeros((b, n)), np.float32) for p in (scale, shift, sd)]
-    maps = np.ascontiguousarray(sstrides, np.int64), np.ascontiguousarray(sbase, np.int64)
-    kernels.gather_half(addresses, n, c, *maps,
-                        out.reshape(b, n, -1).view(np.uint16), *params, np.ascontiguousarray(keys, np.uint64), noisy)
+    b, n = len(sources), paths.shape[1]
+    shape = sources[0].shape
+    c = shape[-1]
+    if (paths.shape != (b, n, 3) or shape != (n, c, c, c)
+            or any(x.dtype != np.float16 or x.shape != shape or not x.flags.c_contiguous for x in sources)):
+        raise ValueError(f"augment_half needs C-contiguous float16 sources of one (N, c, c, c) shape and "
+                         f"(B, N, 3) paths, got {shape} and {paths.shape}")
+    out = np.empty((b,) + shape, np.float16)
+    moved = np.empty((b, n, 3), np.int64)
+    kernels.augment_half(np.array([x.ctypes.data for x in sources], np.int64), c,
+                         np.ascontiguousarray(paths, np.int64), np.ascontiguousarray(keys, np.uint64),
+                         bool(geometric), float(strength), out.reshape(b, n, -1).view(np.uint16), moved)
+    return out, moved

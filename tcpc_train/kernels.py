@@ -167,22 +167,92 @@ def _half_bits_at(typingctx, address):
     return types.CPointer(types.uint16)(types.int64), codegen
 
 
+@numba.njit(cache=True, inline="always")
+def _mix64(z):
+    """SplitMix64's output function (wrapping uint64 arithmetic), as :func:`tcpc_train.intensity.splitmix64`."""
+    z = (z ^ (z >> np.uint64(30))) * _MIX1
+    z = (z ^ (z >> np.uint64(27))) * _MIX2
+    return z ^ (z >> np.uint64(31))
+
+
+@numba.njit(cache=True, inline="always")
+def _uniform(key, j):
+    """Draw ``j`` in [0, 1) of the sample with 64-bit ``key``, as :func:`tcpc_train.augment.uniforms`."""
+    return np.float64(_mix64(key + np.uint64(j + 1) * GOLDEN) >> np.uint64(11)) * 2.0**-53
+
+
 @numba.njit(cache=True, nogil=True)
-def gather_half(addresses, n, c, sstrides, sbase, out, scale, shift, sd, keys, noisy):
-    """Batch of float16 sources at ``addresses`` (each C-contiguous (n, c, c, c)) -> ``out`` (B, n, c³):
-    voxel (z, y, x) of cube i of sample s reads source voxel ``i·c³ + sbase + z·sz + y·sy + x·sx``,
-    then changed by v·scale + shift + sd·noise when ``noisy``, with the noise counters of
-    :func:`intensity_half`. Rows whose source is contiguous or reversed get their own loops,
-    which vectorise; the other rows are strided gathers."""
+def augment_half(addresses, c, paths, keys, geometric, strength, out, moved):
+    """The batch augmentation of :func:`tcpc_train.augment.augment_path_batch` for float16 cubes, draws included.
+
+    Sample s's source (``n`` C-contiguous cubes of c³ float16 at ``addresses[s]``) is
+    flipped/rotated into ``out[s]`` (n, c³) as uint16 bits and, when ``strength`` > 0, changed by
+    v·scale + shift + sd·noise per cube (the noise counters of :func:`intensity_half`); its
+    positions ``paths[s]`` (n, 3) go to ``moved[s]`` moved alike. Every choice is drawn from
+    ``keys[s]`` as the NumPy path draws it, so the two agree bit for bit. Rows whose source is
+    contiguous or reversed get their own loops, which vectorise; the other rows are strided gathers.
+    """
+    n = paths.shape[1]
     m = c * c * c
+    flipped = np.empty(3, np.bool_)
+    lo, ext, q = np.empty(3, np.int64), np.empty(3, np.int64), np.empty(3, np.int64)
+    unit, perm = np.empty(3, np.int64), np.empty(3, np.int64)
+    unit[0], unit[1], unit[2] = c * c, c, 1  # source strides of a cube's axes, in voxels
     for s in range(len(addresses)):
+        key = keys[s]
+        for d in range(3):
+            flipped[d] = geometric and _uniform(key, d) < 0.5
+        plane = np.int64(_uniform(key, 3) * 3)
+        turns = np.int64(_uniform(key, 4) * 4) if geometric else 0
+        a, b = (0, 1) if plane == 0 else ((0, 2) if plane == 1 else (1, 2))
+        # Positions: mirrored within the path's bounding box, then turned in plane (a, b) as
+        # np.rot90 turns (q_a, q_b) -> (ext_b - q_b, q_a) per quarter.
+        for d in range(3):
+            lo[d] = paths[s, 0, d]
+            ext[d] = paths[s, 0, d]
+            for i in range(1, n):
+                lo[d] = min(lo[d], paths[s, i, d])
+                ext[d] = max(ext[d], paths[s, i, d])
+            ext[d] -= lo[d]
+        for i in range(n):
+            for d in range(3):
+                q[d] = paths[s, i, d] - lo[d]
+                if flipped[d]:
+                    q[d] = ext[d] - q[d]
+            qa, qb, ea, eb = q[a], q[b], ext[a], ext[b]
+            if turns == 1:
+                qa, qb = eb - qb, qa
+            elif turns == 2:
+                qa, qb = ea - qa, eb - qb
+            elif turns == 3:
+                qa, qb = qb, ea - qa
+            q[a], q[b] = qa, qb
+            for d in range(3):
+                moved[s, i, d] = q[d] + lo[d]
+        # The cubes' index map: np.rot90 in plane (a, b) is, for one quarter turn, a flip of b then a
+        # swap of a and b; for two, flips of both; for three, a flip of a then the swap (flips compose
+        # by parity). Voxel (z, y, x) of a cube then reads base + z·sz + y·sy + x·sx of its source.
+        if turns == 1 or turns == 2:
+            flipped[b] = not flipped[b]
+        if turns == 2 or turns == 3:
+            flipped[a] = not flipped[a]
+        perm[0], perm[1], perm[2] = 0, 1, 2
+        if turns == 1 or turns == 3:
+            perm[a], perm[b] = b, a
+        base = 0
+        for d in range(3):
+            if flipped[d]:
+                base += (c - 1) * unit[d]
+        sz = -unit[perm[0]] if flipped[perm[0]] else unit[perm[0]]
+        sy = -unit[perm[1]] if flipped[perm[1]] else unit[perm[1]]
+        sx = -unit[perm[2]] if flipped[perm[2]] else unit[perm[2]]
         src = numba.carray(_half_bits_at(addresses[s]), (n * m,))
-        sz, sy, sx = sstrides[s, 0], sstrides[s, 1], sstrides[s, 2]
+        noise_key = _mix64(key ^ np.uint64(0xA5A5A5A5A5A5A5A5))
         for i in range(n):
             row = out[s, i]
             for z in range(c):
                 for y in range(c):
-                    start = np.uint64(i * m + sbase[s] + z * sz + y * sy)
+                    start = np.uint64(i * m + base + z * sz + y * sy)
                     o = (z * c + y) * c
                     if sx == 1:
                         for x in range(c):
@@ -193,8 +263,10 @@ def gather_half(addresses, n, c, sstrides, sbase, out, scale, shift, sd, keys, n
                     else:
                         for x in range(c):
                             row[o + x] = src[np.uint64(np.int64(start) + x * sx)]
-            if noisy:  # the cube is in L1 now: one long vectorised loop over it
-                sc, sh, d = np.float32(scale[s, i]), np.float32(shift[s, i]), np.float32(sd[s, i])
-                seed = _cube_seed(keys[s], i)
+            if strength != 0:  # the cube is in L1 now: one long vectorised loop over it
+                sc = np.float32(1 - strength + 2 * strength * _uniform(key, 5 + i))
+                sh = np.float32(strength * (2 * _uniform(key, 5 + n + i) - 1))
+                d = np.float32(strength / 5 * _uniform(key, 5 + 2 * n + i))
+                seed = _cube_seed(noise_key, i)
                 for j in range(m):
                     row[j] = _float_to_half(_half_to_float(row[j]) * sc + sh + d * _noise(seed, j))

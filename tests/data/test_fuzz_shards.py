@@ -1,7 +1,9 @@
 """Fuzzing shard tars: mutated headers, sizes and data give samples or a one-line error naming the file.
 
 Reading is bounded: a header that declares more bytes than the file holds is an
-error before anything is allocated.
+error before anything is allocated. The block reader with its compiled header
+scan reads exactly what the header-by-header Python reader reads, and fails
+with the same error, whatever the block size.
 """
 import tempfile
 from pathlib import Path
@@ -11,7 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tcpc_data.shards.tario import encode_npy, tar_samples, write_tar
+from tcpc_data.shards import tario
+from tcpc_data.shards.tario import encode_npy, tar_members, tar_samples, write_tar
 
 
 @pytest.fixture(scope="module")
@@ -71,3 +74,40 @@ def test_a_size_past_the_end_of_the_file_is_refused_before_reading(shard_bytes, 
     (tmp_path / "big.tar").write_bytes(bytes(b))
     with pytest.raises(ValueError, match=r"big.tar: .*declares \d+ bytes"):
         list(tar_samples(tmp_path / "big.tar"))
+
+
+def _python_members(path: Path) -> list:
+    """Every member as the header-by-header Python reader alone reads it."""
+    out, pos, total = [], 0, path.stat().st_size
+    with open(path, "rb") as f:
+        while pos is not None:
+            f.seek(pos)
+            slow = tario._slow_member(f, pos, total, str(path))
+            while True:
+                try:
+                    out.append(next(slow))
+                except StopIteration as done:
+                    pos = done.value
+                    break
+    return out
+
+
+def _outcome(read, path):
+    try:
+        return read(path)
+    except ValueError as exc:
+        return str(exc)
+
+
+@settings(max_examples=150, deadline=2000, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(m=mutation, block=st.sampled_from([512, 1024, 1500, 4096, 1 << 20]))
+def test_the_block_reader_reads_and_fails_as_the_python_reader(shard_bytes, m, block):
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "shard-000000.tar"
+        p.write_bytes(_mutate(shard_bytes, *m))
+        reference = _outcome(_python_members, p)
+        old, tario._BLOCK_READ = tario._BLOCK_READ, block
+        try:
+            assert _outcome(lambda q: list(tar_members(q)), p) == reference
+        finally:
+            tario._BLOCK_READ = old

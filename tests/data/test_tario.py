@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from tcpc_data.shards import tario
 from tcpc_data.shards.tario import encode_npy, read_npy, tar_members, tar_samples, write_tar
 
 
@@ -38,6 +39,28 @@ def test_members_equal_tarfile_for_every_format(tmp_path, fmt):
     expected = _tarfile_members(path)
     assert len(expected) == 4
     assert list(tar_members(path)) == expected
+
+
+@pytest.mark.parametrize("block", [512, 700, 1536, 5000])
+@pytest.mark.parametrize("fmt", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
+def test_members_equal_tarfile_whatever_the_block_size(tmp_path, monkeypatch, fmt, block):
+    """Members that straddle read blocks, or are larger than one, are read whole; headers the
+    compiled scan leaves to Python (long names, PAX records, directories) come in their place."""
+    monkeypatch.setattr(tario, "_BLOCK_READ", block)
+    path = tmp_path / "b.tar"
+    with tarfile.open(path, "w", format=fmt) as tar:
+        for i in range(12):
+            if i == 4:
+                adir = tarfile.TarInfo("adir")
+                adir.type = tarfile.DIRTYPE
+                tar.addfile(adir)
+            name = f"{'d' * 120}/k{i}.cls" if i in (5, 9) else f"k{i // 2}.{'npy' if i % 2 else 'json'}"
+            data = bytes([i]) * (i * 301 + (3000 if i == 7 else 0))  # sizes around and above a block
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime = len(data), 1.5 if fmt == tarfile.PAX_FORMAT else 7
+            tar.addfile(info, io.BytesIO(data))
+    expected = _tarfile_members(path)
+    assert len(expected) == 12 and list(tar_members(path)) == expected
 
 
 def test_samples_group_by_key_like_webdataset(tmp_path):

@@ -16,8 +16,8 @@ exact: a resume at step s lets worker w play the stream of worker (s + w) mod W 
 
 Tars and ``.npy`` members are read by :mod:`tcpc_data.shards.tario` (a header check
 per member, no pickle; about 20x less work per sample than ``tarfile`` and
-``np.load``); WebDataset supplies the shuffle buffer, and stock WebDataset
-readers and writers stay compatible with these shards. A sample function may
+``np.load``); the shuffle buffer is WebDataset's, sample for sample, and stock
+WebDataset readers and writers stay compatible with these shards. A sample function may
 split into a per-sample ``decode`` and a per-batch ``collate`` (see
 :class:`ShardStream`): pretraining gathers, flips/rotates and intensity-augments
 a whole batch in one compiled pass there.
@@ -30,6 +30,7 @@ import functools
 import itertools
 import logging
 import platform
+import random
 import zlib
 from collections import Counter
 from pathlib import Path
@@ -37,7 +38,6 @@ from typing import Callable, Iterator
 
 import numpy as np
 import torch
-import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from tcpc_data.shards.manifest import SPLITS, find_manifest, manifest_url, read_manifest
@@ -152,7 +152,8 @@ def sample_rng(seed: int, epoch: int, key: str) -> np.random.Generator:
 def raw_samples(url: str) -> Iterator[dict]:
     """Samples of one shard as WebDataset dicts: ``__key__``, ``__url__`` and one entry per member."""
     for key, members in tar_samples(url):
-        yield {"__key__": key, "__url__": url, **members}
+        members["__key__"], members["__url__"] = key, url  # the reader's fresh dict: no copy
+        yield members
 
 
 def first_sample(data: ShardSet) -> dict:
@@ -163,8 +164,34 @@ def first_sample(data: ShardSet) -> dict:
     raise ValueError(f"{data.urls[0]}: holds no samples although {manifest_url(data.root)} counts some")
 
 
+def shuffled(samples: Iterator, size: int, seed: str) -> Iterator:
+    """``samples`` through a shuffle buffer of ``size``: the order of WebDataset's
+    ``wds.shuffle(size, size, seed=seed)`` (fill the buffer two samples per pick, then swap a
+    random pick with the last), without its per-sample call layers."""
+    rng, buf = random.Random(seed), []
+    for sample in samples:
+        buf.append(sample)
+        if len(buf) < size:
+            try:
+                buf.append(next(samples))
+            except StopIteration:
+                pass
+        if len(buf) >= size:
+            k = rng.randrange(len(buf))  # randint(0, len - 1)'s draw
+            picked, buf[k] = buf[k], buf[-1]
+            buf.pop()
+            yield picked
+    while buf:
+        k = rng.randrange(len(buf))
+        picked, buf[k] = buf[k], buf[-1]
+        buf.pop()
+        yield picked
+
+
 def _shape(value) -> tuple:
-    return value.shape if isinstance(value, np.ndarray) else np.shape(value)
+    if isinstance(value, np.ndarray):
+        return value.shape
+    return () if isinstance(value, (int, float, str, bytes)) else np.shape(value)
 
 
 def _usual_shapes(items: list[dict]) -> dict[str, tuple]:
@@ -293,21 +320,20 @@ class ShardStream(IterableDataset):
         order = np.random.default_rng([self.seed, epoch]).permutation(len(self.shards.urls))
         urls = [self.shards.urls[i] for i in order]
         by_shard = len(urls) >= nstreams
-        mine = urls[stream::nstreams] if by_shard else urls
-        raw = itertools.chain.from_iterable(map(raw_samples, mine))
-        for i, s in enumerate(raw):
-            if not by_shard and i % nstreams != stream:
-                continue
-            if self.keys is not None and s["__key__"] not in self.keys:
-                continue
-            yield s
+        raw = itertools.chain.from_iterable(map(raw_samples, urls[stream::nstreams] if by_shard else urls))
+        if not by_shard:  # samples stream, stream + nstreams, ...
+            raw = itertools.islice(raw, stream, None, nstreams)
+        if self.keys is not None:
+            keys = self.keys
+            raw = (s for s in raw if s["__key__"] in keys)
+        return raw
 
     def _stream(self, stream: int, nstreams: int) -> Iterator[tuple[int, dict]]:
         epochs = itertools.count() if self.epoch is None else (self.epoch,)
         for epoch in epochs:
-            shuffle = wds.shuffle(self.shuffle_buffer, self.shuffle_buffer, seed=f"{self.seed}-{epoch}-{stream}")
             n = 0
-            for s in shuffle(iter(self._epoch_samples(epoch, stream, nstreams))):
+            samples = self._epoch_samples(epoch, stream, nstreams)
+            for s in shuffled(samples, self.shuffle_buffer, f"{self.seed}-{epoch}-{stream}"):
                 n += 1
                 yield epoch, s
             if n == 0 and self.epoch is None:

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tcpc_train.loader import (ShardStream, augment_path, decode_path_sample, first_sample, labelled_splits,
-                               make_loader, open_shards, raw_samples, sample_rng)
+                               make_loader, open_shards, raw_samples, sample_rng, shuffled)
 
 
 def _keys(stream_or_loader, n=None):
@@ -97,6 +97,13 @@ def test_order_is_a_pure_function_of_seed_and_epoch(u_shards):
     first_epoch = [k for batch in a[:6] for k in batch]
     assert sorted(first_epoch) == sorted(f"synthetic{i:05d}_c0" for i in range(24))  # each sample once per epoch
     assert a[:6] != a[6:12]  # the next epoch is shuffled differently
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(0, 200), size=st.integers(1, 80), seed=st.text(max_size=12))
+def test_shuffle_buffer_keeps_webdatasets_order(n, size, seed):
+    """The loader's own shuffle buffer yields WebDataset's order, so orders (and resumes) carry over."""
+    assert list(shuffled(iter(range(n)), size, seed)) == list(wds.shuffle(size, size, seed=seed)(iter(range(n))))
 
 
 @pytest.mark.parametrize("nshards_enough", [True, False])

@@ -80,18 +80,24 @@ def bench_loader(shards: Path, cfg: PretrainConfig, steps: int, warmup: int, dev
             "shards_samples_s": s_sps, "memory_samples_s": m_sps, "ratio": s_sps / m_sps}
 
 
-def bench_loader_rate(shards: Path, cfg: PretrainConfig, batches: int) -> dict:
+def bench_loader_rate(shards: Path, cfg: PretrainConfig, batches: int, repeats: int = 3) -> dict:
     """U-path samples/s of the in-process loader (one loader process's work), with augmentation as
-    ``cfg`` sets it and without: per CPU second of this process and per wall second."""
+    ``cfg`` sets it and without: per CPU second of this process and per wall second, ``repeats``
+    measurements of ``batches`` batches each, the two configurations alternating so a load change
+    on a shared machine hits both. Returns per configuration the lists of rates."""
     data = open_shards(shards)
-    out = {}
+    streams = {}
     for name, c in (("augmented", cfg), ("plain", dataclasses.replace(cfg, augment=False, cube_intensity=0.0))):
-        stream = iter(ShardStream(data, TaskSample(c), c.batch_size, seed=c.runtime.seed,
-                                  shuffle_buffer=c.runtime.shuffle_buffer, rank=0, world=1))
-        next(stream)  # the compiled kernels' load, the first shard's open
-        c0, w0 = time.process_time(), time.perf_counter()
-        n = sum(len(next(stream)["key"]) for _ in range(batches))
-        out[name] = {"cpu_samples_s": n / (time.process_time() - c0), "wall_samples_s": n / (time.perf_counter() - w0)}
+        streams[name] = iter(ShardStream(data, TaskSample(c), c.batch_size, seed=c.runtime.seed,
+                                         shuffle_buffer=c.runtime.shuffle_buffer, rank=0, world=1))
+        next(streams[name])  # the compiled kernels' load, the first shard's open
+    out = {name: {"cpu_samples_s": [], "wall_samples_s": []} for name in streams}
+    for _ in range(repeats):
+        for name, stream in streams.items():
+            c0, w0 = time.process_time(), time.perf_counter()
+            n = sum(len(next(stream)["key"]) for _ in range(batches))
+            out[name]["cpu_samples_s"].append(n / (time.process_time() - c0))
+            out[name]["wall_samples_s"].append(n / (time.perf_counter() - w0))
     return out
 
 
@@ -208,7 +214,8 @@ def main() -> None:
                     help="time the in-process loader's stages per sample instead")
     ap.add_argument("--cubes", type=int, default=98, help="cubes per step for --stems")
     ap.add_argument("--only", choices=("loader", "loop", "encoder"), help="run one part (default: all three)")
-    ap.add_argument("--loader-batches", type=int, default=40, help="batches timed per loader measurement")
+    ap.add_argument("--loader-batches", type=int,
+                    help="batches timed per loader measurement (default: 8192 samples' worth, at least 20)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -236,10 +243,12 @@ def main() -> None:
         print(f"shards {args.shards or 'synthetic U paths'}; tcpc {args.arch} width {args.width}, batch "
               f"{args.batch_size}, {args.workers} loader workers, {torch.get_num_threads()} torch threads")
         if "loader" in parts:
-            r = bench_loader_rate(shards, cfg, args.loader_batches)
+            r = bench_loader_rate(shards, cfg, args.loader_batches or max(20, -(-8192 // args.batch_size)))
             for name in ("augmented", "plain"):
-                print(f"  loader, one process, {name:>9}: {r[name]['cpu_samples_s']:8.0f} samples per CPU second, "
-                      f"{r[name]['wall_samples_s']:8.0f} per wall second (goal with augmentation >= 20000)")
+                cpu, wall = r[name]["cpu_samples_s"], r[name]["wall_samples_s"]
+                print(f"  loader, one process, {name:>9}: {statistics.median(cpu):8.0f} samples per CPU second "
+                      f"(median of {len(cpu)}: {' / '.join(f'{v:.0f}' for v in cpu)}), "
+                      f"{statistics.median(wall):8.0f} per wall second (goal with augmentation >= 20000)")
         sample = next(raw_samples(open_shards(shards).urls[0]))
         n_cubes, cube = TaskSample(cfg).decode(sample, 0)["cubes"].shape[:2]
         for dev in devices:

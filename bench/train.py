@@ -77,7 +77,7 @@ def bench_loader(shards: Path, cfg: PretrainConfig, steps: int, warmup: int, dev
     s_med, m_med = statistics.median(streamed), statistics.median(in_memory)
     s_sps, m_sps = cfg.batch_size * steps / sum(streamed), cfg.batch_size * steps / sum(in_memory)
     return {"device": str(device), "shards_step_s": s_med, "memory_step_s": m_med,
-            "shards_samples_s": s_sps, "memory_samples_s": m_sps, "ratio": s_sps / m_sps}
+            "shards_samples_s": s_sps, "memory_samples_s": m_sps, "ratio": s_sps / m_sps, "median_ratio": m_med / s_med}
 
 
 def bench_loader_rate(shards: Path, cfg: PretrainConfig, batches: int, repeats: int = 3) -> dict:
@@ -257,7 +257,8 @@ def main() -> None:
                 print(f"  {r['device']:>5} loop: shards {r['shards_samples_s']:8.1f} samples/s "
                       f"({r['shards_step_s'] * 1e3:7.1f} ms/step)"
                       f" | in memory {r['memory_samples_s']:8.1f} samples/s ({r['memory_step_s'] * 1e3:7.1f} ms/step)"
-                      f" | ratio {r['ratio']:.3f} (goal >= 0.95)")
+                      f" | ratio {r['ratio']:.3f} (goal >= 0.95; of the median steps {r['median_ratio']:.3f}, "
+                      "which a load spike from another job moves less)")
             if "encoder" in parts:
                 r = bench_encoders(args.width, args.batch_size, n_cubes, cube, args.steps, args.warmup, dev)
                 precision = "bf16 autocast" if dev.type == "cuda" and torch.cuda.is_bf16_supported() else "float32"

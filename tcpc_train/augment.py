@@ -168,10 +168,10 @@ def augment_path_batch(cubes: list[np.ndarray], paths: np.ndarray, keys: np.ndar
     -------
     cubes (B, N, c, c, c) C-contiguous in the input dtype, and positions (B, N, 3) int64.
     """
+    done = augment_half(cubes, paths, keys, geometric, strength)  # the same values, in one compiled call
+    if done is not None:
+        return done
     shape = cubes[0].shape
-    if len(shape) == 4 and shape[1] == shape[2] == shape[3] and paths.shape[1:] == (shape[0], 3) and all(
-            c.dtype == np.float16 and c.flags.c_contiguous and c.shape == shape for c in cubes):
-        return augment_half(cubes, paths, keys, geometric, strength)  # the same values, in one compiled call
     b, n = len(cubes), paths.shape[1]
     u = uniforms(keys, 5 + 3 * n)
     flips = u[:, :3] < 0.5

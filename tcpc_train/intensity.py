@@ -91,7 +91,7 @@ def affine_noise(cubes: np.ndarray, scale: np.ndarray, shift: np.ndarray, sd: np
 
 
 def augment_half(sources: list[np.ndarray], paths: np.ndarray, keys: np.ndarray, geometric: bool,
-                 strength: float) -> tuple[np.ndarray, np.ndarray]:
+                 strength: float) -> tuple[np.ndarray, np.ndarray] | None:
     """:func:`tcpc_train.augment.augment_path_batch` for C-contiguous float16 sources, in one compiled call.
 
     The draws, the moved positions, the gather of each sample's flipped/rotated
@@ -100,7 +100,7 @@ def augment_half(sources: list[np.ndarray], paths: np.ndarray, keys: np.ndarray,
 
     Parameters
     ----------
-    sources : B C-contiguous float16 arrays (N, c, c, c)
+    sources : B arrays (N, c, c, c)
     paths : (B, N, 3) int grid positions
     keys : (B,) uint64, each sample's random key
     geometric : bool
@@ -108,16 +108,16 @@ def augment_half(sources: list[np.ndarray], paths: np.ndarray, keys: np.ndarray,
 
     Returns
     -------
-    cubes (B, N, c, c, c) float16 and positions (B, N, 3) int64.
+    cubes (B, N, c, c, c) float16 and positions (B, N, 3) int64; None when the sources are not
+    C-contiguous float16 cubes of one shape matching ``paths`` (the caller takes the NumPy path).
     """
     from tcpc_train import kernels
     b, n = len(sources), paths.shape[1]
     shape = sources[0].shape
-    c = shape[-1]
-    if (paths.shape != (b, n, 3) or shape != (n, c, c, c)
-            or any(x.dtype != np.float16 or x.shape != shape or not x.flags.c_contiguous for x in sources)):
-        raise ValueError(f"augment_half needs C-contiguous float16 sources of one (N, c, c, c) shape and "
-                         f"(B, N, 3) paths, got {shape} and {paths.shape}")
+    c = shape[-1] if len(shape) == 4 else 0
+    if (not c or paths.shape != (b, n, 3) or shape != (n, c, c, c)
+            or not all(x.dtype == np.float16 and x.flags.c_contiguous and x.shape == shape for x in sources)):
+        return None
     out = np.empty((b,) + shape, np.float16)
     moved = np.empty((b, n, 3), np.int64)
     kernels.augment_half(np.array([x.ctypes.data for x in sources], np.int64), c,

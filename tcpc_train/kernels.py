@@ -173,8 +173,10 @@ def _prefetch(typingctx, address):
     def codegen(context, builder, sig, args):
         i32 = ir.IntType(32)
         ptr = ir.PointerType(ir.IntType(8))
-        fn = builder.module.declare_intrinsic("llvm.prefetch", [ptr], ir.FunctionType(ir.VoidType(), [ptr, i32, i32, i32]))
-        builder.call(fn, [builder.inttoptr(args[0], ptr), ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        fn = builder.module.declare_intrinsic("llvm.prefetch", [ptr],
+                                              ir.FunctionType(ir.VoidType(), [ptr, i32, i32, i32]))
+        read, keep, data = (ir.Constant(i32, v) for v in (0, 3, 1))  # a read, kept in every level, data
+        builder.call(fn, [builder.inttoptr(args[0], ptr), read, keep, data])
         return context.get_dummy_value()
     return types.none(types.int64), codegen
 

@@ -14,9 +14,9 @@ workers the DataLoader returns batches round-robin
 exact: a resume at step s lets worker w play the stream of worker (s + w) mod W from its
 ((s + w) div W)-th batch on.
 
-Tars and ``.npy`` members are read by :mod:`tcpc_data.shards.tario` (a header check
-per member, no pickle; about 20x less work per sample than ``tarfile`` and
-``np.load``); the shuffle buffer is WebDataset's, sample for sample, and stock
+Tars and ``.npy`` members are read by :mod:`tcpc_data.shards.tario` (4 MiB blocks,
+their headers checked in one compiled pass, no pickle; about 40x less work per
+sample than ``tarfile`` and ``np.load``); the shuffle buffer is WebDataset's, sample for sample, and stock
 WebDataset readers and writers stay compatible with these shards. A sample function may
 split into a per-sample ``decode`` and a per-batch ``collate`` (see
 :class:`ShardStream`): pretraining gathers, flips/rotates and intensity-augments

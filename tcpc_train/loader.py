@@ -15,9 +15,10 @@ exact: a resume at step s lets worker w play the stream of worker (s + w) mod W 
 ((s + w) div W)-th batch on.
 
 Tars and ``.npy`` members are read by :mod:`tcpc_data.shards.tario` (4 MiB blocks,
-their headers checked in one compiled pass, no pickle; a small fraction of the work per
-sample than ``tarfile`` and ``np.load``); the shuffle buffer is WebDataset's, sample for sample, and stock
-WebDataset readers and writers stay compatible with these shards. A sample function may
+their headers checked in one compiled pass, no pickle; a small fraction of the work
+of ``tarfile`` and ``np.load`` per sample); the shuffle buffer is WebDataset's,
+sample for sample, and stock WebDataset readers and writers stay compatible with
+these shards. A sample function may
 split into a per-sample ``decode`` and a per-batch ``collate`` (see
 :class:`ShardStream`): pretraining gathers, flips/rotates and intensity-augments
 a whole batch in one compiled pass there.

@@ -35,8 +35,9 @@ from tcpc_train.tbevents import ScalarEvents
 class RuntimeConfig:
     """How a training or evaluation run executes (saved inside its config and checkpoints).
 
-    The data order is a pure function of ``seed`` and ``shuffle_buffer``
-    (:mod:`tcpc_train.loader`), never of ``workers`` or ``device``.
+    The data order is a pure function of ``seed``, ``shuffle_buffer`` and the number of
+    streams (ranks x loader processes; 0 and 1 processes give the same), never of
+    ``device`` (:mod:`tcpc_train.loader`); a resume must keep ``workers``.
     """
 
     seed: int = field(default=0, metadata={"help": "Seed of initialisation, sample selection and data order."})

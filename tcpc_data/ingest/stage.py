@@ -242,11 +242,10 @@ def _digest_of(cs: CaseSource, files_hex: str, mask_paths: list[str], config: In
 def _read_new_dicom(cs: CaseSource, config: IngestConfig) -> tuple[Volume, np.ndarray | None, str, int]:
     """(volume, mask, digest, source bytes) of a DICOM case not yet in the store, each of its
     files read once (:mod:`tcpc_data.ingest.onepass`)."""
-    with _local_copies(cs.files, folders=True) as folders, \
-            _local_copies((cs.mask,)) if cs.mask else contextlib.nullcontext([]) as mask_paths:  # a DICOM-SEG
+    with _dicom_sources(cs) as (folders, mask_paths):
         paths, datasets, files_hex = read_series_once(folders, cs.series, what=cs.case)
         if not paths:
-            raise ValueError(f"{cs.case}: no file of series {cs.series} is left in {cs.source}")
+            raise _series_gone(cs)
         volume = series_volume(paths, datasets, max_voxels=config.max_voxels, what=cs.case,
                                irregular=config.irregular)
         mask = _read_mask(cs, mask_paths[0], volume, config) if cs.mask else None
@@ -318,12 +317,23 @@ def _case_files(cs: CaseSource):
         with _local_copies(cs.files + ((cs.mask,) if cs.mask else ())) as paths:
             yield paths
         return
-    with _local_copies(cs.files, folders=True) as folders, \
-            _local_copies((cs.mask,)) if cs.mask else contextlib.nullcontext([]) as mask:  # a DICOM-SEG
+    with _dicom_sources(cs) as (folders, mask):
         paths = series_files(folders, cs.series)
         if not paths:
-            raise ValueError(f"{cs.case}: no file of series {cs.series} is left in {cs.source}")
+            raise _series_gone(cs)
         yield paths + mask
+
+
+@contextlib.contextmanager
+def _dicom_sources(cs: CaseSource):
+    """(local folders of a DICOM case's series, [its DICOM-SEG mask's local path] or [])."""
+    with _local_copies(cs.files, folders=True) as folders, \
+            _local_copies((cs.mask,)) if cs.mask else contextlib.nullcontext([]) as mask:
+        yield folders, mask
+
+
+def _series_gone(cs: CaseSource) -> ValueError:
+    return ValueError(f"{cs.case}: no file of series {cs.series} is left in {cs.source}")
 
 
 @contextlib.contextmanager

@@ -91,3 +91,26 @@ def test_a_new_dicom_case_reruns_as_skipped_and_a_changed_slice_redoes_it(tmp_pa
     Path(paths[2]).write_bytes(ds[:-2] + bytes([ds[-2] ^ 1, ds[-1]]))  # one pixel changes
     third = ingest(src, store, workers=1)
     assert len(third.done) == 1 and len(third.skipped) == 1
+
+
+def test_a_series_removed_after_discovery_fails_its_case_by_name(tmp_path, dicom_factory, monkeypatch):
+    # the files vanish between discovery (on the client) and the read (on the worker): new and
+    # stored cases alike fail with one line naming the series and the folder
+    from tcpc_data.ingest import stage
+
+    src, store = tmp_path / "src", tmp_path / "v.zarr"
+    dicom_factory.write_series(src / "p1", dicom_factory.z_positions([0, 3, 6]), series_uid=UID_A)
+    assert ingest(src, store, workers=1).ok  # stored, for the second run's header-scan path
+    real = stage.discover
+
+    def then_removed(*args, **kwargs):
+        found = real(*args, **kwargs)
+        for p in (src / "p1").iterdir():
+            p.unlink()
+        return found
+    monkeypatch.setattr(stage, "discover", then_removed)
+    for out in (tmp_path / "new.zarr", store):
+        dicom_factory.write_series(src / "p1", dicom_factory.z_positions([0, 3, 6]), series_uid=UID_A)
+        report = ingest(src, out, workers=1)
+        assert [f["error"] for f in report.failures] == [
+            f"ValueError: p1: no file of series {UID_A} is left in {src / 'p1'}"]

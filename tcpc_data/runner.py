@@ -80,11 +80,11 @@ def _finish(task: Task, paused) -> tuple[str, str, Any]:
     """Run a paused task (:func:`_start`) to its end."""
     try:
         next(paused)
+        raise RuntimeError("a task function may pause (yield) once")
     except StopIteration as stop:
         return (task.case, *stop.value)
     except Exception as exc:  # noqa: BLE001 - as in _start
         return _failure(task, exc)
-    return _failure(task, RuntimeError("a task function may pause (yield) once"))
 
 
 def _failure(task: Task, exc: Exception) -> tuple[str, str, dict]:
@@ -95,11 +95,11 @@ def _failure(task: Task, exc: Exception) -> tuple[str, str, dict]:
 
 def _run_here(tasks: Iterable[Task], fn: Callable[[Any], Any], record) -> None:
     """Cases one after another in this process. A task that pauses (yields) after its reads
-    finishes in a thread while the next case reads: writes (compression, hashing) release the
+    finishes in a thread while the next case reads: writes (casts, compression) release the
     GIL, so on two cores they take little of the wall time; one case at most is in flight."""
     from concurrent.futures import ThreadPoolExecutor
 
-    pending = None  # (task, future of its finish)
+    pending = None  # the future of the paused case's finish
     with ThreadPoolExecutor(1, thread_name_prefix="tcpc-finish") as pool:
         try:
             for t in tasks:

@@ -174,7 +174,8 @@ def _ingest_case(job: _Job):
             # The digest hashes every source byte (hashlib releases the GIL): for a large case not
             # yet in the store, a thread hashes while this one parses; a stored case needs it first.
             overlap = stored is None and n_bytes >= _OVERLAP_BYTES
-            with ThreadPoolExecutor(1, thread_name_prefix="tcpc-digest") if overlap else contextlib.nullcontext() as pool:
+            hashing = ThreadPoolExecutor(1, thread_name_prefix="tcpc-digest") if overlap else contextlib.nullcontext()
+            with hashing as pool:
                 hashed = pool.submit(_case_digest, cs, paths, config) if overlap else None
                 d = None if overlap else _case_digest(cs, paths, config)
                 if stored is not None and d == stored:

@@ -9,6 +9,7 @@ import torch
 
 from tcpc_train.runtime import StepLog
 from tcpc_train.synthetic import write_synthetic_labelled, write_synthetic_paths
+from tests.train import box_paths as _box_paths
 
 
 @pytest.fixture(scope="session")
@@ -19,6 +20,12 @@ def shard_root(tmp_path_factory):
     write_synthetic_paths(root / "block", 16, "block", cube=8, per_shard=4, seed=3)
     write_synthetic_labelled(root / "labelled", (32, 16, 16), size=12, per_shard=8, seed=4)
     return root
+
+
+@pytest.fixture(scope="session")
+def box_paths():
+    """Cubes cut along a path from a known volume, and that volume's 48 symmetries (``tests/train/box_paths.py``)."""
+    return _box_paths
 
 
 @pytest.fixture(scope="session")

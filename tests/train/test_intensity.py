@@ -136,16 +136,10 @@ def test_batch_augmentation_is_the_per_sample_transform_of_its_draws():
 
 @settings(max_examples=30, deadline=None)
 @given(seed=st.integers(0, 2**31), extent=st.tuples(*[st.integers(1, 3)] * 3), n=st.integers(2, 8))
-def test_batch_augmentation_keeps_cubes_and_positions_consistent(seed, extent, n):
+def test_batch_augmentation_keeps_cubes_and_positions_consistent(box_paths, seed, extent, n):
     """Cubes cut from a volume and augmented as a batch tile one transform of that volume."""
-    rng = np.random.default_rng(seed)
-    c, s = 4, 2
-    lo = rng.integers(0, 5, 3)
-    grid = np.array(np.meshgrid(*[np.arange(e) for e in extent], indexing="ij")).reshape(3, -1).T
-    path = np.vstack([grid[rng.permutation(len(grid))[:n]] + lo, lo, lo + np.array(extent) - 1])
-    vol = rng.uniform(-1, 1, tuple((np.array(extent) - 1) * s + c)).astype(np.float16)
-    q = path - lo
-    cubes = np.stack([vol[z * s:z * s + c, y * s:y * s + c, x * s:x * s + c] for z, y, x in q])
+    c, s = box_paths.C, box_paths.S
+    lo, path, vol, cubes = box_paths.cut_path(np.random.default_rng(seed), extent, n)
     out, pos = augment_path_batch([cubes], path[None], np.array([seed], np.uint64), True, 0.0)
     assert pos[0].min(0).tolist() == lo.tolist()
     shape = tuple((pos[0].max(0) - lo) * s + c)
@@ -155,7 +149,5 @@ def test_batch_augmentation_keeps_cubes_and_positions_consistent(seed, extent, n
         known = ~np.isnan(got[sl])
         assert np.array_equal(got[sl][known], cube[known])  # overlapping cubes agree
         got[sl] = cube
-    symmetries = [np.rot90(np.flip(vol, [a for a in range(3) if f[a]]) if any(f) else vol, k, axes)
-                  for f in np.ndindex(2, 2, 2) for axes in ((0, 1), (0, 2), (1, 2)) for k in range(4)]
     seen = ~np.isnan(got)
-    assert any(v.shape == got.shape and np.array_equal(v[seen], got[seen]) for v in symmetries)
+    assert any(v.shape == got.shape and np.array_equal(v[seen], got[seen]) for v in box_paths.symmetries(vol))

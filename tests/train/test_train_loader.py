@@ -152,32 +152,15 @@ def _assemble(cubes, path, s):
 
 @settings(max_examples=40, deadline=None)
 @given(seed=st.integers(0, 2**31), extent=st.tuples(*[st.integers(1, 3)] * 3), n=st.integers(2, 8))
-def test_augmentation_is_consistent_over_the_path(seed, extent, n):
+def test_augmentation_is_consistent_over_the_path(box_paths, seed, extent, n):
     """Cubes cut from a volume, augmented together, tile the same transform of that volume."""
-    rng = np.random.default_rng(seed)
-    c, s = 4, 2
-    lo = rng.integers(0, 5, 3)
-    grid = np.array(np.meshgrid(*[np.arange(e) for e in extent], indexing="ij")).reshape(3, -1).T
-    path = grid[rng.permutation(len(grid))[:n]] + lo
-    # Positions must span the full box so the box (and its transform) is determined by the path.
-    path = np.vstack([path, lo, lo + np.array(extent) - 1])
-    vol = rng.standard_normal(tuple((np.array(extent) - 1) * s + c))
-    q = path - lo
-    cubes = np.stack([vol[z * s:z * s + c, y * s:y * s + c, x * s:x * s + c] for z, y, x in q])
+    lo, path, vol, cubes = box_paths.cut_path(np.random.default_rng(seed), extent, n, dtype=np.float64)
     aug_cubes, aug_path = augment_path(cubes, path, np.random.default_rng(seed + 1))
     assert aug_path.min(0).tolist() == lo.tolist()  # anchored at the same corner
-    got = _assemble(aug_cubes, aug_path, s)
+    got = _assemble(aug_cubes, aug_path, box_paths.S)
     # Recover the transform by trying the 48 axis-aligned symmetries of the box on the volume.
-    candidates = []
-    for flips in np.ndindex(2, 2, 2):
-        v = vol
-        for ax, f in enumerate(flips):
-            v = np.flip(v, ax) if f else v
-        for axes in ((0, 1), (0, 2), (1, 2)):
-            for k in range(4):
-                candidates.append(np.rot90(v, k, axes))
     assert any(cand.shape == got.shape and np.array_equal(np.nan_to_num(got, nan=0) * ~np.isnan(got),
-                                                          cand * ~np.isnan(got)) for cand in candidates)
+                                                          cand * ~np.isnan(got)) for cand in box_paths.symmetries(vol))
     # Every cube lies where its position says, in the same transformed volume (checked above), and
     # the sample's generator is a pure function of (seed, epoch, key).
     assert sample_rng(1, 2, "k").random() == sample_rng(1, 2, "k").random()

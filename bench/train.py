@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tcpc_train.loader import ShardStream, _retain_freed_memory, make_loader, open_shards, raw_samples  # noqa: E402
 from tcpc_train.models import ResNet18_3d, build_encoder  # noqa: E402
 from tcpc_train.pretraining import PretrainConfig, TaskSample, build_task_model, train_steps  # noqa: E402
-from tcpc_train.runtime import RuntimeConfig, autocast  # noqa: E402
+from tcpc_train.runtime import RuntimeConfig, autocast, loader_workers  # noqa: E402
 from tcpc_train.synthetic import write_synthetic_paths  # noqa: E402
 
 
@@ -64,7 +64,7 @@ def bench_loader(shards: Path, cfg: PretrainConfig, steps: int, warmup: int, dev
     def loader():
         stream = ShardStream(data, TaskSample(cfg), cfg.batch_size, seed=cfg.runtime.seed,
                              shuffle_buffer=cfg.runtime.shuffle_buffer)
-        return iter(make_loader(stream, cfg.runtime.workers, pin_memory=pin))
+        return iter(make_loader(stream, loader_workers(cfg.runtime.workers, device), pin_memory=pin))
     cached = list(batch for _, batch in zip(range(warmup + steps), loader()))
     if pin:
         cached = [{k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in b.items()} for b in cached]
@@ -76,20 +76,23 @@ def bench_loader(shards: Path, cfg: PretrainConfig, steps: int, warmup: int, dev
     steps *= 2
     s_med, m_med = statistics.median(streamed), statistics.median(in_memory)
     s_sps, m_sps = cfg.batch_size * steps / sum(streamed), cfg.batch_size * steps / sum(in_memory)
-    return {"device": str(device), "shards_step_s": s_med, "memory_step_s": m_med,
+    return {"device": str(device), "workers": loader_workers(cfg.runtime.workers, device), "shards_step_s": s_med, "memory_step_s": m_med,
             "shards_samples_s": s_sps, "memory_samples_s": m_sps, "ratio": s_sps / m_sps, "median_ratio": m_med / s_med}
 
 
 def bench_loader_rate(shards: Path, cfg: PretrainConfig, batches: int, repeats: int = 3) -> dict:
     """U-path samples/s of the in-process loader (one loader process's work), with augmentation as
-    ``cfg`` sets it and without: per CPU second of this process and per wall second, ``repeats``
-    measurements of ``batches`` batches each, the two configurations alternating so a load change
-    on a shared machine hits both. Returns per configuration the lists of rates."""
+    ``cfg`` sets it and without, and of one of two loader processes (which reads every sample and
+    prepares every other batch): per CPU second of the process and per wall second, ``repeats``
+    measurements of ``batches`` batches each, the configurations alternating so a load change
+    on a shared machine hits all. Returns per configuration the lists of rates."""
     data = open_shards(shards)
     streams = {}
-    for name, c in (("augmented", cfg), ("plain", dataclasses.replace(cfg, augment=False, cube_intensity=0.0))):
-        streams[name] = iter(ShardStream(data, TaskSample(c), c.batch_size, seed=c.runtime.seed,
-                                         shuffle_buffer=c.runtime.shuffle_buffer, rank=0, world=1))
+    for name, c, share in (("augmented", cfg, (0, 1)),
+                           ("plain", dataclasses.replace(cfg, augment=False, cube_intensity=0.0), (0, 1)),
+                           ("augmented, worker 1 of 2", cfg, (0, 2))):
+        streams[name] = ShardStream(data, TaskSample(c), c.batch_size, seed=c.runtime.seed,
+                                    shuffle_buffer=c.runtime.shuffle_buffer, rank=0, world=1).batches(*share)
         next(streams[name])  # the compiled kernels' load, the first shard's open
     out = {name: {"cpu_samples_s": [], "wall_samples_s": []} for name in streams}
     for _ in range(repeats):
@@ -205,7 +208,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--workers", type=int, help="loader processes (default: tcpc's, 0 on the CPU, up to 4 on a GPU)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--device", choices=("all", "cpu", "cuda"), default="all",
                     help="where to train (all: the CPU, then the GPU when there is one)")
@@ -241,12 +244,13 @@ def main() -> None:
         if not devices:
             sys.exit("--device cuda: no CUDA GPU here")
         print(f"shards {args.shards or 'synthetic U paths'}; tcpc {args.arch} width {args.width}, batch "
-              f"{args.batch_size}, {args.workers} loader workers, {torch.get_num_threads()} torch threads")
+              f"{args.batch_size}, loader workers {'auto' if args.workers is None else args.workers}, "
+              f"{torch.get_num_threads()} torch threads")
         if "loader" in parts:
             r = bench_loader_rate(shards, cfg, args.loader_batches or max(20, -(-8192 // args.batch_size)))
-            for name in ("augmented", "plain"):
+            for name in r:
                 cpu, wall = r[name]["cpu_samples_s"], r[name]["wall_samples_s"]
-                print(f"  loader, one process, {name:>9}: {statistics.median(cpu):8.0f} samples per CPU second "
+                print(f"  loader, one process, {name:>24}: {statistics.median(cpu):8.0f} samples per CPU second "
                       f"(median of {len(cpu)}: {' / '.join(f'{v:.0f}' for v in cpu)}), "
                       f"{statistics.median(wall):8.0f} per wall second (goal with augmentation >= 20000)")
         sample = next(raw_samples(open_shards(shards).urls[0]))
@@ -254,7 +258,7 @@ def main() -> None:
         for dev in devices:
             if "loop" in parts:
                 r = bench_loader(shards, cfg, args.steps, args.warmup, dev)
-                print(f"  {r['device']:>5} loop: shards {r['shards_samples_s']:8.1f} samples/s "
+                print(f"  {r['device']:>5} loop, {r['workers']} loader processes: shards {r['shards_samples_s']:8.1f} samples/s "
                       f"({r['shards_step_s'] * 1e3:7.1f} ms/step)"
                       f" | in memory {r['memory_samples_s']:8.1f} samples/s ({r['memory_step_s'] * 1e3:7.1f} ms/step)"
                       f" | ratio {r['ratio']:.3f} (goal >= 0.95; of the median steps {r['median_ratio']:.3f}, "

@@ -1,8 +1,9 @@
 """``ShardDataset``: tcpc shards as a PyTorch dataset for your own training loop (MONAI, TorchIO, plain torch).
 
 The samples are those :mod:`tcpc_train.loader` streams to tcpc's own loops, in
-the same order: a pure function of (seed, epoch, rank, DataLoader worker),
-split over ranks and workers without overlap, resumable at a batch. Each
+the same order: a pure function of (seed, epoch, rank), split over ranks
+without overlap, the same with any number of DataLoader workers, resumable
+at a batch. Each
 sample is decoded to a dict of tensors, passed through your ``transform`` and
 batched by your ``DataLoader``::
 
@@ -17,7 +18,6 @@ batched by your ``DataLoader``::
 """
 from __future__ import annotations
 
-import itertools
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -62,8 +62,9 @@ class ShardDataset(IterableDataset):
         anything. With workers started by ``spawn`` it must pickle.
     batch_size : int
         The ``batch_size`` of the DataLoader that reads this dataset. Worker
-        ``w`` hands over whole batches in turn (batch ``j`` from worker ``j mod
-        W``), so a resume at ``start_batch`` must know where batches begin.
+        ``w`` of ``W`` hands over batches ``w``, ``w + W``, ... of the rank's
+        stream (the DataLoader's round-robin), so it must know where batches
+        begin.
     epoch : int or None
         One pass over this epoch's order (change it with :meth:`set_epoch`),
         or None: an endless stream over epochs 0, 1, 2, ...
@@ -73,13 +74,13 @@ class ShardDataset(IterableDataset):
     start_batch : int
         Batches of this rank's DataLoader already consumed: they are skipped
         without decoding, and the next batches equal those an uninterrupted
-        loop would have seen (exact for endless streams, and within an epoch
-        while every worker still has samples).
+        loop would have seen.
     keys : set of str, optional
         Only these sample keys (e.g. a label fraction).
     rank, world : int, optional
         This process's share; defaults from ``torch.distributed`` when it is
-        initialised, else 0 and 1. Ranks and workers read disjoint samples.
+        initialised, else 0 and 1. Ranks read disjoint samples; the workers of
+        one rank each read its whole stream and decode their own batches.
 
     Raises
     ------
@@ -109,12 +110,7 @@ class ShardDataset(IterableDataset):
 
     def __iter__(self) -> Iterator[object]:
         info = get_worker_info()
-        worker, nworkers = (info.id, info.num_workers) if info else (0, 1)
-        s = self.stream
-        # ShardStream.__iter__'s rule, at sample level: resuming at batch b, worker w plays the
-        # stream that produced batch b + w, from its ((b + w) div W)-th batch on.
-        virtual, skip = divmod(s.start_batch + worker, nworkers)[::-1]
-        samples = s._stream(s.rank * nworkers + virtual, s.world * nworkers)
-        for _, raw in itertools.islice(samples, skip * s.batch_size, None):
-            sample = decode_sample(raw)
-            yield sample if self.transform is None else self.transform(sample)
+        for chunk in self.stream.raw_batches(*((info.id, info.num_workers) if info else (0, 1))):
+            for _, raw in chunk:
+                sample = decode_sample(raw)
+                yield sample if self.transform is None else self.transform(sample)

@@ -51,7 +51,7 @@ from tcpc_train.models import ARCHS, Classifier, adopt_encoder, build_encoder
 from tcpc_train.plots import plot_curves, plot_roc
 from tcpc_train.pretraining import Arch, encoder_name
 from tcpc_train.runtime import (RuntimeConfig, StepLog, agree, autocast, average_over_ranks, barrier, config_changes,
-                                init_distributed, lockstep, optimiser_steps, progress_bar, resolve_device, share_json,
+                                init_distributed, loader_workers, lockstep, optimiser_steps, progress_bar, resolve_device, share_json,
                                 skip_counts)
 from tcpc_train.weights import load_encoder_weights
 
@@ -98,7 +98,7 @@ class EvaluateConfig:
     every sample is scored once, in a fixed order)."""
 
     batch_size: int = field(default=8, metadata={"help": "Samples per forward pass."})
-    runtime: RuntimeConfig = field(default=RuntimeConfig(workers=0), metadata={"help": "How the run executes."})
+    runtime: RuntimeConfig = field(default=RuntimeConfig(), metadata={"help": "How the run executes."})
 
 
 def read_labels(data: ShardSet) -> dict[str, int]:
@@ -164,7 +164,7 @@ def predict(model: torch.nn.Module, data: ShardSet, batch_size: int, device: tor
 
 def _check_resume(ck: dict, cfg: FinetuneConfig, data_digest: str, path: Path, encoder: str | None) -> None:
     diff = config_changes(ck.get("config", {}), dataclasses.asdict(cfg),
-                          {"epochs", "runtime.device", "runtime.skip_bad_samples"})
+                          {"epochs", "runtime.device", "runtime.workers", "runtime.skip_bad_samples"})
     if ck.get("encoder") != encoder:
         diff["encoder"] = (ck.get("encoder") or cfg.arch, encoder or cfg.arch)
     if ck.get("kind") != "classifier" or diff:
@@ -241,6 +241,11 @@ class _Run:
     start: int = 0  # epochs done before this process
     val: list = dataclasses.field(default_factory=list)  # per-epoch validation metrics
     best_key: tuple | None = None  # (val AUC, val ACC) of best.pt
+
+    @property
+    def workers(self) -> int:
+        """Loader processes for this run's device."""
+        return loader_workers(self.config.runtime.workers, self.device)
 
     def state(self, epoch: int) -> dict:
         return {"kind": "classifier", "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
@@ -323,7 +328,7 @@ def _train_epoch(run: _Run, epoch: int, advance) -> None:
     stream = ShardStream(run.splits["train"], VolumeSample(cfg.augment, rt.seed), cfg.batch_size, seed=rt.seed,
                          shuffle_buffer=rt.shuffle_buffer, epoch=epoch, keys=mine,
                          drop_last=len(mine) > cfg.batch_size, rank=0, world=1, skip_bad=rt.skip_bad_samples)
-    loader = make_loader(stream, rt.workers, pin_memory=run.device.type == "cuda")
+    loader = make_loader(stream, run.workers, pin_memory=run.device.type == "cuda")
     batches, skipped_in = skip_counts(lockstep(iter(loader)))
 
     def loss_of(batch: dict) -> torch.Tensor:
@@ -334,7 +339,7 @@ def _train_epoch(run: _Run, epoch: int, advance) -> None:
         run.log.write({"step": run.step, "epoch": epoch + 1, "loss": value, "lr": lr,
                        "samples_per_s": n * run.world / dt, "skipped": skipped_in()})
         advance(f"epoch {epoch + 1} loss {value:.4f}")
-    recalibrate_batchnorm(run.model, run.splits["train"], mine, cfg.batch_size, run.device, rt.workers, rt.amp,
+    recalibrate_batchnorm(run.model, run.splits["train"], mine, cfg.batch_size, run.device, run.workers, rt.amp,
                           skip_bad=rt.skip_bad_samples)
 
 
@@ -350,7 +355,7 @@ def _select_here(run: _Run, epoch: int) -> None:
     cfg, rt = run.config, run.config.runtime
     if "val" in run.splits:
         m = classification_metrics(*predict(run.model, run.splits["val"], cfg.batch_size, run.device,
-                                            rt.workers, rt.amp, rt.skip_bad_samples))
+                                            run.workers, rt.amp, rt.skip_bad_samples))
         run.val.append({"epoch": epoch + 1, **m})
         run.log.write({"step": run.step, "epoch": epoch + 1, "val_acc": m["acc"], "val_auc": m["auc"]})
         key = (m["auc"] if m["auc"] is not None else -1.0, m["acc"])
@@ -372,7 +377,7 @@ def _test_here(run: _Run) -> dict:
     cfg, rt = run.config, run.config.runtime
     best = load_checkpoint(run.out / "best.pt", map_location=run.device)
     run.model.load_state_dict(best["model"])
-    labels, scores = predict(run.model, run.splits["test"], cfg.batch_size, run.device, rt.workers, rt.amp,
+    labels, scores = predict(run.model, run.splits["test"], cfg.batch_size, run.device, run.workers, rt.amp,
                              rt.skip_bad_samples)
     metrics = {**classification_metrics(labels, scores), "split": "test", "best_epoch": best["epoch"],
                "label_fraction": cfg.label_fraction, "n_train": len(run.keys)}
@@ -476,7 +481,8 @@ def evaluate(checkpoint: str | Path, shards: str | Path, out: str | Path | None 
     model = Classifier(encoder if encoder is not None else build_encoder(cfg["arch"], cfg["width"]),
                        int(ck["n_classes"]))
     model.load_state_dict(ck["model"])
-    labels, scores = predict(model.to(dev), data, config.batch_size, dev, rt.workers, rt.amp, rt.skip_bad_samples)
+    labels, scores = predict(model.to(dev), data, config.batch_size, dev, loader_workers(rt.workers, dev), rt.amp,
+                             rt.skip_bad_samples)
     if labels.max() >= scores.shape[1]:
         raise ValueError(f"{shards}: holds class {labels.max()} but the model knows {scores.shape[1]} classes")
     metrics = {**classification_metrics(labels, scores), "checkpoint": str(checkpoint), "shards": str(shards)}

@@ -1,18 +1,19 @@
 """Streaming shard loader: manifest checks, sample decoding, path-consistent augmentation, batching.
 
 Shards are WebDataset tars listed in ``manifest.json`` (``docs/design.md``, Shard contract). The data
-order is a pure function of (seed, epoch, rank, worker): every epoch shuffles
-the shard list with ``seed + epoch``, splits it over ranks and workers (or,
-when there are fewer shards than streams, strides the samples), passes the
-samples through a seeded shuffle buffer, and batches them. Every random choice
+order is a pure function of (seed, epoch, rank): every epoch shuffles
+the shard list with ``seed + epoch``, splits it over ranks (or, when there are
+fewer shards than ranks, strides the samples), passes the samples through a
+seeded shuffle buffer, and batches them. Every random choice
 of a sample's augmentation is a pure function of (seed, epoch, sample key)
 (:mod:`tcpc_train.augment`), so skipping the first batches on resume
-reproduces the uninterrupted order exactly, without decoding what it skips,
-and a sample is augmented alike whatever the number of workers. With several
-workers the DataLoader returns batches round-robin
-(batch k from worker k mod W); pretraining streams never end, so that rule is
-exact: a resume at step s lets worker w play the stream of worker (s + w) mod W from its
-((s + w) div W)-th batch on.
+reproduces the uninterrupted order exactly, without decoding what it skips.
+The number of loader processes changes nothing: the DataLoader takes batch j
+from worker j mod W, so each of W workers reads its rank's whole stream and
+prepares only every W-th batch. Reading a sample it skips costs about a third
+of preparing one (``bench/train.py --only loader`` prints both), a price paid
+for runs that give the same batches on a laptop and on a GPU node, and for a
+resume that may change ``workers``.
 
 Tars and ``.npy`` members are read by :mod:`tcpc_data.shards.tario` (4 MiB blocks,
 their headers checked in one compiled pass, no pickle; a small fraction of the work
@@ -262,7 +263,7 @@ def _warn_skipped(message: str) -> None:
 
 
 class ShardStream(IterableDataset):
-    """Batches from shards, deterministic in (seed, epoch, rank, worker).
+    """Batches from shards, deterministic in (seed, epoch, rank) whatever the number of loader processes.
 
     Parameters
     ----------
@@ -317,44 +318,36 @@ class ShardStream(IterableDataset):
         self.start_batch, self.keys, self.drop_last = start_batch, keys, drop_last
         self.rank, self.world, self.skip_bad = rank, world, skip_bad
 
-    def _epoch_samples(self, epoch: int, stream: int, nstreams: int) -> Iterator[dict]:
+    def _epoch_samples(self, epoch: int) -> Iterator[dict]:
         order = np.random.default_rng([self.seed, epoch]).permutation(len(self.shards.urls))
         urls = [self.shards.urls[i] for i in order]
-        by_shard = len(urls) >= nstreams
-        raw = itertools.chain.from_iterable(map(raw_samples, urls[stream::nstreams] if by_shard else urls))
-        if not by_shard:  # samples stream, stream + nstreams, ...
-            raw = itertools.islice(raw, stream, None, nstreams)
+        by_shard = len(urls) >= self.world
+        raw = itertools.chain.from_iterable(map(raw_samples, urls[self.rank::self.world] if by_shard else urls))
+        if not by_shard:  # samples rank, rank + world, ...
+            raw = itertools.islice(raw, self.rank, None, self.world)
         if self.keys is not None:
             keys = self.keys
             raw = (s for s in raw if s["__key__"] in keys)
         return raw
 
-    def _stream(self, stream: int, nstreams: int) -> Iterator[tuple[int, dict]]:
+    def _stream(self) -> Iterator[tuple[int, dict]]:
+        """(epoch, raw sample) of this rank's stream, shuffled."""
         epochs = itertools.count() if self.epoch is None else (self.epoch,)
         for epoch in epochs:
             n = 0
-            samples = self._epoch_samples(epoch, stream, nstreams)
-            for s in shuffled(samples, self.shuffle_buffer, f"{self.seed}-{epoch}-{stream}"):
+            for s in shuffled(self._epoch_samples(epoch), self.shuffle_buffer, f"{self.seed}-{epoch}-{self.rank}"):
                 n += 1
                 yield epoch, s
             if n == 0 and self.epoch is None:
-                raise ValueError(f"{self.shards.root}: loader stream {stream} of {nstreams} got no samples "
+                raise ValueError(f"{self.shards.root}: rank {self.rank} of {self.world} got no samples "
                                  f"({self.shards.total} samples in {len(self.shards.urls)} shards); "
-                                 "use fewer workers or processes")
+                                 "use fewer processes")
 
-    def __iter__(self) -> Iterator[dict]:
-        _retain_freed_memory()
-        info = get_worker_info()
-        worker, nworkers = (info.id, info.num_workers) if info else (0, 1)
-        # The DataLoader takes batch j from worker j mod W. Resuming at batch s, worker w must
-        # play the stream that produced batch s + w, from its ((s + w) div W)-th batch on.
-        virtual = (self.start_batch + worker) % nworkers
-        skip = (self.start_batch + worker) // nworkers
-        stream, nstreams = self.rank * nworkers + virtual, self.world * nworkers
-        samples = self._stream(stream, nstreams)
-        carried = failing = 0  # samples dropped from batches not yet yielded; bad samples in a row
-        batched = hasattr(self.sample_fn, "decode") and hasattr(self.sample_fn, "collate")
-        prepare, stack = (self.sample_fn.decode, self.sample_fn.collate) if batched else (self.sample_fn, _stack)
+    def raw_batches(self, worker: int, nworkers: int) -> Iterator[list[tuple[int, dict]]]:
+        """The raw samples of the batches worker ``worker`` of ``nworkers`` hands over: batches
+        ``start_batch + worker``, then every ``nworkers``-th, of the rank's stream. The others
+        are read but not decoded."""
+        samples, skip = self._stream(), self.start_batch + worker
         while True:
             chunk = list(itertools.islice(samples, self.batch_size))
             if not chunk or (self.drop_last and len(chunk) < self.batch_size):
@@ -362,6 +355,21 @@ class ShardStream(IterableDataset):
             if skip:
                 skip -= 1
                 continue
+            skip = nworkers - 1
+            yield chunk
+
+    def __iter__(self) -> Iterator[dict]:
+        _retain_freed_memory()
+        info = get_worker_info()
+        return self.batches(*((info.id, info.num_workers) if info else (0, 1)))
+
+    def batches(self, worker: int = 0, nworkers: int = 1) -> Iterator[dict]:
+        """The batches loader process ``worker`` of ``nworkers`` hands over (the DataLoader's
+        round-robin puts them back in order; iterating the stream calls this for its worker)."""
+        carried = failing = 0  # samples dropped from batches not yet yielded; bad samples in a row
+        batched = hasattr(self.sample_fn, "decode") and hasattr(self.sample_fn, "collate")
+        prepare, stack = (self.sample_fn.decode, self.sample_fn.collate) if batched else (self.sample_fn, _stack)
+        for chunk in self.raw_batches(worker, nworkers):
             items, raws = [], []
             for epoch, s in chunk:
                 try:

@@ -34,7 +34,7 @@ from tcpc_train.loader import ShardStream, decode_path_sample, first_sample, mak
 from tcpc_train.models import ARCHS, adopt_encoder, build_encoder
 from tcpc_train.plots import plot_curves
 from tcpc_train.runtime import (RuntimeConfig, StepLog, agree, barrier, config_changes, init_distributed,
-                                optimiser_steps, progress_bar, resolve_device, skip_counts)
+                                loader_workers, optimiser_steps, progress_bar, resolve_device, skip_counts)
 from tcpc_train.tasks import TASKS, TaskName, path_cubes
 from tcpc_train.weights import load_encoder_weights
 
@@ -43,7 +43,7 @@ Arch = Literal[ARCHS]
 # Config fields a resumed run may change: they alter neither the model nor the data order (a run
 # stopped by a bad sample skipped none, so it may go on skipping them; all_rank_negatives does
 # nothing in one process, and runs from before it existed resume).
-_RESUMABLE_CHANGES = {"steps", "runtime.device", "checkpoint_every", "runtime.skip_bad_samples",
+_RESUMABLE_CHANGES = {"steps", "runtime.device", "runtime.workers", "checkpoint_every", "runtime.skip_bad_samples",
                       "all_rank_negatives"}
 _TASK_HELP = "Pretraining task (and the path kind its shards hold): " + ", ".join(
     f"{t.name} ({t.label}; {t.path_kind})" for t in TASKS.values()) + "."
@@ -272,7 +272,8 @@ def pretrain(shards: str | Path, out: str | Path, config: PretrainConfig = Pretr
     rt = config.runtime
     stream = ShardStream(data, sample_fn, config.batch_size, seed=rt.seed, shuffle_buffer=rt.shuffle_buffer,
                          start_batch=start, skip_bad=rt.skip_bad_samples)
-    batches, skipped_in = skip_counts(iter(make_loader(stream, rt.workers, pin_memory=device.type == "cuda")))
+    loader = make_loader(stream, loader_workers(rt.workers, device), pin_memory=device.type == "cuda")
+    batches, skipped_in = skip_counts(iter(loader))
     net.train()
     times, losses = [], []
     with progress_bar(progress and main_rank, f"pretrain {config.task}") as bar:

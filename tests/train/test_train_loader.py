@@ -3,6 +3,7 @@ and augmentation that keeps a path's cubes and positions consistent."""
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import platform
 import resource
@@ -117,15 +118,46 @@ def test_ranks_get_disjoint_parts_covering_the_epoch(u_shards, nshards_enough):
     assert sum(len(s) for s in seen) == 24 and len(set().union(*seen)) == 24
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_resume_skip_reproduces_the_stream(u_shards, workers):
+def test_any_worker_count_gives_the_same_batches(u_shards):
+    """0, 1, 2 or 3 loader processes hand over the same batches in the same order, on a finite pass
+    (ending in a partial batch, whatever worker holds it) and on an endless stream."""
     data = open_shards(u_shards)
 
-    def loader(start):
+    def keys(workers, epoch, n=None):
+        stream = ShardStream(data, _decode, 5, seed=2, shuffle_buffer=6, epoch=epoch, rank=0, world=1)
+        return _keys(make_loader(stream, workers), n)
+    finite = keys(0, 1)
+    assert [len(b) for b in finite] == [5] * 4 + [4]
+    endless = keys(0, None, 13)
+    for workers in (1, 2, 3):
+        assert keys(workers, 1) == finite and keys(workers, None, 13) == endless
+
+
+@settings(max_examples=25, deadline=None)
+@given(nworkers=st.integers(1, 5), start=st.integers(0, 7), batch=st.integers(1, 7))
+def test_workers_share_the_batches_without_overlap(u_shards, nworkers, start, batch):
+    """Worker w of W hands over batches start + w, start + w + W, ... of the one stream: taken
+    round-robin, as the DataLoader does, they are the stream's batches from ``start`` on."""
+    data = open_shards(u_shards)
+
+    def stream(first):
+        return ShardStream(data, _decode, batch, seed=1, shuffle_buffer=4, epoch=0, start_batch=first,
+                           rank=0, world=1)
+    whole = [b["key"] for b in stream(0).batches()]
+    parts = [[b["key"] for b in stream(start).batches(w, nworkers)] for w in range(nworkers)]
+    assert [b for group in itertools.zip_longest(*parts) for b in group if b is not None] == whole[start:]
+
+
+@pytest.mark.parametrize("workers,resumed_with", [(0, 0), (2, 2), (2, 0), (0, 3)])
+def test_resume_skip_reproduces_the_stream(u_shards, workers, resumed_with):
+    """A resume at batch 5 continues the uninterrupted stream, also with another worker count."""
+    data = open_shards(u_shards)
+
+    def loader(start, w):
         stream = ShardStream(data, _decode, 3, seed=5, shuffle_buffer=6, start_batch=start, rank=0, world=1)
-        return make_loader(stream, workers)
-    full = _keys(loader(0), 14)
-    assert _keys(loader(5), 9) == full[5:14]
+        return make_loader(stream, w)
+    full = _keys(loader(0, workers), 14)
+    assert _keys(loader(5, resumed_with), 9) == full[5:14]
 
 
 def test_key_filter_and_finite_epoch(labelled):
@@ -201,8 +233,8 @@ def test_shards_stream_from_an_fsspec_url(u_shards, labelled, tmp_path):
 
 
 def test_pretraining_batches_are_augmented_alike_with_any_worker_count(u_shards):
-    """Each sample's augmented cubes depend on (seed, epoch, key) alone: the same with 0 or 2 loader
-    workers and in whatever batch it lands, every cube changed by its own intensity draw."""
+    """Each sample's augmented cubes depend on (seed, epoch, key) alone: the same in whatever batch
+    it lands (batches of 4 and of 5), every cube changed by its own intensity draw."""
     from tcpc_train.pretraining import PretrainConfig, TaskSample
     data = open_shards(u_shards)
     fn = TaskSample(PretrainConfig(batch_size=4))
@@ -230,3 +262,22 @@ def test_loader_processes_reuse_batch_memory_without_page_faults():
     for _ in range(10):
         np.ones(8 << 20, np.uint8)
     assert resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before < 200
+
+
+def test_loader_workers_by_device(monkeypatch):
+    """None picks 0 processes on the CPU and on a GPU up to 4, one core of the rank's share kept for
+    training; a number is taken as given; a negative one is refused."""
+    import torch
+
+    from tcpc_train.runtime import RuntimeConfig, loader_workers
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert loader_workers(None, cpu) == 0 and loader_workers(3, cpu) == 3 and loader_workers(0, gpu) == 0
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert loader_workers(None, gpu) == 4
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")  # 2 cores per rank
+    assert loader_workers(None, gpu) == 1
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "16")
+    assert loader_workers(None, gpu) == 1
+    with pytest.raises(ValueError, match="workers must be >= 0"):
+        RuntimeConfig(workers=-1).validate()

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The trainer's GPU checks in one go, for a machine with a CUDA GPU (CI has none):
 # the CUDA tests (bf16 autocast, resume, fine-tuning, DDP + SyncBatchNorm, DDP fine-tuning), then bench/train.py
-# on the GPU with the default loader processes (up to 4): the loader's samples/s per process, the loop fed from shards vs from memory, and
+# on the GPU with the default loader processes (up to 4): the loader's samples/s per process, the loop fed
+# from shards vs from memory, and
 # the bf16 encoder step against MONAI's resnet18(spatial_dims=3) (needs `pip install monai
 # --no-deps`, the `monai` extra), at width 1/8 and at width 1 with batches of 32 and 128.
 # Output goes to stdout and, when given, to the folder $1 (pytest.log, bench.log).

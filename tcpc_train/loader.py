@@ -295,7 +295,8 @@ class ShardStream(IterableDataset):
         in the batch's ``skipped`` member, instead of ending the stream with
         that error. Batches keep their places in the stream, so a resume stays
         exact, unless every sample of a batch was bad: that batch is left out
-        and its count passes on to the next one (lost at the end of a pass).
+        and its count passes on to the next batch the same loader process
+        hands over (lost at the end of a pass).
 
     Every batch is a dict of stacked tensors plus ``key`` (a list, when the
     samples have one) and ``skipped`` (an int).

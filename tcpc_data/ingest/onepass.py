@@ -16,8 +16,10 @@ import io
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from tcpc_data.ingest.dicom import parse_file
+from tcpc_data.ingest.dicom import parse_file, parse_slice
+from tcpc_data.ingest.dicomscan import scan_slice
 from tcpc_data.ingest.discover import header_of, in_series, scan_header, series_candidates
+
 
 def read_series_once(folders, series: str, *, what: str) -> tuple[list[Path], list, str]:
     """The files of DICOM series ``series`` in the local ``folders``, each read once.
@@ -33,9 +35,10 @@ def read_series_once(folders, series: str, *, what: str) -> tuple[list[Path], li
 
     Returns
     -------
-    paths, datasets, files_hex
-        The member files sorted as :func:`tcpc_data.digest.files_digest` sorts them, their
-        pydicom datasets (pixels not yet decoded), and ``files_digest(paths)``.
+    paths, slices, files_hex
+        The member files sorted as :func:`tcpc_data.digest.files_digest` sorts them, what
+        :func:`tcpc_data.ingest.dicom.parse_slice` makes of each (pixels not yet decoded), and
+        ``files_digest(paths)``.
 
     Raises
     ------
@@ -64,8 +67,11 @@ def read_series_once(folders, series: str, *, what: str) -> tuple[list[Path], li
 
 
 def _member(p: Path, series: str, what: str) -> tuple[bytes, object] | bool:
-    """(bytes, dataset) of a file of the series, else whether it is a DICOM image of another one."""
+    """(bytes, slice) of a file of the series, else whether it is a DICOM image of another one."""
     data = p.read_bytes()
+    scanned = scan_slice(data)
+    if scanned is not None:
+        return (data, scanned) if in_series(scanned.header, series) else True
     try:
         ds = parse_file(data, p, what)
     except ValueError:
@@ -86,4 +92,4 @@ def _member_headers_first(p: Path, series: str, what: str) -> tuple[bytes, objec
             return True
         fh.seek(0)
         data = fh.read()
-    return data, parse_file(data, p, what)
+    return data, parse_slice(data, p, what)

@@ -114,15 +114,16 @@ class ScannedSlice:
 
 def scan_slice(data: bytes) -> ScannedSlice | None:
     """The elements the ingest needs from a whole file's bytes; None when the file is not the plain
-    case (see the module docstring), or lacks its pixel data or a value that places the slice in
-    space: pydicom must read it instead (and name what is missing)."""
+    case (see the module docstring), or lacks its pixel data (or has an empty one, which pydicom
+    reads as None) or a value that places the slice in space: pydicom must read it instead (and
+    name what is missing)."""
     try:
         found = _scan(data, stop_after=None)
         if found is None:
             return None
         ts, values, pixels = found
         header = _header(data, values)
-        if header is None or pixels is None or not all(t in values for t in (0x00280030, 0x00200037, 0x00200032)):
+        if header is None or pixels is None or pixels[1] == 0 or not all(t in values for t in (0x00280030, 0x00200037, 0x00200032)):
             return None
         return ScannedSlice(
             header=header, rows=_us(data, values, 0x00280010, 0), columns=_us(data, values, 0x00280011, 0),
@@ -299,8 +300,8 @@ def _single_text(data: bytes, values: dict, tag: int) -> str:
         return ""
     if len(items) > 1:
         raise _Unrecognised  # a multi-valued string pydicom prints as a list
-    # UI drops trailing NULs and spaces, LO and CS trailing ones: both done by _items
-    return items[0]
+    # trailing spaces and NULs are gone (_items); pydicom's UID class strips leading spaces too
+    return items[0].strip() if _WANTED[tag][1] == b"UI" else items[0]
 
 
 def _header(data: bytes, values: dict) -> dict | None:

@@ -9,7 +9,8 @@ keeps the ones in :data:`_WANTED`. It takes only the plain case:
 
 - a ``DICM`` preamble and an explicit VR little-endian file meta group with a transfer
   syntax; an uncompressed little-endian dataset (implicit or explicit VR; the first
-  element's encoding must agree with the transfer syntax, as pydicom checks);
+  element's encoding must agree with the transfer syntax, as pydicom checks); for
+  discovery's header alone, a JPEG-family or RLE compressed one too;
 - elements in strictly increasing tag order, every VR known, every length inside the
   file, no item tags at the top level, sequences that parse as items;
 - values that decode to what pydicom gives without any of its leniencies: printable
@@ -43,6 +44,8 @@ _SHORT_VRS = frozenset(v.encode() for v in ("AE", "AS", "AT", "CS", "DA", "DS", 
 _LONG_VRS = frozenset(v.encode() for v in ("OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT",
                                             "UV"))
 IMPLICIT_LE, EXPLICIT_LE = "1.2.840.10008.1.2", "1.2.840.10008.1.2.1"
+# JPEG family (JPEG 2000 and JPEG-LS included) and RLE: datasets in explicit VR little endian
+_COMPRESSED_EXPLICIT_LE = ("1.2.840.10008.1.2.4.", "1.2.840.10008.1.2.5")
 
 # tag -> (keyword, VR): the elements discovery groups files by and the volume needs
 _WANTED = {
@@ -167,6 +170,8 @@ def _scan(data: bytes, stop_after: int | None):
             ts = _text(data, pos, length).rstrip("\0 ")
         pos += length
     explicit = {EXPLICIT_LE: True, IMPLICIT_LE: False}.get(ts)
+    if explicit is None and stop_after is not None and ts is not None and ts.startswith(_COMPRESSED_EXPLICIT_LE):
+        explicit = True  # headers only: compressed pixels, but the elements before them are plain
     if explicit is None or pos + 8 > end:
         return None
     first_vr = data[pos + 4:pos + 6]

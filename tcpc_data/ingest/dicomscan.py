@@ -112,11 +112,11 @@ class ScannedSlice:
     pixel_representation: int | None
     transfer_syntax: str
     pixels: memoryview
-    data: bytes
+    data: bytes | memoryview
 
 
-def scan_slice(data: bytes) -> ScannedSlice | None:
-    """The elements the ingest needs from a whole file's bytes; None when the file is not the plain
+def scan_slice(data) -> ScannedSlice | None:
+    """The elements the ingest needs from a whole file's bytes (any bytes-like object); None when the file is not the plain
     case (see the module docstring), or lacks its pixel data (or has an empty one, which pydicom
     reads as None) or a value that places the slice in space: pydicom must read it instead (and
     name what is missing)."""
@@ -265,8 +265,8 @@ def _skip_item(data: bytes, pos: int, end: int, explicit: bool, depth: int) -> i
             break
         vr = None
         if explicit:
-            vr = data[pos + 4:pos + 6]
-            pos, length = _value_at(data, pos, vr, _HEAD.unpack_from(data, pos)[3])
+            vr, short_length = _HEAD.unpack_from(data, pos)[2:]
+            pos, length = _value_at(data, pos, vr, short_length)
         else:
             pos += 8
         if length == _UNDEFINED:
@@ -284,7 +284,7 @@ def _text(data: bytes, start: int, length: int) -> str:
     raw = data[start:start + length]
     if not _TEXT.fullmatch(raw):
         raise _Unrecognised
-    return raw.decode("ascii")
+    return str(raw, "ascii")
 
 
 def _items(data: bytes, values: dict, tag: int) -> list[str] | None:

@@ -45,7 +45,7 @@ _LONG_VRS = frozenset(v.encode() for v in ("OB", "OD", "OF", "OL", "OV", "OW", "
                                             "UV"))
 IMPLICIT_LE, EXPLICIT_LE = "1.2.840.10008.1.2", "1.2.840.10008.1.2.1"
 # JPEG family (JPEG 2000 and JPEG-LS included) and RLE: datasets in explicit VR little endian
-_COMPRESSED_EXPLICIT_LE = ("1.2.840.10008.1.2.4.", "1.2.840.10008.1.2.5")
+_JPEG_FAMILY, _RLE = "1.2.840.10008.1.2.4.", "1.2.840.10008.1.2.5"
 
 # tag -> (keyword, VR): the elements discovery groups files by and the volume needs
 _WANTED = {
@@ -170,7 +170,7 @@ def _scan(data: bytes, stop_after: int | None):
             ts = _text(data, pos, length).rstrip("\0 ")
         pos += length
     explicit = {EXPLICIT_LE: True, IMPLICIT_LE: False}.get(ts)
-    if explicit is None and stop_after is not None and ts is not None and ts.startswith(_COMPRESSED_EXPLICIT_LE):
+    if explicit is None and stop_after is not None and ts is not None and (ts.startswith(_JPEG_FAMILY) or ts == _RLE):
         explicit = True  # headers only: compressed pixels, but the elements before them are plain
     if explicit is None or pos + 8 > end:
         return None

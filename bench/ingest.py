@@ -60,8 +60,9 @@ def best_of(repeat: int, fn) -> tuple[float, float]:
 
 
 # a new DICOM case: read_series_once (each file read, scanned or parsed, and hashed once),
-# series_volume (geometry checks, decoding to HU), normalise, commit_arrays (float16 cast, compression, write; in a thread that
-# overlaps the next case's reads); series_files, _case_digest and _read are the stored-case path
+# series_volume (geometry checks, decoding to HU), normalise, commit_arrays (float16 cast,
+# compression, write; in a thread that overlaps the next case's reads); series_files,
+# _case_digest and _read are the stored-case path
 _PHASES = ("discover", "read_series_once", "series_volume", "series_files", "_case_digest", "_read", "normalise",
            "commit_arrays")
 

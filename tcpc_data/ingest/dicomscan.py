@@ -115,18 +115,23 @@ class ScannedSlice:
     data: bytes | memoryview
 
 
+_PLACING = (0x00280030, 0x00200037, 0x00200032)  # PixelSpacing, ImageOrientationPatient, ImagePositionPatient
+
+
 def scan_slice(data) -> ScannedSlice | None:
-    """The elements the ingest needs from a whole file's bytes (any bytes-like object); None when the file is not the plain
-    case (see the module docstring), or lacks its pixel data (or has an empty one, which pydicom
-    reads as None) or a value that places the slice in space: pydicom must read it instead (and
-    name what is missing)."""
+    """The elements the ingest needs from a whole file's bytes (any bytes-like object).
+
+    None when the file is not the plain case (see the module docstring), or lacks its pixel
+    data (or has an empty one, which pydicom reads as None) or a value that places the slice
+    in space: pydicom must read it instead (and name what is missing).
+    """
     try:
         found = _scan(data, stop_after=None)
         if found is None:
             return None
         ts, values, pixels = found
         header = _header(data, values)
-        if header is None or pixels is None or pixels[1] == 0 or not all(t in values for t in (0x00280030, 0x00200037, 0x00200032)):
+        if header is None or pixels is None or pixels[1] == 0 or not all(t in values for t in _PLACING):
             return None
         return ScannedSlice(
             header=header, rows=_us(data, values, 0x00280010, 0), columns=_us(data, values, 0x00280011, 0),

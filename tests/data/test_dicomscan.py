@@ -1,9 +1,10 @@
 """The DICOM tag scanner returns exactly what pydicom reads, or passes the file on (None).
 
 Files are generated with pydicom: implicit or explicit VR (and big endian, which the scanner
-must pass on, and JPEG 2000, whose header alone it reads), the wanted elements present or not with plain or awkward raw values (odd
-lengths, padding, backslashes, non-ASCII bytes, non-numbers, wrong VRs), private elements of
-random VRs, and sequences of defined or undefined length with nested items.
+must pass on, and JPEG 2000, whose header alone it reads), the wanted elements present or not
+with plain or awkward raw values (odd lengths, padding, backslashes, non-ASCII bytes,
+non-numbers, wrong VRs), private elements of random VRs, and sequences of defined or
+undefined length with nested items.
 """
 import io
 import warnings

@@ -4,8 +4,10 @@
   (ImagePositionPatient projected on row x column direction), never by file
   name or InstanceNumber.
 - Stored values become HU through each slice's RescaleSlope/RescaleIntercept.
-- Compressed transfer syntaxes (JPEG, JPEG-LS, JPEG 2000) decode through
-  pydicom's pixel handlers (pylibjpeg plugins).
+- A plain uncompressed slice is read by :mod:`tcpc_data.ingest.dicomscan` (the
+  elements needed, straight from its bytes); anything else by pydicom, with the
+  same values. Compressed transfer syntaxes (JPEG, JPEG-LS, JPEG 2000) decode
+  through pydicom's pixel handlers (pylibjpeg plugins).
 - Geometry is checked, never assumed: duplicate positions and missing slices
   (a gap that is a whole multiple of the series' spacing) are refused; gantry
   tilt (slices sheared in-plane) and uneven gaps yield an irregular volume that

@@ -248,14 +248,20 @@ def _plain_pixels(data, shape: tuple[int, int], bits_allocated, bits_stored, sam
     """The stored values of an uncompressed little-endian 16-bit slice, straight from its bytes;
     None for anything else, which goes through pydicom's pixel handlers.
 
-    Only the plain case is taken: one sample per pixel, all 16 bits stored (no sign
-    extension or masking of unused bits to do) and exactly one frame's worth of bytes.
-    It skips pydicom's per-slice option parsing, which costs more than the copy.
+    Only the plain case is taken: one sample per pixel, 16 bits allocated, 1-16 of them
+    stored, and exactly one frame's worth of bytes. Unused high bits are cleared (unsigned)
+    or filled with the sign bit (signed), as pydicom does: a shift left and back. It skips
+    pydicom's per-slice option parsing, which costs more than the copy.
     """
-    if (bits_allocated != 16 or bits_stored != 16 or int(samples or 1) != 1 or representation not in (0, 1)
-            or len(data) != shape[0] * shape[1] * 2):
+    if (bits_allocated != 16 or not isinstance(bits_stored, int) or not 1 <= bits_stored <= 16
+            or int(samples or 1) != 1 or representation not in (0, 1) or len(data) != shape[0] * shape[1] * 2):
         return None
-    return np.frombuffer(data, dtype="<i2" if representation == 1 else "<u2").reshape(shape)
+    arr = np.frombuffer(data, dtype="<i2" if representation == 1 else "<u2").reshape(shape)
+    if bits_stored < 16:
+        shift = 16 - bits_stored
+        arr = np.left_shift(arr, shift)
+        np.right_shift(arr, shift, out=arr)  # arithmetic for int16: the sign bit fills
+    return arr
 
 
 def _scanned_pixels(x: ScannedSlice, shape: tuple[int, int]) -> np.ndarray | None:

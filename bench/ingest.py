@@ -10,7 +10,9 @@ Prints cases/s and MB/s (DICOM bytes read per second) for
 and each one's speed as a ratio to the baseline: wall time (best of --repeat runs) and
 CPU seconds (this process plus its worker processes; mean), which a busy machine
 disturbs less than wall time. ``--phases`` adds where the 1-worker ingest spends its
-time: wall and CPU seconds (all threads of the process) of each step, summed over cases.
+time: wall and CPU seconds (all threads of the process) of each step, summed over cases;
+``--profile N`` the N functions of one 1-worker ingest with the most time of their own
+(cProfile: the main thread only; the digest and compression threads show as lock waits).
 """
 from __future__ import annotations
 
@@ -57,9 +59,10 @@ def best_of(repeat: int, fn) -> tuple[float, float]:
     return min(times), (cpu_seconds() - c0) / repeat
 
 
-# a new DICOM case: read_series_once (each file read, parsed and hashed once), series_volume
-# (decoding to HU), normalise, commit_arrays (float16 cast, compression, write; in a thread that
-# overlaps the next case's reads); series_files, _case_digest and _read are the stored-case path
+# a new DICOM case: read_series_once (each file read, scanned or parsed, and hashed once),
+# series_volume (geometry checks, decoding to HU), normalise, commit_arrays (float16 cast,
+# compression, write; in a thread that overlaps the next case's reads); series_files,
+# _case_digest and _read are the stored-case path
 _PHASES = ("discover", "read_series_once", "series_volume", "series_files", "_case_digest", "_read", "normalise",
            "commit_arrays")
 
@@ -91,6 +94,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--phases", action="store_true", help="also time each step of a 1-worker ingest")
     ap.add_argument("--one-worker", action="store_true", help="only the baseline and the 1-worker runs")
+    ap.add_argument("--profile", type=int, default=0, metavar="N",
+                    help="also print the N functions with the most own time in one 1-worker ingest")
     args = ap.parse_args()
     series = sorted(p for p in args.data.glob("LIDC-IDRI-*") if p.is_dir())
     if len(series) != 2:
@@ -130,6 +135,16 @@ def main() -> None:
         rows.append(("tcpc ingest, 2 workers (running cluster)", (wall, (cpu_seconds() - c0) / args.repeat)))
     rows.append(("tcpc ingest rerun, all skipped (1 worker)",
                  best_of(args.repeat, lambda: ingest(args.data, tmp / "w1.zarr", config, workers=1))))
+    profile = None
+    if args.profile:
+        import cProfile
+        import io
+        import pstats
+
+        prof = cProfile.Profile()
+        prof.runcall(run_ingest, "profile.zarr", workers=1)
+        profile = io.StringIO()
+        pstats.Stats(prof, stream=profile).sort_stats("tottime").print_stats(args.profile)
     phases: dict = {}
     if args.phases:
         timed_phases(phases)
@@ -147,9 +162,12 @@ def main() -> None:
               f"{cpu:7.2f} {base_cpu / cpu:14.2f}x")
     if phases:
         print("1-worker ingest by step (seconds over both cases; CPU of all threads, so the digest's "
-              "thread counts inside read_series_once, and the writes overlap the next case's reads):")
+              "thread counts inside read_series_once, and the writes overlap the next case's reads and "
+              "count there too):")
         for name, (w, c) in phases.items():
             print(f"  {name:16s} wall {w:6.2f}  CPU {c:6.2f}")
+    if profile is not None:
+        print(profile.getvalue())
 
 
 if __name__ == "__main__":

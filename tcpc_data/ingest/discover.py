@@ -37,6 +37,7 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
 from fsspec.implementations.local import LocalFileSystem
 
+from tcpc_data.ingest import dicomscan
 from tcpc_data.ingest.dicomseg import is_segmentation, pair_segmentations
 from tcpc_data.runner import progress_display
 from tcpc_data.store import sanitize_case_id
@@ -53,7 +54,8 @@ _NON_IMAGE_SOP_PREFIXES = ("1.2.840.10008.5.1.4.1.1.88.",     # structured repor
                            "1.2.840.10008.5.1.4.1.1.11.",     # presentation states
                            "1.2.840.10008.5.1.4.1.1.104.")    # encapsulated documents
 _HEADER_TAGS = ["SeriesInstanceUID", "SeriesNumber", "Modality", "SOPClassUID", "ImageType", "PatientID"]
-_LAST_HEADER_TAG = 0x00200011  # Series Number: the highest tag of _HEADER_TAGS
+_LAST_HEADER_TAG = dicomscan.LAST_HEADER_TAG  # Series Number: the highest tag of _HEADER_TAGS
+_HEAD_BYTES = 4096  # what the header scan reads first; a header that ends later goes to pydicom
 _UID_NAME = re.compile(r"\d+(\.\d+){3,}")
 # Label-map folders and the image folder beside each (nnU-Net raw layout, and images/ + masks/):
 # their files are masks of the image of the same name, never CT cases.
@@ -605,6 +607,10 @@ def scan_header(fh, path: str) -> dict | str | None:
         magic = len(head) == 132 and head[128:] == b"DICM"
         if not magic and not suffix:
             return None
+        if magic:  # the plain case without pydicom (it builds a dataset of every element up to the stop)
+            header = dicomscan.scan_header(head + fh.read(_HEAD_BYTES - 132))
+            if header is not None:
+                return header
         fh.seek(0)
         ds = read_partial(fh, stop_when=_past_header_tags, specific_tags=[Tag(t) for t in _HEADER_TAGS], force=not magic)
         header = header_of(ds)

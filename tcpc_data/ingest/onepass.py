@@ -13,11 +13,16 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from tcpc_data.ingest.dicom import parse_file
+import numpy as np
+
+from tcpc_data.ingest.dicom import parse_file, parse_slice
+from tcpc_data.ingest.dicomscan import scan_slice
 from tcpc_data.ingest.discover import header_of, in_series, scan_header, series_candidates
+
 
 def read_series_once(folders, series: str, *, what: str) -> tuple[list[Path], list, str]:
     """The files of DICOM series ``series`` in the local ``folders``, each read once.
@@ -33,9 +38,10 @@ def read_series_once(folders, series: str, *, what: str) -> tuple[list[Path], li
 
     Returns
     -------
-    paths, datasets, files_hex
-        The member files sorted as :func:`tcpc_data.digest.files_digest` sorts them, their
-        pydicom datasets (pixels not yet decoded), and ``files_digest(paths)``.
+    paths, slices, files_hex
+        The member files sorted as :func:`tcpc_data.digest.files_digest` sorts them, what
+        :func:`tcpc_data.ingest.dicom.parse_slice` makes of each (pixels not yet decoded), and
+        ``files_digest(paths)``.
 
     Raises
     ------
@@ -43,13 +49,13 @@ def read_series_once(folders, series: str, *, what: str) -> tuple[list[Path], li
         A file whose header puts it in the series cannot be parsed (named, as
         :func:`tcpc_data.ingest.dicom.read_series` names it).
     """
-    h, paths, datasets = hashlib.sha256(), [], []
+    h, paths, datasets, arena = hashlib.sha256(), [], [], _Arena()
     mixed = False  # a folder shared with other series: from its first stranger on, headers first
     # one thread: updates run in submission order; hashlib releases the GIL on large buffers
     with ThreadPoolExecutor(1, thread_name_prefix="tcpc-digest") as pool:
         for p in sorted(Path(f) for f in series_candidates(folders)):
             try:
-                found = (_member_headers_first if mixed else _member)(p, series, what)
+                found = (_member_headers_first if mixed else _member)(p, series, what, arena)
             except OSError:
                 continue  # unopenable: discovery's header scan passes it over too
             if isinstance(found, bool):
@@ -63,27 +69,71 @@ def read_series_once(folders, series: str, *, what: str) -> tuple[list[Path], li
     return paths, datasets, h.hexdigest()
 
 
-def _member(p: Path, series: str, what: str) -> tuple[bytes, object] | bool:
-    """(bytes, dataset) of a file of the series, else whether it is a DICOM image of another one."""
-    data = p.read_bytes()
-    try:
-        ds = parse_file(data, p, what)
-    except ValueError:
-        # damaged or not DICOM: the header scan discovery made decides whether it fails the case
-        # (one of ours) or is passed over
-        if in_series(scan_header(io.BytesIO(data), str(p)), series):
-            raise
-        return False
-    header = header_of(ds)
-    return (data, ds) if in_series(header, series) else header is not None
+def _member(p: Path, series: str, what: str, arena: "_Arena") -> tuple[bytes, object] | bool:
+    """(bytes, slice) of a file of the series, else whether it is a DICOM image of another one."""
+    data = arena.read(p)
+    scanned = scan_slice(data)
+    if scanned is not None:
+        header, found = scanned.header, scanned
+    else:
+        try:
+            found = parse_file(data, p, what)
+        except ValueError:
+            # damaged or not DICOM: the header scan discovery made decides whether it fails the case
+            # (one of ours) or is passed over
+            if in_series(scan_header(io.BytesIO(data), str(p)), series):
+                raise
+            arena.drop()
+            return False
+        header = header_of(found)
+    if in_series(header, series):
+        return data, found
+    arena.drop()  # not kept: the next file may have its space
+    return header is not None
 
 
-def _member_headers_first(p: Path, series: str, what: str) -> tuple[bytes, object] | bool:
+def _member_headers_first(p: Path, series: str, what: str, arena: "_Arena") -> tuple[bytes, object] | bool:
     """As :func:`_member`, reading past the header (the first KB, as discovery does) only for a
     file of the series."""
     with open(p, "rb") as fh:
         if not in_series(scan_header(fh, str(p)), series):
             return True
-        fh.seek(0)
-        data = fh.read()
-    return data, parse_file(data, p, what)
+    data = arena.read(p)
+    return data, parse_slice(data, p, what)
+
+
+_BLOCK = 64 << 20  # bytes per arena block
+
+
+class _Arena:
+    """Files read into large NumPy blocks, which NumPy asks the kernel to back with huge pages:
+    a series' bytes then cost a page fault per 2 MiB instead of per 4 KiB (about 0.07 s of CPU
+    for the two LIDC series read as one bytes object per file, 0.02 s here)."""
+
+    def __init__(self):
+        self._block, self._used, self._last = np.empty(0, np.uint8), 0, 0
+
+    def read(self, p: Path):
+        """The bytes of file ``p`` (a memoryview into a block, or bytes when the file changed size
+        while read)."""
+        with open(p, "rb", buffering=0) as fh:
+            n = os.fstat(fh.fileno()).st_size
+            if self._used + n > self._block.size:
+                self._block, self._used = np.empty(max(_BLOCK, n), np.uint8), 0
+            view, got = memoryview(self._block[self._used:self._used + n]), 0
+            while got < n:
+                k = fh.readinto(view[got:])
+                if not k:
+                    break
+                got += k
+            if got != n or fh.read(1):  # shorter or longer than its size said: read it as it is now
+                fh.seek(0)
+                self._last = 0
+                return fh.read()
+        self._used, self._last = self._used + n, n
+        return view
+
+    def drop(self) -> None:
+        """Give back the space of the file read last, which is not kept (nothing may refer to it)."""
+        self._used -= self._last
+        self._last = 0

@@ -117,31 +117,33 @@ def test_truncated_pixel_data_names_the_file(tmp_path, dicom_factory):
 
 
 @pytest.mark.parametrize("syntax,signed,bits", [("explicit", 1, 16), ("explicit", 0, 16), ("implicit", 1, 16),
-                                                ("explicit", 1, 12)])
+                                                ("explicit", 1, 12), ("explicit", 0, 12), ("implicit", 1, 1),
+                                                ("explicit", 0, 15)])
 def test_native_pixels_equal_pydicoms_decoding(tmp_path, dicom_factory, syntax, signed, bits):
-    # 16-bit uncompressed little-endian slices are taken straight from their bytes; anything
-    # else (here 12 stored bits, which pydicom sign-extends) goes through pydicom's handlers
+    # 16-bit uncompressed little-endian slices are taken straight from their bytes, scanned or
+    # parsed; with fewer bits stored the unused high bits (random here) are cleared or
+    # sign-filled as pydicom's handlers do
     import pydicom
     from pydicom.uid import ImplicitVRLittleEndian
 
-    from tcpc_data.ingest.dicom import _native_pixels
+    from tcpc_data.ingest.dicom import _native_pixels, _scanned_pixels
+    from tcpc_data.ingest.dicomscan import scan_slice
 
     (path,) = dicom_factory.write_series(tmp_path, dicom_factory.z_positions([0]))
     ds = pydicom.dcmread(path)
-    raw = np.random.default_rng(bits).integers(-2048 if signed else 0, 2047, size=(ds.Rows, ds.Columns))
+    raw = np.random.default_rng(bits).integers(0, 1 << 16, size=(ds.Rows, ds.Columns)).astype(np.uint16)
     ds.PixelRepresentation, ds.BitsStored, ds.HighBit = signed, bits, bits - 1
-    ds.PixelData = raw.astype(np.int16 if signed else np.uint16).tobytes()
+    ds.PixelData = raw.tobytes()
     if syntax == "implicit":
         ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
     ds.save_as(path, implicit_vr=syntax == "implicit", little_endian=True)
     ds = pydicom.dcmread(path)
-    fast = _native_pixels(ds, (ds.Rows, ds.Columns))
-    if bits < 16:
-        assert fast is None
-    else:
+    shape = (ds.Rows, ds.Columns)
+    for fast in (_native_pixels(ds, shape), _scanned_pixels(scan_slice(path.read_bytes()), shape)):
         assert fast.dtype == ds.pixel_array.dtype
         np.testing.assert_array_equal(fast, ds.pixel_array)
-        np.testing.assert_array_equal(fast, raw)
+    if bits == 16:
+        np.testing.assert_array_equal(fast, raw.view(np.int16 if signed else np.uint16))
 
 
 def test_size_guard_checks_headers_before_decoding(tmp_path, dicom_factory):

@@ -114,3 +114,21 @@ def test_a_series_removed_after_discovery_fails_its_case_by_name(tmp_path, dicom
         report = ingest(src, out, workers=1)
         assert [f["error"] for f in report.failures] == [
             f"ValueError: p1: no file of series {UID_A} is left in {src / 'p1'}"]
+
+
+@pytest.mark.parametrize("block", [1, 1500, 10 ** 6])
+def test_files_packed_into_blocks_keep_their_bytes(tmp_path, dicom_factory, monkeypatch, block):
+    # blocks smaller than a file, holding a few files, or all of them; strangers' space is reused,
+    # so a member read after one must keep its own bytes
+    from tcpc_data.ingest import onepass
+
+    monkeypatch.setattr(onepass, "_BLOCK", block)
+    names = [f"f{i}.dcm" for i in range(8)]
+    dicom_factory.write_series(tmp_path, dicom_factory.z_positions([0, 3, 6, 9]), series_uid=UID_A,
+                               names=names[0::2])
+    dicom_factory.write_series(tmp_path, dicom_factory.z_positions([0, 3, 6, 9]), series_uid=UID_B,
+                               names=names[1::2])
+    for uid in (UID_A, UID_B):
+        paths, slices, _ = read_series_once([str(tmp_path)], uid, what="case")
+        assert [bytes(s.data) for s in slices] == [p.read_bytes() for p in paths]
+        _assert_same_as_header_scans([str(tmp_path)], uid)

@@ -41,7 +41,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tcpc_train.loader import ShardStream, _retain_freed_memory, make_loader, open_shards, raw_samples  # noqa: E402
+from tcpc_data.malloc import retain_freed_memory  # noqa: E402
+from tcpc_train.loader import ShardStream, make_loader, open_shards, raw_samples  # noqa: E402
 from tcpc_train.models import ResNet18_3d, build_encoder  # noqa: E402
 from tcpc_train.pretraining import PretrainConfig, TaskSample, build_task_model, train_steps  # noqa: E402
 from tcpc_train.runtime import RuntimeConfig, autocast, loader_workers  # noqa: E402
@@ -154,7 +155,7 @@ def bench_loader_stages(shards: Path, cfg: PretrainConfig, repeat: int = 3) -> d
     gather + intensity pass) and the rest (shuffle buffer, batching)."""
     data = open_shards(shards)
     prepare = TaskSample(cfg)
-    _retain_freed_memory()  # as in a loader process
+    retain_freed_memory()  # as in a loader process
     prepare(next(raw_samples(data.urls[0])), 0)  # untimed: loads the compiled kernels
     t_tar = t_decode = t_collate = 0.0
     for _ in range(repeat):

@@ -30,6 +30,7 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from tcpc_data import ngff
+from tcpc_data.malloc import retain_freed_memory
 from tcpc_data.shard_encode import blosc_of, encode_shard
 from tcpc_data.urls import is_local, local_path
 
@@ -155,6 +156,7 @@ def _fill(arr: zarr.Array, data: np.ndarray, chunks: tuple[int, ...], write_empt
     if blosc is None:
         arr[...] = data
         return
+    retain_freed_memory()  # Blosc's output buffer per chunk would otherwise fault every page afresh
     pieces = encode_shard(data, chunks, blosc, write_empty_chunks)
     if pieces is None:  # every chunk holds the fill value: zarr writes no shard
         return

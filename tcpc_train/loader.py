@@ -26,12 +26,9 @@ a whole batch in one compiled pass there.
 """
 from __future__ import annotations
 
-import ctypes
 import dataclasses
-import functools
 import itertools
 import logging
-import platform
 import random
 import zlib
 from collections import Counter
@@ -42,6 +39,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from tcpc_data.malloc import retain_freed_memory
 from tcpc_data.shards.manifest import SPLITS, find_manifest, manifest_url, read_manifest
 from tcpc_data.shards.tario import read_npy, tar_samples
 from tcpc_data.urls import filesystem, join
@@ -241,23 +239,6 @@ def _batch_of(stacked: dict, skipped: int) -> dict:
     return out
 
 
-@functools.lru_cache(maxsize=1)
-def _retain_freed_memory() -> bool:
-    """Let glibc's malloc keep freed memory in the process (up to 256 MiB) and serve blocks up to
-    32 MiB from its heap; returns whether it took the settings (False off glibc).
-
-    A batch of 128 U-path samples is 8 MiB. With glibc's defaults each such
-    array was mapped afresh and every page faulted on first write: ~16 page
-    faults and ~45 µs per sample, more than decoding and augmenting it
-    (``bench/train.py --loader-rate``). Set once per loader process.
-    """
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False
-    libc = ctypes.CDLL(None)
-    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
-    return bool(libc.mallopt(m_mmap_threshold, 32 << 20)) and bool(libc.mallopt(m_trim_threshold, 256 << 20))
-
-
 def _warn_skipped(message: str) -> None:
     logging.getLogger(__name__).warning("skipped %s", message)
 
@@ -360,7 +341,7 @@ class ShardStream(IterableDataset):
             yield chunk
 
     def __iter__(self) -> Iterator[dict]:
-        _retain_freed_memory()
+        retain_freed_memory()
         info = get_worker_info()
         return self.batches(*((info.id, info.num_workers) if info else (0, 1)))
 

@@ -254,8 +254,8 @@ def test_pretraining_batches_are_augmented_alike_with_any_worker_count(u_shards)
 def test_loader_processes_reuse_batch_memory_without_page_faults():
     """A fresh 8 MiB batch array per batch costs no page faults once the loader's malloc settings
     are in place (without them, glibc maps each one anew: ~100 faults per array here, ~1,000 for ten)."""
-    from tcpc_train.loader import _retain_freed_memory
-    assert _retain_freed_memory()
+    from tcpc_data.malloc import retain_freed_memory
+    assert retain_freed_memory()
     for _ in range(2):
         np.ones(8 << 20, np.uint8)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt

@@ -30,7 +30,7 @@ from tcpc_data.digest import digest, files_digest
 from tcpc_data.ingest.dicom import series_volume
 from tcpc_data.ingest.dicomseg import read_seg_mask
 from tcpc_data.ingest.discover import CaseSource, _strip_suffix, discover, series_files
-from tcpc_data.ingest.normalise import apply_clip, check_clip, normalise
+from tcpc_data.ingest.normalise import apply_clip, as_stored, check_clip, normalise
 from tcpc_data.ingest.onepass import read_series_once
 from tcpc_data.ingest.resample import to_grid
 from tcpc_data.runner import DONE, SKIPPED, RunReport, Task, run_cases
@@ -218,7 +218,7 @@ def _ingest_case(job: _Job):
     if notes:
         case_attrs["notes"] = notes
     yield  # the reads are done; the writes may overlap the next case's reads
-    arrays, array_attrs = {"image": values.astype(config.dtype, copy=False)}, {"image": attrs}
+    arrays, array_attrs = {"image": as_stored(values, config.dtype)}, {"image": attrs}
     if mask is not None:
         arrays["mask"] = mask_on_grid(mask, source_spacing, volume.spacing_zyx, values.shape)
         array_attrs["mask"] = {"source": cs.mask, "labels": np.unique(arrays["mask"]).tolist(),

@@ -171,6 +171,39 @@ def test_float16_storage_stays_within_its_stated_hu_bound(lo, width, seed):
         np.testing.assert_array_equal(np.round(back), hu)
 
 
+@settings(max_examples=200, deadline=None)
+@given(values=st.lists(st.floats(width=32, allow_nan=False), min_size=1, max_size=300),
+       big=st.booleans())
+def test_the_stores_float16_cast_is_numpys_bit_for_bit(values, big):
+    """as_stored's compiled float32 -> float16 rounding gives NumPy's bits for every float32
+    (ties to even, subnormals, overflow to infinity) on both the serial and the parallel path."""
+    from tcpc_data.ingest.normalise import as_stored
+
+    v = np.array(values, np.float32)
+    if big:  # past the size where the parallel kernel takes over
+        v = np.resize(v, (1 << 20) + 7)
+    with np.errstate(over="ignore"):
+        want = v.astype(np.float16)
+    got = as_stored(v.reshape(1, 1, -1), np.float16)
+    assert got.dtype == np.float16 and got.shape == (1, 1, v.size)
+    np.testing.assert_array_equal(got.reshape(-1).view(np.uint16), want.view(np.uint16))
+
+
+def test_the_stores_float16_cast_sweeps_the_float32_bit_patterns():
+    """Every 4099th float32 bit pattern (a million, all exponents and low bits): NumPy's float16
+    bits for finite values and infinities, a NaN for a NaN; float32 storage keeps the array."""
+    from tcpc_data.ingest.normalise import as_stored
+
+    f = np.arange(0, 2**32, 4099, dtype=np.uint64).astype(np.uint32).view(np.float32)
+    got = as_stored(f.reshape(1, 1, -1), np.float16).reshape(-1)
+    with np.errstate(over="ignore", invalid="ignore"):
+        want = f.astype(np.float16)
+    nan = np.isnan(f)
+    np.testing.assert_array_equal(got[~nan].view(np.uint16), want[~nan].view(np.uint16))
+    assert np.isnan(got[nan]).all() and nan.any()
+    assert as_stored(f, np.float32) is f
+
+
 def test_two_dask_workers_and_a_running_scheduler_equal_one_in_process_run(archive, tmp_path):
     from distributed import LocalCluster
 

@@ -48,6 +48,9 @@ _MAX_PARTIALS = 1 << 22
 _LANES = 16
 # Rows per band of the assignment, whose rows share their candidate lists.
 _BAND_ROWS = 8
+# Input dtypes the preparation kernels read directly (others are converted to float32 first).
+_KERNEL_DTYPES = tuple(np.dtype(t) for t in (np.float32, np.float64, np.int8, np.int16, np.int32,
+                                             np.int64, np.uint8, np.uint16, np.uint32, np.uint64))
 
 
 def slic(image, n_segments=100, compactness=10.0, max_num_iter=10, sigma=0, spacing=None,
@@ -146,18 +149,18 @@ def slic(image, n_segments=100, compactness=10.0, max_num_iter=10, sigma=0, spac
         image, spacing, sig = image[None], np.r_[1.0, spacing], np.r_[0.0, sig]
         mask = None if mask is None else mask[None]
 
-    img = _volume_buffer(image.shape, np.float32)
-    img[...] = image
-    values = img.reshape(-1) if mask is None else img[mask]
-    finite, lo, hi = _finite_min_max(values)  # one pass instead of three
+    if image.dtype not in _KERNEL_DTYPES:
+        image = image.astype(np.float32)  # e.g. float16 or non-native byte order
+    mask8 = np.ones((1, 1, 1), dtype=np.uint8) if mask is None else mask.view(np.uint8)
+    n_threads = numba.get_num_threads()
+    finite, lo, hi = _finite_min_max(image, mask8, mask is not None, n_threads)
     if not finite:
         raise ValueError("image has NaN or infinite values inside the mask (or no mask given)")
-    del values
-    # Rescale to [0, 1], then scale by 1/compactness (linear, so before smoothing is the same).
+    # Rescale to [0, 1], then scale by 1/compactness (linear, so before smoothing is the same);
+    # outside the mask 0, so its values (maybe NaN) do not leak into smoothing.
     scale = (1.0 / (hi - lo) if hi > lo else 1.0) / compactness
-    if mask is not None:
-        img[~mask] = lo  # outside values (maybe NaN) must not leak into smoothing
-    _affine_inplace(img, np.float32(lo), np.float32(scale))
+    img = _volume_buffer(image.shape, np.float32)
+    _scaled_copy(image, mask8, mask is not None, np.float32(lo), np.float32(scale), img, n_threads)
     if np.any(sig > 0):
         gaussian(img, sig, out=img)
 
@@ -169,28 +172,25 @@ def slic(image, n_segments=100, compactness=10.0, max_num_iter=10, sigma=0, spac
                                     indexing="ij"), -1).reshape(-1, 3)
         centres = np.zeros((len(grid), 4), dtype=np.float64)
         centres[:, :3] = grid
-        mask8 = np.ones((1, 1, 1), dtype=np.uint8)
         n_mask = math.prod(shape)
     else:
-        mask8 = mask.view(np.uint8)
         centres, steps = _mask_seeds(mask8, n_segments)
         n_mask = int(np.count_nonzero(mask))
     n_centres = len(centres)
     if n_centres > _MAX_CENTRES:
         raise ValueError(f"n_segments gives {n_centres} supervoxels; at most {_MAX_CENTRES} are supported")
 
-    labels = _volume_buffer(shape, np.int32)
-    labels[...] = -3  # no valid label: iteration 1 counts all as changed
+    labels = _volume_buffer(shape, np.int32)  # first touched by the parallel first assignment
     row_lo, row_hi = _row_extent(mask8, shape)
     half = np.maximum(WINDOW_STEPS * steps, 1.0)
     _kmeans(img, mask8, mask is not None, row_lo, row_hi, centres, spacing.astype(np.float64),
-            1.0 / float(steps.max()) ** 2, half, max_num_iter, labels, numba.get_num_threads())
+            1.0 / float(steps.max()) ** 2, half, max_num_iter, labels, n_threads)
     del img
     if enforce_connectivity:
         segment_size = n_mask / n_centres
         min_size = int(min_size_factor * segment_size)
         max_size = max(1, int(max_size_factor * segment_size))
-        labels = _connectivity(labels, min_size, max_size, start_label)
+        labels = _connectivity(labels, min_size, max_size, start_label, n_threads)
     else:
         _shift_labels(labels, start_label)
     return labels[0] if is_2d else labels
@@ -279,25 +279,48 @@ def _cell_sums(mask, box0, box_shape, steps, n_cells):
     return out
 
 
-@numba.njit(cache=True)
-def _finite_min_max(values):
-    """(all finite, min, max) of a non-empty 1D float32 array, in one pass."""
-    lo = values[0]
-    hi = values[0]
-    finite = True
-    for i in range(values.size):
-        v = values[i]
-        finite &= math.isfinite(v)
-        lo = min(lo, v)
-        hi = max(hi, v)
-    return finite, float(lo), float(hi)
+@numba.njit(parallel=True, cache=True)
+def _finite_min_max(image, mask, use_mask, n_threads):
+    """(all finite, min, max) of the float32 values of ``image`` (Z, Y, X) inside ``mask``, in one pass.
+
+    Chunks of slices in parallel; min and max are exact, so the result does not
+    depend on the chunking.
+    """
+    Z, Y, X = image.shape
+    n_chunks = max(1, min(Z, n_threads))
+    lo = np.full(n_chunks, np.inf, dtype=np.float32)
+    hi = np.full(n_chunks, -np.inf, dtype=np.float32)
+    ok = np.ones(n_chunks, dtype=np.bool_)
+    for c in prange(n_chunks):
+        a, b, finite = np.float32(np.inf), np.float32(-np.inf), True
+        for z in range(c * Z // n_chunks, (c + 1) * Z // n_chunks):
+            for y in range(Y):
+                for x in range(X):
+                    if use_mask and not mask[z, y, x]:
+                        continue
+                    v = np.float32(image[z, y, x])
+                    finite &= math.isfinite(v)
+                    a = min(a, v)
+                    b = max(b, v)
+        lo[c], hi[c], ok[c] = a, b, finite
+    return ok.all(), float(lo.min()), float(hi.max())
 
 
 @numba.njit(parallel=True, cache=True)
-def _affine_inplace(img, lo, scale):
-    flat = img.reshape(-1)
-    for i in prange(flat.size):
-        flat[i] = (flat[i] - lo) * scale
+def _scaled_copy(image, mask, use_mask, lo, scale, out, n_threads):
+    """``out = (float32(image) - lo) * scale`` inside ``mask``, 0 outside; float32, parallel over slices.
+
+    ``out`` is a fresh buffer: its first touch (page faults) is spread over the threads.
+    """
+    Z, Y, X = image.shape
+    n_chunks = max(1, min(Z, n_threads))
+    for c in prange(n_chunks):
+        for z in range(c * Z // n_chunks, (c + 1) * Z // n_chunks):
+            for y in range(Y):
+                row = out[z, y]
+                for x in range(X):
+                    v = (np.float32(image[z, y, x]) - lo) * scale
+                    row[x] = v if not use_mask or mask[z, y, x] else np.float32(0.0)
 
 
 @numba.njit(parallel=True, cache=True)
@@ -335,7 +358,7 @@ def _kmeans(img, mask, use_mask, row_lo, row_hi, centres, spacing, weight, half,
     alive = np.ones(K, dtype=np.bool_)
     for it in range(n_iter):
         changed = _assign(img, mask, use_mask, row_lo, row_hi, centres, alive, spacing, weight,
-                          half, labels, partial, n_threads)
+                          half, labels, partial, it == 0, n_threads)
         if changed == 0 or it == n_iter - 1:
             break
         # Ordered reduction over slabs: the same sums whatever the thread count.
@@ -362,8 +385,10 @@ def _kmeans(img, mask, use_mask, row_lo, row_hi, centres, spacing, weight, half,
 
 @numba.njit(parallel=True, cache=True, fastmath=True)
 def _assign(img, mask, use_mask, row_lo, row_hi, centres, alive, spacing, weight, half, labels,
-            partial, n_threads):
-    """One assignment pass; fills ``partial`` (slab, centre, [n, Σz, Σy, Σx, ΣI]); returns #changes."""
+            partial, first, n_threads):
+    """One assignment pass; fills ``partial`` (slab, centre, [n, Σz, Σy, Σx, ΣI]); returns #changes.
+
+    ``first``: ``labels`` holds nothing yet; every voxel counts as changed."""
     Z, Y, X = img.shape
     K = centres.shape[0]
     n_slabs = partial.shape[0]
@@ -397,13 +422,13 @@ def _assign(img, mask, use_mask, row_lo, row_hi, centres, alive, spacing, weight
         for s in range(c * n_slabs // n_chunks, (c + 1) * n_slabs // n_chunks):
             changes[s] = _assign_slab(img, mask, use_mask, row_lo, row_hi, centres, lo, hi, cx32,
                                       ci32, sz, sy, w, weight, s * Z // n_slabs,
-                                      (s + 1) * Z // n_slabs, work, lab, labels, partial[s])
+                                      (s + 1) * Z // n_slabs, work, lab, labels, partial[s], first)
     return changes.sum()
 
 
 @numba.njit(cache=True, fastmath=True)
 def _assign_slab(img, mask, use_mask, row_lo, row_hi, centres, lo, hi, cx32, ci32, sz, sy, w,
-                 weight, z0, z1, work, lab, labels, part):
+                 weight, z0, z1, work, lab, labels, part, first):
     """Assign slices z0..z1-1, accumulating their centre sums in ``part``; returns #changes.
 
     A row is cut into blocks of ``_LANES`` voxels; ``work`` holds per block the
@@ -478,9 +503,13 @@ def _assign_slab(img, mask, use_mask, row_lo, row_hi, centres, lo, hi, cx32, ci3
             a, b = row_lo[z, y], row_hi[z, y]
             out_row = labels[z, y]
             if a >= b:
-                for x in range(X):
-                    n_changed += out_row[x] != _OUTSIDE
-                    out_row[x] = _OUTSIDE
+                if first:
+                    out_row[:] = _OUTSIDE
+                    n_changed += X
+                else:
+                    for x in range(X):
+                        n_changed += out_row[x] != _OUTSIDE
+                        out_row[x] = _OUTSIDE
                 continue
             img_row = img_z[y]
             band = y // _BAND_ROWS
@@ -514,9 +543,15 @@ def _assign_slab(img, mask, use_mask, row_lo, row_hi, centres, lo, hi, cx32, ci3
                 for x in range(a, b):
                     if mask_row[x] == 0:
                         lab[x] = _OUTSIDE
-            for x in range(np.uint64(a), np.uint64(b)):
-                n_changed += out_row[x] != lab[x]
-                out_row[x] = lab[x]
+            if first:
+                # The buffer is fresh: write without reading (no zero-page fault first).
+                for x in range(np.uint64(a), np.uint64(b)):
+                    out_row[x] = lab[x]
+                n_changed += b - a
+            else:
+                for x in range(np.uint64(a), np.uint64(b)):
+                    n_changed += out_row[x] != lab[x]
+                    out_row[x] = lab[x]
             x = a
             while x < b:
                 k = lab[x]
@@ -615,7 +650,27 @@ def _run_at(x_lo, x_hi, first, last, x):
 
 
 @numba.njit(cache=True)
-def _connectivity(seg, min_size, max_size, start_label):
+def _union_rows(parent, row_start, x_lo, x_hi, run_lab, r, q):
+    """Union the runs of row r with the overlapping runs of equal label in row q (the root stays the smaller index)."""
+    i, i_end = row_start[r], row_start[r + 1]
+    j, j_end = row_start[q], row_start[q + 1]
+    while i < i_end and j < j_end:
+        if run_lab[i] == run_lab[j] and run_lab[i] != _OUTSIDE \
+                and max(x_lo[i], x_lo[j]) < min(x_hi[i], x_hi[j]):
+            a = _find(parent, i)
+            b = _find(parent, j)
+            if a < b:
+                parent[b] = a
+            elif b < a:
+                parent[a] = b
+        if x_hi[i] <= x_hi[j]:
+            i += 1
+        else:
+            j += 1
+
+
+@numba.njit(parallel=True, cache=True)
+def _connectivity(seg, min_size, max_size, start_label, n_threads):
     """Relabel ``seg`` (in place, returned) into 6-connected components, labels from ``start_label`` in raster order.
 
     Union-find over runs of equal labels along x (memory is read in order,
@@ -625,69 +680,61 @@ def _connectivity(seg, min_size, max_size, start_label):
     merges into an already labelled neighbour. A component larger than
     ``max_size`` is cut into breadth-first pieces of at most ``max_size``
     voxels. Outside voxels become ``start_label - 1``.
+
+    Runs are found, united and written back in parallel over chunks of slices;
+    unions link the larger root under the smaller, so every component's root is
+    its first run in raster order whatever the order of the unions, and the
+    labels do not depend on the chunking.
     """
     Z, Y, X = seg.shape
     n_rows = Z * Y
+    n_chunks = max(1, min(Z, n_threads))
     row_start = np.zeros(n_rows + 1, dtype=np.int64)
-    for z in range(Z):
-        for y in range(Y):
+    for c in prange(n_chunks):
+        for r in range(c * Z // n_chunks * Y, (c + 1) * Z // n_chunks * Y):
+            row = seg[r // Y, r % Y]
             n = 1
             for x in range(1, X):
-                n += seg[z, y, x] != seg[z, y, x - 1]
-            row_start[z * Y + y + 1] = n
+                n += row[x] != row[x - 1]
+            row_start[r + 1] = n
     for r in range(n_rows):
         row_start[r + 1] += row_start[r]
     n_runs = row_start[n_rows]
     x_lo = np.empty(n_runs, dtype=np.int32)
     x_hi = np.empty(n_runs, dtype=np.int32)
     run_lab = np.empty(n_runs, dtype=np.int32)
-    for z in range(Z):
-        for y in range(Y):
-            i = row_start[z * Y + y]
+    run_row = np.empty(n_runs, dtype=np.int64)
+    parent = np.empty(n_runs, dtype=np.int64)
+    for c in prange(n_chunks):
+        z0, z1 = c * Z // n_chunks, (c + 1) * Z // n_chunks
+        for r in range(z0 * Y, z1 * Y):
+            row = seg[r // Y, r % Y]
+            i = row_start[r]
             x_lo[i] = 0
-            run_lab[i] = seg[z, y, 0]
+            run_lab[i] = row[0]
             for x in range(1, X):
-                if seg[z, y, x] != seg[z, y, x - 1]:
+                if row[x] != row[x - 1]:
                     x_hi[i] = x
                     i += 1
                     x_lo[i] = x
-                    run_lab[i] = seg[z, y, x]
+                    run_lab[i] = row[x]
             x_hi[i] = X
-    # Union overlapping runs of equal label in the rows above (y - 1) and before (z - 1).
-    parent = np.arange(n_runs)
-    for z in range(Z):
-        for y in range(Y):
-            r = z * Y + y
-            for nb in range(2):
-                if nb == 0:
-                    if y == 0:
-                        continue
-                    q = r - 1
-                else:
-                    if z == 0:
-                        continue
-                    q = r - Y
-                i, i_end = row_start[r], row_start[r + 1]
-                j, j_end = row_start[q], row_start[q + 1]
-                while i < i_end and j < j_end:
-                    if run_lab[i] == run_lab[j] and run_lab[i] != _OUTSIDE \
-                            and max(x_lo[i], x_lo[j]) < min(x_hi[i], x_hi[j]):
-                        a = _find(parent, i)
-                        b = _find(parent, j)
-                        if a < b:
-                            parent[b] = a
-                        elif b < a:
-                            parent[a] = b
-                    if x_hi[i] <= x_hi[j]:
-                        i += 1
-                    else:
-                        j += 1
+            for i in range(row_start[r], row_start[r + 1]):
+                run_row[i] = r
+                parent[i] = i
+        # Union overlapping runs of equal label in the rows above (y - 1) and before
+        # (z - 1) within the chunk: its runs are a range of their own.
+        for r in range(z0 * Y, z1 * Y):
+            if r % Y > 0:
+                _union_rows(parent, row_start, x_lo, x_hi, run_lab, r, r - 1)
+            if r - Y >= z0 * Y:
+                _union_rows(parent, row_start, x_lo, x_hi, run_lab, r, r - Y)
+    for c in range(1, n_chunks):  # across chunk borders
+        z0 = c * Z // n_chunks
+        for r in range(z0 * Y, (z0 + 1) * Y):
+            _union_rows(parent, row_start, x_lo, x_hi, run_lab, r, r - Y)
     # Roots are each component's first run in raster order (unions keep the smaller index).
     size = np.zeros(n_runs, dtype=np.int64)
-    run_row = np.empty(n_runs, dtype=np.int64)
-    for r in range(n_rows):
-        for i in range(row_start[r], row_start[r + 1]):
-            run_row[i] = r
     for i in range(n_runs):
         parent[i] = _find(parent, i)
         size[parent[i]] += x_hi[i] - x_lo[i]
@@ -718,12 +765,13 @@ def _connectivity(seg, min_size, max_size, start_label):
         final[i] = new
         new += 1
     out = seg  # the runs hold everything still needed: relabel in place (no second volume)
-    for r in range(n_rows):
-        z, y = r // Y, r % Y
-        for i in range(row_start[r], row_start[r + 1]):
-            v = final[i]
-            for x in range(x_lo[i], x_hi[i]):
-                out[z, y, x] = v
+    for c in prange(n_chunks):
+        for r in range(c * Z // n_chunks * Y, (c + 1) * Z // n_chunks * Y):
+            row = out[r // Y, r % Y]
+            for i in range(row_start[r], row_start[r + 1]):
+                v = final[i]
+                for x in range(x_lo[i], x_hi[i]):
+                    row[x] = v
     # Cut oversized components (rare) into breadth-first pieces, as scikit-image does.
     big = np.zeros(new + 1, dtype=np.bool_)
     n_big = 0

@@ -15,7 +15,7 @@ from scipy import ndimage as ndi
 from tcpc_data.supervoxels import segmetrics
 from tcpc_data.supervoxels.smoothing import gaussian
 from tcpc_data.phantom import make_phantom
-from tcpc_data.supervoxels.slic import WINDOW_STEPS, slic
+from tcpc_data.supervoxels.slic import WINDOW_STEPS, _connectivity, slic
 
 
 def _octants(shape=(20, 21, 22), seed=0):
@@ -160,6 +160,60 @@ def test_every_supervoxel_is_one_connected_piece():
     assert sizes[0] == 0 and np.all(sizes[1:] > 0)  # labels 1..N, consecutive
     for lab in range(1, seg.max() + 1):
         assert ndi.label(seg == lab)[1] == 1
+
+
+def _reference_connectivity(seg, min_size, start_label):
+    """scipy's component labelling with the documented rules (no size cap): components of equal
+    labels numbered in raster order of their first voxel; a small or orphan one takes the label
+    of the voxel just before its first voxel (along x, else y, else z) when that has one."""
+    out = np.full(seg.shape, start_label - 1, dtype=np.int64)
+    comps = []  # (first voxel's raster index, boolean mask)
+    for lab in np.unique(seg):
+        if lab == -2:  # outside
+            continue
+        parts, n = ndi.label(seg == lab)  # 6-connected
+        for p in range(1, n + 1):
+            m = parts == p
+            comps.append((int(np.flatnonzero(m.ravel())[0]), lab, m))
+    new = start_label
+    for first, lab, m in sorted(comps, key=lambda c: c[0]):
+        z, y, x = np.unravel_index(first, seg.shape)
+        prev = (z, y, x - 1) if x > 0 else (z, y - 1, x) if y > 0 else (z - 1, y, x) if z > 0 else None
+        if (m.sum() < min_size or lab == -1) and prev is not None and out[prev] >= start_label:
+            out[m] = out[prev]
+        else:
+            out[m] = new
+            new += 1
+    return out
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.tuples(st.integers(1, 7), st.integers(1, 9), st.integers(1, 12)), st.integers(0, 2 ** 16),
+       st.integers(0, 6), st.integers(0, 1))
+def test_connectivity_equals_a_scipy_reference_for_any_chunking(shape, seed, min_size, start_label):
+    # raw assignment labels: centres 0..3, orphans (-1) and outside voxels (-2), in blobs
+    rng = np.random.default_rng(seed)
+    seg = rng.integers(-2, 4, size=shape).astype(np.int32)
+    seg = np.where(rng.random(shape) < 0.6, np.roll(seg, 1, axis=2), seg).astype(np.int32)
+    want = _reference_connectivity(seg, min_size, start_label)
+    for n_chunks in sorted({1, 2, 3, shape[0]}):  # the kernel's chunks of slices (one per thread)
+        got = _connectivity(seg.copy(), min_size, 10 ** 9, start_label, n_chunks)
+        assert np.array_equal(got, want), n_chunks
+
+
+def test_input_dtype_layout_and_byte_order_give_the_same_labels_and_input_is_kept():
+    ph = make_phantom((16, 32, 32), seed=7)
+    hu = np.clip(ph.hu, -1024, 3071).astype(np.int16)
+    kw = dict(n_segments=30, compactness=0.1, sigma=2, spacing=ph.spacing_zyx)
+    want = slic(hu.astype(np.float32), **kw)
+    before = hu.copy()
+    for image in (hu, hu.astype(np.float64), hu.astype(">f4"), hu.astype(np.float16),
+                  np.asfortranarray(hu), hu.T.copy().T):
+        assert np.array_equal(slic(image, **kw), want), (image.dtype, image.flags.c_contiguous)
+    assert np.array_equal(hu, before)
+    masked = slic(hu, mask=hu > -500, **kw)
+    nan_outside = np.where(hu > -500, hu, np.nan).astype(np.float32)
+    assert np.array_equal(slic(nan_outside, mask=hu > -500, **kw), masked)
 
 
 def test_max_size_cuts_large_components():

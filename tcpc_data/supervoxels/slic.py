@@ -357,9 +357,12 @@ def _kmeans(img, mask, use_mask, row_lo, row_hi, centres, spacing, weight, half,
     partial = np.zeros((n_slabs, K, 5), dtype=np.float64)
     alive = np.ones(K, dtype=np.bool_)
     for it in range(n_iter):
+        # The first pass writes a fresh buffer: nothing to compare. The last pass
+        # moves no centre: no sums.
+        last = it == n_iter - 1
         changed = _assign(img, mask, use_mask, row_lo, row_hi, centres, alive, spacing, weight,
-                          half, labels, partial, it == 0, n_threads)
-        if changed == 0 or it == n_iter - 1:
+                          half, labels, partial, it > 0, not last, n_threads)
+        if last or changed == 0:
             break
         # Ordered reduction over slabs: the same sums whatever the thread count.
         for k in range(K):
@@ -385,10 +388,11 @@ def _kmeans(img, mask, use_mask, row_lo, row_hi, centres, spacing, weight, half,
 
 @numba.njit(parallel=True, cache=True, fastmath=True)
 def _assign(img, mask, use_mask, row_lo, row_hi, centres, alive, spacing, weight, half, labels,
-            partial, first, n_threads):
-    """One assignment pass; fills ``partial`` (slab, centre, [n, Σz, Σy, Σx, ΣI]); returns #changes.
+            partial, count, sums, n_threads):
+    """One assignment pass; fills ``partial`` (slab, centre, [n, Σz, Σy, Σx, ΣI]) if ``sums``.
 
-    ``first``: ``labels`` holds nothing yet; every voxel counts as changed."""
+    Returns the number of labels changed, or -1 without ``count`` (``labels``
+    is then only written, e.g. a fresh buffer: no read faults it in first)."""
     Z, Y, X = img.shape
     K = centres.shape[0]
     n_slabs = partial.shape[0]
@@ -422,14 +426,18 @@ def _assign(img, mask, use_mask, row_lo, row_hi, centres, alive, spacing, weight
         for s in range(c * n_slabs // n_chunks, (c + 1) * n_slabs // n_chunks):
             changes[s] = _assign_slab(img, mask, use_mask, row_lo, row_hi, centres, lo, hi, cx32,
                                       ci32, sz, sy, w, weight, s * Z // n_slabs,
-                                      (s + 1) * Z // n_slabs, work, lab, labels, partial[s], first)
-    return changes.sum()
+                                      (s + 1) * Z // n_slabs, work, lab, labels, partial[s], count,
+                                      sums)
+    return changes.sum() if count else -1
 
 
 @numba.njit(cache=True, fastmath=True)
 def _assign_slab(img, mask, use_mask, row_lo, row_hi, centres, lo, hi, cx32, ci32, sz, sy, w,
-                 weight, z0, z1, work, lab, labels, part, first):
-    """Assign slices z0..z1-1, accumulating their centre sums in ``part``; returns #changes.
+                 weight, z0, z1, work, lab, labels, part, count, sums):
+    """Assign slices z0..z1-1, accumulating their centre sums in ``part`` if ``sums``.
+
+    Returns the number of labels changed (0 without ``count``: labels are then
+    written without reading the previous ones).
 
     A row is cut into blocks of ``_LANES`` voxels; ``work`` holds per block the
     intensities, x positions, best distances and labels (as float32, exact below
@@ -503,9 +511,8 @@ def _assign_slab(img, mask, use_mask, row_lo, row_hi, centres, lo, hi, cx32, ci3
             a, b = row_lo[z, y], row_hi[z, y]
             out_row = labels[z, y]
             if a >= b:
-                if first:
+                if not count:
                     out_row[:] = _OUTSIDE
-                    n_changed += X
                 else:
                     for x in range(X):
                         n_changed += out_row[x] != _OUTSIDE
@@ -543,16 +550,14 @@ def _assign_slab(img, mask, use_mask, row_lo, row_hi, centres, lo, hi, cx32, ci3
                 for x in range(a, b):
                     if mask_row[x] == 0:
                         lab[x] = _OUTSIDE
-            if first:
-                # The buffer is fresh: write without reading (no zero-page fault first).
+            if not count:
                 for x in range(np.uint64(a), np.uint64(b)):
                     out_row[x] = lab[x]
-                n_changed += b - a
             else:
                 for x in range(np.uint64(a), np.uint64(b)):
                     n_changed += out_row[x] != lab[x]
                     out_row[x] = lab[x]
-            x = a
+            x = a if sums else b
             while x < b:
                 k = lab[x]
                 x0 = x

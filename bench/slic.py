@@ -87,7 +87,7 @@ def _run(which: str, path: str, kw: dict, threads: int | None, out: str, queue) 
 
         def fn(image, **k):
             return sk_slic(image, channel_axis=None, start_label=1, **k)
-    fn(img[:8, :40, :40], **kw)  # JIT compile / load the cache, import lazily loaded modules
+    fn(np.ascontiguousarray(img[:8, :40, :40]), **kw)  # JIT compile / load the cache, import lazily loaded modules
     _reset_peak()
     base = _rss_bytes()
     t0, c0 = time.perf_counter(), time.process_time()
@@ -108,7 +108,7 @@ def _profile(path: str, kw: dict, queue) -> None:
     from tcpc_data.supervoxels import slic as slic_mod
     numba.set_num_threads(1)
     img = np.load(path)
-    slic_mod.slic(img[:8, :40, :40], **kw)
+    slic_mod.slic(np.ascontiguousarray(img[:8, :40, :40]), **kw)
     prof = cProfile.Profile(time.process_time)
     prof.runcall(slic_mod.slic, img, **kw)
     stats = pstats.Stats(prof).stats  # (file, line, name) -> (cc, nc, tottime, cumtime, callers)

@@ -356,12 +356,13 @@ def _kmeans(img, mask, use_mask, row_lo, row_hi, centres, spacing, weight, half,
     n_slabs = max(1, min(Z, 64, _MAX_PARTIALS // max(K, 1)))
     partial = np.zeros((n_slabs, K, 5), dtype=np.float64)
     alive = np.ones(K, dtype=np.bool_)
+    cuts = _slab_cuts(row_lo, row_hi, n_slabs, max(1, min(n_slabs, n_threads)))
     for it in range(n_iter):
         # The first pass writes a fresh buffer: nothing to compare. The last pass
         # moves no centre: no sums.
         last = it == n_iter - 1
         changed = _assign(img, mask, use_mask, row_lo, row_hi, centres, alive, spacing, weight,
-                          half, labels, partial, it > 0, not last, n_threads)
+                          half, labels, partial, it > 0, not last, cuts)
         if last or changed == 0:
             break
         # Ordered reduction over slabs: the same sums whatever the thread count.
@@ -386,9 +387,40 @@ def _kmeans(img, mask, use_mask, row_lo, row_hi, centres, spacing, weight, half,
                 alive[k] = False  # an empty cluster stays empty (scikit-image: NaN centre)
 
 
+@numba.njit(cache=True)
+def _slab_cuts(row_lo, row_hi, n_slabs, n_chunks):
+    """Runs of slabs for ``n_chunks`` threads holding about equal work: (n_chunks + 1,) first slabs.
+
+    Work is counted in 16-voxel blocks of the rows' mask extents (plus one per
+    row): with a mask (e.g. the body), slices differ in work and equal numbers
+    of slices left one thread waiting for the other.
+    """
+    Z, Y = row_lo.shape
+    cost = np.zeros(n_slabs + 1, dtype=np.float64)
+    for s in range(n_slabs):
+        c = 0
+        for z in range(s * Z // n_slabs, (s + 1) * Z // n_slabs):
+            for y in range(Y):
+                a, b = row_lo[z, y], row_hi[z, y]
+                c += 1 + ((b - 1) // _LANES + 1 - a // _LANES if a < b else 0)
+        cost[s + 1] = cost[s] + c
+    cuts = np.empty(n_chunks + 1, dtype=np.int64)
+    cuts[0] = 0
+    s = 0
+    for c in range(1, n_chunks):
+        target = cost[n_slabs] * c / n_chunks
+        while s < n_slabs and cost[s + 1] < target:
+            s += 1
+        if s < n_slabs and cost[s + 1] - target < target - cost[s]:
+            s += 1  # the nearer border
+        cuts[c] = s
+    cuts[n_chunks] = n_slabs
+    return cuts
+
+
 @numba.njit(parallel=True, cache=True, fastmath=True)
 def _assign(img, mask, use_mask, row_lo, row_hi, centres, alive, spacing, weight, half, labels,
-            partial, count, sums, n_threads):
+            partial, count, sums, cuts):
     """One assignment pass; fills ``partial`` (slab, centre, [n, Σz, Σy, Σx, ΣI]) if ``sums``.
 
     Returns the number of labels changed, or -1 without ``count`` (``labels``
@@ -414,16 +446,16 @@ def _assign(img, mask, use_mask, row_lo, row_hi, centres, alive, spacing, weight
     w = np.float32(weight * sx * sx)
     cx32 = centres[:, 2].astype(np.float32)
     ci32 = centres[:, 3].astype(np.float32)
-    # Each thread takes a run of slabs and allocates its buffers once; the sums
-    # stay per slab, so results do not depend on the thread count.
-    n_chunks = max(1, min(n_slabs, n_threads))
-    for c in prange(n_chunks):
+    # Each thread takes a run of slabs (slabs cuts[c] to cuts[c + 1] - 1) and
+    # allocates its buffers once; the sums stay per slab, so results do not
+    # depend on the thread count.
+    for c in prange(cuts.size - 1):
         n_blocks = (X + _LANES - 1) // _LANES
         work = np.zeros(n_blocks * 4 * _LANES, dtype=np.float32)
         for x in range(n_blocks * _LANES):
             work[(x // _LANES) * 4 * _LANES + _LANES + x % _LANES] = x
         lab = np.empty(n_blocks * _LANES, dtype=np.int32)  # padded to whole blocks
-        for s in range(c * n_slabs // n_chunks, (c + 1) * n_slabs // n_chunks):
+        for s in range(cuts[c], cuts[c + 1]):
             changes[s] = _assign_slab(img, mask, use_mask, row_lo, row_hi, centres, lo, hi, cx32,
                                       ci32, sz, sy, w, weight, s * Z // n_slabs,
                                       (s + 1) * Z // n_slabs, work, lab, labels, partial[s], count,

@@ -15,7 +15,7 @@ from scipy import ndimage as ndi
 from tcpc_data.supervoxels import segmetrics
 from tcpc_data.supervoxels.smoothing import gaussian
 from tcpc_data.phantom import make_phantom
-from tcpc_data.supervoxels.slic import WINDOW_STEPS, _connectivity, slic
+from tcpc_data.supervoxels.slic import WINDOW_STEPS, _connectivity, _slab_cuts, slic
 
 
 def _octants(shape=(20, 21, 22), seed=0):
@@ -199,6 +199,24 @@ def test_connectivity_equals_a_scipy_reference_for_any_chunking(shape, seed, min
     for n_chunks in sorted({1, 2, 3, shape[0]}):  # the kernel's chunks of slices (one per thread)
         got = _connectivity(seg.copy(), min_size, 10 ** 9, start_label, n_chunks)
         assert np.array_equal(got, want), n_chunks
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 40), st.integers(1, 64), st.integers(1, 5), st.integers(0, 2 ** 16))
+def test_threads_get_runs_of_slabs_with_about_equal_work(Z, n_slabs, n_chunks, seed):
+    # a body mask's row extents: empty rows at the ends, wide ones in the middle
+    rng = np.random.default_rng(seed)
+    Y, X = 6, 100
+    width = rng.integers(0, X, size=(Z, Y)) * (rng.random((Z, 1)) < 0.7)
+    row_lo = rng.integers(0, X - width + 1)
+    row_hi = row_lo + width
+    n_slabs = min(n_slabs, Z)
+    cuts = _slab_cuts(row_lo, row_hi, n_slabs, n_chunks)
+    assert cuts[0] == 0 and cuts[-1] == n_slabs and np.all(np.diff(cuts) >= 0)
+    blocks = np.where(row_hi > row_lo, (row_hi - 1) // 16 + 1 - row_lo // 16, 0) + 1
+    slab = np.array([blocks[s * Z // n_slabs:(s + 1) * Z // n_slabs].sum() for s in range(n_slabs)])
+    work = np.array([slab[a:b].sum() for a, b in zip(cuts[:-1], cuts[1:])])
+    assert work.max() - slab.sum() / n_chunks <= slab.max()  # off by at most one slab
 
 
 def test_input_dtype_layout_and_byte_order_give_the_same_labels_and_input_is_kept():

@@ -143,16 +143,19 @@ def slic(image, n_segments=100, compactness=10.0, max_num_iter=10, sigma=0, spac
         if mask.shape != image.shape:
             raise ValueError(f"mask shape {mask.shape} differs from image shape {image.shape}")
         mask = mask.astype(bool, copy=False)
-        if not mask.any():
-            raise ValueError("mask is empty: no voxel to segment")
     if is_2d:
         image, spacing, sig = image[None], np.r_[1.0, spacing], np.r_[0.0, sig]
         mask = None if mask is None else mask[None]
+    shape = image.shape
+    n_threads = numba.get_num_threads()
+    mask8 = np.ones((1, 1, 1), dtype=np.uint8) if mask is None else mask.view(np.uint8)
+    row_lo, row_hi, row_count = _row_extent(mask8, shape, n_threads)
+    n_mask = int(row_count.sum())
+    if n_mask == 0:
+        raise ValueError("mask is empty: no voxel to segment")
 
     if image.dtype not in _KERNEL_DTYPES:
         image = image.astype(np.float32)  # e.g. float16 or non-native byte order
-    mask8 = np.ones((1, 1, 1), dtype=np.uint8) if mask is None else mask.view(np.uint8)
-    n_threads = numba.get_num_threads()
     finite, lo, hi = _finite_min_max(image, mask8, mask is not None, n_threads)
     if not finite:
         raise ValueError("image has NaN or infinite values inside the mask (or no mask given)")
@@ -164,7 +167,6 @@ def slic(image, n_segments=100, compactness=10.0, max_num_iter=10, sigma=0, spac
     if np.any(sig > 0):
         gaussian(img, sig, out=img)
 
-    shape = img.shape
     if mask is None:
         slices = regular_grid(shape, n_segments)
         steps = np.array([s.step or 1 for s in slices], dtype=np.float64)
@@ -172,16 +174,13 @@ def slic(image, n_segments=100, compactness=10.0, max_num_iter=10, sigma=0, spac
                                     indexing="ij"), -1).reshape(-1, 3)
         centres = np.zeros((len(grid), 4), dtype=np.float64)
         centres[:, :3] = grid
-        n_mask = math.prod(shape)
     else:
-        centres, steps = _mask_seeds(mask8, n_segments)
-        n_mask = int(np.count_nonzero(mask))
+        centres, steps = _mask_seeds(mask8, n_segments, row_lo, row_hi, row_count, n_threads)
     n_centres = len(centres)
     if n_centres > _MAX_CENTRES:
         raise ValueError(f"n_segments gives {n_centres} supervoxels; at most {_MAX_CENTRES} are supported")
 
     labels = _volume_buffer(shape, np.int32)  # first touched by the parallel first assignment
-    row_lo, row_hi = _row_extent(mask8, shape)
     half = np.maximum(WINDOW_STEPS * steps, 1.0)
     _kmeans(img, mask8, mask is not None, row_lo, row_hi, centres, spacing.astype(np.float64),
             1.0 / float(steps.max()) ** 2, half, max_num_iter, labels, n_threads)
@@ -238,21 +237,23 @@ def _vector_param(name, value, ndim, positive):
     return v
 
 
-def _mask_seeds(mask8, n_segments):
+def _mask_seeds(mask8, n_segments, row_lo, row_hi, row_count, n_threads):
     """Seeds for a masked volume: centroids of mask voxels per cell of a grid over its bounding box.
 
     The grid gets ``n_segments * box / mask`` points so about ``n_segments``
-    cells hold mask voxels. Returns centres (K, 4) (z, y, x, intensity 0) and the grid steps.
+    cells hold mask voxels. ``row_lo``, ``row_hi``, ``row_count`` (Z, Y): see
+    :func:`_row_extent`. Returns centres (K, 4) (z, y, x, intensity 0) and the grid steps.
     """
-    nz = [np.flatnonzero(mask8.any(axis=tuple(a for a in range(3) if a != ax))) for ax in range(3)]
-    box0 = np.array([n[0] for n in nz])
-    box_shape = np.array([n[-1] + 1 for n in nz]) - box0
-    n_mask = int(np.count_nonzero(mask8))
+    full = row_count > 0
+    zs, ys = np.flatnonzero(full.any(axis=1)), np.flatnonzero(full.any(axis=0))
+    box0 = np.array([zs[0], ys[0], row_lo[full].min()])
+    box_shape = np.array([zs[-1] + 1, ys[-1] + 1, row_hi[full].max()]) - box0
+    n_mask = int(row_count.sum())
     n_box = max(1, int(round(n_segments * math.prod(box_shape) / n_mask)))
     slices = regular_grid(tuple(box_shape), n_box)
     steps = np.array([s.step or 1 for s in slices], dtype=np.int64)
     n_cells = np.array([len(range(*s.indices(int(n)))) for s, n in zip(slices, box_shape)])
-    sums = _cell_sums(mask8, box0, box_shape, steps, n_cells)
+    sums = _cell_sums(mask8, row_lo, row_hi, box0, box_shape, steps, n_cells, n_threads)
     sums = sums.reshape(-1, 4)
     keep = sums[:, 0] > 0
     centres = np.zeros((int(keep.sum()), 4), dtype=np.float64)
@@ -260,23 +261,33 @@ def _mask_seeds(mask8, n_segments):
     return centres, steps.astype(np.float64)
 
 
-@numba.njit(cache=True)
-def _cell_sums(mask, box0, box_shape, steps, n_cells):
-    """Per grid cell: mask voxel count and coordinate sums, (cz, cy, cx, 4) float64."""
-    out = np.zeros((n_cells[0], n_cells[1], n_cells[2], 4), dtype=np.float64)
-    for z in range(box0[0], box0[0] + box_shape[0]):
-        iz = min((z - box0[0]) // steps[0], n_cells[0] - 1)
-        for y in range(box0[1], box0[1] + box_shape[1]):
-            iy = min((y - box0[1]) // steps[1], n_cells[1] - 1)
-            for x in range(box0[2], box0[2] + box_shape[2]):
-                if mask[z, y, x]:
-                    ix = min((x - box0[2]) // steps[2], n_cells[2] - 1)
-                    c = out[iz, iy, ix]
-                    c[0] += 1.0
-                    c[1] += z
-                    c[2] += y
-                    c[3] += x
-    return out
+@numba.njit(parallel=True, cache=True)
+def _cell_sums(mask, row_lo, row_hi, box0, box_shape, steps, n_cells, n_threads):
+    """Per grid cell: mask voxel count and coordinate sums, (cz, cy, cx, 4) float64.
+
+    Only the rows' mask extents (``row_lo``, ``row_hi``) are read.
+
+    Chunks of slices in parallel, each into its own copy; the sums are whole
+    numbers (exact in float64), so adding the copies gives the same bits in any order.
+    """
+    n_chunks = max(1, min(box_shape[0], n_threads))
+    parts = np.zeros((n_chunks, n_cells[0], n_cells[1], n_cells[2], 4), dtype=np.float64)
+    for c in prange(n_chunks):
+        out = parts[c]
+        for z in range(box0[0] + c * box_shape[0] // n_chunks,
+                       box0[0] + (c + 1) * box_shape[0] // n_chunks):
+            iz = min((z - box0[0]) // steps[0], n_cells[0] - 1)
+            for y in range(box0[1], box0[1] + box_shape[1]):
+                iy = min((y - box0[1]) // steps[1], n_cells[1] - 1)
+                for x in range(row_lo[z, y], row_hi[z, y]):
+                    if mask[z, y, x]:
+                        ix = min((x - box0[2]) // steps[2], n_cells[2] - 1)
+                        cell = out[iz, iy, ix]
+                        cell[0] += 1.0
+                        cell[1] += z
+                        cell[2] += y
+                        cell[3] += x
+    return parts.sum(axis=0)
 
 
 @numba.njit(parallel=True, cache=True)
@@ -324,23 +335,37 @@ def _scaled_copy(image, mask, use_mask, lo, scale, out, n_threads):
 
 
 @numba.njit(parallel=True, cache=True)
-def _row_extent(mask, shape):
-    """First and one-past-last mask voxel of every (z, y) row; (0, X) without a mask."""
+def _row_extent(mask, shape, n_threads):
+    """First and one-past-last mask voxel, and number of mask voxels, of every (z, y) row.
+
+    Three (Z, Y) int64 arrays; without a mask (``mask`` not of ``shape``) 0, X and X.
+    Also gives the mask's voxel count and bounding box without another pass.
+    """
     Z, Y, X = shape
     lo = np.zeros((Z, Y), dtype=np.int64)
     hi = np.full((Z, Y), X, dtype=np.int64)
+    count = np.full((Z, Y), X, dtype=np.int64)
     if mask.shape[0] != Z or mask.shape[1] != Y or mask.shape[2] != X:
-        return lo, hi
-    for z in prange(Z):
-        for y in range(Y):
-            a, b = X, 0
-            for x in range(X):
-                if mask[z, y, x]:
-                    a = min(a, x)
-                    b = x + 1
-            lo[z, y] = a
-            hi[z, y] = max(a, b)
-    return lo, hi
+        return lo, hi, count
+    n_chunks = max(1, min(Z, n_threads))
+    for c in prange(n_chunks):
+        for z in range(c * Z // n_chunks, (c + 1) * Z // n_chunks):
+            for y in range(Y):
+                row = mask[z, y]
+                n = 0
+                for x in range(X):
+                    n += row[x]  # 0 or 1 (a bool array's bytes)
+                a, b = X, X
+                if n:
+                    a, b = 0, X
+                    while not row[a]:
+                        a += 1
+                    while not row[b - 1]:
+                        b -= 1
+                lo[z, y] = a
+                hi[z, y] = b
+                count[z, y] = n
+    return lo, hi, count
 
 
 @numba.njit(cache=True)

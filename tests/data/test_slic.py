@@ -15,7 +15,7 @@ from scipy import ndimage as ndi
 from tcpc_data.supervoxels import segmetrics
 from tcpc_data.supervoxels.smoothing import gaussian
 from tcpc_data.phantom import make_phantom
-from tcpc_data.supervoxels.slic import WINDOW_STEPS, _connectivity, _slab_cuts, slic
+from tcpc_data.supervoxels.slic import WINDOW_STEPS, _connectivity, _mask_seeds, _row_extent, _slab_cuts, slic
 
 
 def _octants(shape=(20, 21, 22), seed=0):
@@ -217,6 +217,33 @@ def test_threads_get_runs_of_slabs_with_about_equal_work(Z, n_slabs, n_chunks, s
     slab = np.array([blocks[s * Z // n_slabs:(s + 1) * Z // n_slabs].sum() for s in range(n_slabs)])
     work = np.array([slab[a:b].sum() for a, b in zip(cuts[:-1], cuts[1:])])
     assert work.max() - slab.sum() / n_chunks <= slab.max()  # off by at most one slab
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.tuples(st.integers(1, 9), st.integers(1, 12), st.integers(1, 20)), st.integers(0, 2 ** 16),
+       st.integers(1, 30), st.integers(1, 3))
+def test_mask_seeds_are_cell_centroids_over_the_bounding_box(shape, seed, n_segments, n_threads):
+    from skimage.util import regular_grid
+
+    rng = np.random.default_rng(seed)
+    mask = rng.random(shape) < rng.uniform(0.05, 1)
+    mask[tuple(rng.integers(0, n) for n in shape)] = True
+    lo, hi, count = _row_extent(mask.view(np.uint8), shape, n_threads)
+    assert np.array_equal(count, mask.sum(axis=2))
+    got, steps = _mask_seeds(mask.view(np.uint8), n_segments, lo, hi, count, n_threads)
+    # reference: NumPy over the mask's bounding box
+    idx = np.argwhere(mask)
+    box0, box1 = idx.min(0), idx.max(0) + 1
+    n_box = max(1, int(round(n_segments * np.prod(box1 - box0) / mask.sum())))
+    slices = regular_grid(tuple(box1 - box0), n_box)
+    step = np.array([s.step or 1 for s in slices])
+    n_cells = np.array([len(range(*s.indices(int(n)))) for s, n in zip(slices, box1 - box0)])
+    cell = np.minimum((idx - box0) // step, n_cells - 1)
+    flat = np.ravel_multi_index(cell.T, n_cells)
+    sums = np.zeros((np.prod(n_cells), 4))
+    np.add.at(sums, flat, np.c_[np.ones(len(idx)), idx])
+    keep = sums[:, 0] > 0
+    assert np.array_equal(steps, step) and np.array_equal(got[:, :3], sums[keep, 1:] / sums[keep, :1])
 
 
 def test_input_dtype_layout_and_byte_order_give_the_same_labels_and_input_is_kept():

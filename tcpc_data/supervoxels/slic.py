@@ -782,6 +782,9 @@ def _connectivity(seg, min_size, max_size, start_label, n_threads):
     run_lab = np.empty(n_runs, dtype=np.int32)
     run_row = np.empty(n_runs, dtype=np.int64)
     parent = np.empty(n_runs, dtype=np.int64)
+    size = np.empty(n_runs, dtype=np.int64)  # at roots only, as are the next two
+    roots = np.empty(n_runs, dtype=np.int64)  # chunk c's roots from its first run's index on
+    n_roots = np.zeros(n_chunks, dtype=np.int64)
     for c in prange(n_chunks):
         z0, z1 = c * Z // n_chunks, (c + 1) * Z // n_chunks
         for r in range(z0 * Y, z1 * Y):
@@ -806,56 +809,87 @@ def _connectivity(seg, min_size, max_size, start_label, n_threads):
                 _union_rows(parent, row_start, x_lo, x_hi, run_lab, r, r - 1)
             if r - Y >= z0 * Y:
                 _union_rows(parent, row_start, x_lo, x_hi, run_lab, r, r - Y)
-    for c in range(1, n_chunks):  # across chunk borders
+        # Every run to its chunk root (parent[i] <= i, so one ascending sweep),
+        # sizes summed at the chunk roots, which are listed from the chunk's first run on.
+        i0 = row_start[z0 * Y]
+        n = 0
+        for i in range(i0, row_start[z1 * Y]):
+            p = parent[parent[i]]
+            parent[i] = p
+            if p == i:
+                size[i] = x_hi[i] - x_lo[i]
+                roots[i0 + n] = i
+                n += 1
+            else:
+                size[p] += x_hi[i] - x_lo[i]
+        n_roots[c] = n
+    # Across chunk borders (links chunk roots); then, in raster order, chunk roots
+    # to their component's root, the first run of the component in raster order
+    # (unions keep the smaller index), which receives their sizes.
+    for c in range(1, n_chunks):
         z0 = c * Z // n_chunks
         for r in range(z0 * Y, (z0 + 1) * Y):
             _union_rows(parent, row_start, x_lo, x_hi, run_lab, r, r - Y)
-    # Roots are each component's first run in raster order (unions keep the smaller index).
-    size = np.zeros(n_runs, dtype=np.int64)
-    for i in range(n_runs):
-        parent[i] = _find(parent, i)
-        size[parent[i]] += x_hi[i] - x_lo[i]
-    final = np.empty(n_runs, dtype=np.int32)
+    for c in range(n_chunks):  # (two roots of chunk 0 may meet in chunk 1)
+        i0 = row_start[c * Z // n_chunks * Y]
+        for j in range(i0, i0 + n_roots[c]):
+            i = roots[j]
+            root = _find(parent, i)
+            parent[i] = root
+            if root != i:
+                size[root] += size[i]
+    # Every run's parent is a chunk root, whose parent is now its component's root.
+    for c in prange(n_chunks):
+        for i in range(row_start[c * Z // n_chunks * Y], row_start[(c + 1) * Z // n_chunks * Y]):
+            p = parent[parent[i]]
+            if parent[i] != p:  # (chunk roots are read by other chunks' runs: not written)
+                parent[i] = p
+    # Labels of the components, in raster order of their roots.
+    final = np.empty(n_runs, dtype=np.int32)  # at roots only
     new = start_label
-    for i in range(n_runs):
-        root = parent[i]
-        if root != i:
-            final[i] = final[root]
-            continue
-        lab = run_lab[i]
-        if lab == _OUTSIDE:
-            final[i] = start_label - 1
-            continue
-        if size[i] < min_size or lab == _ORPHAN:
-            r = run_row[i]
-            z, y = r // Y, r % Y
-            prev = -1
-            if x_lo[i] > 0:
-                prev = i - 1
-            elif y > 0:
-                prev = _run_at(x_lo, x_hi, row_start[r - 1], row_start[r], x_lo[i])
-            elif z > 0:
-                prev = _run_at(x_lo, x_hi, row_start[r - Y], row_start[r - Y + 1], x_lo[i])
-            if prev >= 0 and final[parent[prev]] >= start_label:
-                final[i] = final[parent[prev]]
+    for c in range(n_chunks):
+        i0 = row_start[c * Z // n_chunks * Y]
+        for j in range(i0, i0 + n_roots[c]):
+            i = roots[j]
+            if parent[i] != i:
                 continue
-        final[i] = new
-        new += 1
+            lab = run_lab[i]
+            if lab == _OUTSIDE:
+                final[i] = start_label - 1
+                continue
+            if size[i] < min_size or lab == _ORPHAN:
+                r = run_row[i]
+                z, y = r // Y, r % Y
+                prev = -1
+                if x_lo[i] > 0:
+                    prev = i - 1
+                elif y > 0:
+                    prev = _run_at(x_lo, x_hi, row_start[r - 1], row_start[r], x_lo[i])
+                elif z > 0:
+                    prev = _run_at(x_lo, x_hi, row_start[r - Y], row_start[r - Y + 1], x_lo[i])
+                if prev >= 0 and final[parent[prev]] >= start_label:
+                    final[i] = final[parent[prev]]
+                    continue
+            final[i] = new
+            new += 1
     out = seg  # the runs hold everything still needed: relabel in place (no second volume)
     for c in prange(n_chunks):
         for r in range(c * Z // n_chunks * Y, (c + 1) * Z // n_chunks * Y):
             row = out[r // Y, r % Y]
             for i in range(row_start[r], row_start[r + 1]):
-                v = final[i]
+                v = final[parent[i]]
                 for x in range(x_lo[i], x_hi[i]):
                     row[x] = v
     # Cut oversized components (rare) into breadth-first pieces, as scikit-image does.
     big = np.zeros(new + 1, dtype=np.bool_)
     n_big = 0
-    for i in range(n_runs):
-        if parent[i] == i and final[i] >= start_label and size[i] > max_size:
-            big[final[i]] = True
-            n_big += 1
+    for c in range(n_chunks):
+        i0 = row_start[c * Z // n_chunks * Y]
+        for j in range(i0, i0 + n_roots[c]):
+            i = roots[j]
+            if parent[i] == i and final[i] >= start_label and size[i] > max_size:
+                big[final[i]] = True
+                n_big += 1
     if n_big:
         new = _split_big(out, big, max_size, new)
     return out

@@ -728,7 +728,7 @@ def _run_at(x_lo, x_hi, first, last, x):
 
 @numba.njit(cache=True)
 def _union_rows(parent, row_start, x_lo, x_hi, run_lab, r, q):
-    """Union the runs of row r with the overlapping runs of equal label in row q (the root stays the smaller index)."""
+    """Union the runs of row r with the overlapping runs of equal label in row q (smaller root wins)."""
     i, i_end = row_start[r], row_start[r + 1]
     j, j_end = row_start[q], row_start[q + 1]
     while i < i_end and j < j_end:

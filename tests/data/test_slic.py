@@ -15,7 +15,8 @@ from scipy import ndimage as ndi
 from tcpc_data.supervoxels import segmetrics
 from tcpc_data.supervoxels.smoothing import gaussian
 from tcpc_data.phantom import make_phantom
-from tcpc_data.supervoxels.slic import WINDOW_STEPS, _connectivity, _mask_seeds, _row_extent, _slab_cuts, slic
+from tcpc_data.supervoxels.slic import (WINDOW_STEPS, _connectivity, _mask_seeds, _row_extent, _slab_cuts,
+                                         slic)
 
 
 def _octants(shape=(20, 21, 22), seed=0):

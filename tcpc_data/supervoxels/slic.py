@@ -185,14 +185,15 @@ def slic(image, n_segments=100, compactness=10.0, max_num_iter=10, sigma=0, spac
     half = np.maximum(WINDOW_STEPS * steps, 1.0)
     _kmeans(img, mask8, mask is not None, row_lo, row_hi, centres, spacing.astype(np.float64),
             1.0 / float(steps.max()) ** 2, half, max_num_iter, labels, n_threads)
-    del img
     if enforce_connectivity:
         segment_size = n_mask / n_centres
         min_size = int(min_size_factor * segment_size)
         max_size = max(1, int(max_size_factor * segment_size))
-        labels = _connectivity(labels, min_size, max_size, start_label, n_threads)
+        labels = _connectivity(labels, min_size, max_size, start_label, img.reshape(-1).view(np.uint8),
+                               n_threads)
     else:
         _shift_labels(labels, start_label)
+    del img
     return labels[0] if is_2d else labels
 
 
@@ -747,7 +748,7 @@ def _union_rows(parent, row_start, x_lo, x_hi, run_lab, r, q):
 
 
 @numba.njit(parallel=True, cache=True)
-def _connectivity(seg, min_size, max_size, start_label, n_threads):
+def _connectivity(seg, min_size, max_size, start_label, scratch, n_threads):
     """Relabel ``seg`` (in place, returned) into 6-connected components, labels from ``start_label`` in raster order.
 
     Union-find over runs of equal labels along x (memory is read in order,
@@ -762,6 +763,10 @@ def _connectivity(seg, min_size, max_size, start_label, n_threads):
     unions link the larger root under the smaller, so every component's root is
     its first run in raster order whatever the order of the unions, and the
     labels do not depend on the chunking.
+
+    ``scratch`` (bytes, uint8): memory for the per-run arrays (48 bytes a run),
+    e.g. the float32 volume the k-means no longer needs, whose pages are
+    already mapped; a new buffer is allocated when it is too small.
     """
     Z, Y, X = seg.shape
     n_rows = Z * Y
@@ -777,13 +782,15 @@ def _connectivity(seg, min_size, max_size, start_label, n_threads):
     for r in range(n_rows):
         row_start[r + 1] += row_start[r]
     n_runs = row_start[n_rows]
-    x_lo = np.empty(n_runs, dtype=np.int32)
-    x_hi = np.empty(n_runs, dtype=np.int32)
-    run_lab = np.empty(n_runs, dtype=np.int32)
-    run_row = np.empty(n_runs, dtype=np.int64)
-    parent = np.empty(n_runs, dtype=np.int64)
-    size = np.empty(n_runs, dtype=np.int64)  # at roots only, as are the next two
-    roots = np.empty(n_runs, dtype=np.int64)  # chunk c's roots from its first run's index on
+    buf = scratch if scratch.size >= 48 * n_runs else np.empty(48 * n_runs, dtype=np.uint8)
+    run_row = buf[:8 * n_runs].view(np.int64)
+    parent = buf[8 * n_runs:16 * n_runs].view(np.int64)
+    size = buf[16 * n_runs:24 * n_runs].view(np.int64)  # at roots only, as are the next two
+    roots = buf[24 * n_runs:32 * n_runs].view(np.int64)  # chunk c's roots from its first run's on
+    final = buf[32 * n_runs:36 * n_runs].view(np.int32)
+    x_lo = buf[36 * n_runs:40 * n_runs].view(np.int32)
+    x_hi = buf[40 * n_runs:44 * n_runs].view(np.int32)
+    run_lab = buf[44 * n_runs:48 * n_runs].view(np.int32)
     n_roots = np.zeros(n_chunks, dtype=np.int64)
     for c in prange(n_chunks):
         z0, z1 = c * Z // n_chunks, (c + 1) * Z // n_chunks
@@ -845,7 +852,6 @@ def _connectivity(seg, min_size, max_size, start_label, n_threads):
             if parent[i] != p:  # (chunk roots are read by other chunks' runs: not written)
                 parent[i] = p
     # Labels of the components, in raster order of their roots.
-    final = np.empty(n_runs, dtype=np.int32)  # at roots only
     new = start_label
     for c in range(n_chunks):
         i0 = row_start[c * Z // n_chunks * Y]

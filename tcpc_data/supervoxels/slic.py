@@ -481,7 +481,6 @@ def _assign(img, mask, use_mask, row_lo, row_hi, centres, alive, spacing, weight
             else:
                 lo[k, a] = 0
                 hi[k, a] = 0
-    partial[:] = 0.0
     changes = np.zeros(n_slabs, dtype=np.int64)
     sz, sy, sx = spacing[0], spacing[1], spacing[2]
     w = np.float32(weight * sx * sx)
@@ -497,6 +496,7 @@ def _assign(img, mask, use_mask, row_lo, row_hi, centres, alive, spacing, weight
             work[(x // _LANES) * 4 * _LANES + _LANES + x % _LANES] = x
         lab = np.empty(n_blocks * _LANES, dtype=np.int32)  # padded to whole blocks
         for s in range(cuts[c], cuts[c + 1]):
+            partial[s] = 0.0
             changes[s] = _assign_slab(img, mask, use_mask, row_lo, row_hi, centres, lo, hi, cx32,
                                       ci32, sz, sy, w, weight, s * Z // n_slabs,
                                       (s + 1) * Z // n_slabs, work, lab, labels, partial[s], count,

@@ -15,7 +15,10 @@ kernels that trust their input:
   go to the lowest centre index;
 - centre sums are accumulated per fixed z-slab while labels are written and
   reduced in slab order, so results do not depend on the thread count;
-- connectivity is union-find over runs along x, read in memory order.
+- connectivity is union-find over runs along x, read in memory order, in
+  parallel over chunks of slices (the same labels for any chunking);
+- no serial pass touches a fresh volume-sized buffer: first touches (page
+  faults) are spread over the threads.
 """
 from __future__ import annotations
 

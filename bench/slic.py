@@ -17,8 +17,9 @@ its own fresh process after an untimed warm-up on a small crop, and prints:
   recall against HU tissue-class regions, ``tcpc_data.supervoxels.segmetrics``)
   and tcpc's relative difference to scikit-image's in percent;
 - whether tcpc's labels are identical with 1 and with all threads;
-- with ``--profile``, tcpc's single-thread CPU seconds per phase (Gaussian,
-  k-means, connectivity, the rest) from one more fresh run under cProfile.
+- with ``--profile``, tcpc's seconds per phase (input pass, Gaussian, labels
+  buffer, k-means, connectivity, the rest) from two more fresh runs under
+  cProfile: wall seconds with all threads, CPU seconds with 1 thread.
 
 scikit-image takes minutes per volume, so its labels, times and memory are
 cached on disk (``--cache-dir``, keyed by the volume's bytes, the kwargs and
@@ -87,7 +88,7 @@ def _run(which: str, path: str, kw: dict, threads: int | None, out: str, queue) 
 
         def fn(image, **k):
             return sk_slic(image, channel_axis=None, start_label=1, **k)
-    fn(img[:8, :40, :40], **kw)  # JIT compile / load the cache, import lazily loaded modules
+    fn(np.ascontiguousarray(img[:8, :40, :40]), **kw)  # JIT compile / load the cache, import lazily loaded modules
     _reset_peak()
     base = _rss_bytes()
     t0, c0 = time.perf_counter(), time.process_time()
@@ -98,34 +99,41 @@ def _run(which: str, path: str, kw: dict, threads: int | None, out: str, queue) 
     queue.put((seconds, cpu, max(0, peak - base), os.getloadavg()[0]))
 
 
-def _profile(path: str, kw: dict, queue) -> None:
-    """In a fresh process, 1 thread: CPU seconds of tcpc's phases (cProfile on the Numba kernels' calls)."""
+# Phases of tcpc's call: the functions slic() calls whose cumulative time they are.
+PHASES = {"input (min/max, scaled copy)": ("_finite_min_max", "_scaled_copy"),
+          "mask rows and seeds": ("_row_extent", "_mask_seeds"), "Gaussian": ("gaussian",),
+          "labels buffer": ("_touch",), "k-means": ("_kmeans",), "connectivity": ("_connectivity",)}
+
+
+def _profile(path: str, kw: dict, threads: int, queue) -> None:
+    """In a fresh process: tcpc's seconds per phase under cProfile (on the Numba kernels' calls);
+    CPU seconds with 1 thread, wall seconds with more (each kernel call spans its parallel region)."""
     import cProfile
     import pstats
 
     import numba
 
     from tcpc_data.supervoxels import slic as slic_mod
-    numba.set_num_threads(1)
+    numba.set_num_threads(threads)
     img = np.load(path)
-    slic_mod.slic(img[:8, :40, :40], **kw)
-    prof = cProfile.Profile(time.process_time)
+    slic_mod.slic(np.ascontiguousarray(img[:8, :40, :40]), **kw)
+    prof = cProfile.Profile(time.process_time if threads == 1 else time.perf_counter)
     prof.runcall(slic_mod.slic, img, **kw)
     stats = pstats.Stats(prof).stats  # (file, line, name) -> (cc, nc, tottime, cumtime, callers)
     cum = {}
     for (_, _, name), (_, _, _, cumtime, _) in stats.items():
         cum[name] = cum.get(name, 0.0) + cumtime
-    phases = {"Gaussian": cum.get("gaussian", 0.0), "k-means": cum.get("_kmeans", 0.0),
-              "connectivity": cum.get("_connectivity", 0.0)}
-    phases["rest (checks, copy, scaling, grid)"] = cum["slic"] - sum(phases.values())
+    phases = {k: sum(cum.get(f, 0.0) for f in fs) for k, fs in PHASES.items()}
+    phases = {k: v for k, v in phases.items() if v > 0}
+    phases["rest (checks, grid, release)"] = cum["slic"] - sum(phases.values())
     phases["total"] = cum["slic"]
     queue.put(phases)
 
 
-def profile(path, kw):
+def profile(path, kw, threads):
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    p = ctx.Process(target=_profile, args=(path, kw, q))
+    p = ctx.Process(target=_profile, args=(path, kw, threads, q))
     p.start()
     res = q.get()
     p.join()
@@ -189,7 +197,7 @@ def bench_one(case: str, call: str, args, n_threads: int) -> dict:
             out = str(Path(tmp) / f"{name}.npy")
             rows[name] = measure("tcpc", path, kw, threads, out)
             labels[name] = np.load(out)
-        phases = profile(path, kw) if args.profile else None
+        phases = {t: profile(path, kw, t) for t in (n_threads, 1)} if args.profile else None
         *sk, sk_labels, cached = skimage_run(path, img, kw, tmp, Path(args.cache_dir), args.cached_skimage)
         rows["skimage (cached)" if cached else "skimage"] = tuple(sk)
         labels["skimage (cached)" if cached else "skimage"] = sk_labels
@@ -211,8 +219,10 @@ def bench_one(case: str, call: str, args, n_threads: int) -> dict:
           f"quality difference EV {diffs[0]:.2f} %, UE {diffs[1]:.2f} %, BR {diffs[2]:.2f} %; "
           f"tcpc extra memory {rows['tcpc'][2] / vol:.2f}x volume; "
           f"labels identical with {n_threads} threads and 1: {same}")
-    if phases:
-        print("tcpc 1 thread, CPU s per phase: " + ", ".join(f"{k} {v:.2f}" for k, v in phases.items()))
+    for t, ph in (phases or {}).items():
+        what = "CPU s" if t == 1 else "wall s"
+        print(f"tcpc {t} thread{'s' if t > 1 else ''}, {what} per phase: "
+              + ", ".join(f"{k} {v:.3f}" for k, v in ph.items()))
     return dict(case=case, call=call, wall_ratio=wall_ratio, cpu_ratio=cpu_ratio, diffs=diffs,
                 memory=rows["tcpc"][2] / vol, same=same, cached=cached)
 
@@ -231,7 +241,7 @@ def main(argv=None):
     ap.add_argument("--cached-skimage", action="store_true",
                     help="reuse cached scikit-image results (development only; rows marked '(cached)')")
     ap.add_argument("--profile", action="store_true",
-                    help="also run tcpc once more with 1 thread under cProfile and print CPU s per phase")
+                    help="also run tcpc under cProfile, all threads and 1, and print wall and CPU s per phase")
     ap.add_argument("--cache-dir", default=str(Path.home() / ".cache" / "tcpc-bench" / "slic"))
     args = ap.parse_args(argv)
 

@@ -15,7 +15,10 @@ kernels that trust their input:
   go to the lowest centre index;
 - centre sums are accumulated per fixed z-slab while labels are written and
   reduced in slab order, so results do not depend on the thread count;
-- connectivity is union-find over runs along x, read in memory order.
+- connectivity is union-find over runs along x, read in memory order, in
+  parallel over chunks of slices (the same labels for any chunking);
+- no serial pass touches a fresh volume-sized buffer: first touches (page
+  faults) are spread over the threads.
 """
 from __future__ import annotations
 
@@ -48,6 +51,9 @@ _MAX_PARTIALS = 1 << 22
 _LANES = 16
 # Rows per band of the assignment, whose rows share their candidate lists.
 _BAND_ROWS = 8
+# Input dtypes the preparation kernels read directly (others are converted to float32 first).
+_KERNEL_DTYPES = tuple(np.dtype(t) for t in (np.float32, np.float64, np.int8, np.int16, np.int32,
+                                             np.int64, np.uint8, np.uint16, np.uint32, np.uint64))
 
 
 def slic(image, n_segments=100, compactness=10.0, max_num_iter=10, sigma=0, spacing=None,
@@ -140,28 +146,30 @@ def slic(image, n_segments=100, compactness=10.0, max_num_iter=10, sigma=0, spac
         if mask.shape != image.shape:
             raise ValueError(f"mask shape {mask.shape} differs from image shape {image.shape}")
         mask = mask.astype(bool, copy=False)
-        if not mask.any():
-            raise ValueError("mask is empty: no voxel to segment")
     if is_2d:
         image, spacing, sig = image[None], np.r_[1.0, spacing], np.r_[0.0, sig]
         mask = None if mask is None else mask[None]
+    shape = image.shape
+    n_threads = numba.get_num_threads()
+    mask8 = np.ones((1, 1, 1), dtype=np.uint8) if mask is None else mask.view(np.uint8)
+    row_lo, row_hi, row_count = _row_extent(mask8, shape, n_threads)
+    n_mask = int(row_count.sum())
+    if n_mask == 0:
+        raise ValueError("mask is empty: no voxel to segment")
 
-    img = _volume_buffer(image.shape, np.float32)
-    img[...] = image
-    values = img.reshape(-1) if mask is None else img[mask]
-    finite, lo, hi = _finite_min_max(values)  # one pass instead of three
+    if image.dtype not in _KERNEL_DTYPES:
+        image = image.astype(np.float32)  # e.g. float16 or non-native byte order
+    finite, lo, hi = _finite_min_max(image, mask8, mask is not None, n_threads)
     if not finite:
         raise ValueError("image has NaN or infinite values inside the mask (or no mask given)")
-    del values
-    # Rescale to [0, 1], then scale by 1/compactness (linear, so before smoothing is the same).
+    # Rescale to [0, 1], then scale by 1/compactness (linear, so before smoothing is the same);
+    # outside the mask 0, so its values (maybe NaN) do not leak into smoothing.
     scale = (1.0 / (hi - lo) if hi > lo else 1.0) / compactness
-    if mask is not None:
-        img[~mask] = lo  # outside values (maybe NaN) must not leak into smoothing
-    _affine_inplace(img, np.float32(lo), np.float32(scale))
+    img = _volume_buffer(image.shape, np.float32)
+    _scaled_copy(image, mask8, mask is not None, np.float32(lo), np.float32(scale), img, n_threads)
     if np.any(sig > 0):
         gaussian(img, sig, out=img)
 
-    shape = img.shape
     if mask is None:
         slices = regular_grid(shape, n_segments)
         steps = np.array([s.step or 1 for s in slices], dtype=np.float64)
@@ -169,30 +177,26 @@ def slic(image, n_segments=100, compactness=10.0, max_num_iter=10, sigma=0, spac
                                     indexing="ij"), -1).reshape(-1, 3)
         centres = np.zeros((len(grid), 4), dtype=np.float64)
         centres[:, :3] = grid
-        mask8 = np.ones((1, 1, 1), dtype=np.uint8)
-        n_mask = math.prod(shape)
     else:
-        mask8 = mask.view(np.uint8)
-        centres, steps = _mask_seeds(mask8, n_segments)
-        n_mask = int(np.count_nonzero(mask))
+        centres, steps = _mask_seeds(mask8, n_segments, row_lo, row_hi, row_count, n_threads)
     n_centres = len(centres)
     if n_centres > _MAX_CENTRES:
         raise ValueError(f"n_segments gives {n_centres} supervoxels; at most {_MAX_CENTRES} are supported")
 
     labels = _volume_buffer(shape, np.int32)
-    labels[...] = -3  # no valid label: iteration 1 counts all as changed
-    row_lo, row_hi = _row_extent(mask8, shape)
+    _touch(labels, n_threads)
     half = np.maximum(WINDOW_STEPS * steps, 1.0)
     _kmeans(img, mask8, mask is not None, row_lo, row_hi, centres, spacing.astype(np.float64),
-            1.0 / float(steps.max()) ** 2, half, max_num_iter, labels, numba.get_num_threads())
-    del img
+            1.0 / float(steps.max()) ** 2, half, max_num_iter, labels, n_threads)
     if enforce_connectivity:
         segment_size = n_mask / n_centres
         min_size = int(min_size_factor * segment_size)
         max_size = max(1, int(max_size_factor * segment_size))
-        labels = _connectivity(labels, min_size, max_size, start_label)
+        labels = _connectivity(labels, min_size, max_size, start_label, img.reshape(-1).view(np.uint8),
+                               n_threads)
     else:
         _shift_labels(labels, start_label)
+    del img
     return labels[0] if is_2d else labels
 
 
@@ -238,21 +242,23 @@ def _vector_param(name, value, ndim, positive):
     return v
 
 
-def _mask_seeds(mask8, n_segments):
+def _mask_seeds(mask8, n_segments, row_lo, row_hi, row_count, n_threads):
     """Seeds for a masked volume: centroids of mask voxels per cell of a grid over its bounding box.
 
     The grid gets ``n_segments * box / mask`` points so about ``n_segments``
-    cells hold mask voxels. Returns centres (K, 4) (z, y, x, intensity 0) and the grid steps.
+    cells hold mask voxels. ``row_lo``, ``row_hi``, ``row_count`` (Z, Y): see
+    :func:`_row_extent`. Returns centres (K, 4) (z, y, x, intensity 0) and the grid steps.
     """
-    nz = [np.flatnonzero(mask8.any(axis=tuple(a for a in range(3) if a != ax))) for ax in range(3)]
-    box0 = np.array([n[0] for n in nz])
-    box_shape = np.array([n[-1] + 1 for n in nz]) - box0
-    n_mask = int(np.count_nonzero(mask8))
+    full = row_count > 0
+    zs, ys = np.flatnonzero(full.any(axis=1)), np.flatnonzero(full.any(axis=0))
+    box0 = np.array([zs[0], ys[0], row_lo[full].min()])
+    box_shape = np.array([zs[-1] + 1, ys[-1] + 1, row_hi[full].max()]) - box0
+    n_mask = int(row_count.sum())
     n_box = max(1, int(round(n_segments * math.prod(box_shape) / n_mask)))
     slices = regular_grid(tuple(box_shape), n_box)
     steps = np.array([s.step or 1 for s in slices], dtype=np.int64)
     n_cells = np.array([len(range(*s.indices(int(n)))) for s, n in zip(slices, box_shape)])
-    sums = _cell_sums(mask8, box0, box_shape, steps, n_cells)
+    sums = _cell_sums(mask8, row_lo, row_hi, box0, box_shape, steps, n_cells, n_threads)
     sums = sums.reshape(-1, 4)
     keep = sums[:, 0] > 0
     centres = np.zeros((int(keep.sum()), 4), dtype=np.float64)
@@ -260,64 +266,125 @@ def _mask_seeds(mask8, n_segments):
     return centres, steps.astype(np.float64)
 
 
-@numba.njit(cache=True)
-def _cell_sums(mask, box0, box_shape, steps, n_cells):
-    """Per grid cell: mask voxel count and coordinate sums, (cz, cy, cx, 4) float64."""
-    out = np.zeros((n_cells[0], n_cells[1], n_cells[2], 4), dtype=np.float64)
-    for z in range(box0[0], box0[0] + box_shape[0]):
-        iz = min((z - box0[0]) // steps[0], n_cells[0] - 1)
-        for y in range(box0[1], box0[1] + box_shape[1]):
-            iy = min((y - box0[1]) // steps[1], n_cells[1] - 1)
-            for x in range(box0[2], box0[2] + box_shape[2]):
-                if mask[z, y, x]:
-                    ix = min((x - box0[2]) // steps[2], n_cells[2] - 1)
-                    c = out[iz, iy, ix]
-                    c[0] += 1.0
-                    c[1] += z
-                    c[2] += y
-                    c[3] += x
-    return out
+@numba.njit(parallel=True, cache=True)
+def _cell_sums(mask, row_lo, row_hi, box0, box_shape, steps, n_cells, n_threads):
+    """Per grid cell: mask voxel count and coordinate sums, (cz, cy, cx, 4) float64.
 
+    Only the rows' mask extents (``row_lo``, ``row_hi``) are read.
 
-@numba.njit(cache=True)
-def _finite_min_max(values):
-    """(all finite, min, max) of a non-empty 1D float32 array, in one pass."""
-    lo = values[0]
-    hi = values[0]
-    finite = True
-    for i in range(values.size):
-        v = values[i]
-        finite &= math.isfinite(v)
-        lo = min(lo, v)
-        hi = max(hi, v)
-    return finite, float(lo), float(hi)
+    Chunks of slices in parallel, each into its own copy; the sums are whole
+    numbers (exact in float64), so adding the copies gives the same bits in any order.
+    """
+    n_chunks = max(1, min(box_shape[0], n_threads))
+    parts = np.zeros((n_chunks, n_cells[0], n_cells[1], n_cells[2], 4), dtype=np.float64)
+    for c in prange(n_chunks):
+        out = parts[c]
+        for z in range(box0[0] + c * box_shape[0] // n_chunks,
+                       box0[0] + (c + 1) * box_shape[0] // n_chunks):
+            iz = min((z - box0[0]) // steps[0], n_cells[0] - 1)
+            for y in range(box0[1], box0[1] + box_shape[1]):
+                iy = min((y - box0[1]) // steps[1], n_cells[1] - 1)
+                for x in range(row_lo[z, y], row_hi[z, y]):
+                    if mask[z, y, x]:
+                        ix = min((x - box0[2]) // steps[2], n_cells[2] - 1)
+                        cell = out[iz, iy, ix]
+                        cell[0] += 1.0
+                        cell[1] += z
+                        cell[2] += y
+                        cell[3] += x
+    return parts.sum(axis=0)
 
 
 @numba.njit(parallel=True, cache=True)
-def _affine_inplace(img, lo, scale):
-    flat = img.reshape(-1)
-    for i in prange(flat.size):
-        flat[i] = (flat[i] - lo) * scale
+def _finite_min_max(image, mask, use_mask, n_threads):
+    """(all finite, min, max) of the float32 values of ``image`` (Z, Y, X) inside ``mask``, in one pass.
+
+    Chunks of slices in parallel; min and max are exact, so the result does not
+    depend on the chunking.
+    """
+    Z, Y, X = image.shape
+    n_chunks = max(1, min(Z, n_threads))
+    lo = np.full(n_chunks, np.inf, dtype=np.float32)
+    hi = np.full(n_chunks, -np.inf, dtype=np.float32)
+    ok = np.ones(n_chunks, dtype=np.bool_)
+    for c in prange(n_chunks):
+        a, b, finite = np.float32(np.inf), np.float32(-np.inf), True
+        for z in range(c * Z // n_chunks, (c + 1) * Z // n_chunks):
+            for y in range(Y):
+                for x in range(X):
+                    if use_mask and not mask[z, y, x]:
+                        continue
+                    v = np.float32(image[z, y, x])
+                    finite &= math.isfinite(v)
+                    a = min(a, v)
+                    b = max(b, v)
+        lo[c], hi[c], ok[c] = a, b, finite
+    return ok.all(), float(lo.min()), float(hi.max())
 
 
 @numba.njit(parallel=True, cache=True)
-def _row_extent(mask, shape):
-    """First and one-past-last mask voxel of every (z, y) row; (0, X) without a mask."""
+def _scaled_copy(image, mask, use_mask, lo, scale, out, n_threads):
+    """``out = (float32(image) - lo) * scale`` inside ``mask``, 0 outside; float32, parallel over slices.
+
+    ``out`` is a fresh buffer: its first touch (page faults) is spread over the threads.
+    """
+    Z, Y, X = image.shape
+    n_chunks = max(1, min(Z, n_threads))
+    for c in prange(n_chunks):
+        for z in range(c * Z // n_chunks, (c + 1) * Z // n_chunks):
+            for y in range(Y):
+                row = out[z, y]
+                for x in range(X):
+                    v = (np.float32(image[z, y, x]) - lo) * scale
+                    row[x] = v if not use_mask or mask[z, y, x] else np.float32(0.0)
+
+
+@numba.njit(parallel=True, cache=True)
+def _touch(out, n_threads):
+    """Zero a fresh (Z, ...) buffer in parallel chunks of slices, taking its page faults.
+
+    Taken here they cost about half as much as in the first assignment pass,
+    where they interrupt vector code.
+    """
+    Z = out.shape[0]
+    n_chunks = max(1, min(Z, n_threads))
+    for c in prange(n_chunks):
+        for z in range(c * Z // n_chunks, (c + 1) * Z // n_chunks):
+            out[z] = 0
+
+
+@numba.njit(parallel=True, cache=True)
+def _row_extent(mask, shape, n_threads):
+    """First and one-past-last mask voxel, and number of mask voxels, of every (z, y) row.
+
+    Three (Z, Y) int64 arrays; without a mask (``mask`` not of ``shape``) 0, X and X.
+    Also gives the mask's voxel count and bounding box without another pass.
+    """
     Z, Y, X = shape
     lo = np.zeros((Z, Y), dtype=np.int64)
     hi = np.full((Z, Y), X, dtype=np.int64)
+    count = np.full((Z, Y), X, dtype=np.int64)
     if mask.shape[0] != Z or mask.shape[1] != Y or mask.shape[2] != X:
-        return lo, hi
-    for z in prange(Z):
-        for y in range(Y):
-            a, b = X, 0
-            for x in range(X):
-                if mask[z, y, x]:
-                    a = min(a, x)
-                    b = x + 1
-            lo[z, y] = a
-            hi[z, y] = max(a, b)
-    return lo, hi
+        return lo, hi, count
+    n_chunks = max(1, min(Z, n_threads))
+    for c in prange(n_chunks):
+        for z in range(c * Z // n_chunks, (c + 1) * Z // n_chunks):
+            for y in range(Y):
+                row = mask[z, y]
+                n = 0
+                for x in range(X):
+                    n += row[x]  # 0 or 1 (a bool array's bytes)
+                a, b = X, X
+                if n:
+                    a, b = 0, X
+                    while not row[a]:
+                        a += 1
+                    while not row[b - 1]:
+                        b -= 1
+                lo[z, y] = a
+                hi[z, y] = b
+                count[z, y] = n
+    return lo, hi, count
 
 
 @numba.njit(cache=True)
@@ -333,10 +400,14 @@ def _kmeans(img, mask, use_mask, row_lo, row_hi, centres, spacing, weight, half,
     n_slabs = max(1, min(Z, 64, _MAX_PARTIALS // max(K, 1)))
     partial = np.zeros((n_slabs, K, 5), dtype=np.float64)
     alive = np.ones(K, dtype=np.bool_)
+    cuts = _slab_cuts(row_lo, row_hi, n_slabs, max(1, min(n_slabs, n_threads)))
     for it in range(n_iter):
+        # The first pass has no previous labels to compare. The last pass moves
+        # no centre: no sums.
+        last = it == n_iter - 1
         changed = _assign(img, mask, use_mask, row_lo, row_hi, centres, alive, spacing, weight,
-                          half, labels, partial, n_threads)
-        if changed == 0 or it == n_iter - 1:
+                          half, labels, partial, it > 0, not last, cuts)
+        if last or changed == 0:
             break
         # Ordered reduction over slabs: the same sums whatever the thread count.
         for k in range(K):
@@ -360,10 +431,44 @@ def _kmeans(img, mask, use_mask, row_lo, row_hi, centres, spacing, weight, half,
                 alive[k] = False  # an empty cluster stays empty (scikit-image: NaN centre)
 
 
+@numba.njit(cache=True)
+def _slab_cuts(row_lo, row_hi, n_slabs, n_chunks):
+    """Runs of slabs for ``n_chunks`` threads holding about equal work: (n_chunks + 1,) first slabs.
+
+    Work is counted in 16-voxel blocks of the rows' mask extents (plus one per
+    row): with a mask (e.g. the body), slices differ in work and equal numbers
+    of slices left one thread waiting for the other.
+    """
+    Z, Y = row_lo.shape
+    cost = np.zeros(n_slabs + 1, dtype=np.float64)
+    for s in range(n_slabs):
+        c = 0
+        for z in range(s * Z // n_slabs, (s + 1) * Z // n_slabs):
+            for y in range(Y):
+                a, b = row_lo[z, y], row_hi[z, y]
+                c += 1 + ((b - 1) // _LANES + 1 - a // _LANES if a < b else 0)
+        cost[s + 1] = cost[s] + c
+    cuts = np.empty(n_chunks + 1, dtype=np.int64)
+    cuts[0] = 0
+    s = 0
+    for c in range(1, n_chunks):
+        target = cost[n_slabs] * c / n_chunks
+        while s < n_slabs and cost[s + 1] < target:
+            s += 1
+        if s < n_slabs and cost[s + 1] - target < target - cost[s]:
+            s += 1  # the nearer border
+        cuts[c] = s
+    cuts[n_chunks] = n_slabs
+    return cuts
+
+
 @numba.njit(parallel=True, cache=True, fastmath=True)
 def _assign(img, mask, use_mask, row_lo, row_hi, centres, alive, spacing, weight, half, labels,
-            partial, n_threads):
-    """One assignment pass; fills ``partial`` (slab, centre, [n, Σz, Σy, Σx, ΣI]); returns #changes."""
+            partial, count, sums, cuts):
+    """One assignment pass; fills ``partial`` (slab, centre, [n, Σz, Σy, Σx, ΣI]) if ``sums``.
+
+    Returns the number of labels changed, or -1 without ``count`` (``labels``
+    is then only written: the first pass has no previous labels)."""
     Z, Y, X = img.shape
     K = centres.shape[0]
     n_slabs = partial.shape[0]
@@ -379,32 +484,36 @@ def _assign(img, mask, use_mask, row_lo, row_hi, centres, alive, spacing, weight
             else:
                 lo[k, a] = 0
                 hi[k, a] = 0
-    partial[:] = 0.0
     changes = np.zeros(n_slabs, dtype=np.int64)
     sz, sy, sx = spacing[0], spacing[1], spacing[2]
     w = np.float32(weight * sx * sx)
     cx32 = centres[:, 2].astype(np.float32)
     ci32 = centres[:, 3].astype(np.float32)
-    # Each thread takes a run of slabs and allocates its buffers once; the sums
-    # stay per slab, so results do not depend on the thread count.
-    n_chunks = max(1, min(n_slabs, n_threads))
-    for c in prange(n_chunks):
+    # Each thread takes a run of slabs (slabs cuts[c] to cuts[c + 1] - 1) and
+    # allocates its buffers once; the sums stay per slab, so results do not
+    # depend on the thread count.
+    for c in prange(cuts.size - 1):
         n_blocks = (X + _LANES - 1) // _LANES
         work = np.zeros(n_blocks * 4 * _LANES, dtype=np.float32)
         for x in range(n_blocks * _LANES):
             work[(x // _LANES) * 4 * _LANES + _LANES + x % _LANES] = x
         lab = np.empty(n_blocks * _LANES, dtype=np.int32)  # padded to whole blocks
-        for s in range(c * n_slabs // n_chunks, (c + 1) * n_slabs // n_chunks):
+        for s in range(cuts[c], cuts[c + 1]):
+            partial[s] = 0.0
             changes[s] = _assign_slab(img, mask, use_mask, row_lo, row_hi, centres, lo, hi, cx32,
                                       ci32, sz, sy, w, weight, s * Z // n_slabs,
-                                      (s + 1) * Z // n_slabs, work, lab, labels, partial[s])
-    return changes.sum()
+                                      (s + 1) * Z // n_slabs, work, lab, labels, partial[s], count,
+                                      sums)
+    return changes.sum() if count else -1
 
 
 @numba.njit(cache=True, fastmath=True)
 def _assign_slab(img, mask, use_mask, row_lo, row_hi, centres, lo, hi, cx32, ci32, sz, sy, w,
-                 weight, z0, z1, work, lab, labels, part):
-    """Assign slices z0..z1-1, accumulating their centre sums in ``part``; returns #changes.
+                 weight, z0, z1, work, lab, labels, part, count, sums):
+    """Assign slices z0..z1-1, accumulating their centre sums in ``part`` if ``sums``.
+
+    Returns the number of labels changed (0 without ``count``: labels are then
+    written without reading the previous ones).
 
     A row is cut into blocks of ``_LANES`` voxels; ``work`` holds per block the
     intensities, x positions, best distances and labels (as float32, exact below
@@ -478,9 +587,12 @@ def _assign_slab(img, mask, use_mask, row_lo, row_hi, centres, lo, hi, cx32, ci3
             a, b = row_lo[z, y], row_hi[z, y]
             out_row = labels[z, y]
             if a >= b:
-                for x in range(X):
-                    n_changed += out_row[x] != _OUTSIDE
-                    out_row[x] = _OUTSIDE
+                if not count:
+                    out_row[:] = _OUTSIDE
+                else:
+                    for x in range(X):
+                        n_changed += out_row[x] != _OUTSIDE
+                        out_row[x] = _OUTSIDE
                 continue
             img_row = img_z[y]
             band = y // _BAND_ROWS
@@ -514,10 +626,14 @@ def _assign_slab(img, mask, use_mask, row_lo, row_hi, centres, lo, hi, cx32, ci3
                 for x in range(a, b):
                     if mask_row[x] == 0:
                         lab[x] = _OUTSIDE
-            for x in range(np.uint64(a), np.uint64(b)):
-                n_changed += out_row[x] != lab[x]
-                out_row[x] = lab[x]
-            x = a
+            if not count:
+                for x in range(np.uint64(a), np.uint64(b)):
+                    out_row[x] = lab[x]
+            else:
+                for x in range(np.uint64(a), np.uint64(b)):
+                    n_changed += out_row[x] != lab[x]
+                    out_row[x] = lab[x]
+            x = a if sums else b
             while x < b:
                 k = lab[x]
                 x0 = x
@@ -615,7 +731,27 @@ def _run_at(x_lo, x_hi, first, last, x):
 
 
 @numba.njit(cache=True)
-def _connectivity(seg, min_size, max_size, start_label):
+def _union_rows(parent, row_start, x_lo, x_hi, run_lab, r, q):
+    """Union the runs of row r with the overlapping runs of equal label in row q (smaller root wins)."""
+    i, i_end = row_start[r], row_start[r + 1]
+    j, j_end = row_start[q], row_start[q + 1]
+    while i < i_end and j < j_end:
+        if run_lab[i] == run_lab[j] and run_lab[i] != _OUTSIDE \
+                and max(x_lo[i], x_lo[j]) < min(x_hi[i], x_hi[j]):
+            a = _find(parent, i)
+            b = _find(parent, j)
+            if a < b:
+                parent[b] = a
+            elif b < a:
+                parent[a] = b
+        if x_hi[i] <= x_hi[j]:
+            i += 1
+        else:
+            j += 1
+
+
+@numba.njit(parallel=True, cache=True)
+def _connectivity(seg, min_size, max_size, start_label, scratch, n_threads):
     """Relabel ``seg`` (in place, returned) into 6-connected components, labels from ``start_label`` in raster order.
 
     Union-find over runs of equal labels along x (memory is read in order,
@@ -625,112 +761,144 @@ def _connectivity(seg, min_size, max_size, start_label):
     merges into an already labelled neighbour. A component larger than
     ``max_size`` is cut into breadth-first pieces of at most ``max_size``
     voxels. Outside voxels become ``start_label - 1``.
+
+    Runs are found, united and written back in parallel over chunks of slices;
+    unions link the larger root under the smaller, so every component's root is
+    its first run in raster order whatever the order of the unions, and the
+    labels do not depend on the chunking.
+
+    ``scratch`` (bytes, uint8): memory for the per-run arrays (48 bytes a run),
+    e.g. the float32 volume the k-means no longer needs, whose pages are
+    already mapped; a new buffer is allocated when it is too small.
     """
     Z, Y, X = seg.shape
     n_rows = Z * Y
+    n_chunks = max(1, min(Z, n_threads))
     row_start = np.zeros(n_rows + 1, dtype=np.int64)
-    for z in range(Z):
-        for y in range(Y):
+    for c in prange(n_chunks):
+        for r in range(c * Z // n_chunks * Y, (c + 1) * Z // n_chunks * Y):
+            row = seg[r // Y, r % Y]
             n = 1
             for x in range(1, X):
-                n += seg[z, y, x] != seg[z, y, x - 1]
-            row_start[z * Y + y + 1] = n
+                n += row[x] != row[x - 1]
+            row_start[r + 1] = n
     for r in range(n_rows):
         row_start[r + 1] += row_start[r]
     n_runs = row_start[n_rows]
-    x_lo = np.empty(n_runs, dtype=np.int32)
-    x_hi = np.empty(n_runs, dtype=np.int32)
-    run_lab = np.empty(n_runs, dtype=np.int32)
-    for z in range(Z):
-        for y in range(Y):
-            i = row_start[z * Y + y]
+    buf = scratch if scratch.size >= 48 * n_runs else np.empty(48 * n_runs, dtype=np.uint8)
+    run_row = buf[:8 * n_runs].view(np.int64)
+    parent = buf[8 * n_runs:16 * n_runs].view(np.int64)
+    size = buf[16 * n_runs:24 * n_runs].view(np.int64)  # at roots only, as are the next two
+    roots = buf[24 * n_runs:32 * n_runs].view(np.int64)  # chunk c's roots from its first run's on
+    final = buf[32 * n_runs:36 * n_runs].view(np.int32)
+    x_lo = buf[36 * n_runs:40 * n_runs].view(np.int32)
+    x_hi = buf[40 * n_runs:44 * n_runs].view(np.int32)
+    run_lab = buf[44 * n_runs:48 * n_runs].view(np.int32)
+    n_roots = np.zeros(n_chunks, dtype=np.int64)
+    for c in prange(n_chunks):
+        z0, z1 = c * Z // n_chunks, (c + 1) * Z // n_chunks
+        for r in range(z0 * Y, z1 * Y):
+            row = seg[r // Y, r % Y]
+            i = row_start[r]
             x_lo[i] = 0
-            run_lab[i] = seg[z, y, 0]
+            run_lab[i] = row[0]
             for x in range(1, X):
-                if seg[z, y, x] != seg[z, y, x - 1]:
+                if row[x] != row[x - 1]:
                     x_hi[i] = x
                     i += 1
                     x_lo[i] = x
-                    run_lab[i] = seg[z, y, x]
+                    run_lab[i] = row[x]
             x_hi[i] = X
-    # Union overlapping runs of equal label in the rows above (y - 1) and before (z - 1).
-    parent = np.arange(n_runs)
-    for z in range(Z):
-        for y in range(Y):
-            r = z * Y + y
-            for nb in range(2):
-                if nb == 0:
-                    if y == 0:
-                        continue
-                    q = r - 1
-                else:
-                    if z == 0:
-                        continue
-                    q = r - Y
-                i, i_end = row_start[r], row_start[r + 1]
-                j, j_end = row_start[q], row_start[q + 1]
-                while i < i_end and j < j_end:
-                    if run_lab[i] == run_lab[j] and run_lab[i] != _OUTSIDE \
-                            and max(x_lo[i], x_lo[j]) < min(x_hi[i], x_hi[j]):
-                        a = _find(parent, i)
-                        b = _find(parent, j)
-                        if a < b:
-                            parent[b] = a
-                        elif b < a:
-                            parent[a] = b
-                    if x_hi[i] <= x_hi[j]:
-                        i += 1
-                    else:
-                        j += 1
-    # Roots are each component's first run in raster order (unions keep the smaller index).
-    size = np.zeros(n_runs, dtype=np.int64)
-    run_row = np.empty(n_runs, dtype=np.int64)
-    for r in range(n_rows):
-        for i in range(row_start[r], row_start[r + 1]):
-            run_row[i] = r
-    for i in range(n_runs):
-        parent[i] = _find(parent, i)
-        size[parent[i]] += x_hi[i] - x_lo[i]
-    final = np.empty(n_runs, dtype=np.int32)
+            for i in range(row_start[r], row_start[r + 1]):
+                run_row[i] = r
+                parent[i] = i
+        # Union overlapping runs of equal label in the rows above (y - 1) and before
+        # (z - 1) within the chunk: its runs are a range of their own.
+        for r in range(z0 * Y, z1 * Y):
+            if r % Y > 0:
+                _union_rows(parent, row_start, x_lo, x_hi, run_lab, r, r - 1)
+            if r - Y >= z0 * Y:
+                _union_rows(parent, row_start, x_lo, x_hi, run_lab, r, r - Y)
+        # Every run to its chunk root (parent[i] <= i, so one ascending sweep),
+        # sizes summed at the chunk roots, which are listed from the chunk's first run on.
+        i0 = row_start[z0 * Y]
+        n = 0
+        for i in range(i0, row_start[z1 * Y]):
+            p = parent[parent[i]]
+            parent[i] = p
+            if p == i:
+                size[i] = x_hi[i] - x_lo[i]
+                roots[i0 + n] = i
+                n += 1
+            else:
+                size[p] += x_hi[i] - x_lo[i]
+        n_roots[c] = n
+    # Across chunk borders (links chunk roots); then, in raster order, chunk roots
+    # to their component's root, the first run of the component in raster order
+    # (unions keep the smaller index), which receives their sizes.
+    for c in range(1, n_chunks):
+        z0 = c * Z // n_chunks
+        for r in range(z0 * Y, (z0 + 1) * Y):
+            _union_rows(parent, row_start, x_lo, x_hi, run_lab, r, r - Y)
+    for c in range(n_chunks):  # (two roots of chunk 0 may meet in chunk 1)
+        i0 = row_start[c * Z // n_chunks * Y]
+        for j in range(i0, i0 + n_roots[c]):
+            i = roots[j]
+            root = _find(parent, i)
+            parent[i] = root
+            if root != i:
+                size[root] += size[i]
+    # Every run's parent is a chunk root, whose parent is now its component's root.
+    for c in prange(n_chunks):
+        for i in range(row_start[c * Z // n_chunks * Y], row_start[(c + 1) * Z // n_chunks * Y]):
+            p = parent[parent[i]]
+            if parent[i] != p:  # (chunk roots are read by other chunks' runs: not written)
+                parent[i] = p
+    # Labels of the components, in raster order of their roots.
     new = start_label
-    for i in range(n_runs):
-        root = parent[i]
-        if root != i:
-            final[i] = final[root]
-            continue
-        lab = run_lab[i]
-        if lab == _OUTSIDE:
-            final[i] = start_label - 1
-            continue
-        if size[i] < min_size or lab == _ORPHAN:
-            r = run_row[i]
-            z, y = r // Y, r % Y
-            prev = -1
-            if x_lo[i] > 0:
-                prev = i - 1
-            elif y > 0:
-                prev = _run_at(x_lo, x_hi, row_start[r - 1], row_start[r], x_lo[i])
-            elif z > 0:
-                prev = _run_at(x_lo, x_hi, row_start[r - Y], row_start[r - Y + 1], x_lo[i])
-            if prev >= 0 and final[parent[prev]] >= start_label:
-                final[i] = final[parent[prev]]
+    for c in range(n_chunks):
+        i0 = row_start[c * Z // n_chunks * Y]
+        for j in range(i0, i0 + n_roots[c]):
+            i = roots[j]
+            if parent[i] != i:
                 continue
-        final[i] = new
-        new += 1
+            lab = run_lab[i]
+            if lab == _OUTSIDE:
+                final[i] = start_label - 1
+                continue
+            if size[i] < min_size or lab == _ORPHAN:
+                r = run_row[i]
+                z, y = r // Y, r % Y
+                prev = -1
+                if x_lo[i] > 0:
+                    prev = i - 1
+                elif y > 0:
+                    prev = _run_at(x_lo, x_hi, row_start[r - 1], row_start[r], x_lo[i])
+                elif z > 0:
+                    prev = _run_at(x_lo, x_hi, row_start[r - Y], row_start[r - Y + 1], x_lo[i])
+                if prev >= 0 and final[parent[prev]] >= start_label:
+                    final[i] = final[parent[prev]]
+                    continue
+            final[i] = new
+            new += 1
     out = seg  # the runs hold everything still needed: relabel in place (no second volume)
-    for r in range(n_rows):
-        z, y = r // Y, r % Y
-        for i in range(row_start[r], row_start[r + 1]):
-            v = final[i]
-            for x in range(x_lo[i], x_hi[i]):
-                out[z, y, x] = v
+    for c in prange(n_chunks):
+        for r in range(c * Z // n_chunks * Y, (c + 1) * Z // n_chunks * Y):
+            row = out[r // Y, r % Y]
+            for i in range(row_start[r], row_start[r + 1]):
+                v = final[parent[i]]
+                for x in range(x_lo[i], x_hi[i]):
+                    row[x] = v
     # Cut oversized components (rare) into breadth-first pieces, as scikit-image does.
     big = np.zeros(new + 1, dtype=np.bool_)
     n_big = 0
-    for i in range(n_runs):
-        if parent[i] == i and final[i] >= start_label and size[i] > max_size:
-            big[final[i]] = True
-            n_big += 1
+    for c in range(n_chunks):
+        i0 = row_start[c * Z // n_chunks * Y]
+        for j in range(i0, i0 + n_roots[c]):
+            i = roots[j]
+            if parent[i] == i and final[i] >= start_label and size[i] > max_size:
+                big[final[i]] = True
+                n_big += 1
     if n_big:
         new = _split_big(out, big, max_size, new)
     return out

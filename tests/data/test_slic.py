@@ -15,7 +15,8 @@ from scipy import ndimage as ndi
 from tcpc_data.supervoxels import segmetrics
 from tcpc_data.supervoxels.smoothing import gaussian
 from tcpc_data.phantom import make_phantom
-from tcpc_data.supervoxels.slic import WINDOW_STEPS, slic
+from tcpc_data.supervoxels.slic import (WINDOW_STEPS, _connectivity, _mask_seeds, _row_extent, _slab_cuts,
+                                         slic)
 
 
 def _octants(shape=(20, 21, 22), seed=0):
@@ -162,6 +163,120 @@ def test_every_supervoxel_is_one_connected_piece():
         assert ndi.label(seg == lab)[1] == 1
 
 
+def _reference_connectivity(seg, min_size, start_label):
+    """scipy's component labelling with the documented rules (no size cap): components of equal
+    labels numbered in raster order of their first voxel; a small or orphan one takes the label
+    of the voxel just before its first voxel (along x, else y, else z) when that has one."""
+    out = np.full(seg.shape, start_label - 1, dtype=np.int64)
+    comps = []  # (first voxel's raster index, boolean mask)
+    for lab in np.unique(seg):
+        if lab == -2:  # outside
+            continue
+        parts, n = ndi.label(seg == lab)  # 6-connected
+        for p in range(1, n + 1):
+            m = parts == p
+            comps.append((int(np.flatnonzero(m.ravel())[0]), lab, m))
+    new = start_label
+    for first, lab, m in sorted(comps, key=lambda c: c[0]):
+        z, y, x = np.unravel_index(first, seg.shape)
+        prev = (z, y, x - 1) if x > 0 else (z, y - 1, x) if y > 0 else (z - 1, y, x) if z > 0 else None
+        if (m.sum() < min_size or lab == -1) and prev is not None and out[prev] >= start_label:
+            out[m] = out[prev]
+        else:
+            out[m] = new
+            new += 1
+    return out
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.tuples(st.integers(1, 7), st.integers(1, 9), st.integers(1, 12)), st.integers(0, 2 ** 16),
+       st.integers(0, 12), st.integers(0, 1), st.integers(1, 4))
+def test_connectivity_equals_a_scipy_reference_for_any_chunking(shape, seed, min_size, start_label,
+                                                                n_labels):
+    # raw assignment labels: centres 0.., orphans (-1) and outside voxels (-2), in blobs
+    rng = np.random.default_rng(seed)
+    seg = rng.integers(-2, n_labels, size=shape).astype(np.int32)
+    seg = np.where(rng.random(shape) < 0.6, np.roll(seg, 1, axis=2), seg).astype(np.int32)
+    want = _reference_connectivity(seg, min_size, start_label)
+    for n_chunks in sorted({1, 2, 3, shape[0]}):  # the kernel's chunks of slices (one per thread)
+        # per-run arrays in a given buffer holding garbage, or in a new one when it is too small
+        for scratch in (np.full(48 * seg.size, 255, np.uint8), np.empty(0, np.uint8)):
+            got = _connectivity(seg.copy(), min_size, 10 ** 9, start_label, scratch, n_chunks)
+            assert np.array_equal(got, want), (n_chunks, scratch.size)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 40), st.integers(1, 64), st.integers(1, 5), st.integers(0, 2 ** 16))
+def test_threads_get_runs_of_slabs_with_about_equal_work(Z, n_slabs, n_chunks, seed):
+    # a body mask's row extents: empty rows at the ends, wide ones in the middle
+    rng = np.random.default_rng(seed)
+    Y, X = 6, 100
+    width = rng.integers(0, X, size=(Z, Y)) * (rng.random((Z, 1)) < 0.7)
+    row_lo = rng.integers(0, X - width + 1)
+    row_hi = row_lo + width
+    n_slabs = min(n_slabs, Z)
+    cuts = _slab_cuts(row_lo, row_hi, n_slabs, n_chunks)
+    assert cuts[0] == 0 and cuts[-1] == n_slabs and np.all(np.diff(cuts) >= 0)
+    blocks = np.where(row_hi > row_lo, (row_hi - 1) // 16 + 1 - row_lo // 16, 0) + 1
+    slab = np.array([blocks[s * Z // n_slabs:(s + 1) * Z // n_slabs].sum() for s in range(n_slabs)])
+    work = np.array([slab[a:b].sum() for a, b in zip(cuts[:-1], cuts[1:])])
+    assert work.max() - slab.sum() / n_chunks <= slab.max()  # off by at most one slab
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.tuples(st.integers(1, 9), st.integers(1, 12), st.integers(1, 20)), st.integers(0, 2 ** 16),
+       st.integers(1, 30), st.integers(1, 3))
+def test_mask_seeds_are_cell_centroids_over_the_bounding_box(shape, seed, n_segments, n_threads):
+    from skimage.util import regular_grid
+
+    rng = np.random.default_rng(seed)
+    mask = rng.random(shape) < rng.uniform(0.05, 1)
+    mask[tuple(rng.integers(0, n) for n in shape)] = True
+    lo, hi, count = _row_extent(mask.view(np.uint8), shape, n_threads)
+    assert np.array_equal(count, mask.sum(axis=2))
+    got, steps = _mask_seeds(mask.view(np.uint8), n_segments, lo, hi, count, n_threads)
+    # reference: NumPy over the mask's bounding box
+    idx = np.argwhere(mask)
+    box0, box1 = idx.min(0), idx.max(0) + 1
+    n_box = max(1, int(round(n_segments * np.prod(box1 - box0) / mask.sum())))
+    slices = regular_grid(tuple(box1 - box0), n_box)
+    step = np.array([s.step or 1 for s in slices])
+    n_cells = np.array([len(range(*s.indices(int(n)))) for s, n in zip(slices, box1 - box0)])
+    cell = np.minimum((idx - box0) // step, n_cells - 1)
+    flat = np.ravel_multi_index(cell.T, n_cells)
+    sums = np.zeros((np.prod(n_cells), 4))
+    np.add.at(sums, flat, np.c_[np.ones(len(idx)), idx])
+    keep = sums[:, 0] > 0
+    assert np.array_equal(steps, step) and np.array_equal(got[:, :3], sums[keep, 1:] / sums[keep, :1])
+
+
+def test_connectivity_sizes_pieces_that_meet_only_in_a_later_chunk():
+    # two pieces of label 0 in slice 0 (chunk 0) joined through slice 1 (chunk 1): one
+    # component of 25 voxels, not small at min_size 21 (20 if a piece's size were lost)
+    seg = np.zeros((2, 4, 5), np.int32)
+    seg[0, 0] = seg[1, 0] = 3
+    seg[0, 2] = 1
+    want = _reference_connectivity(seg, 21, 1)
+    assert len(np.unique(want)) == 2
+    for n_chunks in (1, 2):
+        assert np.array_equal(_connectivity(seg.copy(), 21, 10 ** 9, 1, np.empty(0, np.uint8), n_chunks), want)
+
+
+def test_input_dtype_layout_and_byte_order_give_the_same_labels_and_input_is_kept():
+    ph = make_phantom((16, 32, 32), seed=7)
+    hu = np.clip(ph.hu, -1024, 3071).astype(np.int16)
+    kw = dict(n_segments=30, compactness=0.1, sigma=2, spacing=ph.spacing_zyx)
+    want = slic(hu.astype(np.float32), **kw)
+    before = hu.copy()
+    for image in (hu, hu.astype(np.float64), hu.astype(">f4"), hu.astype(np.float16),
+                  np.asfortranarray(hu), hu.T.copy().T):
+        assert np.array_equal(slic(image, **kw), want), (image.dtype, image.flags.c_contiguous)
+    assert np.array_equal(hu, before)
+    masked = slic(hu, mask=hu > -500, **kw)
+    nan_outside = np.where(hu > -500, hu, np.nan).astype(np.float32)
+    assert np.array_equal(slic(nan_outside, mask=hu > -500, **kw), masked)
+
+
 def test_max_size_cuts_large_components():
     img = np.zeros((8, 16, 16))
     img[:, :, 8:] = 1.0
@@ -275,6 +390,21 @@ def test_gaussian_along_x_in_row_strips_matches_scipy(sigma):
     img = np.random.default_rng(4).normal(size=(3, 70, 45)).astype(np.float32)
     want = ndi.gaussian_filter1d(img.astype(np.float64), sigma, axis=2, mode="reflect", truncate=4.0)
     assert np.abs(gaussian(img, (0.0, 0.0, sigma)) - want).max() < 2e-3
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.integers(1, 40), st.integers(1, 30), st.integers(0, 9))
+def test_strip_transposes_are_exact_for_any_strip(X, n, y0):
+    # whole 8 x 8 tiles plus the edges in x and in rows
+    from tcpc_data.supervoxels.smoothing import _columns_to_strip, _strip_to_columns
+
+    plane = np.random.default_rng(X * 100 + n).normal(size=(y0 + n + 3, X)).astype(np.float32)
+    t = np.empty((X, n), np.float32)
+    _strip_to_columns(plane, y0, t)
+    assert np.array_equal(t, plane[y0:y0 + n].T)
+    back = np.zeros_like(plane)
+    _columns_to_strip(t, back, y0)
+    assert np.array_equal(back[y0:y0 + n], plane[y0:y0 + n]) and not back[:y0].any() and not back[y0 + n:].any()
 
 
 _COLD_WARM = """

@@ -38,15 +38,17 @@ def normalise(hu: np.ndarray, what: str = "volume", out: np.ndarray | None = Non
     what
         Case name for error messages.
     out
-        (Z, Y, X) float32 C-contiguous array for the result, e.g. ``hu`` itself
-        (each voxel is read before it is written); None: a new array. Writing
-        into memory already touched spares the page faults of a fresh volume,
-        which cost more than the mapping itself.
+        (Z, Y, X) C-contiguous array for the result: float32, e.g. ``hu`` itself
+        (each voxel is read before it is written; memory already touched spares
+        the page faults of a fresh volume, which cost more than the mapping
+        itself), or float16: the float32 result rounded as :func:`as_stored`
+        rounds it, in the same pass (half the bytes to write, no second pass
+        to cast). None: a new float32 array.
 
     Returns
     -------
     values
-        (Z, Y, X) float32 in [-1, 1].
+        (Z, Y, X) in [-1, 1], ``out``'s dtype.
     intensity_range
         ``(lo, hi)``: the HU that map to -1 and 1.
     """
@@ -56,11 +58,15 @@ def normalise(hu: np.ndarray, what: str = "volume", out: np.ndarray | None = Non
                          f"min/max normalisation is undefined")
     if out is None:
         out = np.empty(hu.shape, dtype=np.float32)
-    elif out.shape != hu.shape or out.dtype != np.float32 or not out.flags.c_contiguous:
-        raise ValueError(f"out must be a C-contiguous float32 array of shape {hu.shape}")
+    elif out.shape != hu.shape or out.dtype not in (np.float32, np.float16) or not out.flags.c_contiguous:
+        raise ValueError(f"out must be a C-contiguous float32 or float16 array of shape {hu.shape}")
+    src, scale = np.ascontiguousarray(hu, dtype=np.float32), 2.0 / (hi - lo)
     # Waking Numba's threads costs milliseconds: small volumes run on this one
-    kernel = _normalise_kernel if hu.size >= _PARALLEL_VOXELS else _normalise_kernel_serial
-    kernel(np.ascontiguousarray(hu, dtype=np.float32), lo, 2.0 / (hi - lo), out)
+    parallel = hu.size >= _PARALLEL_VOXELS
+    if out.dtype == np.float16:
+        (_normalise_half if parallel else _normalise_half_serial)(src, lo, scale, out.view(np.uint16))
+    else:
+        (_normalise_kernel if parallel else _normalise_kernel_serial)(src, lo, scale, out)
     return out, (lo, hi)
 
 
@@ -78,6 +84,21 @@ def _normalise_py(hu, lo, scale, out):  # pragma: no cover - compiled
 
 _normalise_kernel = numba.njit(cache=True, parallel=True)(_normalise_py)
 _normalise_kernel_serial = numba.njit(cache=True)(_normalise_py)  # prange runs as range
+
+
+def _normalise_half_py(hu, lo, scale, out):  # pragma: no cover - compiled
+    # _normalise_py's float32 values, a row at a time, then their float16 bits
+    for z in numba.prange(hu.shape[0]):
+        row = np.empty(hu.shape[2], dtype=np.float32)
+        bits = row.view(np.uint32)
+        for y in range(hu.shape[1]):
+            for x in range(hu.shape[2]):
+                v = (np.float64(hu[z, y, x]) - lo) * scale - 1.0
+                row[x] = min(max(v, -1.0), 1.0)
+            for x in range(hu.shape[2]):
+                out[z, y, x] = _half(bits[x])
+
+
 
 
 def as_stored(values: np.ndarray, dtype) -> np.ndarray:
@@ -105,34 +126,40 @@ def as_stored(values: np.ndarray, dtype) -> np.ndarray:
     return out.view(np.float16)
 
 
+@numba.njit(cache=True, inline="always")
+def _half(x):  # pragma: no cover - compiled
+    """float16 bits of the float32 bits ``x``: numpy/_core/src/npymath/halffloat.cpp,
+    npy_floatbits_to_halfbits (round half to even)."""
+    sign = np.uint16((x >> np.uint32(16)) & np.uint32(0x8000))
+    e = x & np.uint32(0x7F800000)
+    sig = x & np.uint32(0x007FFFFF)
+    if e >= np.uint32(0x47800000):  # overflow to infinity; infinity; NaN (kept a NaN)
+        r = np.uint32(0x7C00)
+        if e == np.uint32(0x7F800000) and sig != 0:
+            r += max(sig >> np.uint32(13), np.uint32(1))
+        return sign + np.uint16(r)
+    if e <= np.uint32(0x38000000):  # a subnormal half, or a signed zero
+        if e < np.uint32(0x33000000):
+            return sign
+        s = (np.uint32(0x00800000) + sig) >> (np.uint32(113) - (e >> np.uint32(23)))
+        if (s & np.uint32(0x3FFF)) != np.uint32(0x1000) or (x & np.uint32(0x7FF)) != 0:
+            s += np.uint32(0x1000)
+        return sign + np.uint16(s >> np.uint32(13))
+    # a carry out of the significand moves the exponent up, as it should
+    if (sig & np.uint32(0x3FFF)) != np.uint32(0x1000):
+        sig += np.uint32(0x1000)
+    return sign + np.uint16(((e - np.uint32(0x38000000)) >> np.uint32(13)) + (sig >> np.uint32(13)))
+
+
 def _half_bits_py(f, out):  # pragma: no cover - compiled
-    # numpy/_core/src/npymath/halffloat.cpp, npy_floatbits_to_halfbits (round half to even)
     for i in numba.prange(f.size):
-        x = f[i]
-        sign = np.uint16((x >> np.uint32(16)) & np.uint32(0x8000))
-        e = x & np.uint32(0x7F800000)
-        sig = x & np.uint32(0x007FFFFF)
-        if e >= np.uint32(0x47800000):  # overflow to infinity; infinity; NaN (kept a NaN)
-            r = np.uint32(0x7C00)
-            if e == np.uint32(0x7F800000) and sig != 0:
-                r += max(sig >> np.uint32(13), np.uint32(1))
-            out[i] = sign + np.uint16(r)
-        elif e <= np.uint32(0x38000000):  # a subnormal half, or a signed zero
-            if e < np.uint32(0x33000000):
-                out[i] = sign
-            else:
-                s = (np.uint32(0x00800000) + sig) >> (np.uint32(113) - (e >> np.uint32(23)))
-                if (s & np.uint32(0x3FFF)) != np.uint32(0x1000) or (x & np.uint32(0x7FF)) != 0:
-                    s += np.uint32(0x1000)
-                out[i] = sign + np.uint16(s >> np.uint32(13))
-        else:  # a carry out of the significand moves the exponent up, as it should
-            if (sig & np.uint32(0x3FFF)) != np.uint32(0x1000):
-                sig += np.uint32(0x1000)
-            out[i] = sign + np.uint16(((e - np.uint32(0x38000000)) >> np.uint32(13)) + (sig >> np.uint32(13)))
+        out[i] = _half(f[i])
 
 
 _half_bits = numba.njit(cache=True, parallel=True)(_half_bits_py)
 _half_bits_serial = numba.njit(cache=True)(_half_bits_py)
+_normalise_half = numba.njit(cache=True, parallel=True)(_normalise_half_py)
+_normalise_half_serial = numba.njit(cache=True)(_normalise_half_py)
 
 
 def to_hu(values: np.ndarray, intensity_range) -> np.ndarray:

@@ -201,8 +201,12 @@ def _ingest_case(job: _Job):
         values = values.astype(np.float32, copy=False)
     else:
         hu = volume.hu  # clipped, maybe resampled
-        in_place = hu.dtype == np.float32 and hu.flags.c_contiguous  # the volume is ours: no copy
-        values, (lo, hi) = normalise(hu, cs.case, out=hu if in_place else None)
+        if config.dtype == "float16":  # rounded to the stored dtype in the same pass
+            out = np.empty(hu.shape, np.float16)
+        else:
+            in_place = hu.dtype == np.float32 and hu.flags.c_contiguous  # the volume is ours: no copy
+            out = hu if in_place else None
+        values, (lo, hi) = normalise(hu, cs.case, out=out)
     attrs = {
         "spacing_zyx": list(volume.spacing_zyx),
         "origin_zyx": list(volume.origin_zyx),

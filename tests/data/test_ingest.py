@@ -189,6 +189,23 @@ def test_the_stores_float16_cast_is_numpys_bit_for_bit(values, big):
     np.testing.assert_array_equal(got.reshape(-1).view(np.uint16), want.view(np.uint16))
 
 
+@settings(max_examples=40, deadline=None)
+@given(lo=st.integers(-3024, 0), width=st.integers(1, 40_000), seed=st.integers(0, 2**31 - 1),
+       shape=st.sampled_from([(2, 3, 5), (5, 256, 1024)]))
+def test_normalising_into_float16_rounds_as_the_two_step_cast(lo, width, seed, shape):
+    """normalise with a float16 ``out`` gives the bits of normalising to float32 and then casting,
+    on the serial and the parallel kernel, and the same intensity range."""
+    from tcpc_data.ingest.normalise import as_stored, normalise
+
+    hu = np.random.default_rng(seed).uniform(lo, lo + width, size=shape).astype(np.float32)
+    values, rng = normalise(hu)
+    half, rng16 = normalise(hu, out=np.empty(shape, np.float16))
+    assert rng16 == rng and half.dtype == np.float16
+    np.testing.assert_array_equal(half.view(np.uint16), as_stored(values, np.float16).view(np.uint16))
+    with pytest.raises(ValueError, match="float32 or float16"):
+        normalise(hu, out=np.empty(shape, np.float64))
+
+
 def test_the_stores_float16_cast_sweeps_the_float32_bit_patterns():
     """Every 4099th float32 bit pattern (a million, all exponents and low bits): NumPy's float16
     bits for finite values and infinities, a NaN for a NaN; float32 storage keeps the array."""

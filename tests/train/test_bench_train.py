@@ -1,5 +1,6 @@
 """``bench/train.py`` runs end to end on the CPU at a tiny size and prints every figure it promises:
-the loader's rates (in-process, and one of two loader processes), the loop's shards/in-memory ratio and the encoder step against MONAI's."""
+the loader's rates (in-process, and one of two loader processes), the loop's shards/in-memory
+ratio and the encoder step against MONAI's."""
 from __future__ import annotations
 
 import re

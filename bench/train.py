@@ -77,7 +77,8 @@ def bench_loader(shards: Path, cfg: PretrainConfig, steps: int, warmup: int, dev
     steps *= 2
     s_med, m_med = statistics.median(streamed), statistics.median(in_memory)
     s_sps, m_sps = cfg.batch_size * steps / sum(streamed), cfg.batch_size * steps / sum(in_memory)
-    return {"device": str(device), "workers": loader_workers(cfg.runtime.workers, device), "shards_step_s": s_med, "memory_step_s": m_med,
+    return {"device": str(device), "workers": loader_workers(cfg.runtime.workers, device),
+            "shards_step_s": s_med, "memory_step_s": m_med,
             "shards_samples_s": s_sps, "memory_samples_s": m_sps, "ratio": s_sps / m_sps, "median_ratio": m_med / s_med}
 
 
@@ -259,7 +260,8 @@ def main() -> None:
         for dev in devices:
             if "loop" in parts:
                 r = bench_loader(shards, cfg, args.steps, args.warmup, dev)
-                print(f"  {r['device']:>5} loop, {r['workers']} loader processes: shards {r['shards_samples_s']:8.1f} samples/s "
+                print(f"  {r['device']:>5} loop, {r['workers']} loader processes: "
+                      f"shards {r['shards_samples_s']:8.1f} samples/s "
                       f"({r['shards_step_s'] * 1e3:7.1f} ms/step)"
                       f" | in memory {r['memory_samples_s']:8.1f} samples/s ({r['memory_step_s'] * 1e3:7.1f} ms/step)"
                       f" | ratio {r['ratio']:.3f} (goal >= 0.95; of the median steps {r['median_ratio']:.3f}, "

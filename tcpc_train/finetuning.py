@@ -51,8 +51,8 @@ from tcpc_train.models import ARCHS, Classifier, adopt_encoder, build_encoder
 from tcpc_train.plots import plot_curves, plot_roc
 from tcpc_train.pretraining import Arch, encoder_name
 from tcpc_train.runtime import (RuntimeConfig, StepLog, agree, autocast, average_over_ranks, barrier, config_changes,
-                                init_distributed, loader_workers, lockstep, optimiser_steps, progress_bar, resolve_device,
-                                share_json, skip_counts)
+                                init_distributed, loader_workers, lockstep, optimiser_steps, progress_bar,
+                                resolve_device, share_json, skip_counts)
 from tcpc_train.weights import load_encoder_weights
 
 

@@ -282,10 +282,3 @@ def sweep_staging(url: str | os.PathLike, older_than_s: float = STALE_STAGING_S)
     except OSError:
         pass
     return removed
-
-
-def remove_case(url: str | os.PathLike, case_id: str) -> None:
-    """Delete one case group (no error when absent)."""
-    root = open_store(url, mode="a")
-    if case_id in root:
-        del root[case_id]

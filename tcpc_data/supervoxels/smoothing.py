@@ -215,43 +215,26 @@ def _iir_axis2(vol, b, bm, a, pad, n_threads):
                 if y0 == 0 or n < _STRIP:
                     xe, yp, ym = _buffers(X + 2 * pad, n)
                     t = np.empty((X, n), dtype=np.float32)
-                _strip_to_columns(plane, y0, t)
+                _transpose(plane[y0:y0 + n], t)
                 _iir_lines(t, xe, yp, ym, b, bm, a, pad)
-                _columns_to_strip(t, plane, y0)
+                _transpose(t, plane[y0:y0 + n])
 
 
 @numba.njit(cache=True)
-def _strip_to_columns(plane, y0, t):
-    """t[x, i] = plane[y0 + i, x] for a strip of t.shape[1] rows."""
-    X, n = t.shape
-    X8, n8 = X - X % _TILE, n - n % _TILE
+def _transpose(src, dst):
+    """dst[j, i] = src[i, j]: a strip of rows into columns of a buffer, or back."""
+    n, m = src.shape
+    n8, m8 = n - n % _TILE, m - m % _TILE
     # Whole tiles with constant trip counts, which LLVM turns into vector
     # shuffles: 4x faster than element by element.
-    for x0 in range(0, X8, _TILE):
+    for j0 in range(0, m8, _TILE):
         for i0 in range(0, n8, _TILE):
             for i in range(_TILE):
-                for x in range(_TILE):
-                    t[x0 + x, i0 + i] = plane[y0 + i0 + i, x0 + x]
+                for j in range(_TILE):
+                    dst[j0 + j, i0 + i] = src[i0 + i, j0 + j]
     for i in range(n):  # the edges
-        row = plane[y0 + i]
-        for x in range(X8 if i < n8 else 0, X):
-            t[x, i] = row[x]
-
-
-@numba.njit(cache=True)
-def _columns_to_strip(t, plane, y0):
-    """plane[y0 + i, x] = t[x, i], the inverse of ``_strip_to_columns``."""
-    X, n = t.shape
-    X8, n8 = X - X % _TILE, n - n % _TILE
-    for x0 in range(0, X8, _TILE):
-        for i0 in range(0, n8, _TILE):
-            for i in range(_TILE):
-                for x in range(_TILE):
-                    plane[y0 + i0 + i, x0 + x] = t[x0 + x, i0 + i]
-    for i in range(n):
-        row = plane[y0 + i]
-        for x in range(X8 if i < n8 else 0, X):
-            row[x] = t[x, i]
+        for j in range(m8 if i < n8 else 0, m):
+            dst[j, i] = src[i, j]
 
 
 def _fir_weights(sigma: float) -> np.ndarray:
@@ -325,6 +308,6 @@ def _fir_axis2(vol, weights, n_threads):
                     xe = np.empty((X + weights.size - 1, n), dtype=np.float32)
                     tmp = np.empty(n, dtype=np.float32)
                     t = np.empty((X, n), dtype=np.float32)
-                _strip_to_columns(plane, y0, t)
+                _transpose(plane[y0:y0 + n], t)
                 _fir_lines(t, xe, tmp, weights)
-                _columns_to_strip(t, plane, y0)
+                _transpose(t, plane[y0:y0 + n])

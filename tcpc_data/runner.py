@@ -95,8 +95,9 @@ def _failure(task: Task, exc: Exception) -> tuple[str, str, dict]:
 
 def _run_here(tasks: Iterable[Task], fn: Callable[[Any], Any], record) -> None:
     """Cases one after another in this process. A task that pauses (yields) after its reads
-    finishes in a thread while the next case reads: writes (casts, compression) release the
-    GIL, so on two cores they take little of the wall time; one case at most is in flight."""
+    finishes in a thread while the next case reads: writes (Blosc compression, file writes)
+    release the GIL, so on two cores they take little of the wall time; one case at most is in
+    flight."""
     from concurrent.futures import ThreadPoolExecutor
 
     pending = None  # the future of the paused case's finish

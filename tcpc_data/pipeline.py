@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from tcpc_data.ingest.stage import IngestConfig, ingest
+from tcpc_data.outputs import claim_dir
 from tcpc_data.shards.labelled import (LabelledConfig, labels_have_splits, load_npz_split, pretrain_config_for,
                                        training_cases, write_labelled_shards, write_labelled_splits, write_npz_shards)
 from tcpc_data.shards.manifest import Manifest, describe
@@ -112,9 +113,11 @@ def preprocess(sources, out, *, ingest_config=None, supervoxel_config=None,
     if labels_csv is not None and not Path(labels_csv).is_file():
         raise FileNotFoundError(f"labels CSV not found: {labels_csv}")
     out = str(out).rstrip("/")
+    given = [sources] if isinstance(sources, (str, os.PathLike)) else list(sources)
+    claim_dir(out, "preprocess", inputs=[*given, candidates_csv, labels_csv], what="preprocess folder",
+              legacy=lambda _, names: "volumes.zarr" in names or "shards" in names)  # from before marks
     where = out  # what the workers open: a URL, or an absolute path (they run in directories of their own)
     if is_local(out):
-        local_path(out).mkdir(parents=True, exist_ok=True)
         where = str(local_path(out).resolve())
     store = join(where, "volumes.zarr")
     # one live display for the whole command, a line per stage

@@ -18,6 +18,8 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from tcpc_data.outputs import check_replaceable
+
 DONE, SKIPPED = "done", "skipped"
 
 
@@ -219,6 +221,8 @@ def run_cases(stage: str, tasks: Iterable[Task], fn: Callable[[Any], tuple[str, 
         raise ValueError(f"workers must be >= 1, got {workers}")
     if memory_limit is not None:
         check_memory_limit(memory_limit, scheduler)
+    if failures_path is not None:
+        check_replaceable(failures_path)  # replaced at the end: refused now if it is not a report of ours
     report = RunReport(stage=stage, failures_path=str(failures_path) if failures_path else None)
     t0 = time.perf_counter()
     total = len(tasks) if hasattr(tasks, "__len__") else None

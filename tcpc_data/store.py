@@ -14,10 +14,12 @@ attribute is the completion marker.
 from __future__ import annotations
 
 import errno
+import hashlib
 import itertools
 import os
 import re
 import shutil
+import socket
 import time
 import uuid
 from typing import Any, Mapping
@@ -31,6 +33,7 @@ from zarr.core.sync import sync
 
 from tcpc_data import ngff
 from tcpc_data.malloc import retain_freed_memory
+from tcpc_data.outputs import STORE_ATTR, OutputError, check_apart, folder_entries, read_zarr_attrs
 from tcpc_data.shard_encode import blosc_of, encode_shard
 from tcpc_data.urls import is_local, local_path
 
@@ -57,16 +60,71 @@ def sanitize_case_id(name: str) -> str:
 
 
 def open_store(url: str | os.PathLike, mode: str = "a") -> zarr.Group:
-    """Open (``mode='a'`` creates) the root group of a volume store."""
+    """Open (``mode='a'`` creates, marked as tcpc's: :func:`claim_store`) the root group of a volume store."""
     if mode == "r" and is_local(url) and not local_path(url).exists():
         raise FileNotFoundError(f"no volume store at {url}")
     try:
-        return zarr.open_group(str(url), mode=mode, zarr_format=3)
+        root = zarr.open_group(str(url), mode=mode, zarr_format=3)
     except zarr.errors.ContainsGroupError:
         if mode != "a":
             raise
         # another worker created the root between zarr's check and its write: open that one
         return zarr.open_group(str(url), mode="r+", zarr_format=3)
+    if mode == "a" and not root.attrs.get(STORE_ATTR) and not any(True for _ in root.keys()):
+        root.update_attributes({STORE_ATTR: _STORE_MARK})  # a store this call just made
+    return root
+
+
+def claim_store(url: str | os.PathLike, inputs=(), create: bool = True) -> None:
+    """Make ``url`` a volume store this command may write into, or refuse it in one line.
+
+    A new or empty folder becomes a store marked as tcpc's (the ``tcpc``
+    attribute of its root group); a marked store is accepted; an unmarked
+    store that only holds case groups tcpc wrote (from before stores were
+    marked) is marked and accepted. Anything else, and a store that is, holds
+    or lies inside one of ``inputs``, is refused before anything is written
+    (:mod:`tcpc_data.outputs`).
+
+    Parameters
+    ----------
+    url
+        Volume store path or fsspec URL.
+    inputs
+        What the command reads.
+    create
+        False: the store must exist already (a stage that adds arrays to cases).
+
+    Raises
+    ------
+    OutputError, FileNotFoundError
+    """
+    check_apart(url, inputs, "volume store")
+    names = folder_entries(url)
+    if not names:
+        if not create:
+            raise FileNotFoundError(f"no volume store at {url}")
+        zarr.open_group(str(url), mode="a", zarr_format=3).update_attributes({STORE_ATTR: _STORE_MARK})
+        return
+    attrs = read_zarr_attrs(url) if "zarr.json" in names else None
+    if attrs is not None and isinstance(attrs.get(STORE_ATTR), dict):
+        if attrs[STORE_ATTR].get("kind") != "volume-store":
+            raise OutputError(f"{url} is a tcpc {attrs[STORE_ATTR].get('kind')}, not a volume store")
+        return
+    if attrs is not None and all(_is_case_group(url, n) for n in names if n != "zarr.json"):
+        open_store(url, mode="r+").update_attributes({STORE_ATTR: _STORE_MARK})  # a store from before marks
+        return
+    raise OutputError(f"{url} is {'a Zarr group' if attrs is not None else 'a folder'} tcpc did not write "
+                      f"({len(names)} entries, e.g. {names[0]!r}); a volume store goes into a new or empty folder, "
+                      "or one tcpc made: choose another --out (nothing was changed)")
+
+
+_STORE_MARK = {"kind": "volume-store", "version": 1}
+
+
+def _is_case_group(url, name: str) -> bool:
+    """Whether entry ``name`` of the store is a case group as tcpc writes it (source and format attributes)."""
+    attrs = read_zarr_attrs(f"{str(url).rstrip('/')}/{name}")
+    return attrs is not None and "source" in attrs and "format" in attrs
 
 
 def array_digest(group: zarr.Group, name: str) -> str | None:
@@ -202,6 +260,9 @@ def _commit(url, case_id: str, arrays: Mapping[str, np.ndarray], attrs: Mapping[
         raise ValueError(f"case id {case_id!r} has characters outside [A-Za-z0-9_-]")
     root = open_store(url, mode="a")
     if not is_local(url):
+        if case_id not in root and folder_entries(f"{str(url).rstrip('/')}/{case_id}"):
+            raise OutputError(f"{url}/{case_id} is in the volume store but is not a case tcpc wrote: move it away "
+                              "and rerun (it was left as it is)")
         case = root.require_group(case_id)
         for name in arrays:  # unmark first: a crash mid-write leaves it absent, not stale
             if name in case and "digest" in case[name].attrs:
@@ -213,15 +274,17 @@ def _commit(url, case_id: str, arrays: Mapping[str, np.ndarray], attrs: Mapping[
 
     store_dir = local_path(url).resolve()
     staging_root = store_dir.parent / f".{store_dir.name}.staging"
-    staging = staging_root / f"{case_id}-{uuid.uuid4().hex}"
+    staging = staging_root / _staging_name(case_id)
     try:
         sgroup = zarr.open_group(str(staging), mode="w", zarr_format=3)
         _write_arrays(sgroup, arrays, attrs)
         case_dir = store_dir / case_id
         if not (case_dir / "zarr.json").exists():
+            if case_dir.exists() or case_dir.is_symlink():  # never ours: a case appears whole, by rename
+                raise OutputError(f"{case_dir} is in the volume store but is not a case tcpc wrote: move it away "
+                                  "and rerun (it was left as it is)")
             if case_attrs:
                 sgroup.update_attributes(dict(case_attrs))
-            shutil.rmtree(case_dir, ignore_errors=True)
             try:
                 os.replace(staging, case_dir)  # whole new case appears at once
                 return
@@ -236,7 +299,7 @@ def _commit(url, case_id: str, arrays: Mapping[str, np.ndarray], attrs: Mapping[
                 # Drop the completion marker first, then swap directories.
                 if name in case and "digest" in case[name].attrs:
                     del case[name].attrs["digest"]
-                trash = staging_root / f"trash-{uuid.uuid4().hex}"
+                trash = staging_root / _staging_name("trash")
                 os.replace(target, trash)
                 shutil.rmtree(trash, ignore_errors=True)
             os.replace(staging / name, target)
@@ -251,6 +314,30 @@ def _commit(url, case_id: str, arrays: Mapping[str, np.ndarray], attrs: Mapping[
 
 
 STALE_STAGING_S = 3600.0
+# <case or "trash">-<host>-<pid>-<random>: a sweep knows a dead writer on this host by its pid; names
+# without host and pid (written before) are swept by age alone
+_STAGING_RE = re.compile(r"^[A-Za-z0-9_-]+?(?:-h(?P<host>[0-9a-f]{8})p(?P<pid>[0-9]+))?-[0-9a-f]{32}$")
+
+
+def _host_tag() -> str:
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def _staging_name(case_id: str) -> str:
+    return f"{case_id}-h{_host_tag()}p{os.getpid()}-{uuid.uuid4().hex}"
+
+
+def _writer_gone(match: re.Match) -> bool:
+    """Whether the staging entry's writer was a process of this host that no longer runs."""
+    if match["host"] != _host_tag():
+        return False
+    try:
+        os.kill(int(match["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # alive, under another user
+        return False
+    return False
 
 
 def sweep_staging(url: str | os.PathLike, older_than_s: float = STALE_STAGING_S) -> list[str]:
@@ -258,20 +345,29 @@ def sweep_staging(url: str | os.PathLike, older_than_s: float = STALE_STAGING_S)
 
     :func:`commit_arrays` stages each write beside the store and renames it
     into place; a process killed in between leaves its staging folder behind,
-    never visible as a case but using disk. Entries untouched for
-    ``older_than_s`` seconds cannot belong to a write still in progress (a
-    case is written in seconds), so a run may sweep them at its start.
+    never visible as a case but using disk. An entry is removed when the
+    process that wrote it (its name carries host and pid) has ended on this
+    host, or when it was untouched for ``older_than_s`` seconds (a writer on
+    another host of a shared disk writes a case in seconds). Only names tcpc
+    gives its staging entries are ever removed.
     """
     if not is_local(url):
         return []
     store_dir = local_path(url).resolve()
     staging_root = store_dir.parent / f".{store_dir.name}.staging"
-    if not staging_root.is_dir():
+    if not staging_root.is_dir() or staging_root.is_symlink():
         return []
     now, removed = time.time(), []
     for entry in sorted(staging_root.iterdir()):
-        newest = max((p.stat().st_mtime for p in entry.rglob("*")), default=entry.stat().st_mtime)
-        if now - max(newest, entry.stat().st_mtime) > older_than_s:
+        match = _STAGING_RE.match(entry.name)
+        if match is None or entry.is_symlink():
+            continue
+        try:
+            newest = max((p.lstat().st_mtime for p in entry.rglob("*")), default=0.0)
+            stale = now - max(newest, entry.lstat().st_mtime) > older_than_s
+        except OSError:  # removed meanwhile by its writer
+            continue
+        if stale or _writer_gone(match):
             if entry.is_dir():
                 shutil.rmtree(entry, ignore_errors=True)
             else:

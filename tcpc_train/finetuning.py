@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
+from tcpc_data.outputs import claim_dir, has_files
 from tcpc_train.checkpoint import load_checkpoint, save_checkpoint
 from tcpc_train.loader import (ShardSet, ShardStream, augment_volume, decode_labelled_sample, first_sample,
                                labelled_splits, make_loader, open_shards, raw_samples, read_label,
@@ -51,7 +52,7 @@ from tcpc_train.models import ARCHS, Classifier, adopt_encoder, build_encoder
 from tcpc_train.plots import plot_curves, plot_roc
 from tcpc_train.pretraining import Arch, encoder_name
 from tcpc_train.runtime import (RuntimeConfig, StepLog, agree, autocast, average_over_ranks, barrier, config_changes,
-                                init_distributed, loader_workers, lockstep, optimiser_steps, progress_bar,
+                                claim_run, init_distributed, loader_workers, lockstep, optimiser_steps, progress_bar,
                                 resolve_device, share_json, skip_counts)
 from tcpc_train.weights import load_encoder_weights
 
@@ -258,6 +259,7 @@ def _setup(labelled: str | Path, out: str | Path, config: FinetuneConfig, resume
            encoder: torch.nn.Module | None, tensorboard: bool) -> _Run:
     """Check the data, select the training samples, build the model and resume from ``out/last.pt``."""
     config.validate()
+    claim_run(out, "finetune-run", (labelled, config.init), "label_fraction")
     rt = config.runtime
     splits = labelled_splits(labelled)
     out = Path(out)
@@ -468,6 +470,9 @@ def evaluate(checkpoint: str | Path, shards: str | Path, out: str | Path | None 
         raise ValueError(f"{checkpoint}: not a fine-tuned classifier checkpoint (kind {ck.get('kind')!r}); "
                          "evaluate the best.pt of a `tcpc finetune` run")
     shards = split_or_set(shards, "test")
+    if out is not None:  # before the work: a refused folder costs nothing
+        claim_dir(out, "evaluation", inputs=(checkpoint, shards), also=("finetune-run",), what="evaluation folder",
+                  legacy=has_files("metrics.json"))
     data = open_shards(shards)
     cfg = ck["config"]
     rt = config.runtime

@@ -33,7 +33,7 @@ from tcpc_train.htmlreport import run_report
 from tcpc_train.loader import ShardStream, decode_path_sample, first_sample, make_loader, open_shards
 from tcpc_train.models import ARCHS, adopt_encoder, build_encoder
 from tcpc_train.plots import plot_curves
-from tcpc_train.runtime import (RuntimeConfig, StepLog, agree, barrier, config_changes, init_distributed,
+from tcpc_train.runtime import (RuntimeConfig, StepLog, agree, barrier, claim_run, config_changes, init_distributed,
                                 loader_workers, optimiser_steps, progress_bar, resolve_device, skip_counts)
 from tcpc_train.tasks import TASKS, TaskName, path_cubes
 from tcpc_train.weights import load_encoder_weights
@@ -228,6 +228,7 @@ def pretrain(shards: str | Path, out: str | Path, config: PretrainConfig = Pretr
     (medians), checkpoint, log, world_size, init_report, encoder (None: built-in).
     """
     config.validate()
+    claim_run(out, "pretrain-run", (shards, config.init), "task")
     data = open_shards(shards)
     sample_fn = TaskSample(config)
     try:  # wrong layout or path kind: a clear error before workers start

@@ -28,6 +28,7 @@ import torch
 import torch.distributed as dist
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from tcpc_data.outputs import claim_dir
 from tcpc_train.tbevents import ScalarEvents
 
 
@@ -56,6 +57,20 @@ class RuntimeConfig:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
         if self.shuffle_buffer < 1:
             raise ValueError(f"shuffle_buffer must be >= 1, got {self.shuffle_buffer}")
+
+
+def claim_run(out, kind: str, inputs, config_key: str) -> None:
+    """Claim run directory ``out`` (:func:`tcpc_data.outputs.claim_dir`) for a run of ``kind``
+    ("pretrain-run", "finetune-run") reading ``inputs``; from before marks, a directory whose
+    ``config.json`` has the field ``config_key`` and that holds a log or a checkpoint is one."""
+    def legacy(_, names: list[str]) -> bool:
+        if "config.json" not in names or not {"log.jsonl", "last.pt"} & set(names):
+            return False
+        try:
+            return config_key in json.loads((Path(out) / "config.json").read_text())
+        except (OSError, ValueError, TypeError):
+            return False
+    claim_dir(out, kind, inputs=inputs, legacy=legacy, what="run directory")
 
 
 def loader_workers(workers: int | None, device: torch.device) -> int:

@@ -33,8 +33,9 @@ from tcpc_data.ingest.discover import CaseSource, _strip_suffix, discover, serie
 from tcpc_data.ingest.normalise import apply_clip, as_stored, check_clip, normalise
 from tcpc_data.ingest.onepass import read_series_once
 from tcpc_data.ingest.resample import to_grid
+from tcpc_data.outputs import check_replaceable, remove_if_ours
 from tcpc_data.runner import DONE, SKIPPED, RunReport, Task, run_cases
-from tcpc_data.store import array_digest, commit_arrays, open_store, sweep_staging
+from tcpc_data.store import array_digest, claim_store, commit_arrays, open_store, sweep_staging
 from tcpc_data.urls import is_local, local_path
 from tcpc_data.volume import Volume, check_finite
 
@@ -142,13 +143,19 @@ def ingest(sources, out, config: IngestConfig = IngestConfig(), *, workers: int 
     """
     if not isinstance(config, IngestConfig):
         raise TypeError(f"config must be an IngestConfig, got {type(config).__name__}")
+    if workers is not None and workers < 1:  # refused before the store is made
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    given = [sources] if isinstance(sources, (str, os.PathLike)) else list(sources)
+    if failures_path is not None:
+        check_replaceable(failures_path, inputs=given)
+    claim_store(out, inputs=given)  # before discovery: a refused output costs no reading
     found = discover(sources, workers=workers, progress=progress, scheduler=scheduler)
     out = str(out)
     swept = sweep_staging(out)
     tasks = [Task(c.case, c.source, _Job(c, out, config)) for c in found.cases]
     tasks += [Task(f["case"], f["source"], _Job(None, out, config, f["error"])) for f in found.failures]
-    if failures_path is not None and Path(failures_path).exists():
-        Path(failures_path).unlink()
+    if failures_path is not None:
+        remove_if_ours(failures_path)  # a stale report of an earlier run
     report = run_cases("ingest", tasks, _ingest_case, workers=workers, scheduler=scheduler,
                        failures_path=failures_path, progress=progress, memory_limit=memory_limit)
     report.notes = list(found.notes) + [f"{case}: {note}" for case, r in sorted(report.results.items())

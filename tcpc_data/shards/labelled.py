@@ -28,6 +28,7 @@ from tcpc_data.centres import (CentreRow, check_patient_splits, match_cases, par
                                rename_splits)
 from tcpc_data.crops import crop, crop_padding
 from tcpc_data.digest import digest, files_digest
+from tcpc_data.outputs import claim_dir
 from tcpc_data.runner import RunReport
 from tcpc_data.shards.manifest import SPLITS
 from tcpc_data.shards.shardset import build_shard_set, encode_json
@@ -195,6 +196,7 @@ def write_labelled_splits(store, labels_csv, out_dir, config: LabelledConfig = L
     if not splits:
         raise ValueError(f"{labels_csv}: no split column; write one set with write_labelled_shards")
     out = str(out_dir).rstrip("/")
+    claim_splits(out, (store, labels_csv))
     results = {}
     for split in splits:
         chosen = {c: [r for r in rs if r.split == split] for c, rs in rows.items()}
@@ -236,7 +238,7 @@ def _write_rows(store, labels_csv, out_dir, config: LabelledConfig, rows: dict[s
     return build_shard_set("labelled" if split is None else f"labelled {split}", out_dir, name=config.name,
                            shard_size=config.shard_size, config=config, inputs=inputs, payloads=payloads,
                            make_samples=_store_case_samples, members=_members(config.crop_size, _JSON_KEYS),
-                           extra=extra, **run)
+                           extra=extra, reads=(store, labels_csv), **run)
 
 
 def labels_have_splits(labels_csv) -> bool:
@@ -367,9 +369,10 @@ def write_npz_shards(npz, out_dir, *, task: str = "finetune", config=None, worke
             inputs=inputs, payloads=payloads, make_samples=_npz_pretrain_samples,
             members=pretrain_members(config), extra={"kind": "pretrain", "source": str(npz),
                                              "intensity_map": how},
-            workers=workers, progress=progress, failures_path=failures_path)}
+            reads=(npz,), workers=workers, progress=progress, failures_path=failures_path)}
 
     loaded = {s: load_npz_split(npz, s) for s in SPLITS}  # all splits checked before writing any
+    claim_splits(out, (npz,))
     side = loaded["train"][0].shape[1]
     # The images are the volumes: record their side as the crop size.
     config = dataclasses.replace(LabelledConfig() if config is None else config, crop_size=side)
@@ -387,9 +390,16 @@ def write_npz_shards(npz, out_dir, *, task: str = "finetune", config=None, worke
             config=config, inputs=inputs, payloads=payloads, make_samples=_npz_finetune_samples,
             members=members, extra={"kind": "finetune", "split": split, "source": str(npz),
                                     "intensity_map": how, "classes": sorted(set(labels.tolist()))},
-            workers=workers, progress=progress,
+            reads=(npz,), workers=workers, progress=progress,
             failures_path=None if failures_path is None else f"{failures_path}.{split}")
     return results
+
+
+def claim_splits(out: str, reads: tuple) -> None:
+    """Claim ``out`` as a folder of split shard sets (:func:`tcpc_data.outputs.claim_dir`); from
+    before marks, a folder of nothing but split folders and failures reports is one."""
+    claim_dir(out, "shard-splits", inputs=reads, what="folder of split shard sets",
+              legacy=lambda _, names: all(n in SPLITS or n.startswith("failures") for n in names))
 
 
 def pretrain_config_for(side: int, **fields) -> ShardConfig:

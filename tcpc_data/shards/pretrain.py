@@ -351,6 +351,6 @@ def write_shards(store, out_dir, config: ShardConfig = ShardConfig(), *, cases=N
     return build_shard_set("shards", out_dir, name=config.name, shard_size=config.shard_size,
                            config=config, inputs=inputs, payloads=payloads,
                            make_samples=_case_samples, members=pretrain_members(config),
-                           extra={"kind": "pretrain", "source": str(store)}, workers=workers,
+                           extra={"kind": "pretrain", "source": str(store)}, reads=(store,), workers=workers,
                            scheduler=scheduler, progress=progress, failures_path=failures_path,
                            memory_limit=memory_limit)

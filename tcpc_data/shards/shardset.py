@@ -45,6 +45,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from tcpc_data.digest import digest as _digest
 from tcpc_data.digest import to_json
+from tcpc_data.outputs import claim_dir, has_files
 from tcpc_data.runner import DONE, SKIPPED, RunReport, Task, run_cases
 from tcpc_data.shards.manifest import (FORMAT_VERSION, MANIFEST, Manifest, ShardEntry, find_manifest, fsync_dir,
                                        new_manifest, write_durably, write_manifest)
@@ -73,7 +74,7 @@ def _case_key(inputs_digest: str, shard_size: int) -> str:
 def build_shard_set(stage: str, out_dir: str | os.PathLike, *, name: str, shard_size: int,
                     config: Any, inputs: dict[str, str], payloads: dict[str, Any],
                     make_samples: Callable[[Any], Iterable[Sample]], members: dict,
-                    extra: dict | None = None, workers: int | None = None,
+                    extra: dict | None = None, reads: tuple = (), workers: int | None = None,
                     scheduler: str | None = None, progress: bool = False,
                     failures_path: str | os.PathLike | None = None,
                     memory_limit: str | None = None) -> tuple[RunReport, Manifest]:
@@ -103,6 +104,9 @@ def build_shard_set(stage: str, out_dir: str | os.PathLike, *, name: str, shard_
     extra
         The manifest's ``kind`` and its optional fields (e.g. how intensities
         were mapped): see :class:`tcpc_data.shards.manifest.Manifest`.
+    reads
+        The paths or URLs the samples come from: ``out_dir`` may neither lie
+        inside one nor hold one (:func:`tcpc_data.outputs.claim_dir`).
     workers, scheduler, progress, failures_path, memory_limit
         As in :func:`tcpc_data.runner.run_cases`.
 
@@ -116,11 +120,10 @@ def build_shard_set(stage: str, out_dir: str | os.PathLike, *, name: str, shard_
         raise ValueError(f"shard size must be >= 1 sample, got {shard_size}")
     if not name or not all(ch.isalnum() or ch in "_-" for ch in name):
         raise ValueError(f"shard name {name!r} must be non-empty and use only [A-Za-z0-9_-]")
+    # a new or empty folder, or a shard set tcpc wrote (before marks: its manifest says so)
+    claim_dir(out_dir, "shard-set", inputs=reads, legacy=has_files(MANIFEST))
     if not is_remote(out_dir):  # absolute: workers run in directories of their own
         out_dir = local_path(out_dir).resolve()
-        if out_dir.exists() and not out_dir.is_dir():
-            raise NotADirectoryError(f"shard output {out_dir} is a file, not a directory")
-        out_dir.mkdir(parents=True, exist_ok=True)
     out = str(out_dir)
     run_digest = _digest(FORMAT_VERSION, config, inputs, name, shard_size)
     keys = {c: _case_key(inputs[c], shard_size) for c in sorted(inputs)}

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from tcpc_data.ingest.stage import ingest
+from tcpc_data.outputs import claim_dir, has_files
 from tcpc_data.phantom import write_archive
 from tcpc_data.pipeline import PreprocessReport
 from tcpc_data.shards.labelled import LabelledConfig, write_labelled_shards
@@ -163,7 +164,7 @@ def run_demo(out: str | Path, config: DemoConfig = DemoConfig(), *, progress: bo
     """
     config.validate()
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    claim_dir(out, "demo", what="demo folder", legacy=has_files("demo.json"))
     (out / "demo.json").write_text(json.dumps(dataclasses.asdict(config), indent=1))
     t0 = time.perf_counter()
     with _deterministic(config.threads):

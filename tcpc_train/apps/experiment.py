@@ -56,6 +56,7 @@ import torch.nn.functional as F
 from tcpc_data.centres import check_patient_splits, read_centres
 from tcpc_data.digest import digest, file_sha256
 from tcpc_data.ingest.stage import IngestConfig, ingest
+from tcpc_data.outputs import claim_dir, has_files
 from tcpc_data.pipeline import write_shard_sets
 from tcpc_data.shards.labelled import pretrain_config_for, training_cases, write_npz_shards
 from tcpc_data.shards.manifest import new_manifest, read_manifest, write_manifest
@@ -797,7 +798,8 @@ def run_experiment(config: ExperimentConfig, out: str | Path, selection: Selecti
     config.validate()
     run = select(config, selection)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    claim_dir(out, "experiment", inputs=(config.data, config.external_init, selection.external),
+              what="experiment directory", legacy=has_files("experiment.json"))
     (out / "experiment.json").write_text(json.dumps({**dataclasses.asdict(config),
                                                      "selection": dataclasses.asdict(selection)}, indent=1))
     t0 = time.perf_counter()

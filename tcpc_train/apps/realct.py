@@ -25,6 +25,7 @@ import torch
 from tcpc_data.crops import crop
 from tcpc_data.ingest.stage import IngestConfig
 from tcpc_data.shards.labelled import LabelledConfig, write_labelled_shards
+from tcpc_data.outputs import claim_dir, has_files
 from tcpc_data.pipeline import preprocess
 from tcpc_data.shards.pretrain import ShardConfig
 from tcpc_data.store import open_store, sanitize_case_id
@@ -138,7 +139,7 @@ def run_realct(sources, nodules_csv, out, config: RealCTConfig = RealCTConfig(),
     if not nodules_csv.is_file():
         raise FileNotFoundError(f"nodules CSV not found: {nodules_csv}")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    claim_dir(out, "realct", inputs=(*sources, nodules_csv), what="output folder", legacy=has_files("realct.json"))
     (out / "realct.json").write_text(json.dumps(dataclasses.asdict(config), indent=1))
     t0 = time.perf_counter()
     rep = preprocess(list(map(str, sources)), out / "pre", progress=progress,

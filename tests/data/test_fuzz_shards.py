@@ -53,14 +53,14 @@ def _read_all(shard_bytes, m):
             return None
 
 
-@settings(max_examples=150, deadline=2000, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=150, deadline=10_000, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(m=mutation)
 def test_a_mutated_shard_reads_or_fails_in_one_line_naming_it(shard_bytes, m):
     _read_all(shard_bytes, m)
 
 
 @pytest.mark.fuzz
-@settings(max_examples=5000, deadline=2000, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=5000, deadline=10_000, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(m=mutation)
 def test_fuzz_campaign_shards(shard_bytes, m):
     _read_all(shard_bytes, m)
@@ -99,7 +99,7 @@ def _outcome(read, path):
         return str(exc)
 
 
-@settings(max_examples=150, deadline=2000, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=150, deadline=10_000, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(m=mutation, block=st.sampled_from([512, 1024, 1500, 4096, 1 << 20]))
 def test_the_block_reader_reads_and_fails_as_the_python_reader(shard_bytes, m, block):
     with tempfile.TemporaryDirectory() as d:

@@ -111,7 +111,7 @@ def test_bad_inputs_become_failure_lines_and_good_cases_survive(tmp_path, dicom_
     dicom_factory.write_series(src / "gap", dicom_factory.z_positions([0, 3, 9, 12]))
     (src / "corrupt.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\xff" * 50)
     failures = tmp_path / "v.zarr.failures.jsonl"
-    failures.write_text("stale report from an earlier run\n")
+    failures.write_text(json.dumps({"case": "old", "source": "x", "error": "stale report of an earlier run"}) + "\n")
     cfg = IngestConfig(npy_spacing_zyx=(1, 1, 1), max_voxels=30_000)
     report = ingest(src, tmp_path / "v.zarr", cfg, workers=1, failures_path=failures)
     assert report.done == ["good", "mixed_1234111", "mixed_1234222"]
@@ -344,18 +344,33 @@ def test_package_api_is_the_function_even_after_its_module_is_imported():
 
 
 def test_staging_left_by_killed_runs_is_swept_and_live_staging_kept(archive, tmp_path):
+    import hashlib
+    import socket
+    import subprocess
+
     store = tmp_path / "v.zarr"
     staging = tmp_path / ".v.zarr.staging"
-    old, live = staging / "c0-dead", staging / "c1-live"
-    for d in (old, live):
+    host = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    dead_pid = ended.pid  # a pid whose process has ended and was reaped
+    old = staging / f"c0-{'a' * 32}"  # a name from before host and pid: swept by age
+    live = staging / f"c1-h{host}p{os.getpid()}-{'b' * 32}"  # a writer still running, recent
+    dead = staging / f"c2-h{host}p{dead_pid}-{'c' * 32}"  # a writer that ended: swept at once
+    other_host = staging / f"c3-h{'0' * 8}p{dead_pid}-{'d' * 32}"  # another host's writer, recent: kept
+    foreign = staging / "notes"  # not a name tcpc gives: never touched, however old
+    for d in (old, live, dead, other_host, foreign):
         (d / "image").mkdir(parents=True)
         (d / "image" / "c").write_bytes(b"x" * 1000)
     hour_ago = time.time() - 7200
-    for p in (old / "image" / "c", old / "image", old):
-        os.utime(p, (hour_ago, hour_ago))
+    for d in (old, foreign):
+        for p in (d / "image" / "c", d / "image", d):
+            os.utime(p, (hour_ago, hour_ago))
     report = ingest(archive, store, workers=1)
-    assert report.ok and not old.exists() and live.exists()  # a write in progress is never touched
-    assert any("removed 1 staging folder(s)" in n for n in report.notes)
+    assert report.ok
+    assert not old.exists() and not dead.exists()
+    assert live.exists() and other_host.exists() and (foreign / "image" / "c").exists()
+    assert any("removed 2 staging folder(s)" in n for n in report.notes)
 
 
 def test_small_and_large_volumes_normalise_to_the_same_bits():

@@ -467,7 +467,7 @@ def shards(source, out, labels, split, task, cases, case_list, failures_path, se
 @_friendly
 def inspect(path, png, sample):
     """Summarise a volume STORE, one case (STORE/<case>) or a shard directory."""
-    from tcpc_data.overview import inspect_path
+    from tcpc_data.tools.overview import inspect_path
     click.echo(inspect_path(path, png=png, sample=sample))
     if png:
         click.echo(f"montage written to {png}")
@@ -479,7 +479,7 @@ def inspect(path, png, sample):
 def verify(path):
     """Check a volume STORE, a shard set or a directory of split sets: digests, chunk checksums,
     shapes, attributes and tar integrity. Prints each problem; exit 1 if there is any."""
-    from tcpc_data.verify import verify as run_verify
+    from tcpc_data.tools.verify import verify as run_verify
     report = run_verify(path)
     for problem in report.problems:
         click.echo(f"problem: {problem}")
@@ -487,7 +487,7 @@ def verify(path):
     sys.exit(0 if report.ok else 1)
 
 
-@main.command(cls=ConfigCommand, configs={"view": "tcpc_data.view:ViewConfig"})
+@main.command(cls=ConfigCommand, configs={"view": "tcpc_data.tools.view:ViewConfig"})
 @click.argument("store")
 @click.argument("case", required=False)
 @click.option("--centres", type=click.Path(dir_okay=False), default=None,
@@ -499,7 +499,7 @@ def view(store, case, centres, screenshot, settings):
     """Open CASE of a volume STORE (default: its first case) in napari: the image in world mm,
     supervoxels and mask as label layers, candidate crop boxes and --centres points.
     Needs the napari extra: pip install 'tcpc[napari]'."""
-    from tcpc_data.view import open_viewer
+    from tcpc_data.tools.view import open_viewer
 
     try:
         viewer = open_viewer(store, case, settings.build("view"), centres)
@@ -549,12 +549,12 @@ def _print_summary(title: str, rows: dict) -> None:
         click.echo(f"  {k:<14} {v}")
 
 
-@main.command(cls=ConfigCommand, configs={"pretrain": "tcpc_train.pretraining:PretrainConfig", "run": RunDir})
+@main.command(cls=ConfigCommand, configs={"pretrain": "tcpc_train.loops.pretraining:PretrainConfig", "run": RunDir})
 @click.argument("shards", type=click.Path())
 @_friendly
 def pretrain(shards, settings):
     """Self-supervised pretraining on SHARDS (TCPC or a baseline). Run under torchrun for DDP."""
-    from tcpc_train.pretraining import pretrain as run
+    from tcpc_train.loops.pretraining import pretrain as run
 
     cfg, where = settings.build("pretrain"), settings.build("run")
     s = run(shards, where.out, cfg, resume=not where.fresh, progress=settings.verbosity > 0,
@@ -566,13 +566,13 @@ def pretrain(shards, settings):
         "chance loss": s["chance_loss"], "samples/s": s["samples_per_s"], "checkpoint": s["checkpoint"]})
 
 
-@main.command(cls=ConfigCommand, configs={"finetune": "tcpc_train.finetuning:FinetuneConfig", "run": RunDir})
+@main.command(cls=ConfigCommand, configs={"finetune": "tcpc_train.loops.finetuning:FinetuneConfig", "run": RunDir})
 @click.argument("labelled_shards", type=click.Path())
 @click.option("--scratch", is_flag=True, help="Train from random initialisation (instead of --init).")
 @_friendly
 def finetune(labelled_shards, scratch, settings):
     """Fine-tune a classifier on LABELLED_SHARDS/{train,val,test}; report test ACC and AUC. DDP under torchrun."""
-    from tcpc_train.finetuning import finetune as run
+    from tcpc_train.loops.finetuning import finetune as run
 
     cfg, where = settings.build("finetune"), settings.build("run")
     if bool(cfg.init) == scratch:
@@ -592,7 +592,7 @@ def finetune(labelled_shards, scratch, settings):
         "confusion": m["confusion"], "checkpoint": s["checkpoint"]})
 
 
-@main.command(cls=ConfigCommand, configs={"evaluate": "tcpc_train.finetuning:EvaluateConfig"},
+@main.command(cls=ConfigCommand, configs={"evaluate": "tcpc_train.loops.finetuning:EvaluateConfig"},
               omit=("seed", "shuffle_buffer"))
 @click.argument("checkpoint", type=click.Path())
 @click.argument("shards", type=click.Path())
@@ -600,7 +600,7 @@ def finetune(labelled_shards, scratch, settings):
 @_friendly
 def evaluate(checkpoint, shards, out, settings):
     """Evaluate a fine-tuned CHECKPOINT on SHARDS (a split directory, or a labelled set: its test/)."""
-    from tcpc_train.finetuning import evaluate as run
+    from tcpc_train.loops.finetuning import evaluate as run
 
     m = run(checkpoint, shards, out, settings.build("evaluate"))
     _print_summary(f"evaluated {checkpoint} on {m['shards']} ({m['n']} samples)", {
@@ -637,7 +637,7 @@ def experiment(config, out, settings):
 def report(directories):
     """(Re)write report.html of experiment or run DIRECTORIES from their files (runs and experiments write
     it themselves; this rebuilds it, e.g. for directories made before reports existed)."""
-    from tcpc_train.htmlreport import rebuild_report
+    from tcpc_train.report.html import rebuild_report
     for d in directories:
         click.echo(f"report written to {rebuild_report(d)}")
 

@@ -36,7 +36,7 @@ def main(argv=None):
     ap.add_argument("--crop", type=int, default=64, help="crop side in voxels at 1 mm")
     args = ap.parse_args(argv)
 
-    from tcpc_data.store import commit_arrays, open_store
+    from tcpc_data.store.volumes import commit_arrays, open_store
     from tcpc_data.supervoxels.stage import SupervoxelConfig, supervoxels
 
     lidc = Path(args.lidc)

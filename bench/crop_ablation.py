@@ -6,7 +6,7 @@ measures both halves of the claim on seeded phantom chest CTs, where every
 lesion is known (``tcpc_data.phantom``):
 
 1. the share of pretraining crops that contain a lesion centre
-   (``tcpc_data.lesioncrops``), per crop source;
+   (``bench.lesioncrops``), per crop source;
 2. the test result of fine-tuning a lesion classifier (benign vs malignant
    crops, small label fractions) from TCPC pretrained on each source's crops.
 
@@ -30,7 +30,7 @@ the same label subsets, validation subsets (sized to the label budget,
 drawn from the validation patients) and test patients. The report gives
 ACC, balanced ACC and AUC with 95 % intervals by bootstrap over test
 patients and seeds and a paired test of each row against the SLIC row
-(``tcpc_train.stats``).
+(``tcpc_train.evaluation.stats``).
 
     python bench/crop_ablation.py --out runs/crop-ablation       # ~45 min on the busy 2-core machine
 
@@ -155,7 +155,7 @@ def _split_csvs(labels_csv: Path, out: Path, split: tuple[int, int]) -> dict[str
 
 def _centres(source: str, root, case: str, k: int, seed: int) -> np.ndarray:
     """(K, 3) crop centres of one case for a non-SLIC source (``root``: the SLIC store, opened)."""
-    from tcpc_data.lesioncrops import centre_crops, random_centres, random_centres_in
+    from bench.lesioncrops import centre_crops, random_centres, random_centres_in
 
     shape = root[case]["image"].shape
     if source == "random":
@@ -167,7 +167,7 @@ def _centres(source: str, root, case: str, k: int, seed: int) -> np.ndarray:
 
 def _stores(out: Path, cfg: AblationConfig, train: list[str], log) -> dict[str, Path]:
     """One store per source with its K candidates per training case (the SLIC one is ``volumes.zarr``)."""
-    from tcpc_data.store import open_store
+    from tcpc_data.store.volumes import open_store
     from tcpc_data.supervoxels.stage import SupervoxelConfig, supervoxels
 
     base = out / "volumes.zarr"
@@ -203,8 +203,8 @@ def _stores(out: Path, cfg: AblationConfig, train: list[str], log) -> dict[str, 
 
 def _shares(stores: dict[str, Path], lesions: dict[str, np.ndarray], cfg: AblationConfig) -> dict:
     """Per source: share of its crops holding a lesion centre (all crops pooled) and per case."""
-    from tcpc_data.lesioncrops import contains_lesion
-    from tcpc_data.store import open_store
+    from bench.lesioncrops import contains_lesion
+    from tcpc_data.store.volumes import open_store
 
     out = {}
     for source, store in stores.items():
@@ -226,8 +226,8 @@ def _done(run: Path, cfg) -> dict | None:
 
 
 def _pretrain(out: Path, source: str, shards: Path, seed: int, cfg: AblationConfig, log) -> str:
-    from tcpc_train.pretraining import PretrainConfig, pretrain
-    from tcpc_train.runtime import RuntimeConfig
+    from tcpc_train.loops.pretraining import PretrainConfig, pretrain
+    from tcpc_train.loops.runtime import RuntimeConfig
 
     pcfg = PretrainConfig(task="tcpc", width=cfg.width, steps=cfg.pretrain_steps, batch_size=cfg.batch,
                           runtime=RuntimeConfig(seed=seed, workers=0, device="cpu"),
@@ -246,8 +246,8 @@ def _cell(out: Path, row: str, seed: int, fraction: float, epochs: int, init: st
           cfg: AblationConfig, log) -> dict:
     """Fine-tune one (row, seed) on its label subset, select on a label-scaled validation subset, score test."""
     from tcpc_train.apps.experiment import ExperimentConfig, predict_split, validation_view
-    from tcpc_train.finetuning import FINETUNE_RUNTIME, FinetuneConfig, finetune, read_labels, stratified_fraction
-    from tcpc_train.loader import labelled_splits
+    from tcpc_train.loops.finetuning import FINETUNE_RUNTIME, FinetuneConfig, finetune, read_labels, stratified_fraction
+    from tcpc_train.input.loader import labelled_splits
 
     splits = labelled_splits(labelled)
     n_train = len(stratified_fraction(read_labels(splits["train"]), fraction, seed))
@@ -364,7 +364,7 @@ def run(out: Path, cfg: AblationConfig, log=print) -> dict:
     import torch
 
     from tcpc_data.shards.pretrain import ShardConfig, write_shards
-    from tcpc_train.apps.report import markdown_table, table_stats
+    from tcpc_train.apps.tables import markdown_table, table_stats
 
     cfg.validate()
     torch.use_deterministic_algorithms(True)

@@ -30,7 +30,7 @@ import pydicom
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tcpc_data import IngestConfig, ingest  # noqa: E402
+from tcpc_data.ingest import IngestConfig, ingest  # noqa: E402
 
 
 def baseline(series_dirs: list[Path], out: Path) -> None:

@@ -5,7 +5,7 @@ candidates show the network lesions more often than crops placed without
 task knowledge. Where lesions are known, this prints, per case and overall,
 the share of the top-K candidate crops holding a lesion centre, of K random
 crops (seeded; and the exact expectation) and of the centre crop
-(``tcpc_data.lesioncrops``):
+(``bench.lesioncrops``):
 
 - phantoms with lesions (``tcpc_data.phantom``), written as NIfTI and run
   through ``tcpc ingest`` and the supervoxels stage with the defaults;
@@ -37,7 +37,7 @@ from bench.lidc import SHARED_DATA  # noqa: E402
 
 def _lidc_lesions(store, nodules_csv) -> dict[str, np.ndarray]:
     """Case -> (L, 3) nodule centres in voxels of the stored (resampled) image."""
-    from tcpc_data.store import open_store
+    from tcpc_data.store.volumes import open_store
     from tcpc_data.volume import index_to_world, world_to_index
 
     root = open_store(store, "r")
@@ -55,8 +55,8 @@ def _lidc_lesions(store, nodules_csv) -> dict[str, np.ndarray]:
 
 
 def _report(name: str, store, lesions: dict[str, np.ndarray], crop: int, seed: int) -> dict:
-    from tcpc_data.lesioncrops import lesion_shares
-    from tcpc_data.store import open_store
+    from bench.lesioncrops import lesion_shares
+    from tcpc_data.store.volumes import open_store
 
     root = open_store(store, "r")
     totals = {"slic": [], "random": [], "centre": [], "random_expected": []}

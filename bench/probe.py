@@ -6,7 +6,7 @@ with the paper's geometry (``ShardConfig.preset("paper")``: 50 % overlap,
 target next to its support), with touching cubes (overlap 0) and with the
 default one (a quarter-cube gap). For
 each, a GRU + predictor head is trained on a frozen random encoder
-(:mod:`tcpc_train.probe`), without and with per-cube intensity augmentation;
+(:mod:`tcpc_train.evaluation.shortcut`), without and with per-cube intensity augmentation;
 the table shows how far held-out InfoNCE falls below chance, log(batch).
 A few minutes on 2 CPU cores:
 
@@ -29,8 +29,8 @@ from tcpc_data.phantom import write_archive  # noqa: E402
 from tcpc_data.pipeline import preprocess  # noqa: E402
 from tcpc_data.shards.pretrain import ShardConfig, write_shards  # noqa: E402
 from tcpc_data.supervoxels.stage import SupervoxelConfig  # noqa: E402
-from tcpc_train.probe import ProbeConfig, probe  # noqa: E402
-from tcpc_train.runtime import RuntimeConfig  # noqa: E402
+from tcpc_train.evaluation.shortcut import ProbeConfig, probe  # noqa: E402
+from tcpc_train.loops.runtime import RuntimeConfig  # noqa: E402
 
 
 def main() -> None:

@@ -105,7 +105,7 @@ def child(src: str, workers: int, out: str, discovery_only: bool = False) -> dic
     """One measurement in this (fresh) process; returns the row."""
     import psutil
 
-    from tcpc_data import ingest
+    from tcpc_data.ingest import ingest
     from tcpc_data.ingest.discover import discover
     from tcpc_data.runner import Task, run_cases
 

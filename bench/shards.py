@@ -35,7 +35,7 @@ from tcpc_data.shards import cubepaths as P  # noqa: E402
 from tcpc_data.crops import crop  # noqa: E402
 from tcpc_data.phantom import make_phantom  # noqa: E402
 from tcpc_data.shards.pretrain import ShardConfig, write_shards  # noqa: E402
-from tcpc_data.store import commit_arrays, open_store  # noqa: E402
+from tcpc_data.store.volumes import commit_arrays, open_store  # noqa: E402
 from tcpc_data.shards.tario import read_npy, tar_samples  # noqa: E402
 
 

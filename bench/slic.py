@@ -14,7 +14,7 @@ its own fresh process after an untimed warm-up on a small crop, and prints:
 - speed ratios: scikit-image wall / tcpc wall (all threads), and scikit-image
   CPU / tcpc CPU with 1 thread;
 - quality of both (explained variation, undersegmentation error, boundary
-  recall against HU tissue-class regions, ``tcpc_data.supervoxels.segmetrics``)
+  recall against HU tissue-class regions, ``bench.segmetrics``)
   and tcpc's relative difference to scikit-image's in percent;
 - whether tcpc's labels are identical with 1 and with all threads;
 - with ``--profile``, tcpc's seconds per phase (input pass, Gaussian, labels
@@ -177,7 +177,7 @@ def skimage_run(img_path, img, kw, tmp, cache_dir: Path, use_cache: bool):
 
 
 def bench_one(case: str, call: str, args, n_threads: int) -> dict:
-    from tcpc_data.supervoxels import segmetrics
+    from bench import segmetrics
 
     hu, spacing, _ = read_series(Path(args.lidc) / case)
     hu = hu[:args.slices]

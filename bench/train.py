@@ -18,7 +18,7 @@ Three parts, each on the same shards and batches (``--only`` picks one):
 Parts 2-3 run on the CPU and, when there is one, on the GPU. With ``--stems``
 it instead times one training step of the encoder alone with the small-cube
 stem against the classic video stem (7³ stride 2 + max-pool), the choice
-documented in ``tcpc_train/models.py``.
+documented in ``tcpc_train/models/encoders.py``.
 
     python bench/train.py                        # synthetic U-path shards, width 1/8
     python bench/train.py --shards DIR --width 1 --batch-size 32 --workers 4
@@ -41,12 +41,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tcpc_data.malloc import retain_freed_memory  # noqa: E402
-from tcpc_train.loader import ShardStream, make_loader, open_shards, raw_samples  # noqa: E402
-from tcpc_train.models import ResNet18_3d, build_encoder  # noqa: E402
-from tcpc_train.pretraining import PretrainConfig, TaskSample, build_task_model, train_steps  # noqa: E402
-from tcpc_train.runtime import RuntimeConfig, autocast, loader_workers  # noqa: E402
-from tcpc_train.synthetic import write_synthetic_paths  # noqa: E402
+from tcpc_data.store.malloc import retain_freed_memory  # noqa: E402
+from tcpc_train.input.loader import ShardStream, make_loader, open_shards, raw_samples  # noqa: E402
+from tcpc_train.models.encoders import ResNet18_3d, build_encoder  # noqa: E402
+from tcpc_train.loops.pretraining import PretrainConfig, TaskSample, build_task_model, train_steps  # noqa: E402
+from tcpc_train.loops.runtime import RuntimeConfig, autocast, loader_workers  # noqa: E402
+from tcpc_train.input.synthetic import write_synthetic_paths  # noqa: E402
 
 
 def _run(cfg: PretrainConfig, batches, steps: int, warmup: int, device: torch.device) -> list[float]:

@@ -1,7 +1,8 @@
 """tcpc_data: the preprocessing engine (readers, normalisation, SLIC, candidates, U-path shards).
 
 Public functions are imported lazily so ``import tcpc_data`` stays cheap (Numba
-and Dask load only when a stage runs).
+and Dask load only when a stage runs). The stage functions live in their packages:
+``from tcpc_data.ingest import ingest``, ``from tcpc_data.supervoxels import supervoxels``.
 """
 from __future__ import annotations
 
@@ -15,10 +16,8 @@ ensure_cache_dir()  # before any kernel module imports Numba
 
 # public name -> module that defines it
 _API = {
-    "ingest": "tcpc_data.ingest",
     "IngestConfig": "tcpc_data.ingest.stage",
     "slic": "tcpc_data.supervoxels.slic",
-    "supervoxels": "tcpc_data.supervoxels",
     "SupervoxelConfig": "tcpc_data.supervoxels.stage",
     "gaussian": "tcpc_data.supervoxels.smoothing",
     "body_mask": "tcpc_data.supervoxels.bodymask",
@@ -34,7 +33,7 @@ _API = {
     "path_positions": "tcpc_data.shards.cubepaths",
     "crop": "tcpc_data.crops",
     "preprocess": "tcpc_data.pipeline",
-    "inspect_path": "tcpc_data.overview",
+    "inspect_path": "tcpc_data.tools.overview",
     "make_phantom": "tcpc_data.phantom",
     "write_archive": "tcpc_data.phantom",
 }
@@ -44,7 +43,5 @@ __all__ = sorted(_API)
 
 def __getattr__(name: str):
     if name in _API:
-        module = importlib.import_module(_API[name])
-        # a stage package (tcpc_data.ingest) is itself callable: it is the public name
-        return module if module.__name__ == f"{__name__}.{name}" else getattr(module, name)
+        return getattr(importlib.import_module(_API[name]), name)
     raise AttributeError(f"module 'tcpc_data' has no attribute {name!r}")

@@ -39,7 +39,7 @@ import math
 import os
 from pathlib import Path
 
-from tcpc_data.store import list_cases, open_store, sanitize_case_id
+from tcpc_data.store.volumes import list_cases, open_store, sanitize_case_id
 from tcpc_data.volume import lps_xyz_to_zyx
 
 _POINTS = ((("z", "y", "x"), "vox"), (("z_mm", "y_mm", "x_mm"), "mm"), (("coordX", "coordY", "coordZ"), "luna"))

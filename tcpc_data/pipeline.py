@@ -26,7 +26,7 @@ from tcpc_data.shards.labelled import (LabelledConfig, labels_have_splits, load_
 from tcpc_data.shards.manifest import Manifest, describe
 from tcpc_data.runner import RunReport, progress_display
 from tcpc_data.shards.pretrain import ShardConfig, write_shards
-from tcpc_data.store import list_cases
+from tcpc_data.store.volumes import list_cases
 from tcpc_data.supervoxels.stage import SupervoxelConfig, supervoxels
 from tcpc_data.urls import is_local, is_remote, join, local_path
 

@@ -80,7 +80,7 @@ def lps_xyz_to_zyx(x_mm, y_mm, z_mm) -> tuple[float, float, float]:
     return float(z_mm), float(y_mm), float(x_mm)
 
 
-def stored_geometry(attrs, what: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def stored_geometry(attrs, case: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(origin_zyx, spacing_zyx, direction) of a stored image from its attributes, validated.
 
     Parameters
@@ -90,7 +90,7 @@ def stored_geometry(attrs, what: str) -> tuple[np.ndarray, np.ndarray, np.ndarra
         ``direction`` (3x3; ingest writes all three). A missing origin or
         direction is refused rather than assumed: an identity guess silently
         misplaces every point of a flipped or permuted volume.
-    what
+    case
         Case name for error messages.
     """
     try:
@@ -98,59 +98,59 @@ def stored_geometry(attrs, what: str) -> tuple[np.ndarray, np.ndarray, np.ndarra
         spacing = np.asarray(attrs["spacing_zyx"], dtype=np.float64).reshape(3)
         direction = attrs["direction"]
     except KeyError as exc:
-        raise ValueError(f"{what}: image has no {exc.args[0]} attribute; world coordinates "
+        raise ValueError(f"{case}: image has no {exc.args[0]} attribute; world coordinates "
                          f"cannot be mapped to voxels") from None
     except (TypeError, ValueError):
-        raise ValueError(f"{what}: image origin_zyx and spacing_zyx must be 3 numbers each") from None
+        raise ValueError(f"{case}: image origin_zyx and spacing_zyx must be 3 numbers each") from None
     if not np.all(np.isfinite(origin)) or not np.all(spacing > 0):
-        raise ValueError(f"{what}: image origin {origin.tolist()} / spacing {spacing.tolist()} invalid")
-    return origin, spacing, orthonormal_direction(direction, what)
+        raise ValueError(f"{case}: image origin {origin.tolist()} / spacing {spacing.tolist()} invalid")
+    return origin, spacing, orthonormal_direction(direction, case)
 
 
-def world_to_voxel(world_zyx, attrs, shape, what: str) -> np.ndarray:
+def world_to_voxel(world_zyx, attrs, shape, case: str) -> np.ndarray:
     """Nearest voxel (3,) int64 of one LPS z/y/x mm point in a stored image; outside raises.
 
     Uses :func:`world_to_index` with the image's full geometry (origin,
     spacing *and* direction), so flipped, permuted and oblique volumes agree
     with their world coordinates (module docstring).
     """
-    idx = np.rint(world_to_index(world_zyx, *stored_geometry(attrs, what))).astype(np.int64)
+    idx = np.rint(world_to_index(world_zyx, *stored_geometry(attrs, case))).astype(np.int64)
     if np.any(idx < 0) or np.any(idx >= np.asarray(shape)):
-        raise ValueError(f"{what}: world point z/y/x {tuple(round(float(v), 3) for v in world_zyx)} mm "
+        raise ValueError(f"{case}: world point z/y/x {tuple(round(float(v), 3) for v in world_zyx)} mm "
                          f"lies outside the volume (voxel {idx.tolist()}, shape {list(shape)})")
     return idx
 
 
-def orthonormal_direction(direction, what: str) -> np.ndarray:
+def orthonormal_direction(direction, case: str) -> np.ndarray:
     """Validate a 3x3 direction matrix (rows unit length and mutually orthogonal)."""
     d = np.asarray(direction, dtype=np.float64)
     if d.shape != (3, 3) or not np.all(np.isfinite(d)):
-        raise ValueError(f"{what}: direction must be a finite 3x3 matrix, got {d.tolist()}")
+        raise ValueError(f"{case}: direction must be a finite 3x3 matrix, got {d.tolist()}")
     if not np.allclose(d @ d.T, np.eye(3), atol=1e-3):
-        raise ValueError(f"{what}: image axes are not orthonormal (direction {np.round(d, 4).tolist()})")
+        raise ValueError(f"{case}: image axes are not orthonormal (direction {np.round(d, 4).tolist()})")
     return d
 
 
-def check_size(shape, max_voxels: int, what: str) -> None:
+def check_size(shape, max_voxels: int, case: str) -> None:
     """Refuse volumes with fewer than 2 voxels along an axis or more than ``max_voxels`` in all."""
     shape = tuple(int(s) for s in shape)
     if len(shape) != 3:
-        raise ValueError(f"{what}: expected a 3-D volume, got shape {shape}")
+        raise ValueError(f"{case}: expected a 3-D volume, got shape {shape}")
     if min(shape) < 2:
-        raise ValueError(f"{what}: shape {shape} has an axis of fewer than 2 voxels (a single slice is not a volume)")
+        raise ValueError(f"{case}: shape {shape} has an axis of fewer than 2 voxels (a single slice is not a volume)")
     n = int(np.prod(shape, dtype=np.int64))
     if n > max_voxels:
-        raise ValueError(f"{what}: shape {shape} has {n:,} voxels, over the limit of {max_voxels:,} "
+        raise ValueError(f"{case}: shape {shape} has {n:,} voxels, over the limit of {max_voxels:,} "
                          f"(raise max_voxels if this is intended)")
 
 
-def check_finite(hu: np.ndarray, what: str) -> None:
+def check_finite(hu: np.ndarray, case: str) -> None:
     """Refuse volumes with NaN or infinite voxels, naming how many."""
     bad = ~np.isfinite(hu)
     if bad.any():
         n = int(bad.sum())
         first = tuple(int(i) for i in np.argwhere(bad)[0])
-        raise ValueError(f"{what}: {n} voxels are NaN or infinite (first at z, y, x = {first})")
+        raise ValueError(f"{case}: {n} voxels are NaN or infinite (first at z, y, x = {first})")
 
 
 def one_line(exc: BaseException) -> str:
@@ -167,15 +167,15 @@ def reader(read):
     name) and missing files pass through unchanged.
     """
     @functools.wraps(read)
-    def wrapper(path, *args, what: str, **kwargs):
+    def wrapper(path, *args, case: str, **kwargs):
         try:
-            return read(path, *args, what=what, **kwargs)
+            return read(path, *args, case=case, **kwargs)
         except FileNotFoundError:
             raise
         except Exception as exc:  # noqa: BLE001 - untrusted input: any library error is this case's failure
-            if isinstance(exc, ValueError) and str(exc).startswith(f"{what}: ") and "\n" not in str(exc):
+            if isinstance(exc, ValueError) and str(exc).startswith(f"{case}: ") and "\n" not in str(exc):
                 raise
             first = path[0] if isinstance(path, (list, tuple)) and path else path
-            raise ValueError(f"{what}: cannot read {Path(str(first)).name}: {type(exc).__name__}: "
+            raise ValueError(f"{case}: cannot read {Path(str(first)).name}: {type(exc).__name__}: "
                              f"{one_line(exc)}") from exc
     return wrapper

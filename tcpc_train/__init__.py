@@ -8,17 +8,17 @@ import importlib
 
 # module -> the public names it defines
 _MODULES = {
-    "tcpc_train.pretraining": ("pretrain", "PretrainConfig"),
-    "tcpc_train.finetuning": ("finetune", "FinetuneConfig", "evaluate", "EvaluateConfig"),
-    "tcpc_train.runtime": ("RuntimeConfig",),
-    "tcpc_train.tasks": ("TASKS",),
-    "tcpc_train.models": ("build_encoder",),
-    "tcpc_train.contrastive": ("info_nce",),
-    "tcpc_train.weights": ("load_encoder_weights",),
-    "tcpc_train.loader": ("open_shards",),
-    "tcpc_train.dataset": ("ShardDataset",),
-    "tcpc_train.metrics": ("classification_metrics",),
-    "tcpc_train.synthetic": ("write_synthetic_paths", "write_synthetic_labelled"),
+    "tcpc_train.loops.pretraining": ("pretrain", "PretrainConfig"),
+    "tcpc_train.loops.finetuning": ("finetune", "FinetuneConfig", "evaluate", "EvaluateConfig"),
+    "tcpc_train.loops.runtime": ("RuntimeConfig",),
+    "tcpc_train.tasks.registry": ("TASKS",),
+    "tcpc_train.models.encoders": ("build_encoder",),
+    "tcpc_train.tasks.contrastive": ("info_nce",),
+    "tcpc_train.models.weights": ("load_encoder_weights",),
+    "tcpc_train.input.loader": ("open_shards",),
+    "tcpc_train.input.dataset": ("ShardDataset",),
+    "tcpc_train.evaluation.metrics": ("classification_metrics",),
+    "tcpc_train.input.synthetic": ("write_synthetic_paths", "write_synthetic_labelled"),
     "tcpc_train.apps.demo": ("run_demo",),
     "tcpc_train.apps.experiment": ("run_experiment",),
 }

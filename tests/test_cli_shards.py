@@ -6,7 +6,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli import main
-from tcpc_data.store import commit_arrays
+from tcpc_data.store.volumes import commit_arrays
 
 
 @pytest.fixture()

@@ -21,9 +21,9 @@ from hypothesis import strategies as st
 from cli import main
 from tcpc_data.ingest.stage import ingest
 from tcpc_data.phantom import write_archive
-from tcpc_data.store import list_cases, open_store, sweep_staging
-from tcpc_train.checkpoint import load_checkpoint
-from tcpc_train.synthetic import write_synthetic_labelled, write_synthetic_paths
+from tcpc_data.store.volumes import list_cases, open_store, sweep_staging
+from tcpc_train.loops.checkpoint import load_checkpoint
+from tcpc_train.input.synthetic import write_synthetic_labelled, write_synthetic_paths
 
 try:  # the test extra's tensorboard reads the runs' event files back
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

@@ -37,7 +37,7 @@ def test_ingest_of_a_pickled_npy_or_npz(tmp_path, marker):
     np.savez(tmp_path / "x.npz", image=_object_array(marker))
     for name in ("x.npy", "x.npz"):
         with pytest.raises(ValueError, match=rf"case: cannot read NumPy file .*{name}"):
-            read_numpy(tmp_path / name, spacing_zyx=(1, 1, 1), max_voxels=1000, what="case")
+            read_numpy(tmp_path / name, spacing_zyx=(1, 1, 1), max_voxels=1000, case="case")
 
 
 def test_a_medmnist_npz_with_pickled_images(tmp_path, marker):
@@ -63,9 +63,9 @@ def test_a_shard_member_holding_a_pickle(tmp_path, marker):
 def test_a_checkpoint_or_external_weights_holding_a_pickle(tmp_path, marker):
     import torch
 
-    from tcpc_train.checkpoint import load_checkpoint
-    from tcpc_train.models import build_encoder
-    from tcpc_train.weights import load_encoder_weights
+    from tcpc_train.loops.checkpoint import load_checkpoint
+    from tcpc_train.models.encoders import build_encoder
+    from tcpc_train.models.weights import load_encoder_weights
     torch.save({"model": {"w": torch.zeros(1)}, "extra": Payload(marker)}, tmp_path / "evil.pt")
     with pytest.raises(ValueError, match="not a weights-only torch checkpoint"):
         load_checkpoint(tmp_path / "evil.pt")

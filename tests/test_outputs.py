@@ -15,11 +15,11 @@ import pytest
 from click.testing import CliRunner
 
 from cli import main
-from tcpc_data import IngestConfig, ingest
+from tcpc_data.ingest import IngestConfig, ingest
 from tcpc_data.outputs import MARKER, OutputError, check_apart, claim_dir, has_files
 from tcpc_data.phantom import make_phantom, write_nifti
-from tcpc_data.store import STORE_ATTR, claim_store, list_cases, open_store
-from tcpc_train.synthetic import write_synthetic_labelled, write_synthetic_paths
+from tcpc_data.store.volumes import STORE_ATTR, claim_store, list_cases, open_store
+from tcpc_train.input.synthetic import write_synthetic_labelled, write_synthetic_paths
 
 
 def _run(*args):

@@ -29,21 +29,21 @@ _GAP_TOL = 0.02
 _SHEAR_TOL_MM = 0.01
 
 
-def _floats(ds, keyword: str, n: int, path: Path, what: str) -> np.ndarray:
+def _floats(ds, keyword: str, n: int, path: Path, case: str) -> np.ndarray:
     value = ds.get(keyword)
     if value is None:
-        raise ValueError(f"{what}: {path.name} lacks {keyword}; cannot place the slice in space")
+        raise ValueError(f"{case}: {path.name} lacks {keyword}; cannot place the slice in space")
     try:
         vals = np.array([float(v) for v in (value if n > 1 else [value])], dtype=np.float64)
     except (TypeError, ValueError):
-        raise ValueError(f"{what}: {path.name} has a non-numeric {keyword}: {value!r}")
+        raise ValueError(f"{case}: {path.name} has a non-numeric {keyword}: {value!r}")
     if vals.shape != (n,) or not np.all(np.isfinite(vals)):
-        raise ValueError(f"{what}: {path.name} has an invalid {keyword}: {value!r}")
+        raise ValueError(f"{case}: {path.name} has an invalid {keyword}: {value!r}")
     return vals
 
 
 @reader
-def read_series(files, *, max_voxels: int, what: str, irregular: str = "resample") -> Volume:
+def read_series(files, *, max_voxels: int, case: str, irregular: str = "resample") -> Volume:
     """Read the files of one CT series into a :class:`Volume` in HU.
 
     Parameters
@@ -52,7 +52,7 @@ def read_series(files, *, max_voxels: int, what: str, irregular: str = "resample
         Paths of the series' DICOM files (any order).
     max_voxels
         Refuse series larger than this (checked from the headers, before decoding).
-    what
+    case
         Case name used in error messages.
     irregular
         ``"resample"``: a tilted or unevenly spaced series is returned with
@@ -65,18 +65,18 @@ def read_series(files, *, max_voxels: int, what: str, irregular: str = "resample
         mean gap (regular) or the median gap (irregular).
     """
     paths = [Path(f) for f in files]
-    _check_count(paths, what)
-    slices = [parse_slice(p.read_bytes(), p, what) for p in paths]
-    return series_volume(paths, slices, max_voxels=max_voxels, what=what, irregular=irregular)
+    _check_count(paths, case)
+    slices = [parse_slice(p.read_bytes(), p, case) for p in paths]
+    return series_volume(paths, slices, max_voxels=max_voxels, case=case, irregular=irregular)
 
 
-def parse_slice(data: bytes, path: Path, what: str):
+def parse_slice(data: bytes, path: Path, case: str):
     """One file's bytes as :func:`series_volume` takes them: a :class:`~tcpc_data.ingest.dicomscan.ScannedSlice`
     in the plain case, else the pydicom dataset (:func:`parse_file`)."""
-    return scan_slice(data) or parse_file(data, path, what)
+    return scan_slice(data) or parse_file(data, path, case)
 
 
-def parse_file(data: bytes, path: Path, what: str):
+def parse_file(data: bytes, path: Path, case: str):
     """The pydicom dataset of one file's bytes (pixels not yet decoded); a damaged file is a
     one-line ValueError that names it."""
     import pydicom
@@ -86,31 +86,31 @@ def parse_file(data: bytes, path: Path, what: str):
         # more than the copy
         return pydicom.dcmread(io.BytesIO(data))
     except Exception as exc:  # noqa: BLE001 - pydicom raises many types for damaged files; name the file
-        raise ValueError(f"{what}: cannot read DICOM file {path}: {one_line(exc)}") from exc
+        raise ValueError(f"{case}: cannot read DICOM file {path}: {one_line(exc)}") from exc
 
 
-def _check_count(paths: list[Path], what: str) -> None:
+def _check_count(paths: list[Path], case: str) -> None:
     if len(paths) < 2:
-        raise ValueError(f"{what}: the series has {len(paths)} slice(s) ({paths[0].name if paths else 'none'}); "
+        raise ValueError(f"{case}: the series has {len(paths)} slice(s) ({paths[0].name if paths else 'none'}); "
                          f"a volume needs at least 2")
 
 
 @reader
-def series_volume(paths: list[Path], slices: list, *, max_voxels: int, what: str,
+def series_volume(paths: list[Path], slices: list, *, max_voxels: int, case: str,
                   irregular: str = "resample") -> Volume:
     """:func:`read_series` on files already parsed: ``slices[i]`` is what :func:`parse_slice` made of
     ``paths[i]`` (a scanned slice or a pydicom dataset)."""
-    _check_count(paths, what)
+    _check_count(paths, case)
     first = slices[0]
     rows, cols = _dims(first)[1:]
-    check_size((len(paths), rows, cols), max_voxels, what)
+    check_size((len(paths), rows, cols), max_voxels, case)
     # every slice's numbers first, then each check once over all slices: the first slice that fails
     # one is named, with the checks in the order a slice-by-slice loop makes them
-    vectors = [_vectors(x, p, what) for x, p in zip(slices, paths)]
+    vectors = [_vectors(x, p, case) for x, p in zip(slices, paths)]
     spacings, orientations, positions = (np.stack(v) for v in zip(*vectors))
     iop, pixel = orientations[0], spacings[0]
     if np.any(pixel <= 0):
-        raise ValueError(f"{what}: {paths[0].name} has a non-positive PixelSpacing {pixel.tolist()}")
+        raise ValueError(f"{case}: {paths[0].name} has a non-positive PixelSpacing {pixel.tolist()}")
     dims = np.array([_dims(x) for x in slices]).reshape(-1, 3)
     checks = (dims[:, 0] > 1, np.any(dims[:, 1:] != (rows, cols), axis=1),
               ~np.all(np.isclose(spacings, pixel, rtol=1e-4, atol=1e-5), axis=1),
@@ -118,7 +118,7 @@ def series_volume(paths: list[Path], slices: list, *, max_voxels: int, what: str
     failing = np.flatnonzero(np.any(checks, axis=0))
     if failing.size:
         i = int(failing[0])
-        _refuse_slice([bool(c[i]) for c in checks], slices[i], paths[i], dims[i], paths[0], (rows, cols), pixel, what)
+        _refuse_slice([bool(c[i]) for c in checks], slices[i], paths[i], dims[i], paths[0], (rows, cols), pixel, case)
 
     u, v = iop[:3] / np.linalg.norm(iop[:3]), iop[3:] / np.linalg.norm(iop[3:])
     n = np.cross(u, v)
@@ -128,7 +128,7 @@ def series_volume(paths: list[Path], slices: list, *, max_voxels: int, what: str
     rel = positions[order] - positions[order[0]]
     d, a, b = rel @ n, rel @ v, rel @ u  # along normal, column (y) and row (x) directions
     gaps = np.diff(d)
-    _check_gaps(gaps, d, paths, what)
+    _check_gaps(gaps, d, paths, case)
     notes: list[str] = []
     median = float(np.median(gaps))
     uneven = bool(np.any(np.abs(gaps - median) > _GAP_TOL * median))
@@ -137,7 +137,7 @@ def series_volume(paths: list[Path], slices: list, *, max_voxels: int, what: str
 
     hu = np.empty((len(paths), rows, cols), dtype=np.float32)
     for k, (p, x) in enumerate(zip(paths, slices)):
-        _slice_hu(x, p, (rows, cols), what, out=hu[k])
+        _slice_hu(x, p, (rows, cols), case, out=hu[k])
 
     direction = np.stack([n[::-1], v[::-1], u[::-1]])  # image axes z, y, x; components z, y, x
     origin = tuple(float(x) for x in positions[order[0]][::-1])
@@ -153,19 +153,19 @@ def series_volume(paths: list[Path], slices: list, *, max_voxels: int, what: str
     if uneven:
         notes.append(f"uneven slice gaps {gaps.min():.2f}-{gaps.max():.2f} mm (median {median:.2f} mm)")
     if irregular == "refuse":
-        raise ValueError(f"{what}: irregular series refused: {'; '.join(notes)}; "
+        raise ValueError(f"{case}: irregular series refused: {'; '.join(notes)}; "
                          f"ingest with irregular='resample' (--irregular resample) to resample it onto a regular grid")
     offsets = np.stack([d, a, b], axis=1)
     return Volume(hu, (median, float(pixel[0]), float(pixel[1])), origin, direction,
                   slice_offsets=offsets, notes=tuple(notes))
 
 
-def _check_gaps(gaps: np.ndarray, d: np.ndarray, paths: list[Path], what: str) -> None:
+def _check_gaps(gaps: np.ndarray, d: np.ndarray, paths: list[Path], case: str) -> None:
     """Refuse duplicate slice positions and missing slices (a gap of about k >= 2 median gaps)."""
     dup = np.flatnonzero(gaps < 1e-3)
     if dup.size:
         i = int(dup[0])
-        raise ValueError(f"{what}: {paths[i].name} and {paths[i + 1].name} lie at the same position "
+        raise ValueError(f"{case}: {paths[i].name} and {paths[i + 1].name} lie at the same position "
                          f"({d[i]:.3f} mm along the normal); two stacks mixed in one series?")
     median = float(np.median(gaps))
     ratio = gaps / median
@@ -173,7 +173,7 @@ def _check_gaps(gaps: np.ndarray, d: np.ndarray, paths: list[Path], what: str) -
     missing = np.flatnonzero((whole >= 2) & (np.abs(ratio - whole) < 0.1))
     if missing.size:
         i = int(missing[0])
-        raise ValueError(f"{what}: missing slices: a gap of {gaps[i]:.2f} mm between {paths[i].name} and "
+        raise ValueError(f"{case}: missing slices: a gap of {gaps[i]:.2f} mm between {paths[i].name} and "
                          f"{paths[i + 1].name} where the series' spacing is {median:.2f} mm "
                          f"(about {int(whole[i]) - 1} slice(s) missing)")
 
@@ -185,40 +185,40 @@ def _dims(x) -> tuple[int, int, int]:
     return int(x.get("NumberOfFrames", 1) or 1), int(x.get("Rows", 0)), int(x.get("Columns", 0))
 
 
-def _vectors(x, path: Path, what: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _vectors(x, path: Path, case: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(PixelSpacing (2,), ImageOrientationPatient (6,), ImagePositionPatient (3,)) of a slice."""
     if isinstance(x, ScannedSlice):
         return x.spacing, x.orientation, x.position
-    iop = _floats(x, "ImageOrientationPatient", 6, path, what)
-    return _floats(x, "PixelSpacing", 2, path, what), iop, _floats(x, "ImagePositionPatient", 3, path, what)
+    iop = _floats(x, "ImageOrientationPatient", 6, path, case)
+    return _floats(x, "PixelSpacing", 2, path, case), iop, _floats(x, "ImagePositionPatient", 3, path, case)
 
 
-def _dataset(x, path: Path, what: str):
+def _dataset(x, path: Path, case: str):
     """The pydicom dataset of a slice (a scanned one is parsed now, for pydicom's decoders or for a
     message that quotes its values)."""
-    return parse_file(x.data, path, what) if isinstance(x, ScannedSlice) else x
+    return parse_file(x.data, path, case) if isinstance(x, ScannedSlice) else x
 
 
-def _refuse_slice(failed: list[bool], x, path: Path, dims, first_path: Path, shape, pixel, what: str):
+def _refuse_slice(failed: list[bool], x, path: Path, dims, first_path: Path, shape, pixel, case: str):
     """Raise the first of the slice checks (multi-frame, size, pixel size, orientation) that ``x`` fails."""
     if failed[0]:
-        raise ValueError(f"{what}: {path.name} is a multi-frame image; only single-frame CT series are supported")
+        raise ValueError(f"{case}: {path.name} is a multi-frame image; only single-frame CT series are supported")
     if failed[1]:
-        raise ValueError(f"{what}: inconsistent slice size: {path.name} is {dims[1]}x{dims[2]}, "
+        raise ValueError(f"{case}: inconsistent slice size: {path.name} is {dims[1]}x{dims[2]}, "
                          f"{first_path.name} is {shape[0]}x{shape[1]}")
     if failed[2]:
-        raise ValueError(f"{what}: inconsistent pixel sizes: {path.name} has PixelSpacing "
-                         f"{list(_dataset(x, path, what).PixelSpacing)}, {first_path.name} has {pixel.tolist()}")
-    raise ValueError(f"{what}: inconsistent slice orientation: {path.name} differs from {first_path.name}")
+        raise ValueError(f"{case}: inconsistent pixel sizes: {path.name} has PixelSpacing "
+                         f"{list(_dataset(x, path, case).PixelSpacing)}, {first_path.name} has {pixel.tolist()}")
+    raise ValueError(f"{case}: inconsistent slice orientation: {path.name} differs from {first_path.name}")
 
 
-def _slice_hu(x, path: Path, shape: tuple[int, int], what: str, out: np.ndarray) -> None:
+def _slice_hu(x, path: Path, shape: tuple[int, int], case: str, out: np.ndarray) -> None:
     """Decode one slice (scanned or a dataset) and write it rescaled to HU into ``out`` (float32)."""
     arr = _scanned_pixels(x, shape) if isinstance(x, ScannedSlice) else None
     if arr is None:
-        ds = _dataset(x, path, what)
+        ds = _dataset(x, path, case)
         if "PixelData" not in ds:
-            raise ValueError(f"{what}: {path.name} has no pixel data")
+            raise ValueError(f"{case}: {path.name} has no pixel data")
         try:
             arr = _native_pixels(ds, shape)
             if arr is None:
@@ -226,12 +226,12 @@ def _slice_hu(x, path: Path, shape: tuple[int, int], what: str, out: np.ndarray)
         except Exception as exc:  # decoders raise many types for truncated/corrupt data
             ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
             name = getattr(ts, "name", ts)
-            raise ValueError(f"{what}: cannot decode the pixel data of {path.name} (transfer syntax {name}): "
+            raise ValueError(f"{case}: cannot decode the pixel data of {path.name} (transfer syntax {name}): "
                              f"{one_line(exc)}") from exc
     if arr.shape != shape:
-        raise ValueError(f"{what}: {path.name} decodes to shape {arr.shape}, expected {shape}")
-    slope, intercept = (x.slope, x.intercept) if isinstance(x, ScannedSlice) else _rescale(x, path, what)
-    _check_rescale(slope, intercept, path, what)
+        raise ValueError(f"{case}: {path.name} decodes to shape {arr.shape}, expected {shape}")
+    slope, intercept = (x.slope, x.intercept) if isinstance(x, ScannedSlice) else _rescale(x, path, case)
+    _check_rescale(slope, intercept, path, case)
     if slope == 1:  # one pass: a product with 1 is exact, so the sum rounds as after the product
         np.add(arr, np.float32(intercept), out=out, dtype=np.float32)
         return
@@ -277,7 +277,7 @@ def _native_pixels(ds, shape: tuple[int, int]) -> np.ndarray | None:
                          ds.get("SamplesPerPixel", 1), ds.get("PixelRepresentation"))
 
 
-def _rescale(ds, path: Path, what: str) -> tuple[float, float]:
+def _rescale(ds, path: Path, case: str) -> tuple[float, float]:
     """RescaleSlope and RescaleIntercept of a dataset (1 and 0 when absent or empty)."""
     def value(keyword, default):
         v = ds.get(keyword)
@@ -285,12 +285,12 @@ def _rescale(ds, path: Path, what: str) -> tuple[float, float]:
     try:
         return value("RescaleSlope", 1.0), value("RescaleIntercept", 0.0)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"{what}: {path.name} has a non-numeric RescaleSlope/RescaleIntercept: {one_line(exc)}") from exc
+        raise ValueError(f"{case}: {path.name} has a non-numeric RescaleSlope/RescaleIntercept: {one_line(exc)}") from exc
 
 
-def _check_rescale(slope: float, intercept: float, path: Path, what: str) -> None:
+def _check_rescale(slope: float, intercept: float, path: Path, case: str) -> None:
     """Refuse values that are not finite numbers and a slope of 0, which would map every voxel to
     the intercept."""
     if not (np.isfinite(slope) and np.isfinite(intercept)) or slope == 0:
-        raise ValueError(f"{what}: {path.name} has RescaleSlope {slope} and RescaleIntercept {intercept}; "
+        raise ValueError(f"{case}: {path.name} has RescaleSlope {slope} and RescaleIntercept {intercept}; "
                          f"HU are undefined (the slope must be a finite non-zero number)")

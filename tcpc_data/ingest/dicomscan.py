@@ -18,7 +18,7 @@ keeps the ones in :data:`_WANTED`. It takes only the plain case:
   multiplicity, the expected VR of an explicit element.
 
 Anything else returns None and the caller parses the file with pydicom: a scanned value
-is always the one pydicom reads (``tests/data/test_dicomscan.py`` compares them on
+is always the one pydicom reads (``tests/data/ingest/test_dicomscan.py`` compares them on
 generated files). Errors are pydicom's too: a file the scanner passes on is parsed by
 pydicom, which names what is wrong.
 """

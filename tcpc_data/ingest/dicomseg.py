@@ -68,11 +68,11 @@ def pair_segmentations(fs, src: str, base: str, cases: list, segs: list[str], no
         else:
             levels, cs = out[i]
             out[i] = (levels, dataclasses.replace(cs, mask=url(fs, path, src)))
-    for what, paths in (("reference no series among the sources", unpaired),
+    for case, paths in (("reference no series among the sources", unpaired),
                         ("segment a series that already has a mask", extra)):
         if paths:
             names = ", ".join(posixpath.relpath(p, base) for p in paths[:3]) + (" ..." if len(paths) > 3 else "")
-            notes.append(f"{src}: ignored {len(paths)} DICOM-SEG object(s) that {what} ({names})")
+            notes.append(f"{src}: ignored {len(paths)} DICOM-SEG object(s) that {case} ({names})")
     return out
 
 
@@ -88,7 +88,7 @@ def _referenced_series(fs, path: str) -> str | None:
         return None
 
 
-def read_seg_mask(path: str, volume: Volume, *, what: str) -> np.ndarray:
+def read_seg_mask(path: str, volume: Volume, *, case: str) -> np.ndarray:
     """The segments of a DICOM-SEG object as a label map on ``volume``'s native grid.
 
     Parameters
@@ -97,7 +97,7 @@ def read_seg_mask(path: str, volume: Volume, *, what: str) -> np.ndarray:
         Local path of the SEG object.
     volume
         The image of the series it segments, on a regular grid (LPS geometry).
-    what
+    case
         Case name for error messages.
 
     Returns
@@ -116,20 +116,20 @@ def read_seg_mask(path: str, volume: Volume, *, what: str) -> np.ndarray:
     try:
         import highdicom
     except ImportError:
-        raise ModuleNotFoundError(f"{what} {path}: reading a DICOM-SEG needs highdicom: "
+        raise ModuleNotFoundError(f"{case} {path}: reading a DICOM-SEG needs highdicom: "
                                   f"pip install 'tcpc[seg]'") from None
     if not volume.regular:
-        raise ValueError(f"{what} {path}: the series is not on a regular grid (tilted or uneven slices); "
+        raise ValueError(f"{case} {path}: the series is not on a regular grid (tilted or uneven slices); "
                          f"a DICOM-SEG mask needs a regular one")
     try:
         seg = highdicom.seg.segread(path)
         seg_volume = seg.get_volume(combine_segments=True, relabel=False)
     except Exception as exc:  # noqa: BLE001 - highdicom's errors about a user's file become one line
         msg = " ".join(str(exc).split()) or type(exc).__name__
-        raise ValueError(f"{what} {path}: cannot read the DICOM-SEG: {msg}") from None
+        raise ValueError(f"{case} {path}: cannot read the DICOM-SEG: {msg}") from None
     labels = np.asarray(seg_volume.array)
     if labels.ndim != 3:
-        raise ValueError(f"{what} {path}: expected one label per voxel, got an array of shape {labels.shape}")
+        raise ValueError(f"{case} {path}: expected one label per voxel, got an array of shape {labels.shape}")
     return _on_grid(labels, np.asarray(seg_volume.affine, np.float64), volume)
 
 

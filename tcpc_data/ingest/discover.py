@@ -40,7 +40,7 @@ from fsspec.implementations.local import LocalFileSystem
 from tcpc_data.ingest import dicomscan
 from tcpc_data.ingest.dicomseg import is_segmentation, pair_segmentations
 from tcpc_data.runner import progress_display
-from tcpc_data.store import sanitize_case_id
+from tcpc_data.store.volumes import sanitize_case_id
 from tcpc_data.urls import filesystem, is_local
 
 _VOLUME_SUFFIXES = {".nii.gz": "nifti", ".nii": "nifti", ".mhd": "metaimage", ".mha": "metaimage",

@@ -27,7 +27,7 @@ def apply_clip(hu: np.ndarray, clip: tuple[float, float] | None) -> np.ndarray:
     return np.clip(hu, clip[0], clip[1], out=hu)
 
 
-def normalise(hu: np.ndarray, what: str = "volume", out: np.ndarray | None = None
+def normalise(hu: np.ndarray, case: str = "volume", out: np.ndarray | None = None
               ) -> tuple[np.ndarray, tuple[float, float]]:
     """Map ``hu`` linearly so its minimum becomes -1 and its maximum 1.
 
@@ -35,7 +35,7 @@ def normalise(hu: np.ndarray, what: str = "volume", out: np.ndarray | None = Non
     ----------
     hu
         (Z, Y, X) float32, finite (already windowed if a window is wanted).
-    what
+    case
         Case name for error messages.
     out
         (Z, Y, X) C-contiguous array for the result: float32, e.g. ``hu`` itself
@@ -54,7 +54,7 @@ def normalise(hu: np.ndarray, what: str = "volume", out: np.ndarray | None = Non
     """
     lo, hi = float(hu.min()), float(hu.max())
     if not hi > lo:
-        raise ValueError(f"{what}: the image is constant ({lo} HU) after windowing; "
+        raise ValueError(f"{case}: the image is constant ({lo} HU) after windowing; "
                          f"min/max normalisation is undefined")
     if out is None:
         out = np.empty(hu.shape, dtype=np.float32)

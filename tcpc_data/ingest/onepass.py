@@ -24,7 +24,7 @@ from tcpc_data.ingest.dicomscan import scan_slice
 from tcpc_data.ingest.discover import header_of, in_series, scan_header, series_candidates
 
 
-def read_series_once(folders, series: str, *, what: str) -> tuple[list[Path], list, str]:
+def read_series_once(folders, series: str, *, case: str) -> tuple[list[Path], list, str]:
     """The files of DICOM series ``series`` in the local ``folders``, each read once.
 
     Parameters
@@ -33,7 +33,7 @@ def read_series_once(folders, series: str, *, what: str) -> tuple[list[Path], li
         Local folders (or one DICOM file) the series lies in, as :func:`discover.series_files` takes.
     series
         The series key (:attr:`CaseSource.series`).
-    what
+    case
         Case name for error messages.
 
     Returns
@@ -55,7 +55,7 @@ def read_series_once(folders, series: str, *, what: str) -> tuple[list[Path], li
     with ThreadPoolExecutor(1, thread_name_prefix="tcpc-digest") as pool:
         for p in sorted(Path(f) for f in series_candidates(folders)):
             try:
-                found = (_member_headers_first if mixed else _member)(p, series, what, arena)
+                found = (_member_headers_first if mixed else _member)(p, series, case, arena)
             except OSError:
                 continue  # unopenable: discovery's header scan passes it over too
             if isinstance(found, bool):
@@ -69,7 +69,7 @@ def read_series_once(folders, series: str, *, what: str) -> tuple[list[Path], li
     return paths, datasets, h.hexdigest()
 
 
-def _member(p: Path, series: str, what: str, arena: "_Arena") -> tuple[bytes, object] | bool:
+def _member(p: Path, series: str, case: str, arena: "_Arena") -> tuple[bytes, object] | bool:
     """(bytes, slice) of a file of the series, else whether it is a DICOM image of another one."""
     data = arena.read(p)
     scanned = scan_slice(data)
@@ -77,7 +77,7 @@ def _member(p: Path, series: str, what: str, arena: "_Arena") -> tuple[bytes, ob
         header, found = scanned.header, scanned
     else:
         try:
-            found = parse_file(data, p, what)
+            found = parse_file(data, p, case)
         except ValueError:
             # damaged or not DICOM: the header scan discovery made decides whether it fails the case
             # (one of ours) or is passed over
@@ -92,14 +92,14 @@ def _member(p: Path, series: str, what: str, arena: "_Arena") -> tuple[bytes, ob
     return header is not None
 
 
-def _member_headers_first(p: Path, series: str, what: str, arena: "_Arena") -> tuple[bytes, object] | bool:
+def _member_headers_first(p: Path, series: str, case: str, arena: "_Arena") -> tuple[bytes, object] | bool:
     """As :func:`_member`, reading past the header (the first KB, as discovery does) only for a
     file of the series."""
     with open(p, "rb") as fh:
         if not in_series(scan_header(fh, str(p)), series):
             return True
     data = arena.read(p)
-    return data, parse_slice(data, p, what)
+    return data, parse_slice(data, p, case)
 
 
 _BLOCK = 64 << 20  # bytes per arena block

@@ -22,7 +22,7 @@ _EPS = 1e-4  # index-space tolerance: a point this close to the edge is inside
 
 
 def to_grid(volume: Volume, spacing_zyx: tuple[float, float, float] | None = None, *,
-            max_voxels: int = 2 ** 31, what: str = "volume") -> Volume:
+            max_voxels: int = 2 ** 31, case: str = "volume") -> Volume:
     """Resample ``volume`` onto a regular grid of ``spacing_zyx`` mm (default: its own spacing).
 
     Parameters
@@ -34,7 +34,7 @@ def to_grid(volume: Volume, spacing_zyx: tuple[float, float, float] | None = Non
         a regular volume at its own spacing is returned unchanged.
     max_voxels
         Refuse outputs larger than this (a tiny spacing would otherwise fill memory).
-    what
+    case
         Name of the case, used in error messages.
 
     Returns
@@ -45,7 +45,7 @@ def to_grid(volume: Volume, spacing_zyx: tuple[float, float, float] | None = Non
     """
     target = tuple(float(s) for s in (spacing_zyx if spacing_zyx is not None else volume.spacing_zyx))
     if len(target) != 3 or not all(np.isfinite(s) and s > 0 for s in target):
-        raise ValueError(f"{what}: spacing must be three positive numbers in mm, got {spacing_zyx}")
+        raise ValueError(f"{case}: spacing must be three positive numbers in mm, got {spacing_zyx}")
     if volume.regular and np.allclose(target, volume.spacing_zyx, rtol=1e-6, atol=0):
         return volume
     Z, Y, X = volume.hu.shape
@@ -53,11 +53,11 @@ def to_grid(volume: Volume, spacing_zyx: tuple[float, float, float] | None = Non
     off = (volume.slice_offsets if volume.slice_offsets is not None
            else np.stack([np.arange(Z) * sz, np.zeros(Z), np.zeros(Z)], axis=1)).astype(np.float64)
     if np.any(np.diff(off[:, 0]) <= 0):
-        raise ValueError(f"{what}: slice offsets must increase strictly along z")
+        raise ValueError(f"{case}: slice offsets must increase strictly along z")
     lo = np.array([off[0, 0], off[:, 1].min(), off[:, 2].min()])
     hi = np.array([off[-1, 0], off[:, 1].max() + (Y - 1) * sy, off[:, 2].max() + (X - 1) * sx])
     shape = tuple(int(np.floor((h - l) / t + 1e-6)) + 1 for l, h, t in zip(lo, hi, target))
-    check_size(shape, max_voxels, f"{what} resampled to {target} mm")
+    check_size(shape, max_voxels, f"{case} resampled to {target} mm")
     hu = np.ascontiguousarray(volume.hu, dtype=np.float32)
     out = np.empty(shape, dtype=np.float32)
     _resample_kernel(hu, off, np.array([sy, sx]), lo, np.array(target), np.float32(hu.min()), out)

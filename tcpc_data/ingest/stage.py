@@ -35,7 +35,7 @@ from tcpc_data.ingest.onepass import read_series_once
 from tcpc_data.ingest.resample import to_grid
 from tcpc_data.outputs import check_replaceable, remove_if_ours
 from tcpc_data.runner import DONE, SKIPPED, RunReport, Task, run_cases
-from tcpc_data.store import array_digest, claim_store, commit_arrays, open_store, sweep_staging
+from tcpc_data.store.volumes import array_digest, claim_store, commit_arrays, open_store, sweep_staging
 from tcpc_data.urls import is_local, local_path
 from tcpc_data.volume import Volume, check_finite
 
@@ -198,7 +198,7 @@ def _ingest_case(job: _Job):
     volume = dataclasses.replace(volume, hu=apply_clip(volume.hu, config.clip))
     source_spacing, notes = volume.spacing_zyx, list(volume.notes)
     if not volume.regular or config.spacing_zyx is not None:
-        volume = to_grid(volume, config.spacing_zyx, max_voxels=config.max_voxels, what=cs.case)
+        volume = to_grid(volume, config.spacing_zyx, max_voxels=config.max_voxels, case=cs.case)
         if notes:
             notes.append("resampled onto a regular grid of " + " x ".join(f"{s:.3f}" for s in volume.spacing_zyx)
                          + " mm (z, y, x)")
@@ -255,20 +255,20 @@ def _read_new_dicom(cs: CaseSource, config: IngestConfig) -> tuple[Volume, np.nd
     """(volume, mask, digest, source bytes) of a DICOM case not yet in the store, each of its
     files read once (:mod:`tcpc_data.ingest.onepass`)."""
     with _dicom_sources(cs) as (folders, mask_paths):
-        paths, datasets, files_hex = read_series_once(folders, cs.series, what=cs.case)
+        paths, datasets, files_hex = read_series_once(folders, cs.series, case=cs.case)
         if not paths:
             raise _series_gone(cs)
-        volume = series_volume(paths, datasets, max_voxels=config.max_voxels, what=cs.case,
+        volume = series_volume(paths, datasets, max_voxels=config.max_voxels, case=cs.case,
                                irregular=config.irregular)
         mask = _read_mask(cs, mask_paths[0], volume, config) if cs.mask else None
         n_bytes = sum(os.path.getsize(p) for p in [*paths, *mask_paths])
         return volume, mask, _digest_of(cs, files_hex, mask_paths, config), n_bytes
 
 
-def _read(cs: CaseSource, paths: list[str], config: IngestConfig, what: str | None = None) -> Volume:
+def _read(cs: CaseSource, paths: list[str], config: IngestConfig, case: str | None = None) -> Volume:
     from tcpc_data.ingest import dicom, readers
 
-    kw = {"max_voxels": config.max_voxels, "what": what or cs.case}
+    kw = {"max_voxels": config.max_voxels, "case": case or cs.case}
     if cs.format == "dicom":
         return dicom.read_series(paths, irregular=config.irregular, **kw)
     main = paths[0] if cs.format != "metaimage" else next(p for p in paths if p.lower().endswith((".mhd", ".mha")))
@@ -285,22 +285,22 @@ def _read_mask(cs: CaseSource, path: str, volume: Volume, config: IngestConfig) 
     """A case's label map as non-negative integers on the image's native grid; refuses a mask
     whose grid (shape, origin, spacing, direction) is not the image's."""
     fmt = _strip_suffix(posixpath.basename(cs.mask))[1]
-    what = f"{cs.case} mask"
+    case = f"{cs.case} mask"
     if fmt is None:  # not a volume file: a DICOM-SEG object that references the series
-        return read_seg_mask(path, volume, what=what)
-    mask = _read(dataclasses.replace(cs, format=fmt, files=(cs.mask,)), [path], config, what=what)
+        return read_seg_mask(path, volume, case=case)
+    mask = _read(dataclasses.replace(cs, format=fmt, files=(cs.mask,)), [path], config, case=case)
     same = (mask.hu.shape == volume.hu.shape and volume.regular
             and np.allclose(mask.spacing_zyx, volume.spacing_zyx, rtol=1e-4, atol=1e-4)
             and np.allclose(mask.origin_zyx, volume.origin_zyx, atol=1e-3)
             and np.allclose(mask.direction, volume.direction, atol=1e-4))
     if not same:
-        raise ValueError(f"{what} {cs.mask}: its grid (shape {list(mask.hu.shape)}, spacing "
+        raise ValueError(f"{case} {cs.mask}: its grid (shape {list(mask.hu.shape)}, spacing "
                          f"{list(mask.spacing_zyx)}, origin {list(mask.origin_zyx)}) is not the image's "
                          f"(shape {list(volume.hu.shape)}, spacing {list(volume.spacing_zyx)}, "
                          f"origin {list(volume.origin_zyx)})")
     values = mask.hu
     if not np.all(np.isfinite(values)) or np.any(values < 0) or np.any(values != np.rint(values)):
-        raise ValueError(f"{what} {cs.mask}: a label map must hold non-negative integers")
+        raise ValueError(f"{case} {cs.mask}: a label map must hold non-negative integers")
     top = int(values.max(initial=0))
     return values.astype(np.uint8 if top < 256 else np.uint16 if top < 65536 else np.uint32)
 

@@ -34,7 +34,7 @@ from tcpc_data.shards.manifest import SPLITS
 from tcpc_data.shards.shardset import build_shard_set, encode_json
 from tcpc_data.shards.tario import Sample, encode_npy
 from tcpc_data.shards.pretrain import ShardConfig, crop_samples, pretrain_members, store_location
-from tcpc_data.store import case_digests, open_store
+from tcpc_data.store.volumes import case_digests, open_store
 from tcpc_data.volume import index_to_world, stored_geometry, world_to_voxel
 
 _CHUNK = 256  # npz images per task: parts stay small and resumable

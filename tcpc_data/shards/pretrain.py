@@ -45,7 +45,7 @@ from tcpc_data.digest import digest
 from tcpc_data.runner import RunReport
 from tcpc_data.shards.shardset import build_shard_set, encode_json
 from tcpc_data.shards.tario import Sample, encode_npy
-from tcpc_data.store import case_digests, open_store
+from tcpc_data.store.volumes import case_digests, open_store
 from tcpc_data.urls import is_remote, local_path
 
 
@@ -182,7 +182,7 @@ def _targets(kind, grid, size, radius, variant) -> np.ndarray:
 def draw_rng(seed: int, case: str, candidate: int, draw: int) -> np.random.Generator:
     """The generator of one cut sample's variant and target: keyed by its identity (seed, case,
     candidate, draw) only, so shards are the same bytes whatever the worker count. (The trainer's
-    per-epoch augmentation has its own key: ``tcpc_train.loader.sample_rng``.)"""
+    per-epoch augmentation has its own key: ``tcpc_train.input.loader.sample_rng``.)"""
     return np.random.default_rng([seed, zlib.crc32(case.encode()), candidate, draw])
 
 

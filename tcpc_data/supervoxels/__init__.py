@@ -1,10 +1,19 @@
 """Supervoxels and lesion candidates: body mask, 3D SLIC, a per-supervoxel table, ranked crop centres.
 
 Modules: ``smoothing`` (Gaussian), ``slic`` (3D SLIC), ``bodymask``,
-``candidates`` (table, score, top-K), ``segmetrics`` (EV/UE/BR), ``stage`` (the
-stage over a store). Calling the package runs the stage:
-``tcpc_data.supervoxels(store, config)`` is :func:`tcpc_data.supervoxels.stage.supervoxels`.
+``candidates`` (table, score, top-K), ``stage`` (the stage over a store). The
+stage's function and config, :func:`tcpc_data.supervoxels.stage.supervoxels` and
+``SupervoxelConfig``, are also this package's names (``from tcpc_data.supervoxels
+import supervoxels``), imported on first use.
 """
-from tcpc_data._stage_package import make_callable
+from __future__ import annotations
 
-make_callable(__name__)
+import importlib
+
+__all__ = ["SupervoxelConfig", "supervoxels"]
+
+
+def __getattr__(name: str):
+    if name in __all__:
+        return getattr(importlib.import_module(f"{__name__}.stage"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -23,7 +23,7 @@ from tcpc_data.supervoxels.candidates import (TABLE_COLUMNS, csv_centres, read_c
 from tcpc_data.digest import digest
 from tcpc_data.runner import DONE, SKIPPED, RunReport, Task, run_cases
 from tcpc_data.supervoxels.slic import slic
-from tcpc_data.store import (array_digest, claim_store, commit_arrays, list_cases, open_store, sanitize_case_id,
+from tcpc_data.store.volumes import (array_digest, claim_store, commit_arrays, list_cases, open_store, sanitize_case_id,
                              sweep_staging)
 
 OUTPUTS = ("supervoxels", "supervoxel_table", "candidates", "candidate_scores")

@@ -14,7 +14,7 @@ demo runs on the CPU with a fixed thread count, torch's deterministic
 algorithms and every seed fixed; and because a 24-lesion test split moves
 with any seed, it fine-tunes each initialisation with several seeds and
 prints the mean with a 95 % interval by bootstrap over test patients and
-seeds (:mod:`tcpc_train.stats`).
+seeds (:mod:`tcpc_train.evaluation.stats`).
 """
 from __future__ import annotations
 
@@ -35,15 +35,15 @@ from tcpc_data.phantom import write_archive
 from tcpc_data.pipeline import PreprocessReport
 from tcpc_data.shards.labelled import LabelledConfig, write_labelled_shards
 from tcpc_data.shards.pretrain import ShardConfig, write_shards
-from tcpc_data.store import list_cases
+from tcpc_data.store.volumes import list_cases
 from tcpc_data.supervoxels.stage import SupervoxelConfig, supervoxels
-from tcpc_train.finetuning import FINETUNE_RUNTIME, FinetuneConfig, finetune
-from tcpc_train.loader import labelled_splits
-from tcpc_train.pretraining import PretrainConfig, pretrain
-from tcpc_train.runtime import RuntimeConfig
-from tcpc_train.stats import bootstrap_ci
+from tcpc_train.loops.finetuning import FINETUNE_RUNTIME, FinetuneConfig, finetune
+from tcpc_train.input.loader import labelled_splits
+from tcpc_train.loops.pretraining import PretrainConfig, pretrain
+from tcpc_train.loops.runtime import RuntimeConfig
+from tcpc_train.evaluation.stats import bootstrap_ci
 from tcpc_train.apps.experiment import predict_split
-from tcpc_train.apps.report import load_predictions
+from tcpc_train.apps.tables import load_predictions
 
 
 @dataclasses.dataclass(frozen=True)
@@ -244,7 +244,7 @@ def _pipeline_picture(out: Path, rows: dict) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from tcpc_data.overview import inspect_path
+    from tcpc_data.tools.overview import inspect_path
 
     store = out / "pre" / "volumes.zarr"
     first = list_cases(store)[0]

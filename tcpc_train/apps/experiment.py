@@ -16,7 +16,7 @@ validation subset whose size scales with its label budget
 on the test split, and is scored on the whole test split; the report gives
 ACC, balanced ACC and AUC with 95 % intervals by bootstrap over test patients
 and seeds, and a paired test of TCPC against each other row
-(:mod:`tcpc_train.stats`).
+(:mod:`tcpc_train.evaluation.stats`).
 
 Every piece is a directory under ``out``, and a rerun skips what is finished:
 
@@ -63,21 +63,21 @@ from tcpc_data.shards.manifest import new_manifest, read_manifest, write_manifes
 from tcpc_data.shards.pretrain import ShardConfig
 from tcpc_data.shards.tario import write_tar
 from tcpc_data.supervoxels.stage import SupervoxelConfig, supervoxels
-from tcpc_train.checkpoint import load_checkpoint
-from tcpc_train.finetuning import FINETUNE_RUNTIME, FinetuneConfig, finetune, read_labels, stratified_fraction
-from tcpc_train.htmlreport import experiment_report
-from tcpc_train.loader import (ShardSet, ShardStream, decode_labelled_sample, labelled_splits, make_loader,
+from tcpc_train.loops.checkpoint import load_checkpoint
+from tcpc_train.loops.finetuning import FINETUNE_RUNTIME, FinetuneConfig, finetune, read_labels, stratified_fraction
+from tcpc_train.report.html import experiment_report
+from tcpc_train.input.loader import (ShardSet, ShardStream, decode_labelled_sample, labelled_splits, make_loader,
                                open_shards, raw_samples, split_or_set)
-from tcpc_train.metrics import classification_metrics
-from tcpc_train.models import Classifier, build_encoder
-from tcpc_train.pretraining import Arch, PretrainConfig, pretrain
-from tcpc_train.runtime import RuntimeConfig, autocast, resolve_device
-from tcpc_train.tasks import TASKS
+from tcpc_train.evaluation.metrics import classification_metrics
+from tcpc_train.models.encoders import Classifier, build_encoder
+from tcpc_train.loops.pretraining import Arch, PretrainConfig, pretrain
+from tcpc_train.loops.runtime import RuntimeConfig, autocast, resolve_device
+from tcpc_train.tasks.registry import TASKS
 from tcpc_train.apps.published import MEDMNIST_V2_ADRENAL3D
-from tcpc_train.apps.report import (grid_stats, markdown_table, plot_fig4_left, plot_grid, table_stats)
+from tcpc_train.apps.tables import (grid_stats, markdown_table, plot_fig4_left, plot_grid, table_stats)
 
 # row -> (pretraining task, path kind of its shards); None: no self-supervised pretraining. One row
-# per task of the registry (tcpc_train.tasks), plus the rows without one and the cascade.
+# per task of the registry (tcpc_train.tasks.registry), plus the rows without one and the cascade.
 METHODS = {"majority": None, "scratch": None, **{name: (name, t.path_kind) for name, t in TASKS.items()},
            "external": None, "cascade": ("tcpc", TASKS["tcpc"].path_kind)}
 LABELS = {"majority": "majority class", "scratch": "train from scratch",
@@ -793,7 +793,7 @@ def run_experiment(config: ExperimentConfig, out: str | Path, selection: Selecti
     -------
     dict with ``cells`` (list of records), ``skipped`` (pieces found finished),
     ``table`` (Markdown), ``plots`` (paths), ``external`` (path or None), ``report``
-    (the experiment's HTML page, :func:`tcpc_train.htmlreport.experiment_report`), ``seconds``.
+    (the experiment's HTML page, :func:`tcpc_train.report.html.experiment_report`), ``seconds``.
     """
     config.validate()
     run = select(config, selection)

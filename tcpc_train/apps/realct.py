@@ -28,16 +28,16 @@ from tcpc_data.shards.labelled import LabelledConfig, write_labelled_shards
 from tcpc_data.outputs import claim_dir, has_files
 from tcpc_data.pipeline import preprocess
 from tcpc_data.shards.pretrain import ShardConfig
-from tcpc_data.store import open_store, sanitize_case_id
+from tcpc_data.store.volumes import open_store, sanitize_case_id
 from tcpc_data.supervoxels.stage import SupervoxelConfig
 from tcpc_data.volume import world_to_index
-from tcpc_train.checkpoint import load_checkpoint
+from tcpc_train.loops.checkpoint import load_checkpoint
 from tcpc_train.apps.featuremaps import render_feature_maps
-from tcpc_train.finetuning import FINETUNE_RUNTIME, FinetuneConfig, finetune
-from tcpc_train.models import Classifier, build_encoder
-from tcpc_train.pretraining import PretrainConfig, pretrain
-from tcpc_train.runtime import RuntimeConfig
-from tcpc_train.weights import load_encoder_weights
+from tcpc_train.loops.finetuning import FINETUNE_RUNTIME, FinetuneConfig, finetune
+from tcpc_train.models.encoders import Classifier, build_encoder
+from tcpc_train.loops.pretraining import PretrainConfig, pretrain
+from tcpc_train.loops.runtime import RuntimeConfig
+from tcpc_train.models.weights import load_encoder_weights
 
 
 @dataclasses.dataclass(frozen=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from tcpc_data.phantom import make_phantom
-from tcpc_data.store import commit_arrays
+from tcpc_data.store.volumes import commit_arrays
 
 
 def normalise(hu: np.ndarray) -> np.ndarray:

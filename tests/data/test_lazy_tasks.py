@@ -5,7 +5,7 @@ import time
 import numpy as np
 import pytest
 
-from tcpc_data import store
+from tcpc_data.store import volumes as store
 from tcpc_data.runner import Task, run_cases
 
 

@@ -23,7 +23,7 @@ from cli import main
 from tcpc_data.centres import read_centres
 from tcpc_data.ingest.stage import IngestConfig, ingest
 from tcpc_data.shards.labelled import LabelledConfig, write_labelled_shards, write_labelled_splits
-from tcpc_data.store import list_cases, open_store
+from tcpc_data.store.volumes import list_cases, open_store
 from tcpc_data.volume import world_to_voxel
 
 NODULES = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "labeled" / "lidc-nodules"

@@ -5,7 +5,7 @@ import signal
 import numpy as np
 import pytest
 
-from tcpc_data import store
+from tcpc_data.store import volumes as store
 from tcpc_data.runner import DONE, SKIPPED, Task, run_cases
 
 

@@ -59,7 +59,7 @@ def test_nifti_voxel_lands_where_its_affine_says(tmp_path_factory, perm, signs, 
     affine[:3, 3] = offset
     path = tmp_path_factory.mktemp("nii") / "v.nii.gz"
     nib.save(nib.Nifti1Image(np.arange(np.prod(shape), dtype=np.int16).reshape(shape), affine), str(path))
-    vol = read_nifti(path, max_voxels=1 << 20, what="v")
+    vol = read_nifti(path, max_voxels=1 << 20, case="v")
     ijk = data.draw(st.tuples(*[st.integers(0, n - 1) for n in shape]))
     ras = affine @ np.array([*ijk, 1.0])
     lps_zyx = lps_xyz_to_zyx(-ras[0], -ras[1], ras[2])

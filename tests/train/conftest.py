@@ -7,8 +7,8 @@ import socket
 import pytest
 import torch
 
-from tcpc_train.runtime import StepLog
-from tcpc_train.synthetic import write_synthetic_labelled, write_synthetic_paths
+from tcpc_train.loops.runtime import StepLog
+from tcpc_train.input.synthetic import write_synthetic_labelled, write_synthetic_paths
 from tests.train import box_paths as _box_paths
 
 

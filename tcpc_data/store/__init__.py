@@ -1,0 +1,1 @@
+"""The Zarr volume store: commits, the array encoder, OME-Zarr metadata, malloc settings for writers."""

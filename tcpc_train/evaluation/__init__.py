@@ -1,0 +1,1 @@
+"""Judging encoders and classifiers: metrics, intervals and paired tests, the copy-shortcut probe."""

@@ -1,0 +1,1 @@
+"""The input pipeline: shard streaming, decoding, augmentation, the PyTorch dataset, synthetic shards."""

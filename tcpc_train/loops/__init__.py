@@ -1,0 +1,1 @@
+"""The training loops (pretraining, fine-tuning, evaluation) and what they share: runtime, checkpoints."""

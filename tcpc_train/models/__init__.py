@@ -1,0 +1,1 @@
+"""Networks: the 3D encoders (ResNet-18, VGG) and encoder initialisation from any state dict."""

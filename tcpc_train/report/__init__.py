@@ -1,0 +1,1 @@
+"""What a run shows: pictures, TensorBoard event files, self-contained HTML reports."""

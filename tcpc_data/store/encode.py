@@ -151,11 +151,12 @@ def morton_order(grid: tuple[int, ...]) -> list[tuple[int, ...]]:
 @functools.cache
 def same_as_zarr() -> bool:
     """Whether :func:`encode_shard` writes the installed zarr's bytes: checked once per process on
-    tiny arrays that zarr writes itself (edge chunks, an omitted empty chunk, a grid whose axes
-    differ in bits, an all-empty array), through its public API. False on any difference and on
+    tiny arrays that zarr writes itself (edge chunks, an omitted empty chunk, a chunk of negative
+    zeros, a grid whose axes differ in bits, an all-empty array), through its public API. False on any difference and on
     any error, so that a zarr release that changes its layout or API only slows the store down."""
     data = np.arange(5 * 6 * 9, dtype="<f4").reshape(5, 6, 9)
     data[:2, :4, :4] = 0  # one chunk holds the fill value only
+    data[2:4, 4:, 8:] = -0.0  # one holds negative zeros: data, not the fill value (zarr < 3.1 omitted it)
     try:
         for volume, write_empty in ((data, False), (data, True), (np.zeros_like(data), False)):
             written: dict = {}

@@ -15,6 +15,10 @@ from tcpc_data.store import encode as shard_encode
 from tcpc_data.store import volumes as store
 from tcpc_data.store.encode import blosc_of, encode_shard
 
+# Where the installed zarr writes other bytes than the encoder (zarr < 3.1 drops chunks of -0.0), the
+# store writes through zarr and these comparisons do not apply.
+zarrs_layout = pytest.mark.skipif(not shard_encode.same_as_zarr(),
+                                  reason="this zarr writes other bytes than the encoder: the store writes through zarr")
 _DTYPES = ("float32", "float16", "uint8", "uint16", "int32", "bool")
 
 
@@ -43,6 +47,7 @@ def _volumes(draw):
     return data, chunks
 
 
+@zarrs_layout
 @settings(max_examples=60, deadline=None)
 @given(_volumes(), st.booleans(), st.sampled_from([1, 3]))
 def test_encoded_shard_is_zarrs_byte_for_byte(volume, write_empty, threads):
@@ -57,6 +62,7 @@ def test_encoded_shard_is_zarrs_byte_for_byte(volume, write_empty, threads):
         shard_encode._THREADS = old
 
 
+@zarrs_layout
 def test_all_fill_value_writes_no_shard_like_zarr():
     data = np.zeros((5, 6, 7), "f4")
     expected, codec = _zarr_shard(data, (4, 4, 4), False)
@@ -97,6 +103,7 @@ def test_fsspec_store_gets_the_same_shard_as_a_local_one(tmp_path):
     np.testing.assert_array_equal(store.open_store(url, "r")["c/image"][...], data)
 
 
+@zarrs_layout
 def test_a_chunk_of_negative_zeros_is_kept_like_zarr(tmp_path):
     # zarr compares a chunk with the fill value 0.0 bit for bit: -0.0 is data, not an empty chunk
     data = np.zeros((4, 4, 8), "f4")
@@ -151,6 +158,7 @@ def test_morton_order_is_zarrs_compressed_order():
                                                      (2, 0, 1)]
 
 
+@zarrs_layout
 def test_the_encoder_is_used_only_where_it_writes_the_installed_zarrs_bytes(monkeypatch):
     assert shard_encode.same_as_zarr()  # this zarr: the encoder's bytes are its own
     check = shard_encode.same_as_zarr.__wrapped__
@@ -207,4 +215,4 @@ def test_the_engine_imports_and_writes_without_zarrs_internals(tmp_path, where):
     url = str(tmp_path / "v.zarr") if where == "local" else f"memory://internals-{tmp_path.name}/v.zarr"
     out = subprocess.run([sys.executable, "-c", _WITHOUT_INTERNALS, url], capture_output=True, text=True,
                          check=True, cwd=Path(__file__).resolve().parents[3])
-    assert out.stdout.split() == ["True", "True"]
+    assert out.stdout.split() == [str(shard_encode.same_as_zarr()), "True"]

@@ -53,8 +53,11 @@ def blosc_of(codec: ShardingCodec) -> Blosc | None:
         return None
     b = inner[1]
     shuffle = {"noshuffle": Blosc.NOSHUFFLE, "shuffle": Blosc.SHUFFLE, "bitshuffle": Blosc.BITSHUFFLE}
-    return Blosc(cname=b.cname.value, clevel=b.clevel, shuffle=shuffle[b.shuffle.value],
-                 blocksize=b.blocksize, typesize=b.typesize)
+    try:
+        return Blosc(cname=b.cname.value, clevel=b.clevel, shuffle=shuffle[b.shuffle.value],
+                     blocksize=b.blocksize, typesize=b.typesize)
+    except (TypeError, KeyError, AttributeError):  # a numcodecs or zarr whose Blosc differs: zarr writes
+        return None
 
 
 def encode_shard(data: np.ndarray, chunks: tuple[int, int, int], blosc: Blosc,

@@ -36,10 +36,9 @@ from tcpc_data.store.encode import blosc_of, encode_shard, same_as_zarr
 from tcpc_data.urls import filesystem, is_local, local_path
 
 _CASE_RE = re.compile(r"[^A-Za-z0-9_-]+")
-# Blosc zstd level 1 on bit-shuffled values: on a LIDC volume it writes in 0.9 s
-# against 1.7-2.2 s for zarr's default zstd, for 15 % more bytes (50 vs 44 MB). Blosc blocks of
-# 1 MiB (a whole 64^3 float32 chunk) instead of blosc's choice (tens of KiB at level 1): 35 %
-# less CPU per chunk for 1.5 % more bytes on LIDC.
+# Blosc zstd level 1 on bit-shuffled values: about half the write time of zarr's default zstd for a
+# few more bytes; Blosc blocks of 1 MiB (a whole 64^3 float32 chunk) instead of blosc's choice (tens
+# of KiB at level 1): less CPU per chunk for about as many bytes (docs/performance.md, Store writes).
 # A CRC-32C of every stored chunk: zarr checks it on each read, so a flipped bit on disk is an
 # error naming the array, never silently different voxels (``tcpc verify`` reads every chunk).
 _COMPRESSORS = (BloscCodec(cname="zstd", clevel=1, shuffle="bitshuffle", blocksize=1 << 20), Crc32cCodec())

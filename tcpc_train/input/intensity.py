@@ -1,9 +1,9 @@
 """Per-cube intensity augmentation in compiled loops: gather, affine change and noise, float16 in and out.
 
-The augmentations of :mod:`tcpc_train.input.augment` run here. NumPy spent about
-0.6 ms per U-path sample (8 cubes of 16³) on the intensity change alone: a
-float16 -> float32 cast without hardware conversion, a float32 Gaussian draw
-of 7-8 ns per value, and five passes over the data. For a batch, one call
+The augmentations of :mod:`tcpc_train.input.augment` run here. In NumPy the intensity
+change alone cost more than the rest of a sample's preparation (``docs/performance.md``,
+Loader): a float16 -> float32 cast without hardware conversion, a float32 Gaussian draw
+per value, and five passes over the data. For a batch, one call
 gathers each sample's flipped/rotated cubes straight from the shard bytes
 into the batch array (rows that are contiguous or reversed in the source are
 vectorised copies), then changes each cube in place in one vectorised loop

@@ -3,8 +3,8 @@
 Every command that writes a folder (a volume store, a shard set, a run, an
 experiment...) first *claims* it with :func:`claim_dir`:
 
-- an output that is, contains or lies inside one of the command's inputs is
-  refused: writing there could replace the data being read;
+- an output that is or lies inside one of the command's inputs is refused:
+  writing there could replace the data being read;
 - a folder that does not exist, or is empty, is created and marked as tcpc's
   (a marker file, :data:`MARKER`, naming its kind; a volume store carries the
   mark as the ``tcpc`` attribute of its root group instead, because zarr
@@ -56,7 +56,11 @@ def _inside(inner: str, outer: str) -> bool:
 
 
 def check_apart(out, inputs: Iterable, what: str = "output") -> None:
-    """Refuse an output that is, lies inside or holds one of ``inputs``.
+    """Refuse an output that is or lies inside one of ``inputs``.
+
+    An input inside the output is allowed: a command replaces and deletes only the
+    names it writes itself, and a folder of the user's that holds inputs is refused
+    anyway, being non-empty and unmarked.
 
     Parameters
     ----------
@@ -80,8 +84,6 @@ def check_apart(out, inputs: Iterable, what: str = "output") -> None:
         if _inside(o, s):
             raise OutputError(f"{what} {out} lies inside the input {src}: writing there could replace what is read; "
                               "choose an --out outside the inputs")
-        if _inside(s, o):
-            raise OutputError(f"the input {src} lies inside the {what} {out}: choose an --out that holds no input")
 
 
 def read_mark(url) -> dict | None:
@@ -168,7 +170,7 @@ def claim_dir(out, kind: str, *, inputs: Iterable = (), also: tuple[str, ...] = 
     kind
         One of :data:`KINDS`.
     inputs
-        What the command reads: the output may neither lie inside one nor hold one.
+        What the command reads: the output may not be or lie inside one.
     also
         Other kinds whose folders this command may also write into (an
         evaluation into a fine-tuning run's folder).

@@ -249,8 +249,7 @@ def test_claims_compare_resolved_paths_and_urls(tmp_path, monkeypatch):
     (tmp_path / "a" / "b").mkdir(parents=True)
     with pytest.raises(OutputError, match="inside the input"):
         check_apart("a/b/../b/out", ["a"])
-    with pytest.raises(OutputError, match="lies inside the output"):
-        check_apart("a", [tmp_path / "a" / "b" / "x.nii"])
+    check_apart("a", [tmp_path / "a" / "b" / "x.nii"])  # an input inside the output: only our names are replaced
     check_apart("a2", ["a"])  # a shared prefix is not containment
     with pytest.raises(OutputError, match="inside the input"):
         check_apart("memory://bucket/in/out", ["memory://bucket/in"])

@@ -397,9 +397,10 @@ def write_npz_shards(npz, out_dir, *, task: str = "finetune", config=None, worke
 
 def claim_splits(out: str, reads: tuple) -> None:
     """Claim ``out`` as a folder of split shard sets (:func:`tcpc_data.outputs.claim_dir`); from
-    before marks, a folder of nothing but split folders and failures reports is one."""
+    before marks, a folder of nothing but split folders, failures reports and the ``data`` folder
+    an experiment keeps its nodule store in is one."""
     claim_dir(out, "shard-splits", inputs=reads, what="folder of split shard sets",
-              legacy=lambda _, names: all(n in SPLITS or n.startswith("failures") for n in names))
+              legacy=lambda _, names: all(n in SPLITS or n == "data" or n.startswith("failures") for n in names))
 
 
 def pretrain_config_for(side: int, **fields) -> ShardConfig:

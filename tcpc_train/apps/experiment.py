@@ -58,7 +58,7 @@ from tcpc_data.digest import digest, file_sha256
 from tcpc_data.ingest.stage import IngestConfig, ingest
 from tcpc_data.outputs import claim_dir, has_files
 from tcpc_data.pipeline import write_shard_sets
-from tcpc_data.shards.labelled import pretrain_config_for, training_cases, write_npz_shards
+from tcpc_data.shards.labelled import claim_splits, pretrain_config_for, training_cases, write_npz_shards
 from tcpc_data.shards.manifest import new_manifest, read_manifest, write_manifest
 from tcpc_data.shards.pretrain import ShardConfig
 from tcpc_data.shards.tario import write_tar
@@ -71,7 +71,7 @@ from tcpc_train.input.loader import (ShardSet, ShardStream, decode_labelled_samp
 from tcpc_train.evaluation.metrics import classification_metrics
 from tcpc_train.models.encoders import Classifier, build_encoder
 from tcpc_train.loops.pretraining import Arch, PretrainConfig, pretrain
-from tcpc_train.loops.runtime import RuntimeConfig, autocast, resolve_device
+from tcpc_train.loops.runtime import RuntimeConfig, autocast, claim_run, resolve_device
 from tcpc_train.tasks.registry import TASKS
 from tcpc_train.apps.published import MEDMNIST_V2_ADRENAL3D
 from tcpc_train.apps.tables import (grid_stats, markdown_table, plot_fig4_left, plot_grid, table_stats)
@@ -298,6 +298,7 @@ def nodule_labelled(folder: Path, out: Path, config: ExperimentConfig, store: Pa
         ``out``; rows whose case fails (e.g. a centre outside its VOI) are
         logged, the rest are written.
     """
+    claim_splits(str(out), (folder,))  # before its store is made in it (the external sets keep it there)
     table = store.parent / "splits.csv"  # a bad table fails before the VOIs are read
     patients = _split_table(folder / "nodules.csv", table, config, external=external)
     if external:
@@ -577,7 +578,7 @@ def _run_cell(labelled: Path, out: Path, cell: Path, fraction: float, seed: int,
     s = _cell_done(cell, fcfg, val_keys)
     found = s is not None and (cell / "predictions.npz").exists()
     if s is None:
-        cell.mkdir(parents=True, exist_ok=True)
+        claim_run(cell, "finetune-run", (view,), "label_fraction")  # before the view it selects on is saved
         (cell / "val_keys.json").write_text(json.dumps(val_keys))
         s = finetune(view, cell, fcfg, progress=progress)
     if not (cell / "predictions.npz").exists():
@@ -637,7 +638,7 @@ class _Inits:
         if s is not None:
             self.skipped += 1
             return s["checkpoint"]
-        run.mkdir(parents=True, exist_ok=True)
+        claim_run(run, "finetune-run", (labelled,), "label_fraction")
         (run / "val_keys.json").write_text("[]")  # the stand-in selects on all of its own val split
         s = finetune(labelled, run, fcfg, progress=self.progress)
         self.log(f"external stand-in (seed {seed}) on {Path(c.external_init).name}: test ACC "

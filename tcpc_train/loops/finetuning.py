@@ -262,7 +262,6 @@ def _setup(labelled: str | Path, out: str | Path, config: FinetuneConfig, resume
     config.validate()
     if tensorboard:
         require_tensorboard()
-    claim_run(out, "finetune-run", (labelled, config.init), "label_fraction")
     rt = config.runtime
     splits = labelled_splits(labelled)
     out = Path(out)
@@ -277,6 +276,7 @@ def _setup(labelled: str | Path, out: str | Path, config: FinetuneConfig, resume
     if len(set(train_labels.values())) < 2:
         raise ValueError(f"{splits['train'].root}: the training split holds a single class; need at least two")
     keys = stratified_fraction(train_labels, config.label_fraction, rt.seed)
+    claim_run(out, "finetune-run", (labelled, config.init), "label_fraction")  # the data checked first
 
     if encoder is not None:
         adopt_encoder(encoder, decode_labelled_sample(first_sample(splits["train"]))["volume"].shape)

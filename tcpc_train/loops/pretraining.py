@@ -233,7 +233,6 @@ def pretrain(shards: str | Path, out: str | Path, config: PretrainConfig = Pretr
     config.validate()
     if tensorboard:
         require_tensorboard()
-    claim_run(out, "pretrain-run", (shards, config.init), "task")
     data = open_shards(shards)
     sample_fn = TaskSample(config)
     try:  # wrong layout or path kind: a clear error before workers start
@@ -243,6 +242,7 @@ def pretrain(shards: str | Path, out: str | Path, config: PretrainConfig = Pretr
             raise
     if encoder is not None:
         adopt_encoder(encoder, decode_path_sample(first_sample(data))["cubes"].shape[1:])
+    claim_run(out, "pretrain-run", (shards, config.init), "task")  # the data checked first: no folder for a typo
     out = Path(out)
     device = resolve_device(config.runtime.device)
     rank, world = init_distributed(device)

@@ -2,10 +2,10 @@
 
 The volume store keeps each 3-D array as one shard of 64^3 chunks
 (:mod:`tcpc_data.store.volumes`). zarr's own write splits the array into fresh chunk
-arrays, runs every codec through its asyncio pipeline and joins the results:
-CPU beyond the compression itself (``docs/performance.md``, Store writes). Here each chunk is copied into a reused buffer and
-compressed by a small thread pool (Blosc releases the GIL off the main
-thread), and the shard is assembled once. The bytes are zarr's, byte for byte
+arrays, runs every codec through its asyncio pipeline and joins the results: CPU beyond
+the compression itself (``docs/performance.md``, Store writes). Here each chunk is copied
+into a reused buffer and compressed by a small thread pool (Blosc releases the GIL off the
+main thread), and the shard is assembled once. The bytes are zarr's, byte for byte
 (``tests/data/store/test_encode.py`` compares them), so the array metadata,
 the readers and the digests are those of a zarr write.
 

@@ -34,8 +34,8 @@ def require_tensorboard() -> type:
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
-        raise MissingTensorBoard("TensorBoard event files need the tensorboard package: pip install 'tcpc[tensorboard]' "
-                          "(or leave out --tensorboard)") from None
+        raise MissingTensorBoard("TensorBoard event files need the tensorboard package: "
+                                 "pip install 'tcpc[tensorboard]' (or leave out --tensorboard)") from None
     return SummaryWriter
 
 

@@ -26,7 +26,8 @@ def _zarr_shard(data: np.ndarray, chunks, write_empty: bool):
     """(shard bytes or None, the array's sharding codec) of zarr's own write of ``data``."""
     written: dict = {}
     shards = tuple(-(-s // c) * c for s, c in zip(data.shape, chunks))
-    arr = zarr.create_array(zarr.storage.MemoryStore(store_dict=written), shape=data.shape, dtype=data.dtype, chunks=chunks, shards=shards,
+    arr = zarr.create_array(zarr.storage.MemoryStore(store_dict=written), shape=data.shape, dtype=data.dtype,
+                            chunks=chunks, shards=shards,
                             compressors=store._COMPRESSORS, config={"write_empty_chunks": write_empty},
                             zarr_format=3)
     arr[...] = data

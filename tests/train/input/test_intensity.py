@@ -9,7 +9,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tcpc_data import float16 as K
-from tcpc_train.input import kernels
 from tcpc_train.input.augment import _cube_view, _move_positions, augment_path_batch, sample_key, uniforms
 from tcpc_train.input.intensity import affine_noise, affine_noise_inplace
 

@@ -329,8 +329,9 @@ class RunDir:
     out: Path = dataclasses.field(metadata={"help": "Run directory (created)."})
     fresh: bool = dataclasses.field(default=False, metadata={
         "help": "Start over instead of resuming from the run directory's last.pt."})
-    tensorboard: bool = dataclasses.field(default=True, metadata={
-        "help": "Also write log.jsonl's rows as a TensorBoard event file in the run directory."})
+    tensorboard: bool = dataclasses.field(default=False, metadata={
+        "help": "Also write log.jsonl's rows as a TensorBoard event file in the run directory "
+                "(needs the tensorboard extra: pip install 'tcpc[tensorboard]')."})
 
 
 def _stage_run(settings: Settings) -> dict:

@@ -191,7 +191,9 @@ TINY = ["--width", "0.0625", "--workers", "0", "--shuffle-buffer", "8"]
 
 
 def _train_cmd(command: str, data: Path, out: Path) -> list[str]:
-    return [command, str(data), "--out", str(out), *TRAIN[command], *TINY]
+    # with the tensorboard extra, the event file is checked too
+    events = ["--tensorboard"] if EventAccumulator is not None else []
+    return [command, str(data), "--out", str(out), *TRAIN[command], *TINY, *events]
 
 
 def _start_training(args: list[str], out: Path) -> subprocess.Popen:

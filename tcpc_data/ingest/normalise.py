@@ -9,6 +9,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from tcpc_data.float16 import float_to_half, numpy_casts
+
 
 def check_clip(clip) -> tuple[float, float] | None:
     """Validate an HU window ``(lo, hi)`` with lo < hi; None means no window."""
@@ -63,7 +65,11 @@ def normalise(hu: np.ndarray, case: str = "volume", out: np.ndarray | None = Non
     src, scale = np.ascontiguousarray(hu, dtype=np.float32), 2.0 / (hi - lo)
     # Waking Numba's threads costs milliseconds: small volumes run on this one
     parallel = hu.size >= _PARALLEL_VOXELS
-    if out.dtype == np.float16:
+    if out.dtype == np.float16 and numpy_casts():  # the library path: float32 values, NumPy's cast
+        values = np.empty(hu.shape, dtype=np.float32)
+        (_normalise_kernel if parallel else _normalise_kernel_serial)(src, lo, scale, values)
+        np.copyto(out, values, casting="same_kind")
+    elif out.dtype == np.float16:
         (_normalise_half if parallel else _normalise_half_serial)(src, lo, scale, out.view(np.uint16))
     else:
         (_normalise_kernel if parallel else _normalise_kernel_serial)(src, lo, scale, out)
@@ -90,24 +96,17 @@ def _normalise_half_py(hu, lo, scale, out):  # pragma: no cover - compiled
     # _normalise_py's float32 values, a row at a time, then their float16 bits
     for z in numba.prange(hu.shape[0]):
         row = np.empty(hu.shape[2], dtype=np.float32)
-        bits = row.view(np.uint32)
         for y in range(hu.shape[1]):
             for x in range(hu.shape[2]):
                 v = (np.float64(hu[z, y, x]) - lo) * scale - 1.0
                 row[x] = min(max(v, -1.0), 1.0)
             for x in range(hu.shape[2]):
-                out[z, y, x] = _half(bits[x])
-
-
+                out[z, y, x] = float_to_half(row[x])
 
 
 def as_stored(values: np.ndarray, dtype) -> np.ndarray:
     """``values.astype(dtype)`` as the store keeps them; float32 -> float16 bit for bit as NumPy
-    casts, but on every core and in about a third of NumPy's CPU time.
-
-    NumPy's cast runs on one core holding the GIL (0.056 s for a 140x512x512 volume
-    here); :func:`_half_bits` is NumPy's own rounding (round half to even, subnormals,
-    overflow to infinity, NaN kept NaN) on the bit patterns (0.021 s on one core).
+    casts, but on every core (:mod:`tcpc_data.float16`; ``TCPC_FLOAT16=numpy``: NumPy's cast).
 
     Parameters
     ----------
@@ -117,43 +116,18 @@ def as_stored(values: np.ndarray, dtype) -> np.ndarray:
         The stored dtype: float16 or float32.
     """
     dtype = np.dtype(dtype)
-    if dtype != np.float16 or values.dtype != np.float32:
+    if dtype != np.float16 or values.dtype != np.float32 or numpy_casts():
         return values.astype(dtype, copy=False)
-    src = np.ascontiguousarray(values).reshape(-1).view(np.uint32)
+    src = np.ascontiguousarray(values).reshape(-1)
     out = np.empty(values.shape, dtype=np.uint16)
     kernel = _half_bits if src.size >= _PARALLEL_VOXELS else _half_bits_serial
     kernel(src, out.reshape(-1))
     return out.view(np.float16)
 
 
-@numba.njit(cache=True, inline="always")
-def _half(x):  # pragma: no cover - compiled
-    """float16 bits of the float32 bits ``x``: numpy/_core/src/npymath/halffloat.cpp,
-    npy_floatbits_to_halfbits (round half to even)."""
-    sign = np.uint16((x >> np.uint32(16)) & np.uint32(0x8000))
-    e = x & np.uint32(0x7F800000)
-    sig = x & np.uint32(0x007FFFFF)
-    if e >= np.uint32(0x47800000):  # overflow to infinity; infinity; NaN (kept a NaN)
-        r = np.uint32(0x7C00)
-        if e == np.uint32(0x7F800000) and sig != 0:
-            r += max(sig >> np.uint32(13), np.uint32(1))
-        return sign + np.uint16(r)
-    if e <= np.uint32(0x38000000):  # a subnormal half, or a signed zero
-        if e < np.uint32(0x33000000):
-            return sign
-        s = (np.uint32(0x00800000) + sig) >> (np.uint32(113) - (e >> np.uint32(23)))
-        if (s & np.uint32(0x3FFF)) != np.uint32(0x1000) or (x & np.uint32(0x7FF)) != 0:
-            s += np.uint32(0x1000)
-        return sign + np.uint16(s >> np.uint32(13))
-    # a carry out of the significand moves the exponent up, as it should
-    if (sig & np.uint32(0x3FFF)) != np.uint32(0x1000):
-        sig += np.uint32(0x1000)
-    return sign + np.uint16(((e - np.uint32(0x38000000)) >> np.uint32(13)) + (sig >> np.uint32(13)))
-
-
 def _half_bits_py(f, out):  # pragma: no cover - compiled
     for i in numba.prange(f.size):
-        out[i] = _half(f[i])
+        out[i] = float_to_half(f[i])
 
 
 _half_bits = numba.njit(cache=True, parallel=True)(_half_bits_py)

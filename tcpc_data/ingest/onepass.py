@@ -107,8 +107,8 @@ _BLOCK = 64 << 20  # bytes per arena block
 
 class _Arena:
     """Files read into large NumPy blocks, which NumPy asks the kernel to back with huge pages:
-    a series' bytes then cost a page fault per 2 MiB instead of per 4 KiB (about 0.07 s of CPU
-    for the two LIDC series read as one bytes object per file, 0.02 s here)."""
+    a series' bytes then cost a page fault per 2 MiB instead of per 4 KiB (docs/performance.md,
+    Page faults)."""
 
     def __init__(self):
         self._block, self._used, self._last = np.empty(0, np.uint8), 0, 0

@@ -1,14 +1,12 @@
 """WebDataset tar and ``.npy`` I/O: deterministic writing, and reading at the speed a training loop needs.
 
-Python's :mod:`tarfile` spends about 0.1 ms per member on header objects and
-:func:`numpy.load` about 0.1 ms per array on parsing its header with
-``ast.literal_eval``; with three members and two arrays per pretraining
-sample, that made the shard loader cost as much as a small model's step on
-two CPU cores (``bench/train.py``).
+Python's :mod:`tarfile` builds header objects per member and :func:`numpy.load`
+parses each array's header with ``ast.literal_eval``; with three members and two
+arrays per pretraining sample, that made the shard loader cost as much as a small
+model's step on two CPU cores (``bench/train.py``; ``docs/performance.md``, Loader).
 This module reads a tar in blocks of a few MiB (one read call and one copy
 each), checks the headers of a block in one compiled pass
-(:mod:`tcpc_data.shards.tarscan`, Numba; about 0.05 µs per member where Python
-took ~2 µs), and hands any header that pass does not take to a Python reader
+(:mod:`tcpc_data.shards.tarscan`, Numba), and hands any header that pass does not take to a Python reader
 that knows every form below and words every error. Arrays are parsed with a
 regular expression per ``.npy`` header, falling back to :func:`numpy.load` for
 any header it does not recognise. It depends on NumPy and Numba alone (and

@@ -1,9 +1,9 @@
 """A compiled pass over the tar headers in a block of bytes: where each plain member's data lies.
 
 :func:`tcpc_data.shards.tario.tar_members` reads a shard in large blocks and
-asks :func:`scan` where the members of each block are. Python spent about 2 µs
-per member on its header (a read call, the checksum, two number fields, the
-name); the scan checks a whole block's headers in one call. It accepts only
+asks :func:`scan` where the members of each block are. Python spends a read call,
+the checksum, two number fields and the name per member's header; the scan checks a
+whole block's headers in one call (``docs/performance.md``, Loader). It accepts only
 what it can read exactly as the Python reader does: a header whose checksum
 matches (bytes summed unsigned or signed), whose size and checksum fields are
 plain octal, and that is not a PAX or GNU long-name header nor uses the ustar

@@ -3,9 +3,8 @@
 With glibc's defaults a block above the (dynamic) mmap threshold is mapped afresh
 and returned to the system when freed, so every page of the next such block faults
 on first write. Two of tcpc's hot loops do exactly that: the loader's batch arrays
-(8 MiB for 128 U-path samples: ~16 faults and ~45 µs per sample, more than decoding
-and augmenting it) and Blosc's output buffer per 64³ chunk of a store write
-(~25,000 faults and a quarter of the write's CPU for a 140-slice CT).
+(the faults cost more than decoding and augmenting a sample) and Blosc's output buffer
+per 64³ chunk of a store write (``docs/performance.md``, Page faults).
 """
 from __future__ import annotations
 

@@ -28,20 +28,17 @@ import numpy as np
 import zarr
 import zarr.errors
 from zarr.codecs import BloscCodec, Crc32cCodec, ShardingCodec
-from zarr.core.buffer import default_buffer_prototype
-from zarr.core.sync import sync
 
 from tcpc_data.store import ngff
 from tcpc_data.store.malloc import retain_freed_memory
 from tcpc_data.outputs import STORE_ATTR, OutputError, check_apart, folder_entries, read_zarr_attrs
-from tcpc_data.store.encode import blosc_of, encode_shard
-from tcpc_data.urls import is_local, local_path
+from tcpc_data.store.encode import blosc_of, encode_shard, same_as_zarr
+from tcpc_data.urls import filesystem, is_local, local_path
 
 _CASE_RE = re.compile(r"[^A-Za-z0-9_-]+")
-# Blosc zstd level 1 on bit-shuffled values: on a LIDC volume it writes in 0.9 s
-# against 1.7-2.2 s for zarr's default zstd, for 15 % more bytes (50 vs 44 MB). Blosc blocks of
-# 1 MiB (a whole 64^3 float32 chunk) instead of blosc's choice (tens of KiB at level 1): 35 %
-# less CPU per chunk for 1.5 % more bytes on LIDC.
+# Blosc zstd level 1 on bit-shuffled values: about half the write time of zarr's default zstd for a
+# few more bytes; Blosc blocks of 1 MiB (a whole 64^3 float32 chunk) instead of blosc's choice (tens
+# of KiB at level 1): less CPU per chunk for about as many bytes (docs/performance.md, Store writes).
 # A CRC-32C of every stored chunk: zarr checks it on each read, so a flipped bit on disk is an
 # error naming the array, never silently different voxels (``tcpc verify`` reads every chunk).
 _COMPRESSORS = (BloscCodec(cname="zstd", clevel=1, shuffle="bitshuffle", blocksize=1 << 20), Crc32cCodec())
@@ -184,7 +181,9 @@ def _has_empty_chunk(data: np.ndarray, chunks: tuple[int, ...]) -> bool:
 
 
 def _write_arrays(group: zarr.Group, arrays: Mapping[str, np.ndarray],
-                  attrs: Mapping[str, Mapping[str, Any]]) -> None:
+                  attrs: Mapping[str, Mapping[str, Any]], url: str | None = None) -> None:
+    """Create and fill ``group``'s arrays; ``url``: the store's fsspec URL when ``group`` lies in a
+    remote store (its shards are then written through fsspec)."""
     for name, data in arrays.items():
         data = np.asarray(data)
         chunks = _chunks_for(data.shape)
@@ -200,18 +199,20 @@ def _write_arrays(group: zarr.Group, arrays: Mapping[str, np.ndarray],
         arr = group.create_array(name, shape=data.shape, dtype=data.dtype, chunks=chunks, shards=shards,
                                  compressors=_COMPRESSORS, overwrite=True, config=config, attributes=a,
                                  dimension_names=ngff.DIMENSION_NAMES if data.ndim == 3 else None)
-        _fill(arr, data, chunks, config["write_empty_chunks"])
+        _fill(arr, data, chunks, config["write_empty_chunks"], url)
         if digest is not None:
             arr.update_attributes({"digest": digest})  # last: the completion marker
 
 
-def _fill(arr: zarr.Array, data: np.ndarray, chunks: tuple[int, ...], write_empty_chunks: bool) -> None:
+def _fill(arr: zarr.Array, data: np.ndarray, chunks: tuple[int, ...], write_empty_chunks: bool,
+          url: str | None) -> None:
     """Write all of ``data`` into the new array ``arr``: a 3-D array's one shard is encoded here
-    (:mod:`tcpc_data.store.encode`, the same bytes as zarr's write at about a fifth less CPU), the rest
-    through zarr."""
+    (:mod:`tcpc_data.store.encode`, the same bytes as zarr's write at less CPU) where that module
+    writes the installed zarr's bytes, the rest through zarr."""
     codec = arr.metadata.codecs[0] if data.ndim == 3 and len(arr.metadata.codecs) == 1 else None
     blosc = blosc_of(codec) if isinstance(codec, ShardingCodec) else None
-    if blosc is None:
+    local = isinstance(arr.store, zarr.storage.LocalStore)
+    if blosc is None or not (local or url is not None) or not same_as_zarr():
         arr[...] = data
         return
     retain_freed_memory()  # Blosc's output buffer per chunk would otherwise fault every page afresh
@@ -219,13 +220,14 @@ def _fill(arr: zarr.Array, data: np.ndarray, chunks: tuple[int, ...], write_empt
     if pieces is None:  # every chunk holds the fill value: zarr writes no shard
         return
     key = "/".join(p for p in (arr.path, arr.metadata.encode_chunk_key((0,) * data.ndim)) if p)
-    if isinstance(arr.store, zarr.storage.LocalStore):  # what LocalStore.set does, without a join
+    if local:  # what LocalStore.set does, without a join
         path = arr.store.root / key
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "wb") as f:
             f.writelines(pieces)
-    else:
-        sync(arr.store.set(key, default_buffer_prototype().buffer.from_bytes(b"".join(pieces))))
+    else:  # a remote store: the same key under its URL, through fsspec's public API
+        fs, root = filesystem(url)
+        fs.pipe_file(f"{root}/{key}", b"".join(pieces))
 
 
 def commit_arrays(url: str | os.PathLike, case_id: str, arrays: Mapping[str, np.ndarray],
@@ -267,7 +269,7 @@ def _commit(url, case_id: str, arrays: Mapping[str, np.ndarray], attrs: Mapping[
         for name in arrays:  # unmark first: a crash mid-write leaves it absent, not stale
             if name in case and "digest" in case[name].attrs:
                 del case[name].attrs["digest"]
-        _write_arrays(case, arrays, attrs)
+        _write_arrays(case, arrays, attrs, str(url))
         if case_attrs:
             case.update_attributes(dict(case_attrs))
         return

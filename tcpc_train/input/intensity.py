@@ -1,9 +1,9 @@
 """Per-cube intensity augmentation in compiled loops: gather, affine change and noise, float16 in and out.
 
-The augmentations of :mod:`tcpc_train.input.augment` run here. NumPy spent about
-0.6 ms per U-path sample (8 cubes of 16³) on the intensity change alone: a
-float16 -> float32 cast without hardware conversion, a float32 Gaussian draw
-of 7-8 ns per value, and five passes over the data. For a batch, one call
+The augmentations of :mod:`tcpc_train.input.augment` run here. In NumPy the intensity
+change alone cost more than the rest of a sample's preparation (``docs/performance.md``,
+Loader): a float16 -> float32 cast without hardware conversion, a float32 Gaussian draw
+per value, and five passes over the data. For a batch, one call
 gathers each sample's flipped/rotated cubes straight from the shard bytes
 into the batch array (rows that are contiguous or reversed in the source are
 vectorised copies), then changes each cube in place in one vectorised loop
@@ -57,13 +57,18 @@ def affine_noise_inplace(flat: np.ndarray, scale: np.ndarray, shift: np.ndarray,
     keys : (B,) uint64
         Noise key per sample: equal keys give equal noise, different keys independent noise.
     """
+    from tcpc_data.float16 import numpy_casts
     from tcpc_train.input import kernels
     if flat.dtype not in (np.float16, np.float32) or flat.ndim != 3 or not flat.flags.c_contiguous:
         raise TypeError(f"expected a C-contiguous (B, N, voxels) float16 or float32 array, got "
                         f"{flat.dtype} {flat.shape}")
     params = [np.ascontiguousarray(np.broadcast_to(p, flat.shape[:2]), np.float32) for p in (scale, shift, sd)]
     keys = np.ascontiguousarray(keys, np.uint64)
-    if flat.dtype == np.float16:
+    if flat.dtype == np.float16 and numpy_casts():  # the library path: NumPy's casts around the float32 kernel
+        values = flat.astype(np.float32)
+        kernels.intensity_single(values, *params, keys)
+        np.copyto(flat, values, casting="same_kind")
+    elif flat.dtype == np.float16:
         kernels.intensity_half(flat.view(np.uint16), *params, keys)
     else:
         kernels.intensity_single(flat, *params, keys)
@@ -109,13 +114,15 @@ def augment_half(sources: list[np.ndarray], paths: np.ndarray, keys: np.ndarray,
     Returns
     -------
     cubes (B, N, c, c, c) float16 and positions (B, N, 3) int64; None when the sources are not
-    C-contiguous float16 cubes of one shape matching ``paths`` (the caller takes the NumPy path).
+    C-contiguous float16 cubes of one shape matching ``paths``, or with ``TCPC_FLOAT16=numpy``
+    (:mod:`tcpc_data.float16`): the caller then takes the NumPy path.
     """
+    from tcpc_data.float16 import numpy_casts
     from tcpc_train.input import kernels
     b, n = len(sources), paths.shape[1]
     shape = sources[0].shape
     c = shape[-1] if len(shape) == 4 else 0
-    if (not c or paths.shape != (b, n, 3) or shape != (n, c, c, c)
+    if (numpy_casts() or not c or paths.shape != (b, n, 3) or shape != (n, c, c, c)
             or not all(x.dtype == np.float16 and x.flags.c_contiguous and x.shape == shape for x in sources)):
         return None
     out = np.empty((b,) + shape, np.float16)

@@ -50,6 +50,7 @@ from tcpc_train.report.html import run_report
 from tcpc_train.evaluation.metrics import classification_metrics
 from tcpc_train.models.encoders import ARCHS, Classifier, adopt_encoder, build_encoder
 from tcpc_train.report.plots import plot_curves, plot_roc
+from tcpc_train.report.tbevents import require_tensorboard
 from tcpc_train.loops.pretraining import Arch, encoder_name
 from tcpc_train.loops.runtime import (RuntimeConfig, StepLog, agree, autocast, average_over_ranks, barrier,
                                       claim_run, config_changes, init_distributed, loader_workers, lockstep,
@@ -259,6 +260,8 @@ def _setup(labelled: str | Path, out: str | Path, config: FinetuneConfig, resume
            encoder: torch.nn.Module | None, tensorboard: bool) -> _Run:
     """Check the data, select the training samples, build the model and resume from ``out/last.pt``."""
     config.validate()
+    if tensorboard:
+        require_tensorboard()
     rt = config.runtime
     splits = labelled_splits(labelled)
     out = Path(out)
@@ -396,7 +399,7 @@ def _test_here(run: _Run) -> dict:
 
 
 def finetune(labelled: str | Path, out: str | Path, config: FinetuneConfig = FinetuneConfig(),
-             resume: bool = True, progress: bool = False, tensorboard: bool = True,
+             resume: bool = True, progress: bool = False, tensorboard: bool = False,
              encoder: torch.nn.Module | None = None) -> dict:
     """Fine-tune a classifier on ``labelled/train``, select on ``val``, report on ``test``.
 
@@ -416,7 +419,8 @@ def finetune(labelled: str | Path, out: str | Path, config: FinetuneConfig = Fin
     progress : bool
         Show a progress bar (rank 0).
     tensorboard : bool
-        Also write the log rows as a TensorBoard event file in ``out`` (rank 0).
+        Also write the log rows as a TensorBoard event file in ``out`` (rank 0); needs the
+        tensorboard package (checked before any work starts).
     encoder : nn.Module, optional
         Your own encoder instead of ``config.arch``/``config.width`` (any
         module mapping (N, 1, S, S, S) to features; see

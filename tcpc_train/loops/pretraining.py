@@ -33,6 +33,7 @@ from tcpc_train.report.html import run_report
 from tcpc_train.input.loader import ShardStream, decode_path_sample, first_sample, make_loader, open_shards
 from tcpc_train.models.encoders import ARCHS, adopt_encoder, build_encoder
 from tcpc_train.report.plots import plot_curves
+from tcpc_train.report.tbevents import require_tensorboard
 from tcpc_train.loops.runtime import (RuntimeConfig, StepLog, agree, barrier, claim_run, config_changes,
                                       init_distributed, loader_workers, optimiser_steps, progress_bar, resolve_device,
                                       skip_counts)
@@ -196,7 +197,7 @@ def _check_resume(ck: dict, cfg: PretrainConfig, data_digest: str, path: Path, e
 
 
 def pretrain(shards: str | Path, out: str | Path, config: PretrainConfig = PretrainConfig(),
-             resume: bool = True, progress: bool = False, tensorboard: bool = True,
+             resume: bool = True, progress: bool = False, tensorboard: bool = False,
              encoder: torch.nn.Module | None = None) -> dict:
     """Pretrain an encoder on a shard directory; resumes from ``out/last.pt`` when it is there.
 
@@ -212,7 +213,8 @@ def pretrain(shards: str | Path, out: str | Path, config: PretrainConfig = Pretr
     progress : bool
         Show a progress bar (rank 0).
     tensorboard : bool
-        Also write the log rows as a TensorBoard event file in ``out`` (rank 0).
+        Also write the log rows as a TensorBoard event file in ``out`` (rank 0); needs the
+        tensorboard package (checked before any work starts).
     encoder : nn.Module, optional
         Your own encoder (e.g. a MONAI ResNet with ``feed_forward=False``)
         instead of ``config.arch``/``config.width``: any module mapping (N, 1,
@@ -229,6 +231,8 @@ def pretrain(shards: str | Path, out: str | Path, config: PretrainConfig = Pretr
     (medians), checkpoint, log, world_size, init_report, encoder (None: built-in).
     """
     config.validate()
+    if tensorboard:
+        require_tensorboard()
     data = open_shards(shards)
     sample_fn = TaskSample(config)
     try:  # wrong layout or path kind: a clear error before workers start

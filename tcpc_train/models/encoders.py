@@ -9,15 +9,14 @@ Stem and strides (why not the video stem). The standard 3D ResNet stem (7³
 conv, stride 2, then a stride-2 max-pool) shrinks a 16³ cube to 4³ before the
 first stage, and stages 3 and 4 then run 3³ convolutions on 1³ feature maps:
 26 of 27 kernel taps multiply padding, and on 2 CPU cores the backward pass of
-those convolutions is 85 % of a 12 s training step (``bench/train.py``). Here the stem is
+those convolutions dominate a training step (``bench/train.py``; figures on
+``docs/performance.md``, Encoder stem). Here the stem is
 a 3³ convolution with stride ``stem_stride`` (default 2) and no max-pool, and
 the stages stride 1, 2, 2, 1: a 16³ cube ends at 2³ (never 1³), a 28³ volume
 at 4³, a 64³ volume at 8³. The price is honest work instead of padding:
-about 7× the multiply-adds of the video stem per cube, measured (``python
-bench/train.py --stems --width 1``, 98 cubes of 16³, forward + backward, 2
-shared CPU cores) at 4.4 s against 1.35 s per step on a quiet machine (27.8 s
-against 15.6 s under heavy load). Use a GPU or a smaller ``width`` for full
-runs on a CPU. ``width`` multiplies every channel count (1.0: 64-128-256-512, the
+about 7× the multiply-adds of the video stem per cube (``python bench/train.py
+--stems --width 1`` measures both; ``docs/performance.md``). Use a GPU or a smaller
+``width`` for full runs on a CPU. ``width`` multiplies every channel count (1.0: 64-128-256-512, the
 paper's ResNet-18; 1/8 for CPU tests and the demo).
 
 Parameter names follow the common 3D ResNet checkpoints (``conv1``, ``bn1``,

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tcpc_train.input import kernels as K
+from tcpc_data import float16 as K
 from tcpc_train.input.augment import _cube_view, _move_positions, augment_path_batch, sample_key, uniforms
 from tcpc_train.input.intensity import affine_noise, affine_noise_inplace
 
@@ -151,3 +151,20 @@ def test_batch_augmentation_keeps_cubes_and_positions_consistent(box_paths, seed
         got[sl] = cube
     seen = ~np.isnan(got)
     assert any(v.shape == got.shape and np.array_equal(v[seen], got[seen]) for v in box_paths.symmetries(vol))
+
+
+@pytest.mark.parametrize("geometric,strength", [(True, 0.1), (False, 0.3)])
+def test_numpys_casts_give_the_same_batches(geometric, strength, monkeypatch):
+    """The switch to the library path (TCPC_FLOAT16=numpy: NumPy's float16 casts around float32
+    kernels) gives the compiled conversion's batches bit for bit."""
+    cubes, paths, keys = _batch(np.random.default_rng(4), 6)
+    out, pos = augment_path_batch(cubes, paths, keys, geometric, strength)
+    flat = np.stack(cubes).reshape(6, 8, -1).copy()
+    params = [np.random.default_rng(5).uniform(0.5, 1.5, (6, 8)).astype(np.float32) for _ in range(3)]
+    compiled = flat.copy()
+    affine_noise_inplace(compiled, *params, keys)
+    monkeypatch.setenv("TCPC_FLOAT16", "numpy")
+    library, library_pos = augment_path_batch(cubes, paths, keys, geometric, strength)
+    assert np.array_equal(library.view(np.uint16), out.view(np.uint16)) and np.array_equal(library_pos, pos)
+    affine_noise_inplace(flat, *params, keys)
+    assert np.array_equal(flat.view(np.uint16), compiled.view(np.uint16))

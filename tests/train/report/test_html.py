@@ -272,7 +272,8 @@ def test_finetune_and_evaluate_write_their_reports(labelled, tmp_path):
     from tcpc_train.loops.runtime import RuntimeConfig
 
     s = finetune(labelled, tmp_path, FinetuneConfig(arch="vgg", epochs=2, width=1 / 16, batch_size=8,
-                                                    runtime=RuntimeConfig(workers=0, shuffle_buffer=64)))
+                                                    runtime=RuntimeConfig(workers=0, shuffle_buffer=64)),
+                 tensorboard=True)
     page = check_self_contained(tmp_path / "report.html")
     assert page.sections == ["summary", "curves", "roc", "confusion-matrix", "configuration"]
     assert page.images[0][0] == "curves: loss, lr, val_auc, val_acc, samples_per_s"

@@ -1,53 +1,23 @@
-"""TensorBoard event files: bytes checked against tensorboard's own protobuf and record writer, files read
-back with its EventAccumulator, and a resumed run showing every step once."""
-import io
+"""TensorBoard event files (torch's SummaryWriter, the tensorboard extra): read back with tensorboard's
+EventAccumulator, a resumed run showing every step once, none by default, and a one-line error when
+asked for without the package."""
 import json
 import math
+import sys
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from tcpc_train.loops.runtime import StepLog
-from tcpc_train.report.tbevents import SUFFIX, ScalarEvents, crc32c, event, record, row_scalars
+from tcpc_train.report.tbevents import SUFFIX, MissingTensorBoard, require_tensorboard, row_scalars
 
 tb = pytest.importorskip("tensorboard", reason="the tensorboard package (test extra) reads the event files back")
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
-from tensorboard.compat.proto import event_pb2, summary_pb2  # noqa: E402
-from tensorboard.summary.writer.record_writer import RecordWriter  # noqa: E402
 
 
 def _scalars(directory, tag):
     acc = EventAccumulator(str(directory))
     acc.Reload()
     return [(e.step, e.value) for e in acc.Scalars(tag)]
-
-
-def test_crc32c_known_answer():
-    assert crc32c(b"123456789") == 0xE3069283  # the check value of CRC-32C
-    assert crc32c(b"") == 0
-
-
-@settings(max_examples=50, deadline=None)
-@given(step=st.integers(0, 2**62), wall=st.floats(0, 4e9),
-       scalars=st.dictionaries(st.text(min_size=1, max_size=20), st.floats(width=32, allow_nan=False, allow_infinity=False), max_size=4))
-def test_event_bytes_are_tensorboards_protobuf(step, wall, scalars):
-    ours = event(wall, step, scalars=scalars)
-    summary = summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag=k, simple_value=v) for k, v in scalars.items()])
-    theirs = event_pb2.Event(wall_time=wall, step=step, summary=summary)
-    assert event_pb2.Event.FromString(ours) == theirs
-    assert ours == theirs.SerializeToString()
-
-
-def test_header_events_and_records_match_tensorboard():
-    assert event(5.0, 0, file_version="brain.Event:2") == \
-        event_pb2.Event(wall_time=5.0, file_version="brain.Event:2").SerializeToString()
-    start = event_pb2.Event(wall_time=5.0, session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START))
-    assert event(5.0, 0, session_start=True) == start.SerializeToString()
-    data = event(1.5, 7, scalars={"loss": 0.25})
-    buf = io.BytesIO()
-    RecordWriter(buf).write(data)
-    assert record(data) == buf.getvalue()
 
 
 def test_row_scalars_keep_plottable_numbers_only():
@@ -92,15 +62,6 @@ def test_off_or_inactive_writes_no_event_file(tmp_path):
     assert not list(tmp_path.rglob("*tfevents*"))
 
 
-def test_a_truncated_last_record_does_not_hide_the_rows_before_it(tmp_path):
-    ev = ScalarEvents(tmp_path)
-    for step in (1, 2):
-        ev.write({"step": step, "loss": float(step)})
-    data = ev.path.read_bytes()
-    ev.path.write_bytes(data[:-7])  # a kill in the middle of the last record
-    assert _scalars(tmp_path, "loss") == [(1, 1.0)]
-
-
 def test_killed_and_resumed_pretraining_logs_each_step_once(u_shards, tmp_path, killed_after):
     from tcpc_train.loops.pretraining import PretrainConfig, pretrain
     from tcpc_train.loops.runtime import RuntimeConfig
@@ -108,12 +69,31 @@ def test_killed_and_resumed_pretraining_logs_each_step_once(u_shards, tmp_path, 
     cfg = PretrainConfig(steps=5, width=1 / 16, batch_size=4, warmup=1, checkpoint_every=2,
                          runtime=RuntimeConfig(workers=0, shuffle_buffer=8))
     with killed_after(lambda row: row["step"] == 3):  # the last checkpoint is step 2
-        pretrain(u_shards, tmp_path, cfg)
+        pretrain(u_shards, tmp_path, cfg, tensorboard=True)
     assert _scalars(tmp_path, "loss")[-1][0] == 3
-    pretrain(u_shards, tmp_path, cfg)
+    pretrain(u_shards, tmp_path, cfg, tensorboard=True)
     rows = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]
     assert _scalars(tmp_path, "loss") == [(r["step"], pytest.approx(r["loss"], rel=1e-6)) for r in rows]
     assert _scalars(tmp_path, "lr") == [(r["step"], pytest.approx(r["lr"], rel=1e-6)) for r in rows]
-    pretrain(u_shards, tmp_path / "quiet", cfg, tensorboard=False)
-    assert not list((tmp_path / "quiet").glob("*tfevents*"))
+    pretrain(u_shards, tmp_path / "quiet", cfg)  # the default: log.jsonl only
+    assert (tmp_path / "quiet" / "log.jsonl").exists() and not list((tmp_path / "quiet").glob("*tfevents*"))
+
+
+def test_asking_for_event_files_without_tensorboard_is_one_line_and_writes_nothing(u_shards, tmp_path,
+                                                                                   monkeypatch):
+    from click.testing import CliRunner
+
+    from cli import main
+
+    monkeypatch.setitem(sys.modules, "tensorboard", None)  # as if the extra were not installed
+    monkeypatch.delitem(sys.modules, "torch.utils.tensorboard", raising=False)
+    with pytest.raises(MissingTensorBoard, match="pip install 'tcpc\\[tensorboard\\]'"):
+        require_tensorboard()
+    out = tmp_path / "run"
+    r = CliRunner().invoke(main, ["pretrain", str(u_shards), "--out", str(out), "--steps", "1", "--batch-size", "4",
+                                  "--width", "0.0625", "--workers", "0", "--tensorboard"])
+    assert r.exit_code == 2 and r.output.strip().splitlines() == [
+        "error: TensorBoard event files need the tensorboard package: pip install 'tcpc[tensorboard]' "
+        "(or leave out --tensorboard)"]
+    assert not out.exists()
